@@ -1,0 +1,159 @@
+"""The guidance features of MS-EmoBoost (MFCC and log spectrogram), computed in torch inside the model.
+
+Both follow the reference recipe of the paper's lineage (librosa) so closely that they match it to float32
+precision on real speech (see `tests/test_acoustic_features.py`):
+
+- MFCC: `librosa.feature.mfcc(y=preemphasis(x), sr=16000, n_mfcc=40, hop_length=160, htk=True)` at librosa's other
+  defaults (n_fft 2048, periodic Hann window, centred frames with zero padding, 128 Slaney-normalised HTK mel filters,
+  `power_to_db` with ref 1.0, amin 1e-10 and top_db 80, orthonormal DCT-II).
+- Spectrogram: `amplitude_to_db(|stft(preemphasis(x), n_fft=800, win_length=640, hop_length=160,
+  window="hamming")|, ref=np.max)`, first 200 bins, min-max scaled to [0, 1], frequency axis flipped.
+
+The windows and mel filters come from `transformers.audio_utils`. They are non-persistent buffers: they are not
+saved with the weights, and `MSEmoBoostPreTrainedModel._init_weights` fills them again after loading.
+"""
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+from transformers.audio_utils import mel_filter_bank, window_function
+
+
+def pre_emphasis(waveform: torch.Tensor, coefficient: float) -> torch.Tensor:
+    """`y[n] = x[n] - coefficient * x[n - 1]`, started the way `librosa.effects.preemphasis` starts it.
+
+    librosa initialises the filter state with `2 * x[0] - x[1]` and feeds it to `scipy.signal.lfilter` unscaled, so
+    its first output is `x[0] + 2 * x[0] - x[1]`. We reproduce that to stay numerically faithful to the recipe.
+
+    Args:
+        waveform (`torch.Tensor` of shape `(batch_size, num_samples)`), with `num_samples >= 2`.
+
+    Returns:
+        `torch.Tensor` of shape `(batch_size, num_samples)`.
+    """
+    first = 3 * waveform[:, :1] - waveform[:, 1:2]
+    return torch.cat([first, waveform[:, 1:] - coefficient * waveform[:, :-1]], dim=1)
+
+
+def power_to_db(power: torch.Tensor, reference: torch.Tensor | float, amin: float, top_db: float) -> torch.Tensor:
+    """`librosa.power_to_db` over the last two dimensions of `power` (one spectrogram per leading index)."""
+    log_spec = 10.0 * torch.log10(power.clamp(min=amin))
+    if isinstance(reference, torch.Tensor):
+        log_spec = log_spec - 10.0 * torch.log10(reference.clamp(min=amin))
+    else:
+        log_spec = log_spec - 10.0 * math.log10(max(amin, reference))
+    floor = log_spec.amax(dim=(-2, -1), keepdim=True) - top_db
+    return torch.maximum(log_spec, floor)
+
+
+def dct_matrix(num_inputs: int, num_outputs: int) -> np.ndarray:
+    """Orthonormal DCT-II basis of shape `(num_inputs, num_outputs)`, as `scipy.fft.dct(..., norm="ortho")`."""
+    n = np.arange(num_inputs)
+    k = np.arange(num_outputs)
+    basis = np.cos(np.pi / num_inputs * (n[:, None] + 0.5) * k[None, :]) * np.sqrt(2.0 / num_inputs)
+    basis[:, 0] /= np.sqrt(2.0)
+    return basis
+
+
+class MSEmoBoostMFCC(nn.Module):
+    """HTK-mel MFCC of each segment, as librosa computes it.
+
+    Forward input: `waveform` of shape `(batch_size, num_samples)`, already pre-emphasised.
+    Forward output: MFCC of shape `(batch_size, num_frames, num_mfcc)`, `num_frames = num_samples // hop + 1`.
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        self.sampling_rate = config.sampling_rate
+        self.n_fft = config.mfcc_n_fft
+        self.hop_length = config.mfcc_hop_length
+        self.window_name = config.mfcc_window
+        self.num_mel_bins = config.mfcc_num_mel_bins
+        self.num_mfcc = config.num_mfcc
+        self.top_db = config.mfcc_top_db
+        for name, value in self.compute_buffers().items():
+            self.register_buffer(name, value, persistent=False)
+
+    def compute_buffers(self) -> dict[str, torch.Tensor]:
+        """The STFT `window` `(n_fft,)`, `mel_filters` `(n_fft // 2 + 1, num_mel_bins)` and `dct` `(num_mel_bins,
+        num_mfcc)`."""
+        window = window_function(self.n_fft, self.window_name, periodic=True)
+        mel_filters = mel_filter_bank(
+            num_frequency_bins=self.n_fft // 2 + 1,
+            num_mel_filters=self.num_mel_bins,
+            min_frequency=0.0,
+            max_frequency=self.sampling_rate / 2,
+            sampling_rate=self.sampling_rate,
+            norm="slaney",
+            mel_scale="htk",
+            dtype=np.float32,
+        )
+        dct = dct_matrix(self.num_mel_bins, self.num_mfcc)
+        return {
+            "window": torch.tensor(window, dtype=torch.float32),
+            "mel_filters": torch.tensor(mel_filters, dtype=torch.float32),
+            "dct": torch.tensor(dct, dtype=torch.float32),
+        }
+
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        stft = torch.stft(
+            waveform.float(),
+            n_fft=self.n_fft,
+            hop_length=self.hop_length,
+            window=self.window,
+            center=True,
+            pad_mode="constant",
+            return_complex=True,
+        )
+        power = stft.abs().square().transpose(1, 2)  # (batch_size, num_frames, num_frequency_bins)
+        log_mel = power_to_db(power @ self.mel_filters, reference=1.0, amin=1e-10, top_db=self.top_db)
+        return log_mel @ self.dct
+
+
+class MSEmoBoostSpectrogram(nn.Module):
+    """Log-amplitude spectrogram image of each segment, as the reference recipe computes it.
+
+    Forward input: `waveform` of shape `(batch_size, num_samples)`, already pre-emphasised.
+    Forward output: image of shape `(batch_size, num_bins, num_frames)` in `[0, 1]`, highest frequency in row 0.
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        self.n_fft = config.spectrogram_n_fft
+        self.win_length = config.spectrogram_win_length
+        self.hop_length = config.spectrogram_hop_length
+        self.window_name = config.spectrogram_window
+        self.num_bins = config.spectrogram_num_bins
+        self.top_db = config.spectrogram_top_db
+        for name, value in self.compute_buffers().items():
+            self.register_buffer(name, value, persistent=False)
+
+    def compute_buffers(self) -> dict[str, torch.Tensor]:
+        """The analysis `window`, zero-padded to `n_fft` around its centre as librosa pads it: `(n_fft,)`."""
+        window = window_function(self.win_length, self.window_name, periodic=True, frame_length=self.n_fft)
+        return {"window": torch.tensor(window, dtype=torch.float32)}
+
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        stft = torch.stft(
+            waveform.float(),
+            n_fft=self.n_fft,
+            hop_length=self.hop_length,
+            window=self.window,
+            center=True,
+            pad_mode="constant",
+            return_complex=True,
+        )
+        power = stft.abs().square()  # (batch_size, num_frequency_bins, num_frames)
+        # amplitude_to_db(ref=np.max) is power_to_db of the squared amplitude with amin 1e-5 ** 2.
+        reference = power.amax(dim=(-2, -1), keepdim=True)
+        log_spec = power_to_db(power, reference=reference, amin=1e-10, top_db=self.top_db)[:, : self.num_bins]
+        low = log_spec.amin(dim=(-2, -1), keepdim=True)
+        span = log_spec.amax(dim=(-2, -1), keepdim=True) - low
+        # A segment with no dynamic range (digital silence) becomes an all-zero image rather than 0 / 0.
+        image = torch.where(span > 0, (log_spec - low) / span.clamp(min=torch.finfo(span.dtype).tiny), 0.0)
+        return image.flip(1)
+
+
+__all__ = ["MSEmoBoostMFCC", "MSEmoBoostSpectrogram", "pre_emphasis"]

@@ -1,0 +1,266 @@
+"""MS-EmoBoost model configuration."""
+
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+# Hugging Face audio SSL models whose bare model maps a raw waveform to frame features through a strided
+# convolutional feature encoder described by `conv_kernel` / `conv_stride`.
+SUPPORTED_BACKBONE_TYPES = (
+    "wav2vec2",
+    "wav2vec2-conformer",
+    "hubert",
+    "wavlm",
+    "data2vec-audio",
+    "unispeech",
+    "unispeech-sat",
+)
+
+
+class MSEmoBoostConfig(PreTrainedConfig):
+    r"""
+    Configuration of an MS-EmoBoost speech emotion recognition model (Song et al., Scientific Reports 2025).
+
+    An SSL speech backbone turns each 3 s segment of raw audio into frame features `X_w` of shape
+    `(num_frames, hidden_size)`. Two guidance branches, computed from the same segment inside the model, produce a
+    frame-weighting vector `X_enh` of shape `(num_frames,)`: MFCC → Bi-LSTM → residual self-attention, and log
+    spectrogram → AlexNet features → residual self-attention. The pooled segment feature `X_enh · X_w` is classified
+    by one linear layer; an utterance's prediction is the mean of its segments' log-probabilities.
+
+    The defaults reproduce the paper with a wav2vec2-base backbone.
+
+    Args:
+        backbone_config (`dict` or `PreTrainedConfig`, *optional*):
+            Config of the SSL backbone. Any Hugging Face audio SSL model listed in `SUPPORTED_BACKBONE_TYPES`
+            (wav2vec2, wav2vec2-conformer, HuBERT, WavLM, data2vec-audio, UniSpeech, UniSpeech-SAT). Defaults to a
+            wav2vec2-base `Wav2Vec2Config()`.
+        sampling_rate (`int`, *optional*, defaults to 16000):
+            Sampling rate in Hz of the waveform the model expects.
+        segment_length_s (`float`, *optional*, defaults to 3.0):
+            Length of the segments an utterance is cut into. The last segment is zero-padded.
+        segment_chunk_size (`int`, *optional*, defaults to 16):
+            How many segments go through the network at once. It bounds memory for long recordings and does not
+            change any output.
+        use_backbone_features (`bool`, *optional*, defaults to `True`):
+            Pool SSL frame features. When `False`, no backbone is built and the classifier reads the concatenated
+            guidance vectors (the "guidance only" ablation).
+        use_mfcc (`bool`, *optional*, defaults to `True`):
+            Build the MFCC guidance branch.
+        use_spectrogram (`bool`, *optional*, defaults to `True`):
+            Build the spectrogram guidance branch. With both guidance branches off the model is the backbone-only
+            baseline: masked mean pooling of the SSL frames.
+        use_attention (`bool`, *optional*, defaults to `True`):
+            Apply residual self-attention in each guidance branch (the paper's Table 4 ablation).
+        pre_emphasis (`float`, *optional*, defaults to 0.97):
+            Pre-emphasis coefficient applied to the segment before both guidance features.
+        num_mfcc (`int`, *optional*, defaults to 40):
+            Number of MFCC coefficients.
+        mfcc_num_mel_bins (`int`, *optional*, defaults to 128):
+            Number of HTK mel filters the MFCC is computed from (librosa's default).
+        mfcc_n_fft (`int`, *optional*, defaults to 2048):
+            DFT length of the MFCC's STFT (librosa's default).
+        mfcc_window (`str`, *optional*, defaults to `"hann"`):
+            Window of the MFCC's STFT, a name `transformers.audio_utils.window_function` accepts.
+        mfcc_hop_length (`int`, *optional*, defaults to 160):
+            Hop of the MFCC's STFT in samples (10 ms at 16 kHz).
+        mfcc_top_db (`float`, *optional*, defaults to 80.0):
+            Dynamic range kept by the MFCC's power-to-dB conversion.
+        lstm_hidden_size (`int`, *optional*, defaults to 256):
+            Hidden size per direction of the MFCC branch's Bi-LSTM.
+        lstm_num_layers (`int`, *optional*, defaults to 2):
+            Number of Bi-LSTM layers.
+        lstm_dropout (`float`, *optional*, defaults to 0.5):
+            Dropout between Bi-LSTM layers.
+        spectrogram_n_fft (`int`, *optional*, defaults to 800):
+            DFT length of the spectrogram.
+        spectrogram_win_length (`int`, *optional*, defaults to 640):
+            Window length of the spectrogram in samples (40 ms at 16 kHz).
+        spectrogram_window (`str`, *optional*, defaults to `"hamming"`):
+            Window of the spectrogram.
+        spectrogram_hop_length (`int`, *optional*, defaults to 160):
+            Hop of the spectrogram in samples (10 ms at 16 kHz).
+        spectrogram_num_bins (`int`, *optional*, defaults to 200):
+            Number of lowest DFT bins kept (200 of 401: 0–4 kHz at 16 kHz).
+        spectrogram_top_db (`float`, *optional*, defaults to 80.0):
+            Dynamic range kept by the amplitude-to-dB conversion.
+        spectrogram_image_size (`int`, *optional*, defaults to 256):
+            The spectrogram image is resized so that its short side has this many pixels.
+        image_mean (`list[float]`, *optional*, defaults to `[0.485, 0.456, 0.406]`):
+            Per-channel mean of the ImageNet normalisation applied to the spectrogram image.
+        image_std (`list[float]`, *optional*, defaults to `[0.229, 0.224, 0.225]`):
+            Per-channel standard deviation of that normalisation.
+        spectrogram_conv_channels (`list[int]`, *optional*, defaults to `[64, 192, 384, 256, 256]`):
+            Output channels of AlexNet's five convolutions. Keep the default to load ImageNet weights.
+        spectrogram_pool_size (`int`, *optional*, defaults to 6):
+            Side of the adaptive average pool after the AlexNet features (6 × 6 = 36 tokens).
+        guidance_dropout (`float`, *optional*, defaults to 0.1):
+            Dropout on each flattened guidance branch before its projection.
+        guidance_hidden_size (`int`, *optional*, defaults to 128):
+            Size each guidance branch is projected to before fusion.
+        initializer_range (`float`, *optional*, defaults to 0.02):
+            Standard deviation of the normal initialiser of linear layers.
+
+    Example:
+
+    ```python
+    >>> from msemoboost import MSEmoBoostConfig, MSEmoBoostForSequenceClassification
+
+    >>> config = MSEmoBoostConfig(num_labels=4)
+    >>> config.num_backbone_frames(config.segment_samples)
+    149
+    >>> model = MSEmoBoostForSequenceClassification(config)
+    ```"""
+
+    model_type = "msemoboost"
+    sub_configs_defaults = {"backbone_config": SubConfigSpec(AutoConfig, model_type="wav2vec2")}
+
+    backbone_config: dict | PreTrainedConfig | None = None
+    sampling_rate: int = 16000
+    segment_length_s: float | int = 3.0
+    segment_chunk_size: int = 16
+    use_backbone_features: bool = True
+    use_mfcc: bool = True
+    use_spectrogram: bool = True
+    use_attention: bool = True
+    pre_emphasis: float = 0.97
+    num_mfcc: int = 40
+    mfcc_num_mel_bins: int = 128
+    mfcc_n_fft: int = 2048
+    mfcc_window: str = "hann"
+    mfcc_hop_length: int = 160
+    mfcc_top_db: float = 80.0
+    lstm_hidden_size: int = 256
+    lstm_num_layers: int = 2
+    lstm_dropout: float = 0.5
+    spectrogram_n_fft: int = 800
+    spectrogram_win_length: int = 640
+    spectrogram_window: str = "hamming"
+    spectrogram_hop_length: int = 160
+    spectrogram_num_bins: int = 200
+    spectrogram_top_db: float = 80.0
+    spectrogram_image_size: int = 256
+    image_mean: list[float] | tuple[float, ...] = (0.485, 0.456, 0.406)
+    image_std: list[float] | tuple[float, ...] = (0.229, 0.224, 0.225)
+    spectrogram_conv_channels: list[int] | tuple[int, ...] = (64, 192, 384, 256, 256)
+    spectrogram_pool_size: int = 6
+    guidance_dropout: float = 0.1
+    guidance_hidden_size: int = 128
+    initializer_range: float = 0.02
+
+    def __post_init__(self, **kwargs):
+        num_labels = kwargs.get("num_labels")
+        if num_labels is not None and self.id2label is not None and len(self.id2label) != num_labels:
+            raise ValueError(
+                f"num_labels={num_labels} disagrees with id2label, which has {len(self.id2label)} labels "
+                f"({list(self.id2label.values())}). Pass one of them, or make them agree."
+            )
+        if self.id2label is not None and self.label2id is not None:
+            inverse = {label: int(index) for index, label in self.id2label.items()}
+            if inverse != {label: int(index) for label, index in self.label2id.items()}:
+                raise ValueError(f"label2id {self.label2id} is not the inverse of id2label {self.id2label}.")
+        self.backbone_config = _as_audio_ssl_config(self.backbone_config)
+        super().__post_init__(**kwargs)
+        self._validate_sizes()
+
+    def _validate_sizes(self):
+        if not self.use_backbone_features and not (self.use_mfcc or self.use_spectrogram):
+            raise ValueError(
+                "use_backbone_features, use_mfcc and use_spectrogram are all False: the model would have no "
+                "features to classify. Turn at least one on."
+            )
+        if self.segment_length_s <= 0:
+            raise ValueError(f"segment_length_s must be positive, got {self.segment_length_s}.")
+        if self.spectrogram_win_length > self.spectrogram_n_fft:
+            raise ValueError(
+                f"spectrogram_win_length ({self.spectrogram_win_length}) may not exceed "
+                f"spectrogram_n_fft ({self.spectrogram_n_fft})."
+            )
+        if not 0 < self.spectrogram_num_bins <= self.spectrogram_n_fft // 2 + 1:
+            raise ValueError(
+                f"spectrogram_num_bins must be in [1, {self.spectrogram_n_fft // 2 + 1}] for "
+                f"spectrogram_n_fft={self.spectrogram_n_fft}, got {self.spectrogram_num_bins}."
+            )
+        if not 0 < self.num_mfcc <= self.mfcc_num_mel_bins:
+            raise ValueError(
+                f"num_mfcc must be in [1, mfcc_num_mel_bins={self.mfcc_num_mel_bins}], got {self.num_mfcc}."
+            )
+        if len(self.spectrogram_conv_channels) != 5:
+            raise ValueError(
+                "spectrogram_conv_channels lists the output channels of AlexNet's 5 convolutions, got "
+                f"{list(self.spectrogram_conv_channels)}."
+            )
+        if len(self.image_mean) != 3 or len(self.image_std) != 3:
+            raise ValueError("image_mean and image_std need one value per RGB channel (3 each).")
+        if getattr(self.backbone_config, "add_adapter", False):
+            raise ValueError(
+                "backbone_config.add_adapter=True changes the backbone's frame rate, which the frame weights X_enh "
+                "are sized for; set add_adapter=False."
+            )
+        if self.segment_chunk_size < 1:
+            raise ValueError(f"segment_chunk_size must be at least 1, got {self.segment_chunk_size}.")
+        if self.num_backbone_frames(self.segment_samples) < 1:
+            raise ValueError(
+                f"A {self.segment_length_s} s segment is shorter than one frame of the backbone's feature encoder "
+                f"({self.min_input_samples} samples)."
+            )
+
+    @property
+    def segment_samples(self) -> int:
+        """Samples in one segment: `segment_length_s * sampling_rate` (48,000 for 3 s at 16 kHz)."""
+        return round(self.segment_length_s * self.sampling_rate)
+
+    def num_backbone_frames(self, num_samples: int) -> int:
+        """Frames the backbone's convolutional feature encoder gives for `num_samples` samples (T'_w).
+
+        The same formula as `Wav2Vec2Model._get_feat_extract_output_lengths`: each convolution maps a length `L` to
+        `floor((L - kernel) / stride) + 1`. 48,000 samples give 149 frames for wav2vec2.
+        """
+        length = num_samples
+        for kernel, stride in zip(self.backbone_config.conv_kernel, self.backbone_config.conv_stride):
+            length = max((length - kernel) // stride + 1, 0)
+        return length
+
+    @property
+    def min_input_samples(self) -> int:
+        """Receptive field of one backbone frame in samples (400 for wav2vec2): the shortest usable input."""
+        field, jump = 1, 1
+        for kernel, stride in zip(self.backbone_config.conv_kernel, self.backbone_config.conv_stride):
+            field += (kernel - 1) * jump
+            jump *= stride
+        return field
+
+    @property
+    def num_mfcc_frames(self) -> int:
+        """MFCC frames in one segment (centred STFT frames: 301 for 3 s at hop 160)."""
+        return self.segment_samples // self.mfcc_hop_length + 1
+
+    @property
+    def num_spectrogram_frames(self) -> int:
+        """Spectrogram frames in one segment (centred STFT frames: 301 for 3 s at hop 160)."""
+        return self.segment_samples // self.spectrogram_hop_length + 1
+
+
+def _as_audio_ssl_config(backbone_config) -> PreTrainedConfig:
+    """Turns `backbone_config` (config, dict or None) into the config of a supported audio SSL model."""
+    if backbone_config is None:
+        return AutoConfig.for_model("wav2vec2")
+    if isinstance(backbone_config, dict):
+        backbone_config = dict(backbone_config)
+        model_type = backbone_config.pop("model_type", None)
+        if model_type not in SUPPORTED_BACKBONE_TYPES:
+            raise ValueError(
+                f"backbone_config must be the config of an audio SSL model, one of {list(SUPPORTED_BACKBONE_TYPES)}; "
+                f"got a dict with model_type={model_type!r}."
+            )
+        backbone_config.pop("transformers_version", None)
+        return AutoConfig.for_model(model_type, **backbone_config)
+    if not isinstance(backbone_config, PreTrainedConfig):
+        raise TypeError(f"backbone_config must be a dict or a PreTrainedConfig, got {type(backbone_config).__name__}.")
+    if backbone_config.model_type not in SUPPORTED_BACKBONE_TYPES:
+        raise ValueError(
+            f"backbone_config must be the config of an audio SSL model, one of {list(SUPPORTED_BACKBONE_TYPES)}; "
+            f"got {type(backbone_config).__name__} (model_type={backbone_config.model_type!r})."
+        )
+    return backbone_config
+
+
+__all__ = ["MSEmoBoostConfig", "SUPPORTED_BACKBONE_TYPES"]

@@ -1,0 +1,531 @@
+"""PyTorch MS-EmoBoost model (Song et al., "MS-EmoBoost: a novel strategy for enhancing self-supervised speech
+emotion representations", Scientific Reports 15, 21607, 2025).
+
+Data flow for one utterance, in the order this file defines it:
+
+1. The waveform is cut into 3 s segments; the last one is zero-padded (`MSEmoBoostModel.split_into_segments`).
+2. The SSL backbone gives frame features `X_w` of shape `(num_frames, hidden_size)` per segment (eq. 1).
+3. The MFCC branch (`MSEmoBoostMFCCEncoder`: Bi-LSTM and residual self-attention, eqs. 2, 4–10) and the spectrogram
+   branch (`MSEmoBoostSpectrogramEncoder`: AlexNet features and residual self-attention, eqs. 3–10) each give a
+   128-d guidance vector.
+4. `MSEmoBoostEnhancement` maps the concatenated guidance to the frame weights `X_enh` (eq. 11), and the segment
+   feature is `X_enh · X_w` (eq. 12).
+5. `MSEmoBoostForSequenceClassification` classifies each segment with one linear layer (eq. 13) and averages the
+   segments' log-probabilities into the utterance's prediction.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from transformers import AutoConfig, AutoModel, PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_outputs import SequenceClassifierOutput
+from transformers.utils import ModelOutput
+
+from .acoustic_features import MSEmoBoostMFCC, MSEmoBoostSpectrogram, pre_emphasis
+from .configuration_msemoboost import MSEmoBoostConfig
+
+
+@dataclass
+class MSEmoBoostModelOutput(ModelOutput):
+    """
+    Output of [`MSEmoBoostModel`].
+
+    Args:
+        utterance_features (`torch.FloatTensor` of shape `(batch_size, feature_size)`):
+            Enhanced utterance features: the mean of the utterance's segment features. `feature_size` is the
+            backbone's `hidden_size`, or `2 * guidance_hidden_size` for the guidance-only model.
+        segment_features (`torch.FloatTensor` of shape `(num_segments, feature_size)`):
+            The pooled feature `X'_w = X_enh · X_w` of every segment, utterance after utterance.
+        enhancement_weights (`torch.FloatTensor` of shape `(num_segments, num_frames)`, *optional*):
+            The frame weights `X_enh` of every segment, zero on frames past the end of the audio. `None` when no
+            guidance branch or no backbone is used.
+        frame_mask (`torch.BoolTensor` of shape `(num_segments, num_frames)`, *optional*):
+            `True` on backbone frames that hold audio. `None` without a backbone.
+        segments_per_utterance (`torch.LongTensor` of shape `(batch_size,)`):
+            How many consecutive rows of the segment tensors belong to each utterance.
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned when `output_hidden_states=True`):
+            The backbone's hidden states, one tensor of shape `(num_segments, num_frames, hidden_size)` per layer
+            plus the initial embeddings.
+    """
+
+    utterance_features: torch.FloatTensor | None = None
+    segment_features: torch.FloatTensor | None = None
+    enhancement_weights: torch.FloatTensor | None = None
+    frame_mask: torch.BoolTensor | None = None
+    segments_per_utterance: torch.LongTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+
+
+class MSEmoBoostSelfAttention(nn.Module):
+    """Residual single-head self-attention (eqs. 4–10): `X + softmax(Q K^T / sqrt(d)) V`.
+
+    Forward input and output: `hidden_states` of shape `(batch_size, num_tokens, hidden_size)`.
+    """
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.query = nn.Linear(hidden_size, hidden_size)
+        self.key = nn.Linear(hidden_size, hidden_size)
+        self.value = nn.Linear(hidden_size, hidden_size)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        attended = F.scaled_dot_product_attention(
+            self.query(hidden_states), self.key(hidden_states), self.value(hidden_states)
+        )
+        return hidden_states + attended
+
+
+class MSEmoBoostMFCCEncoder(nn.Module):
+    """MFCC guidance branch: MFCC → L2 norm over coefficients → Bi-LSTM → residual self-attention → flatten →
+    dropout → linear → ReLU.
+
+    Forward input: pre-emphasised segments of shape `(num_segments, segment_samples)`.
+    Forward output: guidance vectors of shape `(num_segments, guidance_hidden_size)`.
+    """
+
+    def __init__(self, config: MSEmoBoostConfig):
+        super().__init__()
+        self.mfcc = MSEmoBoostMFCC(config)
+        self.lstm = nn.LSTM(
+            input_size=config.num_mfcc,
+            hidden_size=config.lstm_hidden_size,
+            num_layers=config.lstm_num_layers,
+            batch_first=True,
+            bidirectional=True,
+            dropout=config.lstm_dropout if config.lstm_num_layers > 1 else 0.0,
+        )
+        lstm_output_size = 2 * config.lstm_hidden_size
+        self.attention = MSEmoBoostSelfAttention(lstm_output_size) if config.use_attention else None
+        self.dropout = nn.Dropout(config.guidance_dropout)
+        self.projection = nn.Linear(config.num_mfcc_frames * lstm_output_size, config.guidance_hidden_size)
+
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        mfcc = F.normalize(self.mfcc(waveform), dim=-1).to(self.projection.weight.dtype)
+        hidden_states, _ = self.lstm(mfcc)  # (num_segments, num_mfcc_frames, 2 * lstm_hidden_size)
+        if self.attention is not None:
+            hidden_states = self.attention(hidden_states)
+        return F.relu(self.projection(self.dropout(hidden_states.flatten(1))))
+
+
+class MSEmoBoostSpectrogramEncoder(nn.Module):
+    """Spectrogram guidance branch: log spectrogram image → resize → ImageNet normalisation (3 channels) → AlexNet
+    features → adaptive average pool → residual self-attention over the pooled cells → flatten → dropout → linear →
+    ReLU.
+
+    `features` has the layout and parameter names of torchvision's `alexnet().features`, so ImageNet weights load
+    into it unchanged (see `msemoboost.load_imagenet_alexnet`).
+
+    Forward input: pre-emphasised segments of shape `(num_segments, segment_samples)`.
+    Forward output: guidance vectors of shape `(num_segments, guidance_hidden_size)`.
+    """
+
+    def __init__(self, config: MSEmoBoostConfig):
+        super().__init__()
+        self.spectrogram = MSEmoBoostSpectrogram(config)
+        # Resize like torchvision's `Resize(image_size)`: the short side becomes `image_size`, the aspect ratio stays.
+        height, width = config.spectrogram_num_bins, config.num_spectrogram_frames
+        short, long = min(height, width), max(height, width)
+        long = int(config.spectrogram_image_size * long / short)
+        self.image_size = (config.spectrogram_image_size, long) if height <= width else (long, config.spectrogram_image_size)
+        self.image_mean = tuple(config.image_mean)
+        self.image_std = tuple(config.image_std)
+
+        conv1, conv2, conv3, conv4, conv5 = config.spectrogram_conv_channels
+        self.features = nn.Sequential(
+            nn.Conv2d(3, conv1, kernel_size=11, stride=4, padding=2),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(kernel_size=3, stride=2),
+            nn.Conv2d(conv1, conv2, kernel_size=5, padding=2),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(kernel_size=3, stride=2),
+            nn.Conv2d(conv2, conv3, kernel_size=3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(conv3, conv4, kernel_size=3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(conv4, conv5, kernel_size=3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(kernel_size=3, stride=2),
+        )
+        self.pool = nn.AdaptiveAvgPool2d(config.spectrogram_pool_size)
+        self.attention = MSEmoBoostSelfAttention(conv5) if config.use_attention else None
+        self.dropout = nn.Dropout(config.guidance_dropout)
+        self.projection = nn.Linear(config.spectrogram_pool_size**2 * conv5, config.guidance_hidden_size)
+
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        image = self.spectrogram(waveform)[:, None]  # (num_segments, 1, num_bins, num_frames)
+        image = F.interpolate(image, size=self.image_size, mode="bilinear", align_corners=False, antialias=True)
+        mean = image.new_tensor(self.image_mean).view(1, 3, 1, 1)
+        std = image.new_tensor(self.image_std).view(1, 3, 1, 1)
+        image = ((image - mean) / std).to(self.projection.weight.dtype)  # grey image copied to 3 channels
+        feature_maps = self.pool(self.features(image))  # (num_segments, conv5, pool_size, pool_size)
+        tokens = feature_maps.flatten(2).transpose(1, 2)  # (num_segments, pool_size ** 2, conv5)
+        if self.attention is not None:
+            tokens = self.attention(tokens)
+        return F.relu(self.projection(self.dropout(tokens.flatten(1))))
+
+
+class MSEmoBoostEnhancement(nn.Module):
+    """Fuses the guidance vectors into the frame weights `X_enh` (eq. 11): concatenation → linear → one weight per
+    backbone frame.
+
+    Forward input: guidance of shape `(num_segments, num_branches * guidance_hidden_size)`.
+    Forward output: `X_enh` of shape `(num_segments, num_frames)`.
+    """
+
+    def __init__(self, config: MSEmoBoostConfig, num_branches: int, num_frames: int):
+        super().__init__()
+        self.projection = nn.Linear(num_branches * config.guidance_hidden_size, num_frames)
+
+    def forward(self, guidance: torch.Tensor) -> torch.Tensor:
+        return self.projection(guidance)
+
+
+def average_over_segments(values: torch.Tensor, segments_per_utterance: torch.Tensor) -> torch.Tensor:
+    """Mean of consecutive rows per utterance: `(num_segments, ...)` → `(batch_size, ...)`."""
+    utterance_index = torch.repeat_interleave(
+        torch.arange(len(segments_per_utterance), device=values.device), segments_per_utterance
+    )
+    totals = values.new_zeros((len(segments_per_utterance), *values.shape[1:])).index_add_(0, utterance_index, values)
+    counts = segments_per_utterance.to(values.dtype).view(-1, *([1] * (values.dim() - 1)))
+    return totals / counts
+
+
+class MSEmoBoostPreTrainedModel(PreTrainedModel):
+    config: MSEmoBoostConfig
+    config_class = MSEmoBoostConfig
+    base_model_prefix = "msemoboost"
+    main_input_name = "input_values"
+    input_modalities = "audio"
+    supports_gradient_checkpointing = True
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        if isinstance(module, (MSEmoBoostMFCC, MSEmoBoostSpectrogram)):
+            # Non-persistent buffers are not in the checkpoint: rebuild them from the config after loading.
+            for name, value in module.compute_buffers().items():
+                init.copy_(getattr(module, name), value)
+        elif isinstance(module, nn.Conv2d):
+            init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            init.zeros_(module.bias)
+        else:
+            super()._init_weights(module)
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        # `save_pretrained` names only the saved class in `auto_map`. Name all of them, so that `AutoConfig`,
+        # `AutoModel` and `AutoModelForAudioClassification` each load any MS-EmoBoost checkpoint with remote code.
+        modeling = self.__class__.__module__.split(".")[-1]
+        configuration = self.config.__class__.__module__.split(".")[-1]
+        self.config.auto_map = {
+            **(getattr(self.config, "auto_map", None) or {}),
+            "AutoConfig": f"{configuration}.MSEmoBoostConfig",
+            "AutoModel": f"{modeling}.MSEmoBoostModel",
+            "AutoModelForAudioClassification": f"{modeling}.MSEmoBoostForSequenceClassification",
+        }
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+    @classmethod
+    def from_backbone(cls, pretrained_model_name_or_path, backbone_kwargs: dict | None = None, **config_overrides):
+        """Builds the model around the weights of a pretrained SSL checkpoint.
+
+        Args:
+            pretrained_model_name_or_path (`str` or `os.PathLike`):
+                Hub id or local directory of a supported audio SSL model, e.g. `"facebook/wav2vec2-base"`.
+            backbone_kwargs (`dict`, *optional*):
+                Passed to `AutoConfig.from_pretrained` and `AutoModel.from_pretrained` for the backbone (e.g.
+                `revision`, `cache_dir`, `token`).
+            config_overrides:
+                Any [`MSEmoBoostConfig`] argument, e.g. `num_labels=7` or `use_spectrogram=False`.
+
+        The guidance branches and the classifier are newly initialised; the backbone's weights are copied unchanged.
+        """
+        backbone_kwargs = backbone_kwargs or {}
+        backbone_config = AutoConfig.from_pretrained(pretrained_model_name_or_path, **backbone_kwargs)
+        config = MSEmoBoostConfig(backbone_config=backbone_config, **config_overrides)
+        if not config.use_backbone_features:
+            raise ValueError("from_backbone needs use_backbone_features=True: the guidance-only model has no backbone.")
+        pretrained = AutoModel.from_pretrained(pretrained_model_name_or_path, **backbone_kwargs)
+        model = cls(config)
+        model.base_model.backbone.load_state_dict(pretrained.state_dict())
+        return model
+
+
+class MSEmoBoostModel(MSEmoBoostPreTrainedModel):
+    """The bare MS-EmoBoost model: raw waveforms in, enhanced utterance and segment features out."""
+
+    def __init__(self, config: MSEmoBoostConfig):
+        super().__init__(config)
+        self.num_frames = config.num_backbone_frames(config.segment_samples)
+        self.backbone = AutoModel.from_config(config.backbone_config) if config.use_backbone_features else None
+        self.mfcc_encoder = MSEmoBoostMFCCEncoder(config) if config.use_mfcc else None
+        self.spectrogram_encoder = MSEmoBoostSpectrogramEncoder(config) if config.use_spectrogram else None
+        num_branches = int(config.use_mfcc) + int(config.use_spectrogram)
+        if config.use_backbone_features and num_branches:
+            self.enhancement = MSEmoBoostEnhancement(config, num_branches, self.num_frames)
+        else:
+            self.enhancement = None
+        if config.use_backbone_features:
+            self.feature_size = config.backbone_config.hidden_size
+        else:
+            self.feature_size = num_branches * config.guidance_hidden_size
+        self.post_init()
+
+    def utterance_lengths(self, input_values: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.LongTensor:
+        """Checks a batch of waveforms and returns each utterance's length in samples, `(batch_size,)`.
+
+        Raises `ValueError` for anything the model would otherwise turn into a silent wrong answer: a shape other
+        than `(batch_size, num_samples)`, integer samples, NaN/Inf in the audio, a mask that is not right padding,
+        and utterances shorter than one backbone frame.
+        """
+        if input_values.dim() != 2:
+            hint = " Downmix multi-channel audio to mono first." if input_values.dim() == 3 else ""
+            hint = " Add a batch dimension: input_values[None]." if input_values.dim() == 1 else hint
+            raise ValueError(
+                "input_values must be a batch of mono waveforms of shape (batch_size, num_samples), got shape "
+                f"{tuple(input_values.shape)}.{hint}"
+            )
+        if not input_values.is_floating_point():
+            raise ValueError(
+                f"input_values must be a floating-point waveform in [-1, 1], got dtype {input_values.dtype}. Convert "
+                "integer PCM first, e.g. pcm.float() / 32768 for 16-bit audio, or use MSEmoBoostFeatureExtractor."
+            )
+        batch_size, num_samples = input_values.shape
+        positions = torch.arange(num_samples, device=input_values.device)
+        if attention_mask is None:
+            lengths = torch.full((batch_size,), num_samples, device=input_values.device, dtype=torch.long)
+        else:
+            if attention_mask.shape != input_values.shape:
+                raise ValueError(
+                    f"attention_mask has shape {tuple(attention_mask.shape)} but input_values has shape "
+                    f"{tuple(input_values.shape)}."
+                )
+            lengths = attention_mask.long().sum(-1)
+            if ((positions < lengths[:, None]) != attention_mask.bool()).any():
+                raise ValueError(
+                    "attention_mask must mark one block of audio at the start of each row (right padding), as "
+                    "MSEmoBoostFeatureExtractor pads."
+                )
+        is_audio = positions < lengths[:, None]
+        bad = (~torch.isfinite(input_values) & is_audio).any(-1)
+        if bad.any():
+            raise ValueError(f"input_values contains NaN or Inf samples in utterance(s) {bad.nonzero().flatten().tolist()}.")
+        too_short = lengths < self.config.min_input_samples
+        if too_short.any():
+            minimum = self.config.min_input_samples
+            raise ValueError(
+                f"Utterance(s) {too_short.nonzero().flatten().tolist()} have "
+                f"{lengths[too_short].tolist()} samples, fewer than one analysis frame of the backbone ({minimum} "
+                f"samples = {1000 * minimum / self.config.sampling_rate:.1f} ms at {self.config.sampling_rate} Hz)."
+            )
+        return lengths
+
+    def split_into_segments(
+        self, input_values: torch.Tensor, lengths: torch.LongTensor
+    ) -> tuple[torch.Tensor, torch.LongTensor, torch.LongTensor]:
+        """Cuts each utterance into segments of `config.segment_samples`, zero-padding the last one.
+
+        A trailing remainder shorter than one backbone frame (`config.min_input_samples`) is dropped: it would give
+        a segment without a single frame of audio.
+
+        Args:
+            input_values (`torch.FloatTensor` of shape `(batch_size, num_samples)`)
+            lengths (`torch.LongTensor` of shape `(batch_size,)`): samples of audio in each row.
+
+        Returns:
+            segments (`torch.FloatTensor` of shape `(num_segments, segment_samples)`), utterance after utterance;
+            segment_lengths (`torch.LongTensor` of shape `(num_segments,)`): samples of audio in each segment;
+            segments_per_utterance (`torch.LongTensor` of shape `(batch_size,)`).
+        """
+        segment_samples = self.config.segment_samples
+        segments_per_utterance = lengths // segment_samples + (
+            lengths % segment_samples >= self.config.min_input_samples
+        ).long()
+        max_segments = int(segments_per_utterance.max())
+        padded_length = max_segments * segment_samples
+        waveforms = input_values[:, :padded_length]
+        waveforms = F.pad(waveforms, (0, padded_length - waveforms.shape[1]))
+        positions = torch.arange(padded_length, device=input_values.device)
+        waveforms = torch.where(positions < lengths[:, None], waveforms, 0.0)
+
+        starts = torch.arange(max_segments, device=input_values.device) * segment_samples
+        segment_lengths = (lengths[:, None] - starts).clamp(0, segment_samples)
+        keep = torch.arange(max_segments, device=input_values.device) < segments_per_utterance[:, None]
+        segments = waveforms.view(len(lengths), max_segments, segment_samples)[keep]
+        return segments, segment_lengths[keep], segments_per_utterance
+
+    def encode_segments(
+        self, segments: torch.Tensor, segment_lengths: torch.LongTensor, output_hidden_states: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, tuple | None]:
+        """Pooled features of a batch of segments.
+
+        Args:
+            segments (`torch.FloatTensor` of shape `(num_segments, segment_samples)`)
+            segment_lengths (`torch.LongTensor` of shape `(num_segments,)`)
+
+        Returns:
+            features `(num_segments, feature_size)`, enhancement weights `(num_segments, num_frames)` or `None`,
+            frame mask `(num_segments, num_frames)` or `None`, and the backbone's hidden states or `None`.
+        """
+        guidance = []
+        if self.mfcc_encoder is not None or self.spectrogram_encoder is not None:
+            emphasised = pre_emphasis(segments, self.config.pre_emphasis)
+            if self.mfcc_encoder is not None:
+                guidance.append(self.mfcc_encoder(emphasised))
+            if self.spectrogram_encoder is not None:
+                guidance.append(self.spectrogram_encoder(emphasised))
+        if self.backbone is None:
+            return torch.cat(guidance, dim=-1), None, None, None
+
+        sample_mask = torch.arange(segments.shape[1], device=segments.device) < segment_lengths[:, None]
+        backbone_outputs = self.backbone(
+            segments.to(self.backbone.dtype),
+            attention_mask=sample_mask.long(),
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+        frames = backbone_outputs.last_hidden_state  # X_w: (num_segments, num_frames, hidden_size)
+        frame_lengths = self.backbone._get_feat_extract_output_lengths(segment_lengths)
+        frame_mask = torch.arange(frames.shape[1], device=frames.device) < frame_lengths[:, None]
+        if self.enhancement is None:
+            weights = None
+            mask = frame_mask.to(frames.dtype)
+            features = (frames * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+        else:
+            weights = self.enhancement(torch.cat(guidance, dim=-1)) * frame_mask  # X_enh
+            features = torch.bmm(weights[:, None].to(frames.dtype), frames)[:, 0]  # X'_w = X_enh · X_w
+        return features, weights, frame_mask, backbone_outputs.hidden_states
+
+    def forward(
+        self,
+        input_values: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> MSEmoBoostModelOutput | tuple:
+        r"""
+        Args:
+            input_values (`torch.FloatTensor` of shape `(batch_size, num_samples)`):
+                Raw mono waveforms at `config.sampling_rate`, as [`MSEmoBoostFeatureExtractor`] prepares them.
+            attention_mask (`torch.LongTensor` of shape `(batch_size, num_samples)`, *optional*):
+                1 on samples of audio, 0 on right padding. Without it every sample counts as audio.
+            output_hidden_states (`bool`, *optional*):
+                Return the backbone's hidden states of every segment.
+            return_dict (`bool`, *optional*):
+                Return a [`MSEmoBoostModelOutput`] rather than a tuple.
+
+        Segments pass through the network `config.segment_chunk_size` at a time, so memory stays bounded for long
+        recordings.
+        """
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        lengths = self.utterance_lengths(input_values, attention_mask)
+        segments, segment_lengths, segments_per_utterance = self.split_into_segments(input_values, lengths)
+
+        chunk_size = self.config.segment_chunk_size
+        chunks = [
+            self.encode_segments(segments[start : start + chunk_size], segment_lengths[start : start + chunk_size], output_hidden_states)
+            for start in range(0, len(segments), chunk_size)
+        ]
+        features, weights, frame_mask, hidden_states = zip(*chunks)
+        segment_features = torch.cat(features)
+        output = MSEmoBoostModelOutput(
+            utterance_features=average_over_segments(segment_features, segments_per_utterance),
+            segment_features=segment_features,
+            enhancement_weights=torch.cat(weights) if weights[0] is not None else None,
+            frame_mask=torch.cat(frame_mask) if frame_mask[0] is not None else None,
+            segments_per_utterance=segments_per_utterance,
+            hidden_states=tuple(map(torch.cat, zip(*hidden_states))) if hidden_states[0] is not None else None,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class MSEmoBoostForSequenceClassification(MSEmoBoostPreTrainedModel):
+    """MS-EmoBoost with its linear emotion classifier (eq. 13).
+
+    Each segment is classified; an utterance's `logits` are the mean of its segments' log-softmax outputs, as the
+    paper averages segment predictions. With `labels`, the loss is the cross-entropy of every segment against its
+    utterance's label (eq. 14), averaged over segments.
+    """
+
+    def __init__(self, config: MSEmoBoostConfig):
+        super().__init__(config)
+        self.msemoboost = MSEmoBoostModel(config)
+        self.classifier = nn.Linear(self.msemoboost.feature_size, config.num_labels)
+        self.post_init()
+
+    def freeze_feature_encoder(self):
+        """Stops gradients to the backbone's convolutional feature encoder."""
+        self._backbone("freeze_feature_encoder").feature_extractor._freeze_parameters()
+
+    def freeze_base_model(self):
+        """Stops gradients to the whole SSL backbone; the guidance branches and the classifier still train."""
+        for parameter in self._backbone("freeze_base_model").parameters():
+            parameter.requires_grad = False
+
+    def _backbone(self, caller: str) -> PreTrainedModel:
+        if self.msemoboost.backbone is None:
+            raise ValueError(f"{caller}() needs a backbone, and this model has use_backbone_features=False.")
+        return self.msemoboost.backbone
+
+    def forward(
+        self,
+        input_values: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> SequenceClassifierOutput | tuple:
+        r"""
+        Args:
+            input_values (`torch.FloatTensor` of shape `(batch_size, num_samples)`):
+                Raw mono waveforms at `config.sampling_rate`.
+            attention_mask (`torch.LongTensor` of shape `(batch_size, num_samples)`, *optional*):
+                1 on samples of audio, 0 on right padding.
+            labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
+                Class index of each utterance, in `[0, config.num_labels)`.
+            output_hidden_states (`bool`, *optional*):
+                Return the backbone's hidden states of every segment.
+            return_dict (`bool`, *optional*):
+                Return a [`SequenceClassifierOutput`] rather than a tuple.
+
+        Returns:
+            [`SequenceClassifierOutput`] with `logits` of shape `(batch_size, num_labels)`: utterance-level
+            log-probabilities (softmax of them gives the class probabilities), and `loss` when `labels` is given.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        outputs = self.msemoboost(
+            input_values, attention_mask=attention_mask, output_hidden_states=output_hidden_states, return_dict=True
+        )
+        segment_logits = self.classifier(outputs.segment_features)
+        logits = average_over_segments(segment_logits.log_softmax(-1), outputs.segments_per_utterance)
+
+        loss = None
+        if labels is not None:
+            if labels.shape != (len(logits),) or labels.is_floating_point():
+                raise ValueError(
+                    f"labels must hold one class index per utterance, shape ({len(logits)},), got shape "
+                    f"{tuple(labels.shape)} of dtype {labels.dtype}."
+                )
+            outside = (labels < 0) | (labels >= self.config.num_labels)
+            if outside.any():
+                raise ValueError(
+                    f"labels must be class indices in [0, {self.config.num_labels}) for num_labels="
+                    f"{self.config.num_labels}, got {labels[outside].tolist()}."
+                )
+            segment_labels = torch.repeat_interleave(labels.to(logits.device), outputs.segments_per_utterance)
+            loss = F.cross_entropy(segment_logits.float(), segment_labels)
+
+        output = SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+        return output if return_dict else output.to_tuple()
+
+
+__all__ = [
+    "MSEmoBoostForSequenceClassification",
+    "MSEmoBoostModel",
+    "MSEmoBoostModelOutput",
+    "MSEmoBoostPreTrainedModel",
+]
