@@ -1,0 +1,28 @@
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+EMODB = Path(__file__).resolve().parents[2] / "shared" / "data" / "emodb"
+
+
+@pytest.fixture(scope="session")
+def emodb() -> Path:
+    """The real EMO-DB speech beside the repository. Absent only on a user's fresh checkout; CI must have it."""
+    if not (EMODB / "metadata.csv").is_file():
+        if os.environ.get("CI"):
+            pytest.fail(f"CI needs the EMO-DB copy at {EMODB}")
+        pytest.skip(f"EMO-DB not found at {EMODB}")
+    return EMODB
+
+
+@pytest.fixture(scope="session")
+def emodb_utterances(emodb) -> list[np.ndarray]:
+    """Six real EMO-DB utterances decoded and resampled to 16 kHz by `datasets`, as the training code reads them."""
+    from datasets import Audio
+
+    audio = Audio(sampling_rate=16000)
+    paths = sorted((emodb / "audio").glob("*.flac"))[::70]
+    decoders = [audio.decode_example(audio.encode_example(str(path))) for path in paths]
+    return [decoder.get_all_samples().data[0].numpy() for decoder in decoders]

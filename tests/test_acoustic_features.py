@@ -1,0 +1,79 @@
+"""The in-model torch features match the paper's librosa recipe on real speech."""
+
+import librosa
+import numpy as np
+import pytest
+import torch
+
+from msemoboost import MSEmoBoostConfig
+from msemoboost.acoustic_features import MSEmoBoostMFCC, MSEmoBoostSpectrogram, pre_emphasis
+
+CONFIG = MSEmoBoostConfig()
+
+
+def relative_error(output: np.ndarray, reference: np.ndarray) -> float:
+    return float(np.linalg.norm(output - reference) / np.linalg.norm(reference))
+
+
+@pytest.fixture(scope="module")
+def segments(emodb_utterances) -> list[np.ndarray]:
+    """Real 3 s segments: each EMO-DB utterance (2 s) zero-padded to 48,000 samples, as the model pads them."""
+    padded = []
+    for utterance in emodb_utterances:
+        segment = np.zeros(CONFIG.segment_samples, dtype=np.float32)
+        segment[: len(utterance)] = utterance[: CONFIG.segment_samples]
+        padded.append(segment)
+    return padded
+
+
+def librosa_mfcc(segment: np.ndarray) -> np.ndarray:
+    emphasised = librosa.effects.preemphasis(segment)
+    return librosa.feature.mfcc(y=emphasised, sr=16000, n_mfcc=40, hop_length=160, htk=True)
+
+
+def librosa_spectrogram(segment: np.ndarray) -> np.ndarray:
+    emphasised = librosa.effects.preemphasis(segment)
+    magnitude = np.abs(librosa.stft(emphasised, n_fft=800, win_length=640, hop_length=160, window="hamming"))
+    log_spec = librosa.amplitude_to_db(magnitude, ref=np.max)[:200]
+    image = (log_spec - log_spec.min()) / (log_spec.max() - log_spec.min())
+    return image[::-1]
+
+
+def test_pre_emphasis_matches_librosa(segments):
+    batch = torch.from_numpy(np.stack(segments))
+    output = pre_emphasis(batch, 0.97).numpy()
+    for row, segment in zip(output, segments):
+        np.testing.assert_allclose(row, librosa.effects.preemphasis(segment), rtol=0, atol=1e-6)
+
+
+def test_mfcc_matches_librosa_on_emodb(segments):
+    mfcc = MSEmoBoostMFCC(CONFIG)
+    output = mfcc(pre_emphasis(torch.from_numpy(np.stack(segments)), 0.97)).numpy()
+    assert output.shape == (len(segments), CONFIG.num_mfcc_frames, 40) == (len(segments), 301, 40)
+    for features, segment in zip(output, segments):
+        assert relative_error(features.T, librosa_mfcc(segment)) <= 1e-4
+
+
+def test_spectrogram_matches_librosa_on_emodb(segments):
+    spectrogram = MSEmoBoostSpectrogram(CONFIG)
+    output = spectrogram(pre_emphasis(torch.from_numpy(np.stack(segments)), 0.97)).numpy()
+    assert output.shape == (len(segments), 200, 301)
+    for image, segment in zip(output, segments):
+        assert relative_error(image, librosa_spectrogram(segment)) <= 1e-4
+
+
+def test_filters_and_windows_equal_librosa():
+    mfcc, spectrogram = MSEmoBoostMFCC(CONFIG), MSEmoBoostSpectrogram(CONFIG)
+    reference_filters = librosa.filters.mel(sr=16000, n_fft=2048, n_mels=128, htk=True)
+    np.testing.assert_allclose(mfcc.mel_filters.numpy().T, reference_filters, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(mfcc.window.numpy(), librosa.filters.get_window("hann", 2048), atol=1e-7)
+    hamming = librosa.util.pad_center(librosa.filters.get_window("hamming", 640), size=800)
+    np.testing.assert_allclose(spectrogram.window.numpy(), hamming, atol=1e-7)
+
+
+def test_digital_silence_gives_finite_features():
+    silence = torch.zeros(2, CONFIG.segment_samples)
+    mfcc = MSEmoBoostMFCC(CONFIG)(pre_emphasis(silence, 0.97))
+    image = MSEmoBoostSpectrogram(CONFIG)(pre_emphasis(silence, 0.97))
+    assert torch.isfinite(mfcc).all()
+    assert torch.equal(image, torch.zeros_like(image))

@@ -1,0 +1,74 @@
+"""MSEmoBoostConfig: serialisation, derived sizes and validation."""
+
+import pytest
+import torch
+from transformers import AutoModel, BertConfig, Wav2Vec2Config
+
+from msemoboost import SUPPORTED_BACKBONE_TYPES, MSEmoBoostConfig
+
+from tiny import tiny_config
+
+
+def test_config_survives_dict_and_save_pretrained(tmp_path):
+    config = tiny_config("hubert", use_spectrogram=False, id2label={0: "angry", 1: "sad"}, label2id={"angry": 0, "sad": 1})
+    as_dict = config.to_dict()
+    assert MSEmoBoostConfig.from_dict(as_dict).to_dict() == as_dict
+    config.save_pretrained(tmp_path)
+    reloaded = MSEmoBoostConfig.from_pretrained(tmp_path)
+    assert reloaded.to_dict() == {**as_dict, "auto_map": {"AutoConfig": "configuration_msemoboost.MSEmoBoostConfig"}}
+    assert reloaded.backbone_config.model_type == "hubert"
+    assert reloaded.backbone_config.hidden_size == 32
+    assert reloaded.use_spectrogram is False
+    assert reloaded.id2label == {0: "angry", 1: "sad"}
+
+
+def test_default_is_the_paper_setting():
+    config = MSEmoBoostConfig()
+    assert isinstance(config.backbone_config, Wav2Vec2Config)
+    assert config.backbone_config.hidden_size == 768
+    assert config.segment_samples == 48_000
+    assert config.num_backbone_frames(config.segment_samples) == 149
+    assert config.num_mfcc_frames == 301
+    assert config.min_input_samples == 400
+
+
+@pytest.mark.parametrize("model_type", SUPPORTED_BACKBONE_TYPES)
+def test_backbone_frames_are_derived_from_the_conv_config(model_type):
+    config = tiny_config(model_type)
+    config.backbone_config.conv_kernel = (7, 5, 3)
+    config.backbone_config.conv_stride = (4, 3, 2)
+    config.backbone_config.conv_dim = (8, 8, 8)
+    config.backbone_config.num_feat_extract_layers = 3
+    backbone = AutoModel.from_config(config.backbone_config)
+    for num_samples in (400, 16_000, 48_000, 48_017):
+        expected = int(backbone._get_feat_extract_output_lengths(torch.tensor(num_samples)))
+        assert config.num_backbone_frames(num_samples) == expected
+    with torch.no_grad():
+        frames = backbone(torch.zeros(1, 48_000)).last_hidden_state.shape[1]
+    assert frames == config.num_backbone_frames(48_000)
+
+
+def test_non_audio_backbone_config_is_refused():
+    with pytest.raises(ValueError, match=r"audio SSL model.*BertConfig \(model_type='bert'\)"):
+        MSEmoBoostConfig(backbone_config=BertConfig())
+    with pytest.raises(ValueError, match=r"audio SSL model.*model_type='whisper'"):
+        MSEmoBoostConfig(backbone_config={"model_type": "whisper"})
+    with pytest.raises(ValueError, match=r"model_type=None"):
+        MSEmoBoostConfig(backbone_config={"hidden_size": 32})
+
+
+def test_num_labels_disagreeing_with_id2label_is_refused():
+    with pytest.raises(ValueError, match=r"num_labels=3 disagrees with id2label, which has 2 labels"):
+        MSEmoBoostConfig(num_labels=3, id2label={0: "angry", 1: "sad"})
+    with pytest.raises(ValueError, match=r"label2id .* is not the inverse of id2label"):
+        MSEmoBoostConfig(id2label={0: "angry", 1: "sad"}, label2id={"angry": 1, "sad": 0})
+
+
+def test_model_with_no_features_is_refused():
+    with pytest.raises(ValueError, match="no features to classify"):
+        tiny_config(use_backbone_features=False, use_mfcc=False, use_spectrogram=False)
+
+
+def test_segment_shorter_than_a_backbone_frame_is_refused():
+    with pytest.raises(ValueError, match=r"shorter than one frame of the backbone's feature encoder \(400 samples\)"):
+        tiny_config(segment_length_s=0.02)

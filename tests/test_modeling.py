@@ -1,0 +1,317 @@
+"""MSEmoBoostModel and MSEmoBoostForSequenceClassification: the paper's computation and the Hugging Face surface."""
+
+import numpy as np
+import pytest
+import torch
+from torch.nn import functional as F
+from transformers import AutoModel, Wav2Vec2Config, Wav2Vec2Model
+
+from msemoboost import (
+    SUPPORTED_BACKBONE_TYPES,
+    MSEmoBoostFeatureExtractor,
+    MSEmoBoostForSequenceClassification,
+    MSEmoBoostModel,
+    load_imagenet_alexnet,
+)
+from tiny import TINY_BACKBONE, speech_like, tiny_config, tiny_model
+
+EXTRACTOR = MSEmoBoostFeatureExtractor()
+
+
+def batch(waveforms):
+    return EXTRACTOR(waveforms, sampling_rate=16000, return_tensors="pt")
+
+
+def test_batched_utterances_match_single():
+    model = tiny_model()
+    # 0.5 s, 2 s, one segment exactly, 7.5 s (3 segments), and a 3 s + 100-sample tail that is dropped.
+    waveforms = [speech_like(n, seed) for seed, n in enumerate((8_000, 32_000, 48_000, 120_000, 48_100))]
+    with torch.no_grad():
+        batched = model(**batch(waveforms)).logits
+        single = torch.cat([model(**batch(waveform)).logits for waveform in waveforms])
+    torch.testing.assert_close(batched, single, rtol=0, atol=1e-5)
+
+
+def test_batched_real_speech_matches_single(emodb_utterances):
+    model = tiny_model()
+    with torch.no_grad():
+        batched = model(**batch(emodb_utterances)).logits
+        single = torch.cat([model(**batch(waveform)).logits for waveform in emodb_utterances])
+    assert batched.shape == (len(emodb_utterances), 4)
+    torch.testing.assert_close(batched, single, rtol=0, atol=1e-5)
+
+
+def test_utterances_are_cut_into_zero_padded_3s_segments():
+    model = tiny_model().msemoboost
+    waveform = torch.from_numpy(speech_like(120_000))[None]  # 7.5 s
+    segments, lengths, per_utterance = model.split_into_segments(waveform, torch.tensor([120_000]))
+    assert per_utterance.tolist() == [3]
+    assert lengths.tolist() == [48_000, 48_000, 24_000]  # the last one holds 1.5 s
+    assert torch.equal(segments.flatten()[:120_000], waveform[0])
+    assert torch.equal(segments[2, 24_000:], torch.zeros(24_000))
+
+
+def test_padding_values_never_reach_the_model():
+    model = tiny_model()
+    inputs = batch([speech_like(20_000), speech_like(60_000, 1)])
+    with torch.no_grad():
+        reference = model(**inputs).logits
+        inputs["input_values"][0, 20_000:] = 7.0
+        assert torch.equal(model(**inputs).logits, reference)
+
+
+def test_trailing_remainder_shorter_than_a_frame_is_dropped():
+    model = tiny_model().msemoboost
+    lengths = torch.tensor([48_399, 48_400, 399 + 400])
+    _, segment_lengths, per_utterance = model.split_into_segments(torch.zeros(3, 48_400), lengths)
+    assert per_utterance.tolist() == [1, 2, 1]
+    assert segment_lengths.tolist() == [48_000, 48_000, 400, 799]
+
+
+def test_utterance_logits_are_the_mean_of_segment_log_probabilities():
+    model = tiny_model()
+    inputs = batch([speech_like(120_000), speech_like(30_000, 1)])
+    with torch.no_grad():
+        outputs = model.msemoboost(**inputs)
+        segment_log_probs = model.classifier(outputs.segment_features).log_softmax(-1)
+        logits = model(**inputs).logits
+    torch.testing.assert_close(logits[0], segment_log_probs[:3].mean(0), rtol=0, atol=1e-6)
+    torch.testing.assert_close(logits[1], segment_log_probs[3], rtol=0, atol=1e-6)
+    torch.testing.assert_close(logits.exp().sum(-1)[1], torch.tensor(1.0))
+
+
+def test_loss_is_cross_entropy_of_every_segment_against_its_utterance_label():
+    model = tiny_model()
+    inputs = batch([speech_like(120_000), speech_like(30_000, 1)])
+    labels = torch.tensor([2, 0])
+    with torch.no_grad():
+        outputs = model(**inputs, labels=labels)
+        segment_logits = model.classifier(model.msemoboost(**inputs).segment_features)
+    expected = F.cross_entropy(segment_logits, torch.tensor([2, 2, 2, 0]))
+    torch.testing.assert_close(outputs.loss, expected)
+
+
+def test_segment_feature_is_the_enhancement_weighted_sum_of_backbone_frames():
+    model = tiny_model().msemoboost
+    inputs = batch([speech_like(60_000)])
+    segments, lengths, _ = model.split_into_segments(inputs["input_values"], torch.tensor([60_000]))
+    with torch.no_grad():
+        outputs = model(**inputs)
+        sample_mask = (torch.arange(48_000) < lengths[:, None]).long()
+        frames = model.backbone(segments, attention_mask=sample_mask).last_hidden_state
+    weights = outputs.enhancement_weights
+    assert weights.shape == (2, 149)
+    assert outputs.frame_mask.sum(-1).tolist() == [149, 37]
+    assert not weights[1, 37:].any()  # no weight on frames of padding
+    expected = torch.einsum("st,std->sd", weights, frames)
+    torch.testing.assert_close(outputs.segment_features, expected, rtol=0, atol=1e-5)
+    torch.testing.assert_close(outputs.utterance_features[0], outputs.segment_features.mean(0), rtol=0, atol=1e-6)
+
+
+def test_gradients_reach_every_branch():
+    model = tiny_model().train()
+    inputs = batch([speech_like(60_000), speech_like(20_000, 1)])
+    model(**inputs, labels=torch.tensor([1, 3])).loss.backward()
+    branches = {
+        "backbone feature encoder": model.msemoboost.backbone.feature_extractor,
+        "backbone transformer": model.msemoboost.backbone.encoder,
+        "MFCC Bi-LSTM": model.msemoboost.mfcc_encoder.lstm,
+        "MFCC attention": model.msemoboost.mfcc_encoder.attention,
+        "MFCC projection": model.msemoboost.mfcc_encoder.projection,
+        "AlexNet features": model.msemoboost.spectrogram_encoder.features,
+        "spectrogram attention": model.msemoboost.spectrogram_encoder.attention,
+        "spectrogram projection": model.msemoboost.spectrogram_encoder.projection,
+        "enhancement": model.msemoboost.enhancement,
+        "classifier": model.classifier,
+    }
+    for name, module in branches.items():
+        gradients = [p.grad for p in module.parameters() if p.requires_grad]
+        assert gradients and all(g is not None for g in gradients), name
+        assert sum(float(g.abs().sum()) for g in gradients) > 0, name
+
+
+def parameter_groups(model: MSEmoBoostForSequenceClassification) -> set[str]:
+    """Top-level parts of the bare model that own parameters, with each guidance branch's attention apart."""
+    groups = set()
+    for name, _ in model.msemoboost.named_parameters():
+        part, child = name.split(".")[:2]
+        groups.add(f"{part}.attention" if part != "backbone" and child == "attention" else part)
+    return groups
+
+
+@pytest.mark.parametrize(
+    ("switches", "expected"),
+    [
+        ({}, {"backbone", "mfcc_encoder", "mfcc_encoder.attention", "spectrogram_encoder", "spectrogram_encoder.attention", "enhancement"}),
+        ({"use_spectrogram": False}, {"backbone", "mfcc_encoder", "mfcc_encoder.attention", "enhancement"}),
+        ({"use_mfcc": False}, {"backbone", "spectrogram_encoder", "spectrogram_encoder.attention", "enhancement"}),
+        ({"use_attention": False}, {"backbone", "mfcc_encoder", "spectrogram_encoder", "enhancement"}),
+        ({"use_mfcc": False, "use_spectrogram": False}, {"backbone"}),
+        ({"use_backbone_features": False}, {"mfcc_encoder", "mfcc_encoder.attention", "spectrogram_encoder", "spectrogram_encoder.attention"}),
+    ],
+)
+def test_ablation_switches_change_which_parameters_exist(switches, expected):
+    model = tiny_model(**switches)
+    assert parameter_groups(model) == expected
+    with torch.no_grad():
+        logits = model(**batch([speech_like(30_000)])).logits
+    assert logits.shape == (1, 4) and torch.isfinite(logits).all()
+
+
+def test_enhancement_input_size_follows_the_active_branches():
+    assert tiny_model().msemoboost.enhancement.projection.in_features == 16
+    assert tiny_model(use_mfcc=False).msemoboost.enhancement.projection.in_features == 8
+    assert tiny_model(use_backbone_features=False).classifier.in_features == 16
+
+
+def test_baseline_is_masked_mean_pooling_of_backbone_frames():
+    model = tiny_model(use_mfcc=False, use_spectrogram=False).msemoboost
+    with torch.no_grad():
+        outputs = model(**batch([speech_like(24_000)]))
+        frames = model.backbone(
+            F.pad(torch.from_numpy(EXTRACTOR(speech_like(24_000), sampling_rate=16000)["input_values"][0]), (0, 24_000))[None],
+            attention_mask=(torch.arange(48_000) < 24_000).long()[None],
+        ).last_hidden_state[0]
+    valid = int(model.backbone._get_feat_extract_output_lengths(torch.tensor(24_000)))
+    assert outputs.enhancement_weights is None
+    torch.testing.assert_close(outputs.utterance_features[0], frames[:valid].mean(0), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("model_type", SUPPORTED_BACKBONE_TYPES)
+def test_every_supported_ssl_backbone_runs(model_type):
+    model = tiny_model(model_type=model_type)
+    assert model.msemoboost.backbone.config.model_type == model_type
+    with torch.no_grad():
+        outputs = model.msemoboost(**batch([speech_like(50_000), speech_like(9_000, 1)]))
+    assert outputs.enhancement_weights.shape == (3, 149)
+    assert outputs.utterance_features.shape == (2, 32)
+
+
+def test_chunking_bounds_the_segment_batch_without_changing_results():
+    small = tiny_model(segment_chunk_size=2)
+    large = MSEmoBoostForSequenceClassification(tiny_config(segment_chunk_size=64)).eval()
+    large.load_state_dict(small.state_dict())
+    seen = []
+    small.msemoboost.backbone.register_forward_hook(lambda module, args, output: seen.append(args[0].shape[0]))
+    inputs = batch([speech_like(16_000 * 20)])  # 20 s: 7 segments
+    with torch.no_grad():
+        torch.testing.assert_close(small(**inputs).logits, large(**inputs).logits, rtol=0, atol=1e-5)
+    assert seen == [2, 2, 2, 1]
+
+
+def test_ten_minutes_of_audio_runs_in_segment_chunks():
+    model = tiny_model(use_spectrogram=False)
+    seen = []
+    model.msemoboost.backbone.register_forward_hook(lambda module, args, output: seen.append(args[0].shape[0]))
+    with torch.no_grad():
+        outputs = model.msemoboost(**batch([speech_like(16_000 * 600)]))
+    assert outputs.segments_per_utterance.tolist() == [200]
+    assert max(seen) == model.config.segment_chunk_size and sum(seen) == 200
+    assert torch.isfinite(outputs.utterance_features).all()
+
+
+def test_output_hidden_states_are_the_backbone_layers_of_every_segment():
+    model = tiny_model()
+    with torch.no_grad():
+        outputs = model(**batch([speech_like(60_000)]), output_hidden_states=True)
+    assert len(outputs.hidden_states) == TINY_BACKBONE["num_hidden_layers"] + 1
+    assert all(state.shape == (2, 149, 32) for state in outputs.hidden_states)
+
+
+def test_return_dict_false_gives_a_tuple():
+    model = tiny_model()
+    with torch.no_grad():
+        logits = model(**batch([speech_like(20_000)]), return_dict=False)[0]
+        assert torch.equal(logits, model(**batch([speech_like(20_000)])).logits)
+
+
+def test_freeze_feature_encoder_and_base_model():
+    model = tiny_model()
+    model.freeze_feature_encoder()
+    assert not any(p.requires_grad for p in model.msemoboost.backbone.feature_extractor.parameters())
+    assert all(p.requires_grad for p in model.msemoboost.backbone.encoder.parameters())
+    model.freeze_base_model()
+    assert not any(p.requires_grad for p in model.msemoboost.backbone.parameters())
+    assert all(p.requires_grad for n, p in model.named_parameters() if ".backbone." not in n)
+    with pytest.raises(ValueError, match=r"freeze_base_model\(\) needs a backbone"):
+        tiny_model(use_backbone_features=False).freeze_base_model()
+
+
+def test_gradient_checkpointing_is_passed_to_the_backbone():
+    model = tiny_model().train()
+    model.config.backbone_config.layerdrop = 0.0
+    model.msemoboost.backbone.config.mask_time_prob = 0.0
+    inputs, labels = batch([speech_like(30_000)]), torch.tensor([1])
+    torch.manual_seed(0)
+    model(**inputs, labels=labels).loss.backward()
+    reference = [p.grad.clone() for p in model.msemoboost.backbone.encoder.parameters()]
+    model.zero_grad()
+    model.gradient_checkpointing_enable()
+    assert model.msemoboost.backbone.encoder.gradient_checkpointing is True
+    torch.manual_seed(0)
+    model(**inputs, labels=labels).loss.backward()
+    for before, parameter in zip(reference, model.msemoboost.backbone.encoder.parameters()):
+        torch.testing.assert_close(parameter.grad, before)
+
+
+def test_from_backbone_keeps_the_pretrained_ssl_weights(tmp_path):
+    torch.manual_seed(1)
+    pretrained = Wav2Vec2Model(Wav2Vec2Config(**TINY_BACKBONE))
+    pretrained.save_pretrained(tmp_path / "ssl")
+    model = MSEmoBoostForSequenceClassification.from_backbone(tmp_path / "ssl", num_labels=7, use_spectrogram=False, lstm_hidden_size=8)
+    assert model.config.num_labels == 7 and model.config.use_spectrogram is False
+    assert model.msemoboost.spectrogram_encoder is None
+    for name, tensor in pretrained.state_dict().items():
+        assert torch.equal(model.msemoboost.backbone.state_dict()[name], tensor), name
+    bare = MSEmoBoostModel.from_backbone(tmp_path / "ssl", use_mfcc=False, spectrogram_image_size=64)
+    assert torch.equal(bare.backbone.encoder.layers[0].attention.q_proj.weight, pretrained.encoder.layers[0].attention.q_proj.weight)
+    with pytest.raises(ValueError, match="needs use_backbone_features=True"):
+        MSEmoBoostForSequenceClassification.from_backbone(tmp_path / "ssl", use_backbone_features=False)
+
+
+def test_alexnet_parameter_names_match_torchvision():
+    import torchvision
+
+    torch.manual_seed(2)
+    alexnet = torchvision.models.alexnet(weights=None)
+    model = MSEmoBoostForSequenceClassification(tiny_config(spectrogram_conv_channels=(64, 192, 384, 256, 256)))
+    assert set(model.msemoboost.spectrogram_encoder.features.state_dict()) == set(alexnet.features.state_dict())
+    load_imagenet_alexnet(model, alexnet)
+    for name, tensor in alexnet.features.state_dict().items():
+        assert torch.equal(model.msemoboost.spectrogram_encoder.features.state_dict()[name], tensor)
+    with pytest.raises(ValueError, match=r"does not have AlexNet's shape \(0.weight: \(8, 3, 11, 11\)\)"):
+        load_imagenet_alexnet(tiny_model(), alexnet)
+    with pytest.raises(ValueError, match="no spectrogram branch"):
+        load_imagenet_alexnet(tiny_model(use_spectrogram=False), alexnet)
+
+
+def test_save_pretrained_writes_config_code_and_safetensors_only(tmp_path):
+    model = tiny_model()
+    model.save_pretrained(tmp_path)
+    EXTRACTOR.save_pretrained(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "acoustic_features.py",
+        "config.json",
+        "configuration_msemoboost.py",
+        "feature_extraction_msemoboost.py",
+        "model.safetensors",
+        "modeling_msemoboost.py",
+        "preprocessor_config.json",
+    ]
+    assert model.config.auto_map == {
+        "AutoConfig": "configuration_msemoboost.MSEmoBoostConfig",
+        "AutoModel": "modeling_msemoboost.MSEmoBoostModel",
+        "AutoModelForAudioClassification": "modeling_msemoboost.MSEmoBoostForSequenceClassification",
+    }
+
+
+def test_reloaded_model_rebuilds_its_feature_buffers(tmp_path):
+    model = tiny_model()
+    model.save_pretrained(tmp_path)
+    reloaded = MSEmoBoostForSequenceClassification.from_pretrained(tmp_path).eval()
+    for name, buffer in model.named_buffers():
+        assert torch.equal(dict(reloaded.named_buffers())[name], buffer), name
+    inputs = batch([speech_like(70_000)])
+    with torch.no_grad():
+        assert torch.equal(reloaded(**inputs).logits, model(**inputs).logits)
+    assert isinstance(AutoModel.from_pretrained(tmp_path), MSEmoBoostModel)
