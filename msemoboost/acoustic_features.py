@@ -10,7 +10,8 @@ precision on real speech (see `tests/test_acoustic_features.py`):
   window="hamming")|, ref=np.max)`, first 200 bins, min-max scaled to [0, 1], frequency axis flipped.
 
 The windows and mel filters come from `transformers.audio_utils`. They are non-persistent buffers: they are not
-saved with the weights, and `MSEmoBoostPreTrainedModel._init_weights` fills them again after loading.
+saved with the weights, and `MSEmoBoostPreTrainedModel._init_weights` fills them again after loading. Features
+are always computed in float32, also in a model cast to half precision: the log and the DCT need the range.
 """
 
 import math
@@ -102,14 +103,14 @@ class MSEmoBoostMFCC(nn.Module):
             waveform.float(),
             n_fft=self.n_fft,
             hop_length=self.hop_length,
-            window=self.window,
+            window=self.window.float(),
             center=True,
             pad_mode="constant",
             return_complex=True,
         )
         power = stft.abs().square().transpose(1, 2)  # (batch_size, num_frames, num_frequency_bins)
-        log_mel = power_to_db(power @ self.mel_filters, reference=1.0, amin=1e-10, top_db=self.top_db)
-        return log_mel @ self.dct
+        log_mel = power_to_db(power @ self.mel_filters.float(), reference=1.0, amin=1e-10, top_db=self.top_db)
+        return log_mel @ self.dct.float()
 
 
 class MSEmoBoostSpectrogram(nn.Module):
@@ -140,7 +141,7 @@ class MSEmoBoostSpectrogram(nn.Module):
             waveform.float(),
             n_fft=self.n_fft,
             hop_length=self.hop_length,
-            window=self.window,
+            window=self.window.float(),
             center=True,
             pad_mode="constant",
             return_complex=True,

@@ -315,3 +315,15 @@ def test_reloaded_model_rebuilds_its_feature_buffers(tmp_path):
     with torch.no_grad():
         assert torch.equal(reloaded(**inputs).logits, model(**inputs).logits)
     assert isinstance(AutoModel.from_pretrained(tmp_path), MSEmoBoostModel)
+
+
+def test_half_precision_model_computes_features_in_float32():
+    model = tiny_model()
+    inputs = batch([speech_like(60_000)])
+    with torch.no_grad():
+        reference = model(**inputs).logits
+        model.to(torch.bfloat16)
+        assert model.msemoboost.mfcc_encoder.mfcc.mel_filters.dtype == torch.bfloat16
+        logits = model(**inputs).logits
+    assert logits.dtype == torch.bfloat16
+    torch.testing.assert_close(logits.float(), reference, rtol=0, atol=0.05)
