@@ -1,0 +1,176 @@
+"""Speech emotion corpora through `datasets`: loading, label spaces, audio checks and batching.
+
+Training code lives outside the remote-code files: a Hub checkpoint never needs `datasets`.
+"""
+
+import logging
+from dataclasses import dataclass
+
+import datasets
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class EmotionCorpus:
+    """One table of utterances from every split of the source dataset.
+
+    `dataset` has the columns `audio` (undecoded: path and bytes), `labels` (class index), `speaker` (string),
+    `split` (the source split), `utterance_id` (file name or row number) and `num_samples` (at the model's rate).
+    """
+
+    dataset: datasets.Dataset
+    label_names: list[str]
+    sampling_rate: int
+    num_skipped: int = 0
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.asarray(self.dataset["labels"])
+
+    @property
+    def speakers(self) -> np.ndarray:
+        return np.asarray(self.dataset["speaker"])
+
+    @property
+    def splits(self) -> np.ndarray:
+        return np.asarray(self.dataset["split"])
+
+
+def parse_label_merge(text: str | None) -> dict[str, str]:
+    """`"excited:happy,frustrated:angry"` → `{"excited": "happy", "frustrated": "angry"}`."""
+    if not text:
+        return {}
+    merge = {}
+    for pair in text.split(","):
+        source, separator, target = pair.partition(":")
+        if not separator or not source.strip() or not target.strip():
+            raise ValueError(f"label_merge takes 'from:to' pairs separated by commas, e.g. 'excited:happy'; got {pair!r}.")
+        merge[source.strip()] = target.strip()
+    return merge
+
+
+def load_corpus(
+    dataset_name: str,
+    sampling_rate: int,
+    min_samples: int,
+    audio_column: str = "audio",
+    label_column: str = "label",
+    speaker_column: str | None = "speaker",
+    dataset_config_name: str | None = None,
+    label_merge: dict[str, str] | None = None,
+    skip_bad_audio: bool = False,
+) -> EmotionCorpus:
+    """Loads a Hub dataset id or a local path (an `audiofolder` directory with `metadata.csv` included).
+
+    Every split is kept and tagged in the `split` column. Labels may be a `ClassLabel` or strings; `label_merge` renames
+    classes before the label space is built. Each audio file is decoded once at `sampling_rate` to check it: an
+    unreadable file, or one shorter than `min_samples`, is an error naming the file unless `skip_bad_audio` is set.
+    """
+    source = datasets.load_dataset(dataset_name, dataset_config_name)
+    if isinstance(source, datasets.Dataset):
+        source = datasets.DatasetDict({"train": source})
+    required = {"--audio_column": audio_column, "--label_column": label_column}
+    if speaker_column:
+        required["--speaker_column"] = speaker_column
+    for split, table in source.items():
+        for flag, column in required.items():
+            if column not in table.column_names:
+                raise ValueError(
+                    f"Column {column!r} ({flag}) is not in split {split!r} of {dataset_name}. "
+                    f"Its columns are: {', '.join(table.column_names)}."
+                )
+
+    label_merge = label_merge or {}
+    tables = []
+    for split, table in source.items():
+        label_names = [label_merge.get(name, name) for name in _label_strings(table, label_column)]
+        speakers = [str(speaker) for speaker in table[speaker_column]] if speaker_column else [""] * len(table)
+        table = table.select_columns([audio_column]).cast_column(audio_column, datasets.Audio(decode=False))
+        if audio_column != "audio":
+            table = table.rename_column(audio_column, "audio")
+        paths = [path for chunk in table.data.column("audio").chunks for path in chunk.field("path").to_pylist()]
+        ids = [path.replace("\\", "/").rsplit("/", 1)[-1] if path else f"{split}/{row}" for row, path in enumerate(paths)]
+        for name, values in (("label_name", label_names), ("speaker", speakers), ("split", [split] * len(table)), ("utterance_id", ids)):
+            table = table.add_column(name, values)
+        tables.append(table.cast(_features()))
+    dataset = datasets.concatenate_datasets(tables)
+
+    label_names = sorted(set(dataset["label_name"]))
+    index = {name: i for i, name in enumerate(label_names)}
+    dataset = dataset.map(lambda row: {"labels": index[row["label_name"]]}, desc="Encoding labels")
+    dataset = dataset.map(
+        lambda row: _measure(row["audio"], sampling_rate), desc="Checking audio", load_from_cache_file=False
+    )
+    too_short = [i for i, n in enumerate(dataset["num_samples"]) if 0 <= n < min_samples]
+    errors = dict(enumerate(dataset["audio_error"]))
+    for i in too_short:
+        errors[i] = f"{dataset[i]['num_samples']} samples, shorter than one analysis frame ({min_samples} samples)"
+    bad = [i for i, error in errors.items() if error]
+    if bad:
+        described = "; ".join(f"{dataset[i]['utterance_id']}: {errors[i]}" for i in bad[:5])
+        if not skip_bad_audio:
+            raise ValueError(
+                f"{len(bad)} audio file(s) cannot be used: {described}"
+                f"{' …' if len(bad) > 5 else ''}. Fix or remove them, or pass --skip_bad_audio to skip them."
+            )
+        logger.warning(f"Skipping {len(bad)} unusable audio file(s): {described}{' …' if len(bad) > 5 else ''}")
+        keep = sorted(set(range(len(dataset))) - set(bad))
+        dataset = dataset.select(keep)
+    dataset = dataset.remove_columns(["audio_error", "label_name"])
+    return EmotionCorpus(dataset=dataset, label_names=label_names, sampling_rate=sampling_rate, num_skipped=len(bad))
+
+
+def _features() -> datasets.Features:
+    return datasets.Features(
+        {
+            "audio": datasets.Audio(decode=False),
+            "label_name": datasets.Value("string"),
+            "speaker": datasets.Value("string"),
+            "split": datasets.Value("string"),
+            "utterance_id": datasets.Value("string"),
+        }
+    )
+
+
+def _label_strings(table: datasets.Dataset, label_column: str) -> list[str]:
+    feature = table.features[label_column]
+    values = table[label_column]
+    if isinstance(feature, datasets.ClassLabel):
+        return [feature.int2str(int(value)) for value in values]
+    return [str(value) for value in values]
+
+
+def decode_audio(audio: dict, sampling_rate: int) -> np.ndarray:
+    """Decodes an undecoded `datasets` audio value to a mono float32 waveform at `sampling_rate`."""
+    decoder = datasets.Audio(sampling_rate=sampling_rate, num_channels=1).decode_example(audio)
+    return decoder.get_all_samples().data[0].numpy().astype(np.float32, copy=False)
+
+
+def _measure(audio: dict, sampling_rate: int) -> dict:
+    try:
+        waveform = decode_audio(audio, sampling_rate)
+    except Exception as error:  # any decoder failure means the file is unusable; say why
+        return {"num_samples": -1, "audio_error": f"{type(error).__name__}: {error}".strip()}
+    if not np.isfinite(waveform).all():
+        return {"num_samples": len(waveform), "audio_error": "contains NaN or Inf samples"}
+    return {"num_samples": len(waveform), "audio_error": ""}
+
+
+class AudioCollator:
+    """Decodes a batch of utterances at the feature extractor's rate and pads them with the feature extractor.
+
+    Returns `input_values` `(batch_size, num_samples)`, `attention_mask` and `labels` `(batch_size,)`.
+    """
+
+    def __init__(self, feature_extractor):
+        self.feature_extractor = feature_extractor
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        rate = self.feature_extractor.sampling_rate
+        waveforms = [decode_audio(row["audio"], rate) for row in rows]
+        batch = self.feature_extractor(waveforms, sampling_rate=rate, return_tensors="pt")
+        batch["labels"] = torch.tensor([row["labels"] for row in rows], dtype=torch.long)
+        return batch

@@ -1,0 +1,114 @@
+"""Evaluation protocols: leave-one-speaker-out, stratified k-fold, and the dataset's own splits.
+
+Every fold holds out a validation part for early stopping that is drawn from the fold's *training* utterances only:
+with speakers, whole training speakers are held out (`StratifiedGroupKFold`), so neither the test speaker nor any
+validation speaker is seen in training; without speakers, a stratified random part of the training utterances.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.model_selection import LeaveOneGroupOut, StratifiedGroupKFold, StratifiedKFold, StratifiedShuffleSplit
+
+PROTOCOLS = ("loso", "kfold", "splits")
+
+
+@dataclass
+class Fold:
+    """Row indices of one fold into the corpus table."""
+
+    name: str
+    train: np.ndarray
+    validation: np.ndarray
+    test: np.ndarray
+    test_speakers: list[str]
+
+
+def make_folds(
+    protocol: str,
+    labels: np.ndarray,
+    speakers: np.ndarray,
+    splits: np.ndarray,
+    num_folds: int | None = None,
+    validation_fraction: float = 0.15,
+    seed: int = 0,
+    train_split: str = "train",
+    validation_split: str | None = "validation",
+    test_split: str = "test",
+) -> list[Fold]:
+    """Builds the folds of `protocol` over a corpus of `len(labels)` utterances.
+
+    - `loso`: each speaker is the test set once (`LeaveOneGroupOut`). With `num_folds` smaller than the number of
+      speakers, speakers are grouped into `num_folds` folds with class-stratified `StratifiedGroupKFold`.
+    - `kfold`: `StratifiedKFold` into `num_folds` folds (default 10); speakers, when given, may appear in both parts.
+    - `splits`: the dataset's own `train_split` / `validation_split` / `test_split`. Without a validation split, one
+      is drawn from the training speakers.
+    """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {list(PROTOCOLS)}, got {protocol!r}.")
+    rows = np.arange(len(labels))
+    has_speakers = bool(len(speakers)) and not (speakers == "").all()
+    if protocol == "splits":
+        present = sorted(set(splits))
+        for name in (train_split, test_split):
+            if name not in present:
+                raise ValueError(f"protocol 'splits' needs a {name!r} split; the dataset has {present}.")
+        train = rows[splits == train_split]
+        if validation_split in present:
+            validation = rows[splits == validation_split]
+        else:
+            train, validation = hold_out_validation(train, labels, speakers, has_speakers, validation_fraction, seed)
+        test = rows[splits == test_split]
+        return [Fold("splits", train, validation, test, sorted(set(speakers[test])) if has_speakers else [])]
+
+    if protocol == "loso":
+        if not has_speakers:
+            raise ValueError("protocol 'loso' needs a speaker column (--speaker_column).")
+        unique = sorted(set(speakers))
+        if len(unique) < 2:
+            raise ValueError(f"protocol 'loso' needs at least 2 speakers; the dataset has {len(unique)}: {unique}.")
+        if num_folds is None or num_folds >= len(unique):
+            splitter = LeaveOneGroupOut().split(rows, labels, groups=speakers)
+        else:
+            splitter = StratifiedGroupKFold(n_splits=num_folds, shuffle=True, random_state=seed).split(rows, labels, speakers)
+    else:
+        splitter = StratifiedKFold(n_splits=num_folds or 10, shuffle=True, random_state=seed).split(rows, labels)
+
+    folds = []
+    for index, (train, test) in enumerate(splitter):
+        train, validation = hold_out_validation(train, labels, speakers, has_speakers, validation_fraction, seed)
+        test_speakers = sorted(set(speakers[test])) if has_speakers else []
+        if protocol == "loso" and len(test_speakers) == 1:
+            name = f"speaker_{test_speakers[0]}"
+        else:
+            name = f"fold_{index:02d}"
+        folds.append(Fold(name, train, validation, test, test_speakers))
+    return folds
+
+
+def hold_out_validation(
+    train: np.ndarray, labels: np.ndarray, speakers: np.ndarray, by_speaker: bool, fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Splits training rows into (train, validation). By speaker when speakers are known, else stratified."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"validation_fraction must be in (0, 1), got {fraction}.")
+    if by_speaker:
+        train_speakers = speakers[train]
+        num_speakers = len(set(train_speakers))
+        if num_speakers < 2:
+            raise ValueError(
+                "Early stopping needs a validation speaker apart from the training speakers, but the training part "
+                f"has only {num_speakers} speaker(s)."
+            )
+        num_splits = min(num_speakers, max(2, round(1 / fraction)))
+        splitter = StratifiedGroupKFold(n_splits=num_splits, shuffle=True, random_state=seed)
+        kept, held = next(splitter.split(train, labels[train], train_speakers))
+    else:
+        splitter = StratifiedShuffleSplit(n_splits=1, test_size=fraction, random_state=seed)
+        try:
+            kept, held = next(splitter.split(train, labels[train]))
+        except ValueError:  # a class too rare to stratify: fall back to a plain random split
+            order = np.random.default_rng(seed).permutation(len(train))
+            cut = max(1, round(fraction * len(train)))
+            held, kept = order[:cut], order[cut:]
+    return train[np.sort(kept)], train[np.sort(held)]

@@ -1,0 +1,511 @@
+#!/usr/bin/env python
+"""Train and evaluate MS-EmoBoost with the paper's protocols, then save (and optionally push) the model.
+
+    python train.py                                    # offline demo: generated corpus, tiny backbone, a few minutes
+    python train.py configs/emodb.yaml --dataset_name ../shared/data/emodb
+    python train.py configs/iemocap.yaml --dataset_name <hub id or folder> --push_to_hub --hub_model_id you/ser
+    accelerate launch train.py configs/emodb.yaml ...  # several processes or GPUs
+
+Every argument of `transformers.TrainingArguments` works. A YAML or JSON file of arguments may come first; arguments
+after it override the file. Protocols (`--protocol`):
+
+- `loso`: leave-one-speaker-out (with `--num_folds` smaller than the number of speakers, speakers are grouped into
+  that many folds);
+- `kfold`: stratified k-fold over utterances;
+- `splits`: the dataset's own train / validation / test splits.
+
+Early stopping and the choice of the best checkpoint use a validation part drawn from each fold's *training*
+speakers only (whole speakers, `--validation_fraction` of them, chosen with scikit-learn's `StratifiedGroupKFold`):
+the test speaker never takes part in model selection. Without a speaker column, a stratified random part of the
+training utterances is used instead.
+
+Training is at segment level: the model cuts each utterance into 3 s segments and scores every segment against its
+utterance's label. Evaluation is at utterance level: segment log-probabilities are averaged per utterance, and WA/UA
+are computed over utterances.
+"""
+
+import csv
+import dataclasses
+import json
+import logging
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import transformers
+from transformers import EarlyStoppingCallback, HfArgumentParser, TrainingArguments, set_seed
+from transformers.trainer_utils import get_last_checkpoint
+
+import msemoboost
+from msemoboost.data import AudioCollator, decode_audio, load_corpus, parse_label_merge
+from msemoboost.demo import make_demo_corpus
+from msemoboost.protocols import PROTOCOLS, Fold, hold_out_validation, make_folds
+from msemoboost.reporting import (
+    confusion_matrix,
+    format_report,
+    mean_std,
+    per_class_report,
+    render_model_card,
+    save_confusion_matrix,
+    write_json,
+)
+from msemoboost.training import (
+    MSEmoBoostTrainer,
+    WaUaMetrics,
+    build_feature_extractor,
+    build_model,
+    load_wa_ua,
+    read_json_argument,
+)
+
+logger = logging.getLogger("msemoboost.train")
+REPO = Path(__file__).resolve().parent
+DEMO_CONFIG = REPO / "configs" / "demo.yaml"
+MODEL_CARD_TEMPLATE = REPO / "model_card.md"
+
+
+@dataclass
+class ModelArguments:
+    backbone: str | None = field(
+        default=None,
+        metadata={"help": "Hub id or local path of a pretrained SSL model (wav2vec2, HuBERT, WavLM, data2vec-audio, "
+                  "...), e.g. facebook/wav2vec2-base. Its weights are kept; the guidance branches start fresh."},
+    )
+    backbone_config: str | None = field(
+        default=None,
+        metadata={"help": "Instead of --backbone: a randomly initialised backbone from this config, a JSON object "
+                  "inline or in a .json file, e.g. '{\"model_type\": \"wav2vec2\", \"hidden_size\": 64, ...}'."},
+    )
+    use_mfcc: bool = field(default=True, metadata={"help": "Use the MFCC guidance branch."})
+    use_spectrogram: bool = field(default=True, metadata={"help": "Use the spectrogram guidance branch."})
+    use_attention: bool = field(default=True, metadata={"help": "Use residual self-attention in both branches."})
+    use_backbone_features: bool = field(
+        default=True, metadata={"help": "Pool SSL features; false gives the guidance-only ablation."}
+    )
+    model_config_overrides: str | None = field(
+        default=None, metadata={"help": "Other MSEmoBoostConfig arguments as a JSON object (inline or a .json file)."}
+    )
+    freeze_feature_encoder: bool = field(default=True, metadata={"help": "Freeze the backbone's CNN feature encoder."})
+    freeze_backbone: bool = field(default=False, metadata={"help": "Freeze the whole SSL backbone."})
+    imagenet_alexnet: bool = field(
+        default=False, metadata={"help": "Start the spectrogram branch from ImageNet AlexNet (torchvision download)."}
+    )
+    do_normalize: bool | None = field(
+        default=None,
+        metadata={"help": "Normalise each waveform to zero mean, unit variance. Default: as the backbone's own "
+                  "feature extractor does (true when unknown)."},
+    )
+
+
+@dataclass
+class DataArguments:
+    dataset_name: str | None = field(
+        default=None,
+        metadata={"help": "Hub dataset id or local path (an audiofolder directory with metadata.csv works)."},
+    )
+    dataset_config_name: str | None = field(default=None, metadata={"help": "Configuration of the Hub dataset."})
+    demo: bool = field(
+        default=False, metadata={"help": "Generate the built-in synthetic corpus into OUTPUT_DIR/demo_corpus and use it."}
+    )
+    audio_column: str = field(default="audio", metadata={"help": "Column holding the audio."})
+    label_column: str = field(default="label", metadata={"help": "Column holding the emotion (ClassLabel or string)."})
+    speaker_column: str | None = field(
+        default="speaker", metadata={"help": "Column holding the speaker; empty for none (kfold or splits only)."}
+    )
+    label_merge: str | None = field(
+        default=None, metadata={"help": "Rename classes before training, 'from:to' pairs, e.g. 'excited:happy'."}
+    )
+    skip_bad_audio: bool = field(
+        default=False, metadata={"help": "Skip unreadable or too-short audio files (and report them) instead of failing."}
+    )
+
+
+@dataclass
+class ProtocolArguments:
+    protocol: str = field(default="loso", metadata={"help": f"Evaluation protocol, one of {list(PROTOCOLS)}."})
+    num_folds: int | None = field(
+        default=None, metadata={"help": "loso: group speakers into this many folds (default: one per speaker). "
+                                "kfold: number of folds (default 10)."}
+    )
+    validation_fraction: float = field(
+        default=0.15,
+        metadata={"help": "Share of each fold's training speakers (whole speakers) held out for early stopping."},
+    )
+    early_stopping_patience: int | None = field(
+        default=None, metadata={"help": "Stop a fold after this many evaluations without improvement."}
+    )
+    folds: list[str] | None = field(default=None, metadata={"help": "Run only these folds (names or indices)."})
+    final_model: bool = field(
+        default=True, metadata={"help": "loso/kfold: after cross-validation, train the model to publish on all "
+                                "speakers (validation speakers held out for early stopping)."}
+    )
+    save_fold_models: bool = field(default=True, metadata={"help": "Keep each fold's best model in its folder."})
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Replace a finished run in --output_dir instead of refusing to."}
+    )
+    train_split: str = field(default="train", metadata={"help": "splits protocol: the training split."})
+    validation_split: str | None = field(default="validation", metadata={"help": "splits protocol: validation split."})
+    test_split: str = field(default="test", metadata={"help": "splits protocol: the test split."})
+
+
+def arguments_from_file(path: str) -> list[str]:
+    """A YAML or JSON file of arguments as command-line words, so that later words override it."""
+    text = Path(path).read_text()
+    if path.endswith(".json"):
+        values = json.loads(text)
+    else:
+        import yaml
+
+        values = yaml.safe_load(text) or {}
+    words = []
+    for key, value in values.items():
+        if value is None:
+            continue
+        if isinstance(value, (dict, list)) and key in ("backbone_config", "model_config_overrides"):
+            value = json.dumps(value)
+        if isinstance(value, list):
+            words += [f"--{key}", *map(str, value)]
+        else:
+            words += [f"--{key}", str(value)]
+    return words
+
+
+def parse_arguments(argv: list[str]) -> tuple[ModelArguments, DataArguments, ProtocolArguments, TrainingArguments]:
+    parser = HfArgumentParser((ModelArguments, DataArguments, ProtocolArguments, TrainingArguments))
+    parser.description = __doc__
+    if not argv:
+        argv = [str(DEMO_CONFIG)]
+    if argv[0].endswith((".yaml", ".yml", ".json")):
+        argv = arguments_from_file(argv[0]) + argv[1:]
+    model_args, data_args, protocol_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    if not (data_args.dataset_name or data_args.demo):
+        parser.error("give --dataset_name (or --demo for the built-in corpus)")
+    if protocol_args.protocol not in PROTOCOLS:
+        parser.error(f"--protocol must be one of {list(PROTOCOLS)}")
+    return model_args, data_args, protocol_args, training_args
+
+
+def fold_training_arguments(training_args: TrainingArguments, output_dir: Path, patience: int | None) -> TrainingArguments:
+    """The run's TrainingArguments for one fold: its own checkpoint folder, no Hub pushes mid-run, and best-model
+    selection on the validation speakers when early stopping is on."""
+    changes = {"output_dir": str(output_dir), "push_to_hub": False, "remove_unused_columns": False, "label_names": ["labels"]}
+    if patience is not None:
+        strategy = training_args.eval_strategy if training_args.eval_strategy != "no" else "epoch"
+        changes.update(
+            eval_strategy=strategy,
+            save_strategy=strategy,
+            load_best_model_at_end=True,
+            metric_for_best_model=training_args.metric_for_best_model or "ua",
+        )
+    return dataclasses.replace(training_args, **changes)
+
+
+def prepare_output_dir(output_dir: Path, overwrite: bool, training_args: TrainingArguments) -> None:
+    finished = output_dir / "results.json"
+    with training_args.main_process_first():
+        if finished.exists():
+            if not overwrite:
+                raise FileExistsError(
+                    f"{output_dir} already holds a finished run ({finished}). Pass --overwrite_output_dir true to "
+                    "replace it, or choose another --output_dir."
+                )
+            if training_args.process_index == 0:
+                shutil.rmtree(output_dir)
+                logger.info(f"Removed the finished run in {output_dir} (--overwrite_output_dir).")
+        output_dir.mkdir(parents=True, exist_ok=True)
+
+
+def resume_checkpoint(training_args: TrainingArguments, checkpoint_dir: Path) -> str | None:
+    """The checkpoint this fold resumes from with --resume_from_checkpoint (true/last: its own last one; a path: that)."""
+    request = training_args.resume_from_checkpoint
+    if not request or str(request).lower() in ("false", "0", "no"):
+        return None
+    if str(request).lower() in ("true", "last", "1", "yes"):
+        return get_last_checkpoint(str(checkpoint_dir)) if checkpoint_dir.is_dir() else None
+    return str(request) if Path(request).resolve().parent == checkpoint_dir.resolve() else None
+
+
+def model_config(model_args: ModelArguments) -> msemoboost.MSEmoBoostConfig:
+    """The configuration the run's models will have (labels aside), to read rates and sizes before training."""
+    if model_args.backbone:
+        backbone_config = transformers.AutoConfig.from_pretrained(model_args.backbone)
+    else:
+        backbone_config = read_json_argument(model_args.backbone_config) or None
+    return msemoboost.MSEmoBoostConfig(
+        backbone_config=backbone_config, **read_json_argument(model_args.model_config_overrides)
+    )
+
+
+def train_model(
+    rows_train: np.ndarray,
+    rows_validation: np.ndarray,
+    corpus,
+    model_args: ModelArguments,
+    protocol_args: ProtocolArguments,
+    training_args: TrainingArguments,
+    feature_extractor,
+    checkpoint_dir: Path,
+    callbacks,
+) -> MSEmoBoostTrainer:
+    """Trains one model on `rows_train`, choosing the best checkpoint on `rows_validation`."""
+    set_seed(training_args.seed)
+    overrides = read_json_argument(model_args.model_config_overrides)
+    model = build_model(
+        corpus.label_names,
+        backbone=model_args.backbone,
+        backbone_config=read_json_argument(model_args.backbone_config) or None,
+        imagenet_alexnet=model_args.imagenet_alexnet,
+        freeze_feature_encoder=model_args.freeze_feature_encoder,
+        freeze_backbone=model_args.freeze_backbone,
+        use_mfcc=model_args.use_mfcc,
+        use_spectrogram=model_args.use_spectrogram,
+        use_attention=model_args.use_attention,
+        use_backbone_features=model_args.use_backbone_features,
+        **overrides,
+    )
+    patience = protocol_args.early_stopping_patience
+    args = fold_training_arguments(training_args, checkpoint_dir, patience)
+    trainer = MSEmoBoostTrainer(
+        model=model,
+        args=args,
+        train_dataset=corpus.dataset.select(rows_train),
+        eval_dataset=corpus.dataset.select(rows_validation),
+        data_collator=AudioCollator(feature_extractor),
+        processing_class=feature_extractor,
+        compute_metrics=WaUaMetrics(),
+        callbacks=[*([EarlyStoppingCallback(patience)] if patience is not None else []), *callbacks],
+    )
+    checkpoint = resume_checkpoint(training_args, checkpoint_dir)
+    if checkpoint:
+        logger.info(f"Resuming from {checkpoint}")
+    elif checkpoint_dir.exists() and trainer.is_world_process_zero():
+        shutil.rmtree(checkpoint_dir)  # a killed attempt that is not being resumed
+    trainer.train(resume_from_checkpoint=checkpoint)
+    return trainer
+
+
+def run_fold(index: int, fold: Fold, corpus, model_args, protocol_args, training_args, feature_extractor, output_dir, callbacks) -> dict:
+    """Trains and tests one fold, writing its results; a fold whose results exist is skipped."""
+    directory = output_dir / "folds" / fold.name
+    results_path = directory / "results.json"
+    if results_path.exists():
+        logger.info(f"Skipping finished fold {fold.name} ({results_path}).")
+        return json.loads(results_path.read_text())
+    missing = sorted(set(range(len(corpus.label_names))) - set(corpus.labels[fold.train]))
+    if missing:
+        logger.warning(
+            f"Fold {fold.name}: no training utterances of class(es) {[corpus.label_names[i] for i in missing]}; "
+            "they stay in the label space."
+        )
+    trainer = train_model(
+        fold.train, fold.validation, corpus, model_args, protocol_args, training_args, feature_extractor,
+        directory / "checkpoints", callbacks,
+    )
+    prediction = trainer.predict(corpus.dataset.select(fold.test), metric_key_prefix="test")
+    if protocol_args.save_fold_models:
+        trainer.save_model(str(directory / "model"))
+    result = {
+        "fold": fold.name,
+        "test_speakers": fold.test_speakers,
+        "wa": prediction.metrics["test_wa"],
+        "ua": prediction.metrics["test_ua"],
+        "num_train": len(fold.train),
+        "num_validation": len(fold.validation),
+        "num_test": len(fold.test),
+        "validation_speakers": sorted(set(corpus.speakers[fold.validation])),
+        "best_checkpoint": trainer.state.best_model_checkpoint,
+        "epochs_trained": trainer.state.epoch,
+    }
+    if trainer.is_world_process_zero():
+        write_predictions(directory, corpus, fold.test, prediction.predictions)
+        matrix = confusion_matrix(corpus.labels[fold.test], prediction.predictions.argmax(-1), len(corpus.label_names))
+        report = per_class_report(matrix, corpus.label_names)
+        (directory / "classification_report.txt").write_text(format_report(report, result["wa"], result["ua"]))
+        save_confusion_matrix(matrix, corpus.label_names, directory / "confusion_matrix.png", f"{fold.name}: WA {result['wa']:.1%}, UA {result['ua']:.1%}")
+        write_json(results_path, {**result, "per_class": report, "confusion_matrix": matrix.tolist()})
+        shutil.rmtree(directory / "checkpoints", ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
+    return json.loads(results_path.read_text())
+
+
+def write_predictions(directory: Path, corpus, rows: np.ndarray, logits: np.ndarray) -> None:
+    """One row per test utterance: id, speaker, true and predicted emotion, and every class probability."""
+    probabilities = torch.from_numpy(logits).float().softmax(-1).numpy()
+    with open(directory / "predictions.csv", "w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["utterance_id", "speaker", "label", "prediction", *corpus.label_names])
+        for row, probs in zip(rows, probabilities):
+            item = corpus.dataset[int(row)]
+            writer.writerow(
+                [item["utterance_id"], item["speaker"], corpus.label_names[item["labels"]],
+                 corpus.label_names[int(probs.argmax())], *(f"{p:.6f}" for p in probs)]
+            )
+
+
+def summarize(fold_results: list[dict], corpus, protocol_args, model_args, data_args, training_args, output_dir: Path) -> dict:
+    """Overall results: per-fold WA/UA, mean ± std over folds, pooled confusion matrix and per-class report."""
+    matrix = sum(np.asarray(result["confusion_matrix"]) for result in fold_results)
+    metric = load_wa_ua()
+    references = np.repeat(np.arange(len(matrix)), matrix.sum(1))
+    predictions = np.concatenate([np.repeat(np.arange(len(matrix)), row) for row in matrix])
+    pooled = metric.compute(predictions=predictions, references=references)
+    summary = {
+        "protocol": protocol_args.protocol,
+        "num_folds": len(fold_results),
+        "wa": mean_std([result["wa"] for result in fold_results]),
+        "ua": mean_std([result["ua"] for result in fold_results]),
+        "pooled": pooled,
+        "num_utterances": int(matrix.sum()),
+        "num_skipped_audio": corpus.num_skipped,
+        "label_names": corpus.label_names,
+        "class_counts": {name: int((corpus.labels == i).sum()) for i, name in enumerate(corpus.label_names)},
+        "num_speakers": len(set(corpus.speakers)),
+        "folds": [{key: result[key] for key in ("fold", "test_speakers", "wa", "ua", "num_train", "num_validation", "num_test")} for result in fold_results],
+        "per_class": per_class_report(matrix, corpus.label_names),
+        "confusion_matrix": matrix.tolist(),
+        "model": dataclasses.asdict(model_args),
+        "data": dataclasses.asdict(data_args),
+        "protocol_arguments": dataclasses.asdict(protocol_args),
+        "training": {key: getattr(training_args, key) for key in (
+            "learning_rate", "per_device_train_batch_size", "num_train_epochs", "max_steps", "seed", "optim",
+            "weight_decay", "lr_scheduler_type", "warmup_steps", "gradient_accumulation_steps")},
+        "versions": {"msemoboost": msemoboost.__version__, "transformers": transformers.__version__, "torch": torch.__version__},
+    }
+    (output_dir / "classification_report.txt").write_text(format_report(summary["per_class"], pooled["wa"], pooled["ua"]))
+    title = f"{protocol_args.protocol}, {len(fold_results)} fold(s): WA {summary['wa']['mean']:.1%}, UA {summary['ua']['mean']:.1%}"
+    save_confusion_matrix(matrix, corpus.label_names, output_dir / "confusion_matrix.png", title)
+    with open(output_dir / "predictions.csv", "w", newline="") as merged:
+        for number, result in enumerate(fold_results):
+            lines = (output_dir / "folds" / result["fold"] / "predictions.csv").read_text().splitlines(keepends=True)
+            merged.writelines(lines if number == 0 else lines[1:])
+    return summary
+
+
+def write_model_directory(model_dir: Path, summary: dict, data_args, model_args, output_dir: Path) -> None:
+    """Adds the model card (rendered from model_card.md) and the confusion matrix to the saved model."""
+    shutil.copy(output_dir / "confusion_matrix.png", model_dir / "confusion_matrix.png")
+    hub_dataset = data_args.dataset_name if not Path(data_args.dataset_name).exists() else Path(data_args.dataset_name).name
+    base_model = model_args.backbone if model_args.backbone and not Path(model_args.backbone).exists() else None
+    card = render_model_card(MODEL_CARD_TEMPLATE, summary, hub_dataset, base_model, model_dir.resolve().parent.name)
+    (model_dir / "README.md").write_text(card)
+
+
+def push_model(model_dir: Path, training_args: TrainingArguments, feature_extractor) -> None:
+    """Pushes the finished model directory through the Trainer's own Hub support."""
+    from transformers import AutoModelForAudioClassification
+
+    model = AutoModelForAudioClassification.from_pretrained(model_dir)
+    args = dataclasses.replace(training_args, output_dir=str(model_dir), push_to_hub=False)
+    trainer = MSEmoBoostTrainer(model=model, args=args, processing_class=feature_extractor, model_card=(model_dir / "README.md").read_text())
+    try:
+        url = trainer.push_to_hub(commit_message="MS-EmoBoost model trained with msemoboost's train.py")
+    except Exception as error:  # offline, no token, no permission: all leave the local directory as it is
+        raise RuntimeError(
+            f"Could not push to the Hub repository {training_args.hub_model_id or model_dir.name!r}: "
+            f"{type(error).__name__}: {error}\nNothing is lost: the model directory {model_dir} is complete. Push it "
+            f"later with `hf upload {training_args.hub_model_id or '<repo id>'} {model_dir}`."
+        ) from error
+    logger.info(f"Pushed {model_dir} to {url}")
+
+
+def classify_example(model_dir: Path, corpus, rows: np.ndarray) -> None:
+    """Reloads the saved model through the audio-classification pipeline and classifies one utterance."""
+    from transformers import pipeline
+
+    classifier = pipeline("audio-classification", model=str(model_dir), trust_remote_code=True, device="cpu")
+    item = corpus.dataset[int(rows[0])]
+    waveform = decode_audio(item["audio"], classifier.feature_extractor.sampling_rate)
+    top = classifier(waveform, top_k=len(corpus.label_names))
+    scores = ", ".join(f"{entry['label']} {entry['score']:.2f}" for entry in top[:3])
+    print(f"Reloaded {model_dir} and classified {item['utterance_id']} (true: {corpus.label_names[item['labels']]}): {scores}")
+
+
+def main(argv: list[str] | None = None, callbacks=()) -> dict:
+    """Runs the protocol; returns the overall results. `callbacks` are added to every fold's Trainer."""
+    model_args, data_args, protocol_args, training_args = parse_arguments(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO if training_args.process_index == 0 else logging.WARNING)
+    transformers.utils.logging.set_verbosity_warning()
+    output_dir = Path(training_args.output_dir)
+    prepare_output_dir(output_dir, protocol_args.overwrite_output_dir, training_args)
+
+    if data_args.demo:
+        with training_args.main_process_first():
+            data_args.dataset_name = str(make_demo_corpus(output_dir / "demo_corpus"))
+    config = model_config(model_args)
+    feature_extractor = build_feature_extractor(model_args.backbone, config.sampling_rate, model_args.do_normalize)
+    with training_args.main_process_first():
+        corpus = load_corpus(
+            data_args.dataset_name,
+            sampling_rate=config.sampling_rate,
+            min_samples=config.min_input_samples,
+            audio_column=data_args.audio_column,
+            label_column=data_args.label_column,
+            speaker_column=data_args.speaker_column or None,
+            dataset_config_name=data_args.dataset_config_name,
+            label_merge=parse_label_merge(data_args.label_merge),
+            skip_bad_audio=data_args.skip_bad_audio,
+        )
+    folds = make_folds(
+        protocol_args.protocol, corpus.labels, corpus.speakers, corpus.splits, protocol_args.num_folds,
+        protocol_args.validation_fraction, training_args.seed, protocol_args.train_split,
+        protocol_args.validation_split, protocol_args.test_split,
+    )
+    if protocol_args.folds:
+        wanted = set(protocol_args.folds)
+        folds = [fold for index, fold in enumerate(folds) if fold.name in wanted or str(index) in wanted]
+        if not folds:
+            raise ValueError(f"--folds {protocol_args.folds} matches no fold.")
+    logger.info(
+        f"{len(corpus.dataset)} utterances, {len(corpus.label_names)} classes {corpus.label_names}, "
+        f"{len(set(corpus.speakers))} speaker(s); protocol {protocol_args.protocol} with {len(folds)} fold(s)."
+    )
+
+    fold_results = []
+    for index, fold in enumerate(folds):
+        result = run_fold(index, fold, corpus, model_args, protocol_args, training_args, feature_extractor, output_dir, callbacks)
+        fold_results.append(result)
+        if training_args.process_index == 0:
+            speakers = f" (test speaker(s) {', '.join(fold.test_speakers)})" if fold.test_speakers else ""
+            print(f"[fold {index + 1}/{len(folds)}] {fold.name}{speakers}: WA {result['wa']:.2%}  UA {result['ua']:.2%}  on {result['num_test']} utterances", flush=True)
+
+    summary = summarize(fold_results, corpus, protocol_args, model_args, data_args, training_args, output_dir) if training_args.process_index == 0 else None
+    model_dir = output_dir / "model"
+    if protocol_args.protocol == "splits" and protocol_args.save_fold_models:
+        if training_args.process_index == 0 and not (model_dir / "README.md").exists():
+            shutil.copytree(output_dir / "folds" / folds[0].name / "model", model_dir, dirs_exist_ok=True)
+    elif protocol_args.protocol != "splits" and protocol_args.final_model and not (model_dir / "README.md").exists():
+        everyone = np.arange(len(corpus.dataset))
+        train_rows, validation_rows = hold_out_validation(
+            everyone, corpus.labels, corpus.speakers, bool(data_args.speaker_column), protocol_args.validation_fraction, training_args.seed
+        )
+        trainer = train_model(train_rows, validation_rows, corpus, model_args, protocol_args, training_args, feature_extractor, model_dir, callbacks)
+        trainer.save_model(str(model_dir))
+        if trainer.is_world_process_zero():
+            for checkpoint in model_dir.glob("checkpoint-*"):
+                shutil.rmtree(checkpoint)
+    has_model = (model_dir / "model.safetensors").exists()
+
+    if training_args.process_index == 0:
+        if has_model:
+            write_model_directory(model_dir, summary, data_args, model_args, output_dir)
+        write_json(output_dir / "results.json", summary)
+        print(
+            f"{protocol_args.protocol} over {summary['num_folds']} fold(s), {summary['num_utterances']} utterances: "
+            f"WA {summary['wa']['mean']:.2%} ± {summary['wa']['std']:.2%}  UA {summary['ua']['mean']:.2%} ± {summary['ua']['std']:.2%}"
+        )
+        print(f"Results: {output_dir / 'results.json'}  Confusion matrix: {output_dir / 'confusion_matrix.png'}" + (f"  Model: {model_dir}" if has_model else ""))
+        if has_model:
+            classify_example(model_dir, corpus, folds[0].test)
+    if training_args.push_to_hub:
+        if not has_model:
+            raise ValueError("--push_to_hub needs a model directory: keep --final_model true (or --save_fold_models for splits).")
+        if training_args.process_index == 0:
+            push_model(model_dir, training_args, feature_extractor)
+    return summary
+
+
+if __name__ == "__main__":
+    main()
