@@ -118,6 +118,9 @@ class DataArguments:
     label_merge: str | None = field(
         default=None, metadata={"help": "Rename classes before training, 'from:to' pairs, e.g. 'excited:happy'."}
     )
+    keep_labels: list[str] | None = field(
+        default=None, metadata={"help": "Keep only utterances of these classes (after --label_merge), e.g. IEMOCAP's 4."}
+    )
     skip_bad_audio: bool = field(
         default=False, metadata={"help": "Skip unreadable or too-short audio files (and report them) instead of failing."}
     )
@@ -446,6 +449,7 @@ def main(argv: list[str] | None = None, callbacks=()) -> dict:
             speaker_column=data_args.speaker_column or None,
             dataset_config_name=data_args.dataset_config_name,
             label_merge=parse_label_merge(data_args.label_merge),
+            keep_labels=data_args.keep_labels,
             skip_bad_audio=data_args.skip_bad_audio,
         )
     folds = make_folds(

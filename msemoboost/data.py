@@ -61,12 +61,13 @@ def load_corpus(
     speaker_column: str | None = "speaker",
     dataset_config_name: str | None = None,
     label_merge: dict[str, str] | None = None,
+    keep_labels: list[str] | None = None,
     skip_bad_audio: bool = False,
 ) -> EmotionCorpus:
     """Loads a Hub dataset id or a local path (an `audiofolder` directory with `metadata.csv` included).
 
     Every split is kept and tagged in the `split` column. Labels may be a `ClassLabel` or strings; `label_merge` renames
-    classes before the label space is built. Each audio file is decoded once at `sampling_rate` to check it: an
+    classes before the label space is built, and `keep_labels` then keeps only those classes. Each audio file is decoded once at `sampling_rate` to check it: an
     unreadable file, or one shorter than `min_samples`, is an error naming the file unless `skip_bad_audio` is set.
     """
     source = datasets.load_dataset(dataset_name, dataset_config_name)
@@ -97,6 +98,11 @@ def load_corpus(
             table = table.add_column(name, values)
         tables.append(table.cast(_features()))
     dataset = datasets.concatenate_datasets(tables)
+    if keep_labels:
+        unknown = sorted(set(keep_labels) - set(dataset["label_name"]))
+        if unknown:
+            raise ValueError(f"keep_labels names class(es) {unknown} that the data does not have: {sorted(set(dataset['label_name']))}.")
+        dataset = dataset.filter(lambda row: row["label_name"] in set(keep_labels), desc="Keeping labels")
 
     label_names = sorted(set(dataset["label_name"]))
     index = {name: i for i, name in enumerate(label_names)}

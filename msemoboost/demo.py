@@ -1,6 +1,6 @@
 """A small synthetic emotional-speech corpus, generated deterministically, for the offline demo and the tests.
 
-Four "speakers" (two low, two high voices) utter voiced, syllable-like sounds in four "emotions" that differ the way
+Six "speakers" (from low to high voices) utter voiced, syllable-like sounds in four "emotions" that differ the way
 acted emotions tend to: pitch level and range, loudness, speaking rate and voice quality. It is no substitute for real
 speech; it lets the whole pipeline run end to end without a hub, and is easy enough that a tiny model learns it.
 
@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 
 SAMPLING_RATE = 22_050
-SPEAKERS = {"spk1": 110.0, "spk2": 135.0, "spk3": 195.0, "spk4": 230.0}  # base pitch in Hz
+SPEAKERS = {"spk1": 100.0, "spk2": 112.0, "spk3": 125.0, "spk4": 140.0, "spk5": 155.0, "spk6": 170.0}  # base pitch, Hz
 # pitch factor, pitch range (fraction), loudness, syllables per second, harmonic roll-off, pitch slope per second
 EMOTIONS = {
-    "angry": (1.30, 0.10, 0.80, 5.5, 0.6, 0.00),
-    "happy": (1.40, 0.35, 0.55, 4.5, 0.9, 0.05),
-    "neutral": (1.00, 0.05, 0.35, 4.0, 1.2, 0.00),
-    "sad": (0.85, 0.04, 0.18, 2.5, 1.8, -0.08),
+    "angry": (1.50, 0.08, 0.80, 6.0, 0.3, 0.00),
+    "happy": (1.60, 0.40, 0.55, 4.0, 0.8, 0.15),
+    "neutral": (1.00, 0.03, 0.35, 3.0, 1.5, 0.00),
+    "sad": (0.75, 0.03, 0.18, 1.8, 2.5, -0.15),
 }
 
 
@@ -48,7 +48,7 @@ def write_wav(path: Path, samples: np.ndarray) -> None:
         file.writeframes((samples * 32767).astype("<i2").tobytes())
 
 
-def make_demo_corpus(directory: str | Path, utterances_per_class: int = 6, seed: int = 0) -> Path:
+def make_demo_corpus(directory: str | Path, utterances_per_class: int = 4, seed: int = 0) -> Path:
     """Writes the corpus into `directory` (same files for the same arguments) and returns the directory."""
     directory = Path(directory)
     (directory / "audio").mkdir(parents=True, exist_ok=True)

@@ -49,7 +49,7 @@ def make_folds(
     rows = np.arange(len(labels))
     has_speakers = bool(len(speakers)) and not (speakers == "").all()
     if protocol == "splits":
-        present = sorted(set(splits))
+        present = sorted(set(map(str, splits)))
         for name in (train_split, test_split):
             if name not in present:
                 raise ValueError(f"protocol 'splits' needs a {name!r} split; the dataset has {present}.")
@@ -59,12 +59,12 @@ def make_folds(
         else:
             train, validation = hold_out_validation(train, labels, speakers, has_speakers, validation_fraction, seed)
         test = rows[splits == test_split]
-        return [Fold("splits", train, validation, test, sorted(set(speakers[test])) if has_speakers else [])]
+        return [Fold("splits", train, validation, test, sorted(set(map(str, speakers[test]))) if has_speakers else [])]
 
     if protocol == "loso":
         if not has_speakers:
             raise ValueError("protocol 'loso' needs a speaker column (--speaker_column).")
-        unique = sorted(set(speakers))
+        unique = sorted(set(map(str, speakers)))
         if len(unique) < 2:
             raise ValueError(f"protocol 'loso' needs at least 2 speakers; the dataset has {len(unique)}: {unique}.")
         if num_folds is None or num_folds >= len(unique):
@@ -77,7 +77,7 @@ def make_folds(
     folds = []
     for index, (train, test) in enumerate(splitter):
         train, validation = hold_out_validation(train, labels, speakers, has_speakers, validation_fraction, seed)
-        test_speakers = sorted(set(speakers[test])) if has_speakers else []
+        test_speakers = sorted(set(map(str, speakers[test]))) if has_speakers else []
         if protocol == "loso" and len(test_speakers) == 1:
             name = f"speaker_{test_speakers[0]}"
         else:

@@ -4,6 +4,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from msemoboost.demo import make_demo_corpus
+
 EMODB = Path(__file__).resolve().parents[2] / "shared" / "data" / "emodb"
 
 
@@ -26,3 +28,9 @@ def emodb_utterances(emodb) -> list[np.ndarray]:
     paths = sorted((emodb / "audio").glob("*.flac"))[::70]
     decoders = [audio.decode_example(audio.encode_example(str(path))) for path in paths]
     return [decoder.get_all_samples().data[0].numpy() for decoder in decoders]
+
+
+@pytest.fixture(scope="session")
+def corpus_dir(tmp_path_factory) -> Path:
+    """6 speakers x 4 emotions x 3 takes = 72 utterances of 1.5-4 s at 22.05 kHz."""
+    return make_demo_corpus(tmp_path_factory.mktemp("corpus") / "demo", utterances_per_class=3)

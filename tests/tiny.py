@@ -1,5 +1,9 @@
 """Tiny random MS-EmoBoost models and deterministic audio for the tests."""
 
+import csv
+import json
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -48,3 +52,35 @@ def speech_like(num_samples: int, seed: int = 0) -> np.ndarray:
     phase = 2 * np.pi * np.cumsum(pitch) / 16000
     voiced = sum(np.sin(k * phase) / k for k in range(1, 6))
     return (0.3 * voiced + 0.02 * rng.standard_normal(num_samples)).astype(np.float32)
+
+
+# train.py arguments for a tiny, fast run on the generated demo corpus.
+TINY_TRAIN_ARGS = [
+    "--label_column", "emotion",
+    "--backbone_config", json.dumps({
+        "model_type": "wav2vec2", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+        "intermediate_size": 37, "conv_dim": [16] * 7, "num_conv_pos_embeddings": 16, "num_conv_pos_embedding_groups": 2,
+    }),
+    "--model_config_overrides", json.dumps({
+        "lstm_hidden_size": 8, "lstm_num_layers": 1, "spectrogram_image_size": 64,
+        "spectrogram_conv_channels": [8, 8, 8, 8, 8], "spectrogram_pool_size": 2, "guidance_hidden_size": 8,
+    }),
+    "--freeze_feature_encoder", "false",
+    "--learning_rate", "0.001",
+    "--per_device_train_batch_size", "8",
+    "--per_device_eval_batch_size", "5",
+    "--num_train_epochs", "2",
+    "--eval_strategy", "epoch",
+    "--save_strategy", "epoch",
+    "--early_stopping_patience", "3",
+    "--logging_strategy", "epoch",
+    "--report_to", "none",
+    "--dataloader_pin_memory", "false",
+    "--disable_tqdm", "true",
+    "--seed", "0",
+]
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path) as file:
+        return list(csv.DictReader(file))

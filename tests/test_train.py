@@ -1,0 +1,196 @@
+"""train.py end to end on a small generated corpus, its outputs, and its handling of bad input."""
+
+import csv
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+import train
+from tiny import TINY_TRAIN_ARGS, read_csv
+
+REPO = Path(__file__).resolve().parents[1]
+def run(corpus: Path, output: Path, *extra: str, callbacks=()) -> dict:
+    return train.main(["--dataset_name", str(corpus), "--output_dir", str(output), *TINY_TRAIN_ARGS, *extra], callbacks=callbacks)
+
+
+@pytest.fixture(scope="session")
+def finished_run(corpus_dir, tmp_path_factory) -> tuple[Path, dict]:
+    output = tmp_path_factory.mktemp("run") / "out"
+    return output, run(corpus_dir, output, "--folds", "0", "1")
+
+
+def test_run_writes_per_fold_and_overall_results(finished_run):
+    output, summary = finished_run
+    results = json.loads((output / "results.json").read_text())
+    assert results["protocol"] == "loso" and results["num_folds"] == 2
+    assert [fold["fold"] for fold in results["folds"]] == ["speaker_spk1", "speaker_spk2"]
+    assert [fold["test_speakers"] for fold in results["folds"]] == [["spk1"], ["spk2"]]
+    was = [fold["wa"] for fold in results["folds"]]
+    assert results["wa"]["mean"] == pytest.approx(sum(was) / 2)
+    assert results["wa"]["std"] == pytest.approx(abs(was[0] - was[1]) / 2)
+    assert results["num_utterances"] == 24 and results["class_counts"] == {"angry": 18, "happy": 18, "neutral": 18, "sad": 18}
+    assert results["label_names"] == ["angry", "happy", "neutral", "sad"]
+    assert results["training"]["learning_rate"] == 0.001 and results["model"]["use_mfcc"] is True
+    for fold in ("speaker_spk1", "speaker_spk2"):
+        directory = output / "folds" / fold
+        fold_results = json.loads((directory / "results.json").read_text())
+        assert fold_results["num_test"] == 12 and sum(map(sum, fold_results["confusion_matrix"])) == 12
+        assert fold_results["validation_speakers"] and fold.split("_")[1] not in fold_results["validation_speakers"]
+        assert (directory / "confusion_matrix.png").stat().st_size > 10_000
+        assert "UA (mean class recall)" in (directory / "classification_report.txt").read_text()
+        assert (directory / "model" / "model.safetensors").exists()
+        assert not (directory / "checkpoints").exists()
+    assert (output / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_every_test_utterance_is_predicted_exactly_once(finished_run, corpus_dir):
+    output, _ = finished_run
+    rows = read_csv(output / "predictions.csv")
+    expected = sorted(row["file_name"].split("/")[-1] for row in read_csv(corpus_dir / "metadata.csv") if row["speaker"] in ("spk1", "spk2"))
+    assert sorted(row["utterance_id"] for row in rows) == expected
+    for row in rows:
+        probabilities = [float(row[name]) for name in ("angry", "happy", "neutral", "sad")]
+        assert sum(probabilities) == pytest.approx(1.0, abs=1e-4)
+        assert row["prediction"] == ["angry", "happy", "neutral", "sad"][probabilities.index(max(probabilities))]
+        assert row["label"] == row["utterance_id"].split("_")[1]
+
+
+def test_final_model_directory_has_a_card_and_loads_in_a_fresh_process(finished_run):
+    output, summary = finished_run
+    model_dir = output / "model"
+    card = (model_dir / "README.md").read_text()
+    metadata = yaml.safe_load(card.split("---")[1])
+    assert metadata["library_name"] == "transformers" and metadata["pipeline_tag"] == "audio-classification"
+    assert metadata["datasets"] == ["demo"]
+    metrics = metadata["model-index"][0]["results"][0]["metrics"]
+    assert [m["type"] for m in metrics] == ["accuracy", "recall"]
+    assert metrics[0]["value"] == round(100 * summary["wa"]["mean"], 2)
+    assert metrics[1]["value"] == round(100 * summary["ua"]["mean"], 2)
+    for section in ("## How to use", "## Intended use", "## Training data and protocol", "## Limitations", "speaker_spk2"):
+        assert section in card
+    script = (
+        "import sys; from transformers import AutoModelForAudioClassification; "
+        "m = AutoModelForAudioClassification.from_pretrained(sys.argv[1], trust_remote_code=True); "
+        "print(type(m).__name__, m.config.id2label)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(model_dir)], capture_output=True, text=True, timeout=300,
+        cwd=model_dir.parent, env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[0] == "MSEmoBoostForSequenceClassification"
+    assert "'sad'" in result.stdout
+
+
+def test_a_finished_run_is_not_overwritten_unless_asked(finished_run, corpus_dir):
+    output, _ = finished_run
+    before = (output / "results.json").read_text()
+    with pytest.raises(FileExistsError, match=r"already holds a finished run .*--overwrite_output_dir"):
+        run(corpus_dir, output, "--folds", "0")
+    assert (output / "results.json").read_text() == before
+
+
+def test_overwrite_output_dir_replaces_a_finished_run(corpus_dir, tmp_path):
+    output = tmp_path / "out"
+    run(corpus_dir, output, "--folds", "0", "--final_model", "false")
+    (output / "marker").write_text("old run")
+    summary = run(corpus_dir, output, "--folds", "1", "--final_model", "false", "--overwrite_output_dir", "true")
+    assert [fold["fold"] for fold in summary["folds"]] == ["speaker_spk2"]
+    assert not (output / "marker").exists() and not (output / "folds" / "speaker_spk1").exists()
+
+
+def test_missing_column_error_lists_the_columns(corpus_dir, tmp_path):
+    with pytest.raises(ValueError, match=r"Column 'mood' \(--label_column\) is not in split 'train' .* Its columns are: audio, speaker, emotion"):
+        run(corpus_dir, tmp_path / "out", "--label_column", "mood")
+    with pytest.raises(ValueError, match=r"Column 'talker' \(--speaker_column\) .* Its columns are"):
+        run(corpus_dir, tmp_path / "out", "--speaker_column", "talker")
+
+
+@pytest.fixture
+def corpus_with_a_corrupt_file(corpus_dir, tmp_path) -> Path:
+    copy = shutil.copytree(corpus_dir, tmp_path / "corrupt")
+    (copy / "audio" / "spk3_sad_01.wav").write_bytes(b"RIFF\x00\x00not really a wave file")
+    return copy
+
+
+def test_corrupt_audio_is_named_in_the_error(corpus_with_a_corrupt_file, tmp_path):
+    with pytest.raises(ValueError, match=r"1 audio file\(s\) cannot be used: spk3_sad_01.wav: .*--skip_bad_audio"):
+        run(corpus_with_a_corrupt_file, tmp_path / "out")
+
+
+def test_skip_bad_audio_skips_and_reports(corpus_with_a_corrupt_file, tmp_path, caplog):
+    with caplog.at_level(logging.WARNING):
+        summary = run(corpus_with_a_corrupt_file, tmp_path / "out", "--skip_bad_audio", "true", "--folds", "2", "--final_model", "false")
+    assert "Skipping 1 unusable audio file(s): spk3_sad_01.wav" in caplog.text
+    assert summary["num_skipped_audio"] == 1 and summary["folds"][0]["num_test"] == 11
+
+
+def test_a_class_missing_from_a_training_fold_warns_and_stays_in_the_label_space(corpus_dir, tmp_path, caplog):
+    copy = shutil.copytree(corpus_dir, tmp_path / "no_sad")
+    rows = [row for row in read_csv(copy / "metadata.csv") if not (row["emotion"] == "sad" and row["speaker"] != "spk1")]
+    with open(copy / "metadata.csv", "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=["file_name", "speaker", "emotion"])
+        writer.writeheader()
+        writer.writerows(rows)
+    with caplog.at_level(logging.WARNING):
+        summary = run(copy, tmp_path / "out", "--folds", "0", "--final_model", "false", "--validation_fraction", "0.3")
+    assert "Fold speaker_spk1: no training utterances of class(es) ['sad']; they stay in the label space." in caplog.text
+    assert summary["label_names"] == ["angry", "happy", "neutral", "sad"]
+
+
+def test_loso_with_one_speaker_is_refused(corpus_dir, tmp_path):
+    copy = shutil.copytree(corpus_dir, tmp_path / "one_speaker")
+    rows = read_csv(copy / "metadata.csv")
+    with open(copy / "metadata.csv", "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=["file_name", "speaker", "emotion"])
+        writer.writeheader()
+        writer.writerows({**row, "speaker": "only"} for row in rows)
+    with pytest.raises(ValueError, match=r"protocol 'loso' needs at least 2 speakers; the dataset has 1: \['only'\]"):
+        run(copy, tmp_path / "out")
+
+
+def test_label_merge_renames_classes(corpus_dir, tmp_path):
+    summary = run(corpus_dir, tmp_path / "out", "--label_merge", "happy:angry", "--folds", "0", "--final_model", "false")
+    assert summary["label_names"] == ["angry", "neutral", "sad"]
+    assert summary["class_counts"] == {"angry": 36, "neutral": 18, "sad": 18}
+
+
+def test_push_without_a_hub_says_so_and_keeps_the_model_directory(corpus_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    output = tmp_path / "out"
+    with pytest.raises(RuntimeError, match=r"Could not push to the Hub repository 'someone/ser'.*Nothing is lost: the model directory .* is complete"):
+        run(corpus_dir, output, "--protocol", "loso", "--num_folds", "2", "--num_train_epochs", "1",
+            "--push_to_hub", "true", "--hub_model_id", "someone/ser")
+    files = {path.name for path in (output / "model").iterdir()}
+    assert {"README.md", "config.json", "model.safetensors", "preprocessor_config.json", "modeling_msemoboost.py"} <= files
+    assert (output / "results.json").exists()
+
+
+def test_arguments_come_from_a_yaml_file_and_the_command_line_overrides_it(tmp_path):
+    file = tmp_path / "args.yaml"
+    file.write_text(yaml.safe_dump({"dataset_name": "x", "protocol": "kfold", "num_folds": 5, "learning_rate": 0.5,
+                                    "folds": ["1", "2"], "backbone_config": {"model_type": "hubert"}}))
+    model_args, data_args, protocol_args, training_args = train.parse_arguments([str(file), "--num_folds", "3"])
+    assert (data_args.dataset_name, protocol_args.protocol, protocol_args.num_folds) == ("x", "kfold", 3)
+    assert training_args.learning_rate == 0.5 and protocol_args.folds == ["1", "2"]
+    assert json.loads(model_args.backbone_config) == {"model_type": "hubert"}
+
+
+def test_help_explains_how_validation_is_drawn():
+    result = subprocess.run([sys.executable, str(REPO / "train.py"), "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    assert "validation part drawn from each fold's *training* speakers only" in text
+    assert "--validation_fraction" in text and "--learning_rate" in text
+
+
+@pytest.mark.parametrize("preset", sorted((REPO / "configs").glob("*.yaml")), ids=lambda path: path.stem)
+def test_every_preset_parses(preset):
+    train.parse_arguments([str(preset), "--dataset_name", "x"])
