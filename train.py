@@ -363,6 +363,7 @@ def summarize(fold_results: list[dict], corpus, protocol_args, model_args, data_
         "pooled": pooled,
         "num_utterances": int(matrix.sum()),
         "num_skipped_audio": corpus.num_skipped,
+        "num_processes": training_args.world_size,
         "label_names": corpus.label_names,
         "class_counts": {name: int((corpus.labels == i).sum()) for i, name in enumerate(corpus.label_names)},
         "num_speakers": len(set(corpus.speakers)),
@@ -401,7 +402,10 @@ def push_model(model_dir: Path, training_args: TrainingArguments, feature_extrac
     from transformers import AutoModelForAudioClassification
 
     model = AutoModelForAudioClassification.from_pretrained(model_dir)
-    args = dataclasses.replace(training_args, output_dir=str(model_dir), push_to_hub=False)
+    args = dataclasses.replace(
+        training_args, output_dir=str(model_dir), push_to_hub=False, eval_strategy="no", save_strategy="no",
+        load_best_model_at_end=False,
+    )
     trainer = MSEmoBoostTrainer(model=model, args=args, processing_class=feature_extractor, model_card=(model_dir / "README.md").read_text())
     try:
         url = trainer.push_to_hub(commit_message="MS-EmoBoost model trained with msemoboost's train.py")
