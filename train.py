@@ -388,12 +388,13 @@ def summarize(fold_results: list[dict], corpus, protocol_args, model_args, data_
     return summary
 
 
-def write_model_directory(model_dir: Path, summary: dict, data_args, model_args, output_dir: Path) -> None:
+def write_model_directory(model_dir: Path, summary: dict, data_args, model_args, output_dir: Path, repo_id: str | None) -> None:
     """Adds the model card (rendered from model_card.md) and the confusion matrix to the saved model."""
     shutil.copy(output_dir / "confusion_matrix.png", model_dir / "confusion_matrix.png")
     hub_dataset = data_args.dataset_name if not Path(data_args.dataset_name).exists() else Path(data_args.dataset_name).name
     base_model = model_args.backbone if model_args.backbone and not Path(model_args.backbone).exists() else None
-    card = render_model_card(MODEL_CARD_TEMPLATE, summary, hub_dataset, base_model, model_dir.resolve().parent.name)
+    name = repo_id.split("/")[-1] if repo_id else model_dir.resolve().parent.name
+    card = render_model_card(MODEL_CARD_TEMPLATE, summary, hub_dataset, base_model, name, repo_id)
     (model_dir / "README.md").write_text(card)
 
 
@@ -498,7 +499,7 @@ def main(argv: list[str] | None = None, callbacks=()) -> dict:
 
     if training_args.process_index == 0:
         if has_model:
-            write_model_directory(model_dir, summary, data_args, model_args, output_dir)
+            write_model_directory(model_dir, summary, data_args, model_args, output_dir, training_args.hub_model_id)
         write_json(output_dir / "results.json", summary)
         print(
             f"{protocol_args.protocol} over {summary['num_folds']} fold(s), {summary['num_utterances']} utterances: "

@@ -89,14 +89,14 @@ def load_corpus(
     for split, table in source.items():
         label_names = [label_merge.get(name, name) for name in _label_strings(table, label_column)]
         speakers = [str(speaker) for speaker in table[speaker_column]] if speaker_column else [""] * len(table)
-        table = table.select_columns([audio_column]).cast_column(audio_column, datasets.Audio(decode=False))
+        table = table.select_columns([audio_column]).cast_column(audio_column, _audio_feature(sampling_rate))
         if audio_column != "audio":
             table = table.rename_column(audio_column, "audio")
         paths = [path for chunk in table.data.column("audio").chunks for path in chunk.field("path").to_pylist()]
         ids = [path.replace("\\", "/").rsplit("/", 1)[-1] if path else f"{split}/{row}" for row, path in enumerate(paths)]
         for name, values in (("label_name", label_names), ("speaker", speakers), ("split", [split] * len(table)), ("utterance_id", ids)):
             table = table.add_column(name, values)
-        tables.append(table.cast(_features()))
+        tables.append(table.cast(_features(sampling_rate)))
     dataset = datasets.concatenate_datasets(tables)
     if keep_labels:
         unknown = sorted(set(keep_labels) - set(dataset["label_name"]))
@@ -129,10 +129,15 @@ def load_corpus(
     return EmotionCorpus(dataset=dataset, label_names=label_names, sampling_rate=sampling_rate, num_skipped=len(bad))
 
 
-def _features() -> datasets.Features:
+def _audio_feature(sampling_rate: int, decode: bool = False) -> datasets.Audio:
+    """Audio resampled to the model's rate and downmixed to mono when decoded. The table keeps it undecoded."""
+    return datasets.Audio(sampling_rate=sampling_rate, num_channels=1, decode=decode)
+
+
+def _features(sampling_rate: int) -> datasets.Features:
     return datasets.Features(
         {
-            "audio": datasets.Audio(decode=False),
+            "audio": _audio_feature(sampling_rate),
             "label_name": datasets.Value("string"),
             "speaker": datasets.Value("string"),
             "split": datasets.Value("string"),
@@ -151,7 +156,7 @@ def _label_strings(table: datasets.Dataset, label_column: str) -> list[str]:
 
 def decode_audio(audio: dict, sampling_rate: int) -> np.ndarray:
     """Decodes an undecoded `datasets` audio value to a mono float32 waveform at `sampling_rate`."""
-    decoder = datasets.Audio(sampling_rate=sampling_rate, num_channels=1).decode_example(audio)
+    decoder = _audio_feature(sampling_rate, decode=True).decode_example(audio)
     return decoder.get_all_samples().data[0].numpy().astype(np.float32, copy=False)
 
 

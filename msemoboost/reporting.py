@@ -80,7 +80,9 @@ def write_json(path: Path, content: dict) -> None:
     temporary.replace(path)
 
 
-def render_model_card(template: Path, results: dict, hub_dataset: str, base_model: str | None, model_name: str) -> str:
+def render_model_card(
+    template: Path, results: dict, hub_dataset: str, base_model: str | None, model_name: str, repo_id: str | None = None
+) -> str:
     """Renders the `model_card.md` template with Hub metadata (`model-index` with WA and UA) and the run's results."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
@@ -114,5 +116,7 @@ def render_model_card(template: Path, results: dict, hub_dataset: str, base_mode
             ),
         ],
     )
-    card = ModelCard.from_template(card_data, template_path=str(template), results=results, model_name=model_name)
+    card = ModelCard.from_template(
+        card_data, template_path=str(template), results=results, model_name=model_name, repo_id=repo_id
+    )
     return str(card)

@@ -194,3 +194,49 @@ def test_help_explains_how_validation_is_drawn():
 @pytest.mark.parametrize("preset", sorted((REPO / "configs").glob("*.yaml")), ids=lambda path: path.stem)
 def test_every_preset_parses(preset):
     train.parse_arguments([str(preset), "--dataset_name", "x"])
+
+
+def test_classlabel_folders_kfold_and_a_pretrained_backbone_directory(corpus_dir, tmp_path):
+    """An audiofolder whose labels come from sub-folder names (a ClassLabel), no speakers, k-fold, and --backbone."""
+    from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+    folders = tmp_path / "by_class"
+    for row in read_csv(corpus_dir / "metadata.csv"):
+        target = folders / row["emotion"] / row["file_name"].split("/")[-1]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(corpus_dir / row["file_name"], target)
+    backbone_config = json.loads(TINY_TRAIN_ARGS[TINY_TRAIN_ARGS.index("--backbone_config") + 1])
+    backbone_config.pop("model_type")
+    Wav2Vec2Model(Wav2Vec2Config(**backbone_config)).save_pretrained(tmp_path / "ssl")
+    arguments = list(TINY_TRAIN_ARGS)
+    del arguments[arguments.index("--backbone_config"): arguments.index("--backbone_config") + 2]
+    arguments[arguments.index("--label_column") + 1] = "label"
+    summary = train.main([
+        "--dataset_name", str(folders), "--output_dir", str(tmp_path / "out"), *arguments,
+        "--backbone", str(tmp_path / "ssl"), "--speaker_column", "", "--protocol", "kfold", "--num_folds", "3",
+        "--folds", "0", "--final_model", "false", "--num_train_epochs", "1",
+    ])
+    assert summary["label_names"] == ["angry", "happy", "neutral", "sad"]
+    assert summary["folds"][0]["num_test"] == 24 and summary["folds"][0]["test_speakers"] == []
+    assert summary["model"]["backbone"] == str(tmp_path / "ssl")
+
+
+def test_splits_protocol_uses_the_dataset_splits_and_publishes_that_model(corpus_dir, tmp_path):
+    splits = tmp_path / "splits"
+    for split, speakers in (("train", {"spk1", "spk2", "spk3", "spk4", "spk5"}), ("test", {"spk6"})):
+        rows = [row for row in read_csv(corpus_dir / "metadata.csv") if row["speaker"] in speakers]
+        for row in rows:
+            (splits / split / "audio").mkdir(parents=True, exist_ok=True)
+            shutil.copy(corpus_dir / row["file_name"], splits / split / row["file_name"])
+        with open(splits / split / "metadata.csv", "w", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=["file_name", "speaker", "emotion"])
+            writer.writeheader()
+            writer.writerows(rows)
+    output = tmp_path / "out"
+    summary = run(splits, output, "--protocol", "splits", "--num_train_epochs", "1")
+    assert [fold["fold"] for fold in summary["folds"]] == ["splits"]
+    assert summary["folds"][0]["test_speakers"] == ["spk6"] and summary["folds"][0]["num_test"] == 12
+    validation = json.loads((output / "folds" / "splits" / "results.json").read_text())["validation_speakers"]
+    assert validation and "spk6" not in validation
+    assert (output / "model" / "README.md").exists()
+    assert (output / "model" / "model.safetensors").read_bytes() == (output / "folds" / "splits" / "model" / "model.safetensors").read_bytes()
