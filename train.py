@@ -290,7 +290,7 @@ def train_model(
     return trainer
 
 
-def run_fold(index: int, fold: Fold, corpus, model_args, protocol_args, training_args, feature_extractor, output_dir, callbacks) -> dict:
+def run_fold(fold: Fold, corpus, model_args, protocol_args, training_args, feature_extractor, output_dir, callbacks) -> dict:
     """Trains and tests one fold, writing its results; a fold whose results exist is skipped."""
     directory = output_dir / "folds" / fold.name
     results_path = directory / "results.json"
@@ -340,7 +340,7 @@ def write_predictions(directory: Path, corpus, rows: np.ndarray, logits: np.ndar
     with open(directory / "predictions.csv", "w", newline="") as file:
         writer = csv.writer(file)
         writer.writerow(["utterance_id", "speaker", "label", "prediction", *corpus.label_names])
-        for row, probs in zip(rows, probabilities):
+        for row, probs in zip(rows, probabilities, strict=True):
             item = corpus.dataset[int(row)]
             writer.writerow(
                 [item["utterance_id"], item["speaker"], corpus.label_names[item["labels"]],
@@ -474,7 +474,7 @@ def main(argv: list[str] | None = None, callbacks=()) -> dict:
 
     fold_results = []
     for index, fold in enumerate(folds):
-        result = run_fold(index, fold, corpus, model_args, protocol_args, training_args, feature_extractor, output_dir, callbacks)
+        result = run_fold(fold, corpus, model_args, protocol_args, training_args, feature_extractor, output_dir, callbacks)
         fold_results.append(result)
         if training_args.process_index == 0:
             speakers = f" (test speaker(s) {', '.join(fold.test_speakers)})" if fold.test_speakers else ""

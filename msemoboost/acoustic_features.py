@@ -58,7 +58,38 @@ def dct_matrix(num_inputs: int, num_outputs: int) -> np.ndarray:
     return basis
 
 
-class MSEmoBoostMFCC(nn.Module):
+class MSEmoBoostPowerSpectrogram(nn.Module):
+    """Power spectrogram `|STFT|^2` with librosa's framing: centred frames, zero padding at the edges.
+
+    Subclasses set `n_fft` and `hop_length` and return their constant tensors (the `window` among them) from
+    `compute_buffers`; those become non-persistent float32 buffers.
+    """
+
+    n_fft: int
+    hop_length: int
+
+    def register_feature_buffers(self):
+        for name, value in self.compute_buffers().items():
+            self.register_buffer(name, value, persistent=False)
+
+    def compute_buffers(self) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def power_spectrogram(self, waveform: torch.Tensor) -> torch.Tensor:
+        """`(batch_size, num_samples)` → `(batch_size, n_fft // 2 + 1, num_samples // hop_length + 1)`, in float32."""
+        stft = torch.stft(
+            waveform.float(),
+            n_fft=self.n_fft,
+            hop_length=self.hop_length,
+            window=self.window.float(),
+            center=True,
+            pad_mode="constant",
+            return_complex=True,
+        )
+        return stft.abs().square()
+
+
+class MSEmoBoostMFCC(MSEmoBoostPowerSpectrogram):
     """HTK-mel MFCC of each segment, as librosa computes it.
 
     Forward input: `waveform` of shape `(batch_size, num_samples)`, already pre-emphasised.
@@ -74,8 +105,7 @@ class MSEmoBoostMFCC(nn.Module):
         self.num_mel_bins = config.mfcc_num_mel_bins
         self.num_mfcc = config.num_mfcc
         self.top_db = config.mfcc_top_db
-        for name, value in self.compute_buffers().items():
-            self.register_buffer(name, value, persistent=False)
+        self.register_feature_buffers()
 
     def compute_buffers(self) -> dict[str, torch.Tensor]:
         """The STFT `window` `(n_fft,)`, `mel_filters` `(n_fft // 2 + 1, num_mel_bins)` and `dct` `(num_mel_bins,
@@ -99,21 +129,12 @@ class MSEmoBoostMFCC(nn.Module):
         }
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
-        stft = torch.stft(
-            waveform.float(),
-            n_fft=self.n_fft,
-            hop_length=self.hop_length,
-            window=self.window.float(),
-            center=True,
-            pad_mode="constant",
-            return_complex=True,
-        )
-        power = stft.abs().square().transpose(1, 2)  # (batch_size, num_frames, num_frequency_bins)
+        power = self.power_spectrogram(waveform).transpose(1, 2)  # (batch_size, num_frames, num_frequency_bins)
         log_mel = power_to_db(power @ self.mel_filters.float(), reference=1.0, amin=1e-10, top_db=self.top_db)
         return log_mel @ self.dct.float()
 
 
-class MSEmoBoostSpectrogram(nn.Module):
+class MSEmoBoostSpectrogram(MSEmoBoostPowerSpectrogram):
     """Log-amplitude spectrogram image of each segment, as the reference recipe computes it.
 
     Forward input: `waveform` of shape `(batch_size, num_samples)`, already pre-emphasised.
@@ -128,8 +149,7 @@ class MSEmoBoostSpectrogram(nn.Module):
         self.window_name = config.spectrogram_window
         self.num_bins = config.spectrogram_num_bins
         self.top_db = config.spectrogram_top_db
-        for name, value in self.compute_buffers().items():
-            self.register_buffer(name, value, persistent=False)
+        self.register_feature_buffers()
 
     def compute_buffers(self) -> dict[str, torch.Tensor]:
         """The analysis `window`, zero-padded to `n_fft` around its centre as librosa pads it: `(n_fft,)`."""
@@ -137,16 +157,7 @@ class MSEmoBoostSpectrogram(nn.Module):
         return {"window": torch.tensor(window, dtype=torch.float32)}
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
-        stft = torch.stft(
-            waveform.float(),
-            n_fft=self.n_fft,
-            hop_length=self.hop_length,
-            window=self.window.float(),
-            center=True,
-            pad_mode="constant",
-            return_complex=True,
-        )
-        power = stft.abs().square()  # (batch_size, num_frequency_bins, num_frames)
+        power = self.power_spectrogram(waveform)  # (batch_size, num_frequency_bins, num_frames)
         # amplitude_to_db(ref=np.max) is power_to_db of the squared amplitude with amin 1e-5 ** 2.
         reference = power.amax(dim=(-2, -1), keepdim=True)
         log_spec = power_to_db(power, reference=reference, amin=1e-10, top_db=self.top_db)[:, : self.num_bins]
@@ -157,4 +168,4 @@ class MSEmoBoostSpectrogram(nn.Module):
         return image.flip(1)
 
 
-__all__ = ["MSEmoBoostMFCC", "MSEmoBoostSpectrogram", "pre_emphasis"]
+__all__ = ["MSEmoBoostMFCC", "MSEmoBoostPowerSpectrogram", "MSEmoBoostSpectrogram", "pre_emphasis"]

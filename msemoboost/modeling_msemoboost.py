@@ -24,7 +24,7 @@ from transformers import initialization as init
 from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.utils import ModelOutput
 
-from .acoustic_features import MSEmoBoostMFCC, MSEmoBoostSpectrogram, pre_emphasis
+from .acoustic_features import MSEmoBoostMFCC, MSEmoBoostPowerSpectrogram, MSEmoBoostSpectrogram, pre_emphasis
 from .configuration_msemoboost import MSEmoBoostConfig
 
 
@@ -203,7 +203,7 @@ class MSEmoBoostPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module):
-        if isinstance(module, (MSEmoBoostMFCC, MSEmoBoostSpectrogram)):
+        if isinstance(module, MSEmoBoostPowerSpectrogram):
             # Non-persistent buffers are not in the checkpoint: rebuild them from the config after loading.
             for name, value in module.compute_buffers().items():
                 init.copy_(getattr(module, name), value)

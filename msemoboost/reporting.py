@@ -86,7 +86,6 @@ def render_model_card(
     """Renders the `model_card.md` template with Hub metadata (`model-index` with WA and UA) and the run's results."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-    wa, ua = results["wa"]["mean"], results["ua"]["mean"]
     dataset_name = results["data"]["dataset_name"]
     protocol = results["protocol"]
     card_data = ModelCardData(
@@ -102,18 +101,11 @@ def render_model_card(
                 task_type="audio-classification",
                 dataset_type=hub_dataset,
                 dataset_name=dataset_name,
-                metric_type="accuracy",
-                metric_name=f"WA ({protocol}, mean over {results['num_folds']} fold(s))",
-                metric_value=round(100 * wa, 2),
-            ),
-            EvalResult(
-                task_type="audio-classification",
-                dataset_type=hub_dataset,
-                dataset_name=dataset_name,
-                metric_type="recall",
-                metric_name=f"UA ({protocol}, mean over {results['num_folds']} fold(s))",
-                metric_value=round(100 * ua, 2),
-            ),
+                metric_type=metric_type,
+                metric_name=f"{name} ({protocol}, mean over {results['num_folds']} fold(s))",
+                metric_value=round(100 * results[key]["mean"], 2),
+            )
+            for key, name, metric_type in (("wa", "WA", "accuracy"), ("ua", "UA", "recall"))
         ],
     )
     card = ModelCard.from_template(

@@ -1,6 +1,5 @@
 """MSEmoBoostModel and MSEmoBoostForSequenceClassification: the paper's computation and the Hugging Face surface."""
 
-import numpy as np
 import pytest
 import torch
 from torch.nn import functional as F
