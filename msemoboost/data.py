@@ -130,8 +130,8 @@ def load_corpus(
 
 
 def _audio_feature(sampling_rate: int, decode: bool = False) -> datasets.Audio:
-    """Audio resampled to the model's rate and downmixed to mono when decoded. The table keeps it undecoded."""
-    return datasets.Audio(sampling_rate=sampling_rate, num_channels=1, decode=decode)
+    """Audio resampled to the model's rate when decoded. The table keeps it undecoded."""
+    return datasets.Audio(sampling_rate=sampling_rate, decode=decode)
 
 
 def _features(sampling_rate: int) -> datasets.Features:
@@ -155,9 +155,13 @@ def _label_strings(table: datasets.Dataset, label_column: str) -> list[str]:
 
 
 def decode_audio(audio: dict, sampling_rate: int) -> np.ndarray:
-    """Decodes an undecoded `datasets` audio value to a mono float32 waveform at `sampling_rate`."""
+    """Decodes an undecoded `datasets` audio value to a mono float32 waveform at `sampling_rate`.
+
+    FFmpeg (through torchcodec) resamples; channels are averaged here, since FFmpeg's own downmix scales the sum
+    by 1/sqrt(2) and can leave [-1, 1].
+    """
     decoder = _audio_feature(sampling_rate, decode=True).decode_example(audio)
-    return decoder.get_all_samples().data[0].numpy().astype(np.float32, copy=False)
+    return decoder.get_all_samples().data.mean(dim=0).numpy().astype(np.float32, copy=False)
 
 
 def _measure(audio: dict, sampling_rate: int) -> dict:

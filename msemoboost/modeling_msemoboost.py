@@ -493,8 +493,9 @@ class MSEmoBoostForSequenceClassification(MSEmoBoostPreTrainedModel):
                 Return a [`SequenceClassifierOutput`] rather than a tuple.
 
         Returns:
-            [`SequenceClassifierOutput`] with `logits` of shape `(batch_size, num_labels)`: utterance-level
-            log-probabilities (softmax of them gives the class probabilities), and `loss` when `labels` is given.
+            [`SequenceClassifierOutput`] with `logits` of shape `(batch_size, num_labels)`: for each utterance, the
+            mean of its segments' log-probabilities (for a one-segment utterance, its log-probabilities); `softmax`
+            of them gives normalised class probabilities. `loss` is given when `labels` is.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         outputs = self.msemoboost(

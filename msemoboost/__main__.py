@@ -1,0 +1,7 @@
+"""`python -m msemoboost predict|explain|tsne ...`"""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

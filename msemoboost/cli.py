@@ -1,0 +1,224 @@
+"""`msemoboost` command line: use a trained model.
+
+    msemoboost predict --model DIR_OR_HUB_ID FILES_OR_FOLDERS... [--timeline] [--output out.csv|out.json]
+    msemoboost explain FILE --model DIR_OR_HUB_ID [--output explain.png]
+    msemoboost tsne --model DIR_OR_HUB_ID --dataset NAME_OR_PATH [--compare-baseline] [--output tsne.png]
+
+Audio at any sampling rate and with any number of channels is decoded by FFmpeg (through `datasets`), resampled to
+the model's rate and downmixed to mono by averaging the channels.
+"""
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+EXIT_SOME_FILES_FAILED = 1
+EXIT_BAD_USAGE = 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="msemoboost", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    predict = commands.add_parser("predict", help="classify audio files, folders or a dataset")
+    predict.add_argument("inputs", nargs="*", help="audio files and folders (searched recursively)")
+    predict.add_argument("--model", required=True, help="model directory or Hub id")
+    predict.add_argument("--dataset", help="instead of files: a Hub dataset id or local path loaded with datasets")
+    predict.add_argument("--audio_column", default="audio", help="audio column of --dataset (default: audio)")
+    predict.add_argument("--split", default=None, help="split of --dataset (default: every split)")
+    predict.add_argument("--timeline", action="store_true", help="also give one row per 3 s segment")
+    predict.add_argument("--output", help="write a .csv or .json file instead of printing a table")
+    predict.add_argument("--batch_size", type=int, default=8, help="recordings per forward pass (default: 8)")
+    predict.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+
+    explain = commands.add_parser("explain", help="plot the guidance frame weights X_enh of one recording")
+    explain.add_argument("file", help="audio file")
+    explain.add_argument("--model", required=True, help="model directory or Hub id")
+    explain.add_argument("--output", default="explain.png", help="PNG to write (default: explain.png)")
+    explain.add_argument("--size", default="1200x900", help="width x height in pixels (default: 1200x900)")
+    explain.add_argument("--device", default=None)
+
+    tsne = commands.add_parser("tsne", help="t-SNE plot of pooled utterance features, coloured by true label")
+    tsne.add_argument("--model", required=True, help="model directory or Hub id")
+    tsne.add_argument("--dataset", required=True, help="Hub dataset id or local path (e.g. an audiofolder)")
+    tsne.add_argument("--audio_column", default="audio")
+    tsne.add_argument("--label_column", default="label")
+    tsne.add_argument("--compare-baseline", dest="compare_baseline", action="store_true",
+                      help="beside MS-EmoBoost's features, plot the backbone's plain masked-mean features")
+    tsne.add_argument("--max_utterances", type=int, default=None, help="use at most this many utterances")
+    tsne.add_argument("--output", default="tsne.png", help="PNG to write (default: tsne.png)")
+    tsne.add_argument("--size", default="1400x700", help="width x height in pixels (default: 1400x700)")
+    tsne.add_argument("--seed", type=int, default=0)
+    tsne.add_argument("--batch_size", type=int, default=8)
+    tsne.add_argument("--device", default=None)
+
+    args = parser.parse_args(argv)
+    try:
+        return {"predict": run_predict, "explain": run_explain, "tsne": run_tsne}[args.command](args)
+    except (ValueError, FileNotFoundError, ImportError) as error:
+        print(f"msemoboost {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_BAD_USAGE
+
+
+def pixel_size(text: str) -> tuple[int, int]:
+    try:
+        width, height = (int(value) for value in text.lower().split("x"))
+    except ValueError as error:
+        raise ValueError(f"--size takes WIDTHxHEIGHT in pixels, e.g. 1200x900; got {text!r}.") from error
+    return width, height
+
+
+def recordings(args) -> list[tuple[str, object]]:
+    """(name, source) of every input recording, in order: file paths, or undecoded `datasets` audio values."""
+    from .inference import find_audio_files
+
+    if not args.dataset:
+        if not args.inputs:
+            raise ValueError("Give audio files or folders, or --dataset.")
+        return [(str(path), path) for path in find_audio_files(args.inputs)]
+    import datasets
+
+    source = datasets.load_dataset(args.dataset, split=args.split)
+    splits = source.items() if isinstance(source, datasets.DatasetDict) else [(args.split or "data", source)]
+    found = []
+    for split, table in splits:
+        if args.audio_column not in table.column_names:
+            raise ValueError(f"Column {args.audio_column!r} is not in {args.dataset}; its columns are {table.column_names}.")
+        for row, audio in enumerate(table.cast_column(args.audio_column, datasets.Audio(decode=False))[args.audio_column]):
+            found.append((audio.get("path") or f"{split}/{row}", audio))
+    if not found:
+        raise ValueError(f"{args.dataset} holds no rows.")
+    return found
+
+
+def run_predict(args) -> int:
+    from tqdm.auto import tqdm
+
+    from .inference import load_classifier, predict, read_audio
+
+    if args.output and Path(args.output).suffix.lower() not in (".csv", ".json"):
+        raise ValueError(f"--output must end in .csv or .json, got {args.output}.")
+    sources = recordings(args)
+    classifier, extractor = load_classifier(args.model, args.device)
+    labels = [classifier.config.id2label[i] for i in range(classifier.config.num_labels)]
+    predictions, failures, batch = [], [], []
+    for position, (name, source) in enumerate(tqdm(sources, unit="file", file=sys.stderr)):
+        try:
+            batch.append((name, read_audio(source, extractor.sampling_rate, name)))
+        except ValueError as error:
+            failures.append(str(error))
+            tqdm.write(f"error: {error} (skipped)", file=sys.stderr)
+        if batch and (len(batch) == args.batch_size or position == len(sources) - 1):
+            predictions += predict(classifier, extractor, [w for _, w in batch], [n for n, _ in batch])
+            batch = []
+
+    write_predictions(predictions, labels, args.output, args.timeline)
+    if failures:
+        print(f"{len(failures)} of {len(sources)} file(s) could not be read:", file=sys.stderr)
+        for failure in failures:
+            print(f"  {failure}", file=sys.stderr)
+        return EXIT_SOME_FILES_FAILED
+    return 0
+
+
+def write_predictions(predictions, labels: list[str], output: str | None, timeline: bool) -> None:
+    file_rows = [
+        {"file": p.name, "prediction": labels[int(p.probabilities.argmax())], **dict(zip(labels, p.probabilities.tolist()))}
+        for p in predictions
+    ]
+    segment_rows = [
+        {"file": p.name, "segment": index, "start": float(start), "end": float(end),
+         "prediction": labels[int(probs.argmax())], **dict(zip(labels, probs.tolist()))}
+        for p in predictions
+        for index, ((start, end), probs) in enumerate(zip(p.segment_bounds, p.segment_probabilities))
+    ]
+    if output is None:
+        print_table(file_rows, labels)
+        if timeline:
+            print()
+            print_table(segment_rows, labels)
+    elif output.lower().endswith(".json"):
+        content = {"labels": labels, "files": file_rows}
+        if timeline:
+            content["segments"] = segment_rows
+        Path(output).write_text(json.dumps(content, indent=2) + "\n")
+    else:
+        write_csv(Path(output), file_rows)
+        if timeline:
+            write_csv(timeline_path(Path(output)), segment_rows)
+
+
+def timeline_path(output: Path) -> Path:
+    """Where `--timeline` rows go next to a CSV output: `out.csv` → `out.timeline.csv`."""
+    return output.with_name(output.stem + ".timeline.csv")
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=list(rows[0]) if rows else ["file"])
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def print_table(rows: list[dict], labels: list[str]) -> None:
+    if not rows:
+        return
+    columns = list(rows[0])
+    cells = [[format_cell(row[column]) for column in columns] for row in rows]
+    widths = [max(len(column), *(len(line[i]) for line in cells)) for i, column in enumerate(columns)]
+    print("  ".join(column.ljust(width) for column, width in zip(columns, widths)))
+    for line in cells:
+        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths)))
+
+
+def format_cell(value) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def run_explain(args) -> int:
+    from .analysis import plot_explanation
+    from .inference import enhancement_curve, load_classifier, predict, read_audio
+
+    width, height = pixel_size(args.size)
+    classifier, extractor = load_classifier(args.model, args.device)
+    waveform = read_audio(args.file, extractor.sampling_rate)
+    times, weights = enhancement_curve(classifier, extractor, waveform)
+    (prediction,) = predict(classifier, extractor, [waveform], [args.file])
+    labels = [classifier.config.id2label[i] for i in range(classifier.config.num_labels)]
+    plot_explanation(Path(args.output), waveform, extractor.sampling_rate, times, weights, prediction, labels, (width, height), Path(args.file).name)
+    print(f"Wrote {args.output}: {Path(args.file).name} → {labels[int(prediction.probabilities.argmax())]}")
+    return 0
+
+
+def run_tsne(args) -> int:
+    from .analysis import plot_tsne
+    from .data import load_corpus
+    from .inference import load_classifier, pooled_features, read_audio
+
+    width, height = pixel_size(args.size)
+    classifier, extractor = load_classifier(args.model, args.device)
+    corpus = load_corpus(args.dataset, extractor.sampling_rate, classifier.config.min_input_samples,
+                         audio_column=args.audio_column, label_column=args.label_column, speaker_column=None)
+    rows = np.arange(len(corpus.dataset))
+    if args.max_utterances and args.max_utterances < len(rows):
+        rows = np.sort(np.random.default_rng(args.seed).choice(rows, args.max_utterances, replace=False))
+    variants = {"MS-EmoBoost pooled features": False}
+    if args.compare_baseline:
+        variants = {"backbone masked mean (baseline)": True, **variants}
+    features = {title: [] for title in variants}
+    for start in range(0, len(rows), args.batch_size):
+        waveforms = [read_audio(corpus.dataset[int(row)]["audio"], extractor.sampling_rate) for row in rows[start : start + args.batch_size]]
+        for title, baseline in variants.items():
+            features[title].append(pooled_features(classifier, extractor, waveforms, baseline=baseline))
+    labels = [corpus.label_names[label] for label in corpus.labels[rows]]
+    plot_tsne(Path(args.output), {title: np.concatenate(parts) for title, parts in features.items()}, labels, (width, height), args.seed)
+    print(f"Wrote {args.output}: t-SNE of {len(rows)} utterances")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""Running a trained MS-EmoBoost model on recordings: loading, reading audio, batched prediction, per-segment
+timelines, frame weights and pooled features."""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
+
+from .modeling_msemoboost import average_over_segments
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".aif", ".aiff", ".wma", ".webm")
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_classifier(model: str, device: str | None = None):
+    """Loads a model directory or Hub id through the Auto classes (with its own code) and its feature extractor."""
+    classifier = AutoModelForAudioClassification.from_pretrained(model, trust_remote_code=True)
+    extractor = AutoFeatureExtractor.from_pretrained(model, trust_remote_code=True)
+    return classifier.to(device or default_device()).eval(), extractor
+
+
+def read_audio(source: str | Path | dict, sampling_rate: int, name: str | None = None) -> np.ndarray:
+    """Decodes a file path, or an undecoded `datasets` audio value, with anything FFmpeg reads: resampled to
+    `sampling_rate` and downmixed to mono (the mean of the channels). Raises `ValueError` naming the recording when
+    it cannot be read or holds no audio."""
+    from .data import decode_audio
+
+    audio = source if isinstance(source, dict) else {"path": str(source), "bytes": None}
+    name = name or audio.get("path")
+    try:
+        waveform = decode_audio(audio, sampling_rate)
+    except Exception as error:  # the decoders raise many types; all mean "unreadable"
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"{name}: cannot be decoded ({reason})") from error
+    if waveform.size == 0:
+        raise ValueError(f"{name}: holds no audio samples")
+    return waveform
+
+
+def find_audio_files(inputs: list[str]) -> list[Path]:
+    """Files as given, and every audio file (by extension) under the folders given, sorted. An empty folder or a
+    missing path is an error."""
+    files = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            found = sorted(path for path in item.rglob("*") if path.suffix.lower() in AUDIO_EXTENSIONS and path.is_file())
+            if not found:
+                raise ValueError(f"No audio files in folder {item} (looked for {', '.join(AUDIO_EXTENSIONS)}).")
+            files += found
+        elif item.exists():
+            files.append(item)
+        else:
+            raise ValueError(f"{item}: no such file or folder.")
+    return files
+
+
+@dataclass
+class Prediction:
+    """The model's answer for one recording."""
+
+    name: str
+    probabilities: np.ndarray  # (num_labels,): utterance-level class probabilities
+    segment_probabilities: np.ndarray  # (num_segments, num_labels)
+    segment_bounds: np.ndarray  # (num_segments, 2): start and end of each segment's audio, in seconds
+
+
+@torch.no_grad()
+def predict(classifier, extractor, waveforms: list[np.ndarray], names: list[str]) -> list[Prediction]:
+    """Classifies several recordings in one forward pass: their 3 s segments are batched together.
+
+    The utterance probabilities are the softmax of the model's own `logits` (the mean of segment log-probabilities).
+    """
+    rate = extractor.sampling_rate
+    inputs = extractor(waveforms, sampling_rate=rate, return_tensors="pt").to(classifier.device)
+    outputs = classifier.msemoboost(**inputs)
+    segment_log_probs = classifier.classifier(outputs.segment_features).log_softmax(-1)
+    utterance_log_probs = average_over_segments(segment_log_probs, outputs.segments_per_utterance)
+    counts = outputs.segments_per_utterance.tolist()
+    per_file = torch.split(segment_log_probs.exp().float().cpu(), counts)
+    segment = classifier.config.segment_samples
+    predictions = []
+    for index, (name, waveform) in enumerate(zip(names, waveforms, strict=True)):
+        starts = np.arange(counts[index]) * segment
+        bounds = np.stack([starts, np.minimum(starts + segment, len(waveform))], axis=1) / rate
+        predictions.append(
+            Prediction(name, utterance_log_probs[index].softmax(-1).float().cpu().numpy(), per_file[index].numpy(), bounds)
+        )
+    return predictions
+
+
+@torch.no_grad()
+def enhancement_curve(classifier, extractor, waveform: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The frame weights `X_enh` over a whole recording: one value per backbone frame that holds audio.
+
+    Returns `(times, weights)`, both of shape `(num_frames,)`; `times` are frame starts in seconds.
+    """
+    if classifier.msemoboost.enhancement is None:
+        raise ValueError("This model has no guidance branches (use_mfcc and use_spectrogram are off): it has no frame weights.")
+    rate = extractor.sampling_rate
+    inputs = extractor(waveform, sampling_rate=rate, return_tensors="pt").to(classifier.device)
+    outputs = classifier.msemoboost(**inputs)
+    weights = outputs.enhancement_weights[outputs.frame_mask].float().cpu().numpy()
+    stride = int(np.prod(classifier.config.backbone_config.conv_stride))
+    segment_starts = torch.arange(len(outputs.frame_mask)) * classifier.config.segment_samples
+    frame_starts = segment_starts[:, None] + torch.arange(outputs.frame_mask.shape[1]) * stride
+    return frame_starts[outputs.frame_mask.cpu()].numpy() / rate, weights
+
+
+@torch.no_grad()
+def pooled_features(classifier, extractor, waveforms: list[np.ndarray], baseline: bool = False) -> np.ndarray:
+    """Utterance features `(num_utterances, feature_size)`: MS-EmoBoost's pooled `X_enh · X_w`, or with `baseline`
+    the backbone's plain masked mean over frames of the same model (each averaged over the utterance's segments)."""
+    rate = extractor.sampling_rate
+    inputs = extractor(waveforms, sampling_rate=rate, return_tensors="pt").to(classifier.device)
+    outputs = classifier.msemoboost(**inputs, output_hidden_states=baseline)
+    if not baseline:
+        return outputs.utterance_features.float().cpu().numpy()
+    if outputs.hidden_states is None:
+        raise ValueError("This model has no backbone (use_backbone_features=False): there is no baseline to compare.")
+    mask = outputs.frame_mask[..., None].to(outputs.hidden_states[-1].dtype)
+    segment_means = (outputs.hidden_states[-1] * mask).sum(1) / mask.sum(1)
+    return average_over_segments(segment_means, outputs.segments_per_utterance).float().cpu().numpy()
