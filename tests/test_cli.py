@@ -1,6 +1,5 @@
 """`msemoboost predict`, `explain` and `tsne` on a trained model directory."""
 
-import csv
 import json
 import os
 import struct
