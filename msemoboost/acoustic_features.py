@@ -86,7 +86,8 @@ class MSEmoBoostPowerSpectrogram(nn.Module):
             pad_mode="constant",
             return_complex=True,
         )
-        return stft.abs().square()
+        # re^2 + im^2 straight from the two views: several times cheaper than abs().square() on CPU.
+        return torch.addcmul(stft.real * stft.real, stft.imag, stft.imag)
 
 
 class MSEmoBoostMFCC(MSEmoBoostPowerSpectrogram):

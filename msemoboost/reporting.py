@@ -109,6 +109,7 @@ def render_model_card(
         ],
     )
     card = ModelCard.from_template(
-        card_data, template_path=str(template), results=results, model_name=model_name, repo_id=repo_id
+        card_data, template_path=str(template), results=results, model_name=model_name, repo_id=repo_id,
+        dataset=hub_dataset,
     )
     return str(card)
