@@ -108,13 +108,10 @@ def load_corpus(
     index = {name: i for i, name in enumerate(label_names)}
     dataset = dataset.map(lambda row: {"labels": index[row["label_name"]]}, desc="Encoding labels")
     dataset = dataset.map(
-        lambda row: _measure(row["audio"], sampling_rate), desc="Checking audio", load_from_cache_file=False
+        lambda row: _check_audio(row["audio"], sampling_rate, min_samples), desc="Checking audio", load_from_cache_file=False
     )
-    too_short = [i for i, n in enumerate(dataset["num_samples"]) if 0 <= n < min_samples]
-    errors = dict(enumerate(dataset["audio_error"]))
-    for i in too_short:
-        errors[i] = f"{dataset[i]['num_samples']} samples, shorter than one analysis frame ({min_samples} samples)"
-    bad = [i for i, error in errors.items() if error]
+    errors = dataset["audio_error"]
+    bad = [i for i, error in enumerate(errors) if error]
     if bad:
         described = "; ".join(f"{dataset[i]['utterance_id']}: {errors[i]}" for i in bad[:5])
         if not skip_bad_audio:
@@ -164,13 +161,17 @@ def decode_audio(audio: dict, sampling_rate: int) -> np.ndarray:
     return decoder.get_all_samples().data.mean(dim=0).numpy().astype(np.float32, copy=False)
 
 
-def _measure(audio: dict, sampling_rate: int) -> dict:
+def _check_audio(audio: dict, sampling_rate: int, min_samples: int) -> dict:
+    """`num_samples` at `sampling_rate`, and `audio_error`: why the file is unusable, or empty when it is fine."""
     try:
         waveform = decode_audio(audio, sampling_rate)
     except Exception as error:  # any decoder failure means the file is unusable; say why
         return {"num_samples": -1, "audio_error": f"{type(error).__name__}: {error}".strip()}
     if not np.isfinite(waveform).all():
         return {"num_samples": len(waveform), "audio_error": "contains NaN or Inf samples"}
+    if len(waveform) < min_samples:
+        error = f"{len(waveform)} samples, shorter than one analysis frame ({min_samples} samples)"
+        return {"num_samples": len(waveform), "audio_error": error}
     return {"num_samples": len(waveform), "audio_error": ""}
 
 

@@ -76,3 +76,4 @@ def test_loso_needs_two_speakers():
         make_folds("loso", labels, speakers, splits)
     with pytest.raises(ValueError, match="needs a speaker column"):
         make_folds("loso", labels, np.array([""] * len(labels)), splits)
+

@@ -125,6 +125,19 @@ def test_corrupt_audio_is_named_in_the_error(corpus_with_a_corrupt_file, tmp_pat
         run(corpus_with_a_corrupt_file, tmp_path / "out")
 
 
+def test_audio_shorter_than_one_analysis_frame_is_named(corpus_dir, tmp_path):
+    import soundfile
+
+    from msemoboost.data import load_corpus
+
+    copy = shutil.copytree(corpus_dir, tmp_path / "short")
+    soundfile.write(copy / "audio" / "spk1_sad_00.wav", [0.0] * 200, 22050)  # 146 samples at 16 kHz
+    with pytest.raises(ValueError, match=r"spk1_sad_00.wav: 146 samples, shorter than one analysis frame \(400 samples\)"):
+        load_corpus(str(copy), 16_000, 400, label_column="emotion")
+    corpus = load_corpus(str(copy), 16_000, 400, label_column="emotion", skip_bad_audio=True)
+    assert corpus.num_skipped == 1 and len(corpus.dataset) == len(read_csv(copy / "metadata.csv")) - 1
+
+
 def test_skip_bad_audio_skips_and_reports(corpus_with_a_corrupt_file, tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         summary = run(corpus_with_a_corrupt_file, tmp_path / "out", "--skip_bad_audio", "true", "--folds", "2", "--final_model", "false")
