@@ -206,16 +206,17 @@ def run_tsne(args) -> int:
     rows = np.arange(len(corpus.dataset))
     if args.max_utterances and args.max_utterances < len(rows):
         rows = np.sort(np.random.default_rng(args.seed).choice(rows, args.max_utterances, replace=False))
-    variants = {"MS-EmoBoost pooled features": False}
+    titles = {"msemoboost": "MS-EmoBoost pooled features"}
     if args.compare_baseline:
-        variants = {"backbone masked mean (baseline)": True, **variants}
-    features = {title: [] for title in variants}
+        titles = {"baseline": "backbone masked mean (baseline)", **titles}
+    features = {key: [] for key in titles}
     for start in range(0, len(rows), args.batch_size):
         waveforms = [read_audio(corpus.dataset[int(row)]["audio"], extractor.sampling_rate) for row in rows[start : start + args.batch_size]]
-        for title, baseline in variants.items():
-            features[title].append(pooled_features(classifier, extractor, waveforms, baseline=baseline))
+        batch = pooled_features(classifier, extractor, waveforms, baseline=args.compare_baseline)
+        for key in titles:
+            features[key].append(batch[key])
     labels = [corpus.label_names[label] for label in corpus.labels[rows]]
-    plot_tsne(Path(args.output), {title: np.concatenate(parts) for title, parts in features.items()}, labels, (width, height), args.seed)
+    plot_tsne(Path(args.output), {titles[key]: np.concatenate(parts) for key, parts in features.items()}, labels, (width, height), args.seed)
     print(f"Wrote {args.output}: t-SNE of {len(rows)} utterances")
     return 0
 

@@ -112,16 +112,18 @@ def enhancement_curve(classifier, extractor, waveform: np.ndarray) -> tuple[np.n
 
 
 @torch.no_grad()
-def pooled_features(classifier, extractor, waveforms: list[np.ndarray], baseline: bool = False) -> np.ndarray:
-    """Utterance features `(num_utterances, feature_size)`: MS-EmoBoost's pooled `X_enh · X_w`, or with `baseline`
-    the backbone's plain masked mean over frames of the same model (each averaged over the utterance's segments)."""
+def pooled_features(classifier, extractor, waveforms: list[np.ndarray], baseline: bool = False) -> dict[str, np.ndarray]:
+    """Utterance features `(num_utterances, feature_size)` from one forward pass: `"msemoboost"`, the pooled
+    `X_enh · X_w`, and with `baseline` also `"baseline"`, the backbone's plain masked mean over frames of the same
+    model (each averaged over the utterance's segments)."""
     rate = extractor.sampling_rate
     inputs = extractor(waveforms, sampling_rate=rate, return_tensors="pt").to(classifier.device)
     outputs = classifier.msemoboost(**inputs, output_hidden_states=baseline)
-    if not baseline:
-        return outputs.utterance_features.float().cpu().numpy()
-    if outputs.hidden_states is None:
-        raise ValueError("This model has no backbone (use_backbone_features=False): there is no baseline to compare.")
-    mask = outputs.frame_mask[..., None].to(outputs.hidden_states[-1].dtype)
-    segment_means = (outputs.hidden_states[-1] * mask).sum(1) / mask.sum(1)
-    return average_over_segments(segment_means, outputs.segments_per_utterance).float().cpu().numpy()
+    features = {"msemoboost": outputs.utterance_features.float().cpu().numpy()}
+    if baseline:
+        if outputs.hidden_states is None:
+            raise ValueError("This model has no backbone (use_backbone_features=False): there is no baseline to compare.")
+        mask = outputs.frame_mask[..., None].to(outputs.hidden_states[-1].dtype)
+        segment_means = (outputs.hidden_states[-1] * mask).sum(1) / mask.sum(1)
+        features["baseline"] = average_over_segments(segment_means, outputs.segments_per_utterance).float().cpu().numpy()
+    return features
