@@ -19,6 +19,7 @@ import math
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 from transformers.audio_utils import mel_filter_bank, window_function
 
 
@@ -169,4 +170,56 @@ class MSEmoBoostSpectrogram(MSEmoBoostPowerSpectrogram):
         return image.flip(1)
 
 
-__all__ = ["MSEmoBoostMFCC", "MSEmoBoostPowerSpectrogram", "MSEmoBoostSpectrogram", "pre_emphasis"]
+class MSEmoBoostFrameSTFT(MSEmoBoostPowerSpectrogram):
+    """STFT whose frames are the backbone's frames, for the speech-enhancement head.
+
+    Frame `t` spans samples `[t * hop, t * hop + n_fft)` with `n_fft` the backbone's receptive field (400 samples
+    for wav2vec2) and `hop` its stride (320): no centring, so frame `t` holds the audio that SSL frame `t` saw.
+    Periodic Hann window.
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        self.n_fft = config.min_input_samples
+        self.hop_length = config.backbone_frame_stride
+        self.register_feature_buffers()
+
+    def compute_buffers(self) -> dict[str, torch.Tensor]:
+        """The analysis and synthesis `window` `(n_fft,)`."""
+        return {"window": torch.tensor(window_function(self.n_fft, "hann", periodic=True), dtype=torch.float32)}
+
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        """`(batch_size, num_samples)` → complex `(batch_size, num_frames, n_fft // 2 + 1)`, in float32;
+        `num_frames = (num_samples - n_fft) // hop + 1`."""
+        stft = torch.stft(
+            waveform.float(), n_fft=self.n_fft, hop_length=self.hop_length, window=self.window.float(),
+            center=False, return_complex=True,
+        )
+        return stft.transpose(1, 2)
+
+    def inverse(self, spectrogram: torch.Tensor, fallback: torch.Tensor) -> torch.Tensor:
+        """Weighted overlap-add of `spectrogram` `(batch_size, num_frames, n_fft // 2 + 1)` back to `fallback`'s
+        shape `(batch_size, num_samples)`.
+
+        Samples no frame covers with weight (the first sample, where the Hann window is 0, and the tail after the
+        last whole frame) keep `fallback`'s value: the input signal, so the output has no holes.
+        """
+        frames = torch.fft.irfft(spectrogram, n=self.n_fft, dim=-1) * self.window.float()  # (batch, frames, n_fft)
+        num_frames = frames.shape[1]
+        length = (num_frames - 1) * self.hop_length + self.n_fft
+        fold = dict(output_size=(1, length), kernel_size=(1, self.n_fft), stride=(1, self.hop_length))
+        signal = F.fold(frames.transpose(1, 2), **fold).flatten(1)
+        weight = self.window.float().square()[None, :, None].expand(1, self.n_fft, num_frames)
+        weight = F.fold(weight, **fold).flatten(1)
+        covered = weight > 1e-3
+        signal = torch.where(covered, signal / weight.clamp(min=1e-3), fallback[:, :length].float())
+        return torch.cat([signal, fallback[:, length:].float()], dim=1)
+
+
+__all__ = [
+    "MSEmoBoostFrameSTFT",
+    "MSEmoBoostMFCC",
+    "MSEmoBoostPowerSpectrogram",
+    "MSEmoBoostSpectrogram",
+    "pre_emphasis",
+]

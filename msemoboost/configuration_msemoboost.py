@@ -96,6 +96,22 @@ class MSEmoBoostConfig(PreTrainedConfig):
             Dropout on each flattened guidance branch before its projection.
         guidance_hidden_size (`int`, *optional*, defaults to 128):
             Size each guidance branch is projected to before fusion.
+        use_se_head (`bool`, *optional*, defaults to `False`):
+            Add a light speech-enhancement (SE) head on the shared SSL frame features (`X_w`). Trained jointly when
+            clean targets are given (`clean_input_values`): loss = SER cross-entropy + `se_loss_weight` × SE loss.
+            It needs `use_backbone_features=True`.
+        se_target (`str`, *optional*, defaults to `"mask"`):
+            What the SE head predicts for each backbone frame: `"mask"`, a [0, 1] mask over the noisy magnitude
+            spectrogram, or `"magnitude"`, the clean magnitude spectrogram itself (compressed, see
+            `se_compression`). The spectrogram is aligned with the backbone's frames: window = the feature
+            encoder's receptive field (400 samples for wav2vec2), hop = its stride (320), periodic Hann window.
+        se_hidden_size (`int`, *optional*, defaults to 256):
+            Hidden size of the SE head's two-layer perceptron.
+        se_loss_weight (`float`, *optional*, defaults to 0.5):
+            Weight of the SE loss in the training loss.
+        se_compression (`float`, *optional*, defaults to 0.3):
+            The SE loss is the mean squared error between magnitudes raised to this power (power-law compression,
+            as common in SE); `"magnitude"` heads predict the compressed magnitude.
         initializer_range (`float`, *optional*, defaults to 0.02):
             Standard deviation of the normal initialiser of linear layers.
 
@@ -111,6 +127,8 @@ class MSEmoBoostConfig(PreTrainedConfig):
     ```"""
 
     model_type = "msemoboost"
+    # Extra outputs of a jointly trained SE head that `Trainer.predict` must not mistake for logits.
+    keys_to_ignore_at_inference = ["hidden_states", "classification_loss", "se_loss"]
     sub_configs_defaults = {"backbone_config": SubConfigSpec(AutoConfig, model_type="wav2vec2")}
 
     backbone_config: dict | PreTrainedConfig | None = None
@@ -144,6 +162,11 @@ class MSEmoBoostConfig(PreTrainedConfig):
     spectrogram_pool_size: int = 6
     guidance_dropout: float = 0.1
     guidance_hidden_size: int = 128
+    use_se_head: bool = False
+    se_target: str = "mask"
+    se_hidden_size: int = 256
+    se_loss_weight: float = 0.5
+    se_compression: float = 0.3
     initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs):
@@ -195,6 +218,14 @@ class MSEmoBoostConfig(PreTrainedConfig):
                 "backbone_config.add_adapter=True changes the backbone's frame rate, which the frame weights X_enh "
                 "are sized for; set add_adapter=False."
             )
+        if self.use_se_head and not self.use_backbone_features:
+            raise ValueError("use_se_head=True needs use_backbone_features=True: the SE head reads the SSL frames.")
+        if self.se_target not in ("mask", "magnitude"):
+            raise ValueError(f"se_target must be 'mask' or 'magnitude', got {self.se_target!r}.")
+        if not self.se_loss_weight >= 0:
+            raise ValueError(f"se_loss_weight must be a non-negative number, got {self.se_loss_weight}.")
+        if not 0 < self.se_compression <= 1:
+            raise ValueError(f"se_compression must be in (0, 1], got {self.se_compression}.")
         if self.segment_chunk_size < 1:
             raise ValueError(f"segment_chunk_size must be at least 1, got {self.segment_chunk_size}.")
         if self.num_backbone_frames(self.segment_samples) < 1:
@@ -227,6 +258,14 @@ class MSEmoBoostConfig(PreTrainedConfig):
             field += (kernel - 1) * jump
             jump *= stride
         return field
+
+    @property
+    def backbone_frame_stride(self) -> int:
+        """Samples between consecutive backbone frames: the product of the conv strides (320 for wav2vec2)."""
+        jump = 1
+        for stride in self.backbone_config.conv_stride:
+            jump *= stride
+        return jump
 
     @property
     def num_mfcc_frames(self) -> int:

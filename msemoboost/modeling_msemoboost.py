@@ -12,6 +12,9 @@ Data flow for one utterance, in the order this file defines it:
    feature is `X_enh · X_w` (eq. 12).
 5. `MSEmoBoostForSequenceClassification` classifies each segment with one linear layer (eq. 13) and averages the
    segments' log-probabilities into the utterance's prediction.
+6. Optionally (`config.use_se_head`, not in the paper), `MSEmoBoostSpeechEnhancementHead` reads the same frames
+   `X_w` and predicts the clean magnitude spectrogram of the segment, for joint SER + speech-enhancement training
+   on noisy audio.
 """
 
 from dataclasses import dataclass
@@ -21,10 +24,15 @@ from torch import nn
 from torch.nn import functional as F
 from transformers import AutoConfig, AutoModel, PreTrainedModel
 from transformers import initialization as init
-from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.utils import ModelOutput
 
-from .acoustic_features import MSEmoBoostMFCC, MSEmoBoostPowerSpectrogram, MSEmoBoostSpectrogram, pre_emphasis
+from .acoustic_features import (
+    MSEmoBoostFrameSTFT,
+    MSEmoBoostMFCC,
+    MSEmoBoostPowerSpectrogram,
+    MSEmoBoostSpectrogram,
+    pre_emphasis,
+)
 from .configuration_msemoboost import MSEmoBoostConfig
 
 
@@ -46,6 +54,8 @@ class MSEmoBoostModelOutput(ModelOutput):
             `True` on backbone frames that hold audio. `None` without a backbone.
         segments_per_utterance (`torch.LongTensor` of shape `(batch_size,)`):
             How many consecutive rows of the segment tensors belong to each utterance.
+        frame_features (`torch.FloatTensor` of shape `(num_segments, num_frames, hidden_size)`, *optional*):
+            The backbone's frame features `X_w`, returned when `output_frame_features=True`.
         hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned when `output_hidden_states=True`):
             The backbone's hidden states, one tensor of shape `(num_segments, num_frames, hidden_size)` per layer
             plus the initial embeddings.
@@ -56,6 +66,34 @@ class MSEmoBoostModelOutput(ModelOutput):
     enhancement_weights: torch.FloatTensor | None = None
     frame_mask: torch.BoolTensor | None = None
     segments_per_utterance: torch.LongTensor | None = None
+    frame_features: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class MSEmoBoostSequenceClassifierOutput(ModelOutput):
+    """
+    Output of [`MSEmoBoostForSequenceClassification`].
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` or `clean_input_values` is given):
+            The training loss: segment cross-entropy, plus `config.se_loss_weight` times the SE loss when the SE
+            head is on and clean targets are given.
+        logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`):
+            For each utterance, the mean of its segments' log-probabilities; `softmax` gives class probabilities.
+        classification_loss (`torch.FloatTensor` of shape `()`, *optional*):
+            The cross-entropy part of `loss`, returned when the SE loss is too.
+        se_loss (`torch.FloatTensor` of shape `()`, *optional*):
+            Mean squared error between compressed estimated and clean magnitudes over frames that hold audio,
+            returned when the SE head is on and `clean_input_values` is given.
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned when `output_hidden_states=True`):
+            The backbone's hidden states, `(num_segments, num_frames, hidden_size)` per layer.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    classification_loss: torch.FloatTensor | None = None
+    se_loss: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
 
 
@@ -191,6 +229,32 @@ def average_over_segments(values: torch.Tensor, segments_per_utterance: torch.Te
     totals = values.new_zeros((len(segments_per_utterance), *values.shape[1:])).index_add_(0, utterance_index, values)
     counts = segments_per_utterance.to(values.dtype).view(-1, *([1] * (values.dim() - 1)))
     return totals / counts
+
+
+class MSEmoBoostSpeechEnhancementHead(nn.Module):
+    """A light speech-enhancement head on the SSL frames: a two-layer perceptron per frame.
+
+    It predicts, for each backbone frame, either a mask in `[0, 1]` over the noisy magnitude spectrum
+    (`se_target="mask"`) or the clean magnitude spectrum compressed by `se_compression` (`"magnitude"`).
+
+    Forward inputs: `frame_features` `(num_segments, num_frames, hidden_size)` and the noisy magnitudes
+    `noisy_magnitude` `(num_segments, num_frames, num_bins)`, `num_bins = n_fft // 2 + 1` of
+    [`MSEmoBoostFrameSTFT`]. Forward output: the estimated clean magnitude `(num_segments, num_frames, num_bins)`.
+    """
+
+    def __init__(self, config: MSEmoBoostConfig):
+        super().__init__()
+        self.target = config.se_target
+        self.compression = config.se_compression
+        self.dense = nn.Linear(config.backbone_config.hidden_size, config.se_hidden_size)
+        self.activation = nn.GELU()
+        self.output = nn.Linear(config.se_hidden_size, config.min_input_samples // 2 + 1)
+
+    def forward(self, frame_features: torch.Tensor, noisy_magnitude: torch.Tensor) -> torch.Tensor:
+        prediction = self.output(self.activation(self.dense(frame_features))).float()
+        if self.target == "mask":
+            return torch.sigmoid(prediction) * noisy_magnitude
+        return F.softplus(prediction).pow(1.0 / self.compression)
 
 
 class MSEmoBoostPreTrainedModel(PreTrainedModel):
@@ -356,8 +420,12 @@ class MSEmoBoostModel(MSEmoBoostPreTrainedModel):
         return segments, segment_lengths[keep], segments_per_utterance
 
     def encode_segments(
-        self, segments: torch.Tensor, segment_lengths: torch.LongTensor, output_hidden_states: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, tuple | None]:
+        self,
+        segments: torch.Tensor,
+        segment_lengths: torch.LongTensor,
+        output_hidden_states: bool = False,
+        output_frame_features: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, tuple | None]:
         """Pooled features of a batch of segments.
 
         Args:
@@ -366,7 +434,8 @@ class MSEmoBoostModel(MSEmoBoostPreTrainedModel):
 
         Returns:
             features `(num_segments, feature_size)`, enhancement weights `(num_segments, num_frames)` or `None`,
-            frame mask `(num_segments, num_frames)` or `None`, and the backbone's hidden states or `None`.
+            frame mask `(num_segments, num_frames)` or `None`, frame features `X_w` `(num_segments, num_frames,
+            hidden_size)` when `output_frame_features` (else `None`), and the backbone's hidden states or `None`.
         """
         guidance = []
         if self.mfcc_encoder is not None or self.spectrogram_encoder is not None:
@@ -376,7 +445,7 @@ class MSEmoBoostModel(MSEmoBoostPreTrainedModel):
             if self.spectrogram_encoder is not None:
                 guidance.append(self.spectrogram_encoder(emphasised))
         if self.backbone is None:
-            return torch.cat(guidance, dim=-1), None, None, None
+            return torch.cat(guidance, dim=-1), None, None, None, None
 
         sample_mask = torch.arange(segments.shape[1], device=segments.device) < segment_lengths[:, None]
         backbone_outputs = self.backbone(
@@ -395,7 +464,8 @@ class MSEmoBoostModel(MSEmoBoostPreTrainedModel):
         else:
             weights = self.enhancement(torch.cat(guidance, dim=-1)) * frame_mask  # X_enh
             features = torch.bmm(weights[:, None].to(frames.dtype), frames)[:, 0]  # X'_w = X_enh · X_w
-        return features, weights, frame_mask, backbone_outputs.hidden_states
+        frame_features = frames if output_frame_features else None
+        return features, weights, frame_mask, frame_features, backbone_outputs.hidden_states
 
     def forward(
         self,
@@ -403,6 +473,7 @@ class MSEmoBoostModel(MSEmoBoostPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        output_frame_features: bool = False,
     ) -> MSEmoBoostModelOutput | tuple:
         r"""
         Args:
@@ -412,6 +483,8 @@ class MSEmoBoostModel(MSEmoBoostPreTrainedModel):
                 1 on samples of audio, 0 on right padding. Without it every sample counts as audio.
             output_hidden_states (`bool`, *optional*):
                 Return the backbone's hidden states of every segment.
+            output_frame_features (`bool`, *optional*, defaults to `False`):
+                Return the backbone's last hidden state `X_w` of every segment as `frame_features`.
             return_dict (`bool`, *optional*):
                 Return a [`MSEmoBoostModelOutput`] rather than a tuple.
 
@@ -427,10 +500,15 @@ class MSEmoBoostModel(MSEmoBoostPreTrainedModel):
 
         chunk_size = self.config.segment_chunk_size
         chunks = [
-            self.encode_segments(segments[start : start + chunk_size], segment_lengths[start : start + chunk_size], output_hidden_states)
+            self.encode_segments(
+                segments[start : start + chunk_size],
+                segment_lengths[start : start + chunk_size],
+                output_hidden_states,
+                output_frame_features,
+            )
             for start in range(0, len(segments), chunk_size)
         ]
-        features, weights, frame_mask, hidden_states = zip(*chunks)
+        features, weights, frame_mask, frames, hidden_states = zip(*chunks)
         segment_features = torch.cat(features)
         output = MSEmoBoostModelOutput(
             utterance_features=average_over_segments(segment_features, segments_per_utterance),
@@ -438,23 +516,30 @@ class MSEmoBoostModel(MSEmoBoostPreTrainedModel):
             enhancement_weights=torch.cat(weights) if weights[0] is not None else None,
             frame_mask=torch.cat(frame_mask) if frame_mask[0] is not None else None,
             segments_per_utterance=segments_per_utterance,
+            frame_features=torch.cat(frames) if frames[0] is not None else None,
             hidden_states=tuple(map(torch.cat, zip(*hidden_states))) if hidden_states[0] is not None else None,
         )
         return output if return_dict else output.to_tuple()
 
 
 class MSEmoBoostForSequenceClassification(MSEmoBoostPreTrainedModel):
-    """MS-EmoBoost with its linear emotion classifier (eq. 13).
+    """MS-EmoBoost with its linear emotion classifier (eq. 13), and optionally a speech-enhancement head.
 
     Each segment is classified; an utterance's `logits` are the mean of its segments' log-softmax outputs, as the
     paper averages segment predictions. With `labels`, the loss is the cross-entropy of every segment against its
-    utterance's label (eq. 14), averaged over segments.
+    utterance's label (eq. 14), averaged over segments. With `config.use_se_head` and `clean_input_values`, the
+    SE loss of every segment is added with weight `config.se_loss_weight`.
     """
 
     def __init__(self, config: MSEmoBoostConfig):
         super().__init__(config)
         self.msemoboost = MSEmoBoostModel(config)
         self.classifier = nn.Linear(self.msemoboost.feature_size, config.num_labels)
+        if config.use_se_head:
+            self.se_stft = MSEmoBoostFrameSTFT(config)
+            self.se_head = MSEmoBoostSpeechEnhancementHead(config)
+        else:
+            self.se_stft = self.se_head = None
         self.post_init()
 
     def freeze_feature_encoder(self):
@@ -476,9 +561,10 @@ class MSEmoBoostForSequenceClassification(MSEmoBoostPreTrainedModel):
         input_values: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        clean_input_values: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
-    ) -> SequenceClassifierOutput | tuple:
+    ) -> MSEmoBoostSequenceClassifierOutput | tuple:
         r"""
         Args:
             input_values (`torch.FloatTensor` of shape `(batch_size, num_samples)`):
@@ -487,24 +573,33 @@ class MSEmoBoostForSequenceClassification(MSEmoBoostPreTrainedModel):
                 1 on samples of audio, 0 on right padding.
             labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
                 Class index of each utterance, in `[0, config.num_labels)`.
+            clean_input_values (`torch.FloatTensor` of shape `(batch_size, num_samples)`, *optional*):
+                The clean speech that `input_values` is a noisy version of, on the same scale and padding: the SE
+                head's target. Ignored without `config.use_se_head`.
             output_hidden_states (`bool`, *optional*):
                 Return the backbone's hidden states of every segment.
             return_dict (`bool`, *optional*):
-                Return a [`SequenceClassifierOutput`] rather than a tuple.
+                Return a [`MSEmoBoostSequenceClassifierOutput`] rather than a tuple.
 
         Returns:
-            [`SequenceClassifierOutput`] with `logits` of shape `(batch_size, num_labels)`: for each utterance, the
-            mean of its segments' log-probabilities (for a one-segment utterance, its log-probabilities); `softmax`
-            of them gives normalised class probabilities. `loss` is given when `labels` is.
+            [`MSEmoBoostSequenceClassifierOutput`] with `logits` of shape `(batch_size, num_labels)`: for each
+            utterance, the mean of its segments' log-probabilities (for a one-segment utterance, its
+            log-probabilities); `softmax` of them gives normalised class probabilities. `loss` is given when
+            `labels` (or, with the SE head, `clean_input_values`) is.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
+        train_se = self.se_head is not None and clean_input_values is not None
         outputs = self.msemoboost(
-            input_values, attention_mask=attention_mask, output_hidden_states=output_hidden_states, return_dict=True
+            input_values,
+            attention_mask=attention_mask,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+            output_frame_features=train_se,
         )
         segment_logits = self.classifier(outputs.segment_features)
         logits = average_over_segments(segment_logits.log_softmax(-1), outputs.segments_per_utterance)
 
-        loss = None
+        classification_loss = se_loss = None
         if labels is not None:
             if labels.shape != (len(logits),) or labels.is_floating_point():
                 raise ValueError(
@@ -518,10 +613,89 @@ class MSEmoBoostForSequenceClassification(MSEmoBoostPreTrainedModel):
                     f"{self.config.num_labels}, got {labels[outside].tolist()}."
                 )
             segment_labels = torch.repeat_interleave(labels.to(logits.device), outputs.segments_per_utterance)
-            loss = F.cross_entropy(segment_logits.float(), segment_labels)
+            classification_loss = F.cross_entropy(segment_logits.float(), segment_labels)
+        if train_se:
+            if clean_input_values.shape != input_values.shape:
+                raise ValueError(
+                    f"clean_input_values has shape {tuple(clean_input_values.shape)} but input_values has shape "
+                    f"{tuple(input_values.shape)}: give the clean version of every noisy utterance, padded alike."
+                )
+            se_loss = self.speech_enhancement_loss(
+                input_values, clean_input_values, attention_mask, outputs.frame_features, outputs.frame_mask
+            )
 
-        output = SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+        losses = [classification_loss, None if se_loss is None else self.config.se_loss_weight * se_loss]
+        losses = [term for term in losses if term is not None]
+        output = MSEmoBoostSequenceClassifierOutput(
+            loss=sum(losses) if losses else None,
+            logits=logits,
+            classification_loss=classification_loss if se_loss is not None else None,
+            se_loss=se_loss,
+            hidden_states=outputs.hidden_states,
+        )
         return output if return_dict else output.to_tuple()
+
+    def _segment_spectra(
+        self, input_values: torch.Tensor, attention_mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.LongTensor, torch.LongTensor]:
+        """Segments of `input_values` `(num_segments, segment_samples)` and their frame STFT `(num_segments,
+        num_frames, num_bins)`, with segment lengths and segments per utterance as `split_into_segments` gives."""
+        lengths = self.msemoboost.utterance_lengths(input_values, attention_mask)
+        segments, segment_lengths, segments_per_utterance = self.msemoboost.split_into_segments(input_values, lengths)
+        return segments, self.se_stft(segments), segment_lengths, segments_per_utterance
+
+    def speech_enhancement_loss(
+        self,
+        input_values: torch.Tensor,
+        clean_input_values: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        frame_features: torch.Tensor,
+        frame_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """Mean squared error between `|estimate|^c` and `|clean|^c` (`c = config.se_compression`) over the
+        frames that hold audio and every frequency bin. Inputs as in `forward`; `frame_features` and `frame_mask`
+        are the base model's `(num_segments, num_frames, ...)` outputs for `input_values`."""
+        _, noisy, _, _ = self._segment_spectra(input_values, attention_mask)
+        _, clean, _, _ = self._segment_spectra(clean_input_values, attention_mask)
+        num_frames = min(noisy.shape[1], frame_features.shape[1])
+        estimate = self.se_head(frame_features[:, :num_frames], noisy[:, :num_frames].abs())
+        compression = self.config.se_compression
+        # Clamped away from 0, where x^c has an infinite slope (silent or padded frames).
+        estimate = estimate.clamp(min=1e-8).pow(compression)
+        target = clean[:, :num_frames].abs().clamp(min=1e-8).pow(compression)
+        error = (estimate - target).square().mean(-1)
+        mask = frame_mask[:, :num_frames].to(error.dtype)
+        return (error * mask).sum() / mask.sum()
+
+    @torch.no_grad()
+    def enhance(self, input_values: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Enhanced waveforms from the SE head: its clean-magnitude estimate with the noisy input's phase.
+
+        Args:
+            input_values (`torch.FloatTensor` of shape `(batch_size, num_samples)`), attention_mask: as in `forward`.
+
+        Returns:
+            `torch.FloatTensor` of shape `(batch_size, num_samples)`, zero on padding, on the scale of `input_values`.
+            Each 3 s segment is resynthesised by weighted overlap-add; the few samples no analysis frame covers
+            (the segment's first sample and the tail after its last whole frame) are passed through unchanged.
+        """
+        if self.se_head is None:
+            raise ValueError("enhance() needs a model with a speech-enhancement head (config.use_se_head=True).")
+        outputs = self.msemoboost(input_values, attention_mask=attention_mask, return_dict=True, output_frame_features=True)
+        segments, noisy, segment_lengths, segments_per_utterance = self._segment_spectra(input_values, attention_mask)
+        num_frames = min(noisy.shape[1], outputs.frame_features.shape[1])
+        magnitude = self.se_head(outputs.frame_features[:, :num_frames], noisy[:, :num_frames].abs())
+        spectrum = torch.polar(magnitude, noisy[:, :num_frames].angle())
+        enhanced = self.se_stft.inverse(spectrum, segments)
+        enhanced = enhanced * (torch.arange(enhanced.shape[1], device=enhanced.device) < segment_lengths[:, None])
+        waveforms = torch.zeros_like(input_values, dtype=enhanced.dtype)
+        first = 0
+        for row, count in enumerate(segments_per_utterance.tolist()):
+            joined = enhanced[first : first + count].flatten()[: input_values.shape[1]]
+            waveforms[row, : len(joined)] = joined
+            first += count
+        lengths = self.msemoboost.utterance_lengths(input_values, attention_mask)
+        return waveforms * (torch.arange(waveforms.shape[1], device=waveforms.device) < lengths[:, None])
 
 
 __all__ = [
@@ -529,4 +703,6 @@ __all__ = [
     "MSEmoBoostModel",
     "MSEmoBoostModelOutput",
     "MSEmoBoostPreTrainedModel",
+    "MSEmoBoostSequenceClassifierOutput",
+    "MSEmoBoostSpeechEnhancementHead",
 ]
