@@ -42,6 +42,15 @@ from transformers.trainer_utils import get_last_checkpoint
 import msemoboost
 from msemoboost.data import AudioCollator, decode_audio, load_corpus, parse_label_merge
 from msemoboost.demo import make_demo_corpus
+from msemoboost.noise import (
+    SILENCE_FLOOR_DBFS,
+    FixedNoise,
+    NoiseAugmentation,
+    NoiseDataset,
+    active_power,
+    check_snrs,
+    fold_noise_bank,
+)
 from msemoboost.protocols import PROTOCOLS, Fold, hold_out_validation, make_folds
 from msemoboost.reporting import (
     confusion_matrix,
@@ -50,10 +59,12 @@ from msemoboost.reporting import (
     per_class_report,
     render_model_card,
     save_confusion_matrix,
+    save_snr_plot,
     write_json,
 )
 from msemoboost.training import (
     MSEmoBoostTrainer,
+    StagedUnfreezing,
     WaUaMetrics,
     build_feature_extractor,
     build_model,
@@ -98,6 +109,17 @@ class ModelArguments:
         metadata={"help": "Normalise each waveform to zero mean, unit variance. Default: as the backbone's own "
                   "feature extractor does (true when unknown)."},
     )
+    unfreeze_stages: list[str] | None = field(
+        default=None,
+        metadata={"help": "Staged unfreezing: start with the backbone frozen, then unfreeze it in these stages, "
+                  "WHEN=WHAT with WHEN epoch:N or step:N and WHAT top:K, all or feature_encoder, e.g. "
+                  "epoch:1=top:2 epoch:3=all epoch:5=feature_encoder."},
+    )
+    use_se_head: bool = field(
+        default=False,
+        metadata={"help": "Train a speech-enhancement head on the SSL frames jointly (needs noise augmentation for "
+                  "its clean/noisy pairs). Its target, size and loss weight: se_* in --model_config_overrides."},
+    )
 
 
 @dataclass
@@ -124,6 +146,49 @@ class DataArguments:
     skip_bad_audio: bool = field(
         default=False, metadata={"help": "Skip unreadable or too-short audio files (and report them) instead of failing."}
     )
+
+
+@dataclass
+class NoiseArguments:
+    eval_snr: list[float] | None = field(
+        default=None,
+        metadata={"help": "Also test every fold on noisy audio at these SNRs in dB, e.g. 20 10 5 0 (SNR over the "
+                  "active speech; see msemoboost/noise.py). Results per noise type and SNR go to results.json."},
+    )
+    eval_noise: list[str] | None = field(
+        default=None,
+        metadata={"help": "Noise types for --eval_snr: white, pink, babble (other utterances of the fold's training "
+                  "speakers), dataset (--noise_dataset). Default: white pink babble, and dataset when given."},
+    )
+    noise_dataset: str | None = field(
+        default=None, metadata={"help": "A folder of noise recordings or a datasets id: the 'dataset' noise type."}
+    )
+    noise_audio_column: str | None = field(default=None, metadata={"help": "Audio column of --noise_dataset."})
+    babble_talkers: int = field(default=4, metadata={"help": "Utterances summed into one babble noise."})
+    babble_pool_size: int = field(
+        default=64, metadata={"help": "Training utterances per fold that babble is drawn from (decoded once)."}
+    )
+    noise_augmentation_probability: float = field(
+        default=0.0, metadata={"help": "Probability of adding noise to a training utterance (0: no augmentation)."}
+    )
+    noise_augmentation_snr: list[float] = field(
+        default_factory=lambda: [0.0, 20.0], metadata={"help": "SNR range LOW HIGH in dB for noise augmentation."}
+    )
+    noise_augmentation_types: list[str] | None = field(
+        default=None, metadata={"help": "Noise types for augmentation (default: those of --eval_noise)."}
+    )
+
+    def __post_init__(self):
+        check_snrs(self.eval_snr or [], "--eval_snr")
+        check_snrs(self.noise_augmentation_snr, "--noise_augmentation_snr")
+        if self.eval_noise is None:
+            self.eval_noise = ["white", "pink", "babble"] + (["dataset"] if self.noise_dataset else [])
+        if self.noise_augmentation_types is None:
+            self.noise_augmentation_types = list(self.eval_noise)
+
+    @property
+    def needs_noise(self) -> bool:
+        return bool(self.eval_snr) or self.noise_augmentation_probability > 0
 
 
 @dataclass
@@ -176,19 +241,27 @@ def arguments_from_file(path: str) -> list[str]:
     return words
 
 
-def parse_arguments(argv: list[str]) -> tuple[ModelArguments, DataArguments, ProtocolArguments, TrainingArguments]:
-    parser = HfArgumentParser((ModelArguments, DataArguments, ProtocolArguments, TrainingArguments))
+def parse_arguments(
+    argv: list[str],
+) -> tuple[ModelArguments, DataArguments, NoiseArguments, ProtocolArguments, TrainingArguments]:
+    parser = HfArgumentParser((ModelArguments, DataArguments, NoiseArguments, ProtocolArguments, TrainingArguments))
     parser.description = __doc__
     if not argv:
         argv = [str(DEMO_CONFIG)]
     if argv[0].endswith((".yaml", ".yml", ".json")):
         argv = arguments_from_file(argv[0]) + argv[1:]
-    model_args, data_args, protocol_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    model_args, data_args, noise_args, protocol_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     if not (data_args.dataset_name or data_args.demo):
         parser.error("give --dataset_name (or --demo for the built-in corpus)")
     if protocol_args.protocol not in PROTOCOLS:
         parser.error(f"--protocol must be one of {list(PROTOCOLS)}")
-    return model_args, data_args, protocol_args, training_args
+    if model_args.use_se_head and noise_args.noise_augmentation_probability <= 0:
+        parser.error("--use_se_head learns from clean/noisy pairs: set --noise_augmentation_probability above 0")
+    if model_args.unfreeze_stages:
+        StagedUnfreezing(model_args.unfreeze_stages)  # a malformed schedule fails here, before any data is read
+        if model_args.freeze_backbone:
+            parser.error("--unfreeze_stages unfreezes the backbone; it cannot be combined with --freeze_backbone true")
+    return model_args, data_args, noise_args, protocol_args, training_args
 
 
 def fold_training_arguments(training_args: TrainingArguments, output_dir: Path, patience: int | None) -> TrainingArguments:
@@ -238,8 +311,16 @@ def model_config(model_args: ModelArguments) -> msemoboost.MSEmoBoostConfig:
     else:
         backbone_config = read_json_argument(model_args.backbone_config) or None
     return msemoboost.MSEmoBoostConfig(
-        backbone_config=backbone_config, **read_json_argument(model_args.model_config_overrides)
+        backbone_config=backbone_config, **model_overrides(model_args)
     )
+
+
+def model_overrides(model_args: ModelArguments) -> dict:
+    """MSEmoBoostConfig arguments from --model_config_overrides, with --use_se_head."""
+    overrides = read_json_argument(model_args.model_config_overrides)
+    if model_args.use_se_head:
+        overrides["use_se_head"] = True
+    return overrides
 
 
 def train_model(
@@ -252,16 +333,21 @@ def train_model(
     feature_extractor,
     checkpoint_dir: Path,
     callbacks,
+    augmentation: NoiseAugmentation | None = None,
 ) -> MSEmoBoostTrainer:
-    """Trains one model on `rows_train`, choosing the best checkpoint on `rows_validation`."""
+    """Trains one model on `rows_train` (with noise `augmentation`, if any), choosing the best checkpoint on
+    `rows_validation` (clean)."""
     set_seed(training_args.seed)
-    overrides = read_json_argument(model_args.model_config_overrides)
+    overrides = model_overrides(model_args)
+    staged = bool(model_args.unfreeze_stages)
+    if staged and model_args.freeze_feature_encoder:
+        logger.info("--unfreeze_stages decides when the feature encoder trains; --freeze_feature_encoder is ignored.")
     model = build_model(
         corpus.label_names,
         backbone=model_args.backbone,
         backbone_config=read_json_argument(model_args.backbone_config) or None,
         imagenet_alexnet=model_args.imagenet_alexnet,
-        freeze_feature_encoder=model_args.freeze_feature_encoder,
+        freeze_feature_encoder=model_args.freeze_feature_encoder and not staged,
         freeze_backbone=model_args.freeze_backbone,
         use_mfcc=model_args.use_mfcc,
         use_spectrogram=model_args.use_spectrogram,
@@ -277,9 +363,15 @@ def train_model(
         train_dataset=corpus.dataset.select(rows_train),
         eval_dataset=corpus.dataset.select(rows_validation),
         data_collator=AudioCollator(feature_extractor),
+        train_data_collator=AudioCollator(feature_extractor, augmentation, return_clean=model_args.use_se_head)
+        if augmentation else None,
         processing_class=feature_extractor,
         compute_metrics=WaUaMetrics(),
-        callbacks=[*([EarlyStoppingCallback(patience)] if patience is not None else []), *callbacks],
+        callbacks=[
+            *([EarlyStoppingCallback(patience)] if patience is not None else []),
+            *([StagedUnfreezing(model_args.unfreeze_stages)] if staged else []),
+            *callbacks,
+        ],
     )
     checkpoint = resume_checkpoint(training_args, checkpoint_dir)
     if checkpoint:
@@ -290,8 +382,54 @@ def train_model(
     return trainer
 
 
-def run_fold(fold: Fold, corpus, model_args, protocol_args, training_args, feature_extractor, output_dir, callbacks) -> dict:
-    """Trains and tests one fold, writing its results; a fold whose results exist is skipped."""
+def noise_bank(corpus, rows, excluded_speakers, noise_args: NoiseArguments, noise_dataset, seed: int):
+    """The fold's noise (babble from `rows` minus `excluded_speakers`), or None when the run uses no noise."""
+    if not noise_args.needs_noise:
+        return None
+    kinds = set(noise_args.eval_noise if noise_args.eval_snr else [])
+    if noise_args.noise_augmentation_probability > 0:
+        kinds |= set(noise_args.noise_augmentation_types)
+    pool_size = noise_args.babble_pool_size if "babble" in kinds else 0
+    return fold_noise_bank(corpus, rows, excluded_speakers, pool_size, noise_args.babble_talkers, noise_dataset, seed)
+
+
+def augmentation(bank, noise_args: NoiseArguments, seed: int) -> NoiseAugmentation | None:
+    if noise_args.noise_augmentation_probability <= 0:
+        return None
+    return NoiseAugmentation(
+        bank, noise_args.noise_augmentation_types, noise_args.noise_augmentation_probability,
+        noise_args.noise_augmentation_snr, seed,
+    )
+
+
+def test_in_noise(trainer, corpus, rows: np.ndarray, bank, noise_args: NoiseArguments, feature_extractor, seed: int) -> dict:
+    """Utterance-level WA/UA of the test rows with each noise type at each SNR: {type: {snr: {wa, ua}}}, plus the
+    test utterances that are silent (mixed at the floor)."""
+    clean_collator = trainer.data_collator
+    results = {}
+    try:
+        for kind in bank.check_kinds(noise_args.eval_noise, "--eval_noise"):
+            for snr in noise_args.eval_snr:
+                trainer.data_collator = AudioCollator(feature_extractor, FixedNoise(bank, kind, snr, seed))
+                metrics = trainer.predict(corpus.dataset.select(rows), metric_key_prefix="test").metrics
+                results.setdefault(kind, {})[f"{snr:g}"] = {"wa": metrics["test_wa"], "ua": metrics["test_ua"]}
+    finally:
+        trainer.data_collator = clean_collator
+    floor = 10 ** (SILENCE_FLOOR_DBFS / 10)
+    silent = []
+    for row in rows:
+        item = corpus.dataset[int(row)]
+        if active_power(decode_audio(item["audio"], corpus.sampling_rate), corpus.sampling_rate) < floor:
+            silent.append(item["utterance_id"])
+    return {"noisy": results, "silent_test_utterances": silent}
+
+
+def run_fold(
+    fold: Fold, corpus, model_args, noise_args, protocol_args, training_args, feature_extractor, output_dir, callbacks,
+    noise_dataset=None,
+) -> dict:
+    """Trains and tests one fold (clean, then in noise with --eval_snr), writing its results; a fold whose results
+    exist is skipped."""
     directory = output_dir / "folds" / fold.name
     results_path = directory / "results.json"
     if results_path.exists():
@@ -303,11 +441,18 @@ def run_fold(fold: Fold, corpus, model_args, protocol_args, training_args, featu
             f"Fold {fold.name}: no training utterances of class(es) {[corpus.label_names[i] for i in missing]}; "
             "they stay in the label space."
         )
+    # kfold mixes speakers across folds by design: babble then only excludes the test utterances themselves.
+    excluded = fold.test_speakers if protocol_args.protocol != "kfold" else []
+    bank = noise_bank(corpus, fold.train, excluded, noise_args, noise_dataset, training_args.seed)
     trainer = train_model(
         fold.train, fold.validation, corpus, model_args, protocol_args, training_args, feature_extractor,
-        directory / "checkpoints", callbacks,
+        directory / "checkpoints", callbacks, augmentation(bank, noise_args, training_args.seed),
     )
     prediction = trainer.predict(corpus.dataset.select(fold.test), metric_key_prefix="test")
+    noisy = {}
+    if noise_args.eval_snr:
+        noisy = test_in_noise(trainer, corpus, fold.test, bank, noise_args, feature_extractor, training_args.seed)
+        noisy["babble_speakers"] = sorted({speaker for _, speaker in bank.babble_sources})
     if protocol_args.save_fold_models:
         trainer.save_model(str(directory / "model"))
     result = {
@@ -321,6 +466,7 @@ def run_fold(fold: Fold, corpus, model_args, protocol_args, training_args, featu
         "validation_speakers": sorted(set(corpus.speakers[fold.validation])),
         "best_checkpoint": trainer.state.best_model_checkpoint,
         "epochs_trained": trainer.state.epoch,
+        **noisy,
     }
     if trainer.is_world_process_zero():
         write_predictions(directory, corpus, fold.test, prediction.predictions)
@@ -348,7 +494,9 @@ def write_predictions(directory: Path, corpus, rows: np.ndarray, logits: np.ndar
             )
 
 
-def summarize(fold_results: list[dict], corpus, protocol_args, model_args, data_args, training_args, output_dir: Path) -> dict:
+def summarize(
+    fold_results: list[dict], corpus, protocol_args, model_args, data_args, noise_args, training_args, output_dir: Path
+) -> dict:
     """Overall results: per-fold WA/UA, mean ± std over folds, pooled confusion matrix and per-class report."""
     matrix = sum(np.asarray(result["confusion_matrix"]) for result in fold_results)
     metric = load_wa_ua()
@@ -372,12 +520,16 @@ def summarize(fold_results: list[dict], corpus, protocol_args, model_args, data_
         "confusion_matrix": matrix.tolist(),
         "model": dataclasses.asdict(model_args),
         "data": dataclasses.asdict(data_args),
+        "noise_arguments": dataclasses.asdict(noise_args),
         "protocol_arguments": dataclasses.asdict(protocol_args),
         "training": {key: getattr(training_args, key) for key in (
             "learning_rate", "per_device_train_batch_size", "num_train_epochs", "max_steps", "seed", "optim",
             "weight_decay", "lr_scheduler_type", "warmup_steps", "gradient_accumulation_steps")},
         "versions": {"msemoboost": msemoboost.__version__, "transformers": transformers.__version__, "torch": torch.__version__},
     }
+    if noise_args.eval_snr:
+        summary["noise"] = summarize_noise(fold_results, summary, noise_args)
+        save_snr_plot(summary["noise"], output_dir / "accuracy_vs_snr.png", f"{protocol_args.protocol}, {len(fold_results)} fold(s)")
     (output_dir / "classification_report.txt").write_text(format_report(summary["per_class"], pooled["wa"], pooled["ua"]))
     title = f"{protocol_args.protocol}, {len(fold_results)} fold(s): WA {summary['wa']['mean']:.1%}, UA {summary['ua']['mean']:.1%}"
     save_confusion_matrix(matrix, corpus.label_names, output_dir / "confusion_matrix.png", title)
@@ -386,6 +538,30 @@ def summarize(fold_results: list[dict], corpus, protocol_args, model_args, data_
             lines = (output_dir / "folds" / result["fold"] / "predictions.csv").read_text().splitlines(keepends=True)
             merged.writelines(lines if number == 0 else lines[1:])
     return summary
+
+
+def summarize_noise(fold_results: list[dict], summary: dict, noise_args: NoiseArguments) -> dict:
+    """WA/UA (mean ± std over folds) clean and for each noise type and SNR, and their mean over noise types."""
+    snrs = [f"{snr:g}" for snr in noise_args.eval_snr]
+    kinds = list(fold_results[0]["noisy"])
+    by_kind = {
+        kind: {snr: {m: mean_std([r["noisy"][kind][snr][m] for r in fold_results]) for m in ("wa", "ua")} for snr in snrs}
+        for kind in kinds
+    }
+    mean_over_types = {
+        snr: {m: mean_std([np.mean([r["noisy"][kind][snr][m] for kind in kinds]) for r in fold_results]) for m in ("wa", "ua")}
+        for snr in snrs
+    }
+    return {
+        "snr_definition": "10 log10(active speech power / noise power); active = 20 ms frames within 40 dB of the "
+        "loudest frame (msemoboost/noise.py)",
+        "snr_db": snrs,
+        "types": kinds,
+        "clean": {"wa": summary["wa"], "ua": summary["ua"]},
+        "by_type": by_kind,
+        "mean_over_types": mean_over_types,
+        "silent_test_utterances": sorted(u for r in fold_results for u in r.get("silent_test_utterances", [])),
+    }
 
 
 def write_model_directory(model_dir: Path, summary: dict, data_args, model_args, output_dir: Path, repo_id: str | None) -> None:
@@ -433,7 +609,7 @@ def classify_example(model_dir: Path, corpus, rows: np.ndarray) -> None:
 
 def main(argv: list[str] | None = None, callbacks=()) -> dict:
     """Runs the protocol; returns the overall results. `callbacks` are added to every fold's Trainer."""
-    model_args, data_args, protocol_args, training_args = parse_arguments(sys.argv[1:] if argv is None else argv)
+    model_args, data_args, noise_args, protocol_args, training_args = parse_arguments(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO if training_args.process_index == 0 else logging.WARNING)
     transformers.utils.logging.set_verbosity_warning()
     output_dir = Path(training_args.output_dir)
@@ -457,6 +633,10 @@ def main(argv: list[str] | None = None, callbacks=()) -> dict:
             keep_labels=data_args.keep_labels,
             skip_bad_audio=data_args.skip_bad_audio,
         )
+    noise_dataset = None
+    if noise_args.noise_dataset:
+        with training_args.main_process_first():
+            noise_dataset = NoiseDataset(noise_args.noise_dataset, config.sampling_rate, noise_args.noise_audio_column)
     folds = make_folds(
         protocol_args.protocol, corpus.labels, corpus.speakers, corpus.splits, protocol_args.num_folds,
         protocol_args.validation_fraction, training_args.seed, protocol_args.train_split,
@@ -474,13 +654,18 @@ def main(argv: list[str] | None = None, callbacks=()) -> dict:
 
     fold_results = []
     for index, fold in enumerate(folds):
-        result = run_fold(fold, corpus, model_args, protocol_args, training_args, feature_extractor, output_dir, callbacks)
+        result = run_fold(
+            fold, corpus, model_args, noise_args, protocol_args, training_args, feature_extractor, output_dir, callbacks,
+            noise_dataset,
+        )
         fold_results.append(result)
         if training_args.process_index == 0:
             speakers = f" (test speaker(s) {', '.join(fold.test_speakers)})" if fold.test_speakers else ""
             print(f"[fold {index + 1}/{len(folds)}] {fold.name}{speakers}: WA {result['wa']:.2%}  UA {result['ua']:.2%}  on {result['num_test']} utterances", flush=True)
 
-    summary = summarize(fold_results, corpus, protocol_args, model_args, data_args, training_args, output_dir) if training_args.process_index == 0 else None
+    summary = None
+    if training_args.process_index == 0:
+        summary = summarize(fold_results, corpus, protocol_args, model_args, data_args, noise_args, training_args, output_dir)
     model_dir = output_dir / "model"
     if protocol_args.protocol == "splits" and protocol_args.save_fold_models:
         if training_args.process_index == 0 and not (model_dir / "README.md").exists():
@@ -490,7 +675,11 @@ def main(argv: list[str] | None = None, callbacks=()) -> dict:
         train_rows, validation_rows = hold_out_validation(
             everyone, corpus.labels, corpus.speakers, bool(data_args.speaker_column), protocol_args.validation_fraction, training_args.seed
         )
-        trainer = train_model(train_rows, validation_rows, corpus, model_args, protocol_args, training_args, feature_extractor, model_dir, callbacks)
+        bank = noise_bank(corpus, train_rows, [], noise_args, noise_dataset, training_args.seed)
+        trainer = train_model(
+            train_rows, validation_rows, corpus, model_args, protocol_args, training_args, feature_extractor, model_dir,
+            callbacks, augmentation(bank, noise_args, training_args.seed),
+        )
         trainer.save_model(str(model_dir))
         if trainer.is_world_process_zero():
             for checkpoint in model_dir.glob("checkpoint-*"):

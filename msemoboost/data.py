@@ -178,15 +178,36 @@ def _check_audio(audio: dict, sampling_rate: int, min_samples: int) -> dict:
 class AudioCollator:
     """Decodes a batch of utterances at the feature extractor's rate and pads them with the feature extractor.
 
-    Returns `input_values` `(batch_size, num_samples)`, `attention_mask` and `labels` `(batch_size,)`.
+    Args:
+        feature_extractor: pads (and normalises) the batch.
+        noise (*optional*): a callable `(waveform, row) -> waveform` applied to each decoded utterance before the
+            feature extractor, e.g. [`~msemoboost.noise.FixedNoise`] or [`~msemoboost.noise.NoiseAugmentation`].
+        return_clean (`bool`): also return `clean_input_values`, the utterances before `noise`, normalised with
+            their noisy version's mean and variance (so clean and noisy share one scale): the target of the
+            speech-enhancement head.
+
+    Returns `input_values` `(batch_size, num_samples)`, `attention_mask`, `labels` `(batch_size,)`, and with
+    `return_clean` `clean_input_values` `(batch_size, num_samples)`.
     """
 
-    def __init__(self, feature_extractor):
+    def __init__(self, feature_extractor, noise=None, return_clean: bool = False):
         self.feature_extractor = feature_extractor
+        self.noise = noise
+        self.return_clean = return_clean
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         rate = self.feature_extractor.sampling_rate
-        waveforms = [decode_audio(row["audio"], rate) for row in rows]
-        batch = self.feature_extractor(waveforms, sampling_rate=rate, return_tensors="pt")
+        clean = [decode_audio(row["audio"], rate) for row in rows]
+        noisy = [self.noise(waveform, row) for waveform, row in zip(clean, rows)] if self.noise else clean
+        batch = self.feature_extractor(noisy, sampling_rate=rate, return_tensors="pt")
         batch["labels"] = torch.tensor([row["labels"] for row in rows], dtype=torch.long)
+        if self.return_clean:
+            targets = torch.zeros_like(batch["input_values"])
+            for index, (speech, mixture) in enumerate(zip(clean, noisy)):
+                speech = torch.from_numpy(np.asarray(speech, dtype=np.float32))
+                if self.feature_extractor.do_normalize:
+                    mixture = torch.from_numpy(np.asarray(mixture, dtype=np.float64))
+                    speech = ((speech - mixture.mean()) / torch.sqrt(mixture.var(correction=0) + 1e-7)).float()
+                targets[index, : len(speech)] = speech
+            batch["clean_input_values"] = targets
         return batch

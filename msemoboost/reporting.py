@@ -67,6 +67,33 @@ def save_confusion_matrix(matrix: np.ndarray, label_names: list[str], path: Path
     plt.close(figure)
 
 
+def save_snr_plot(noise: dict, path: Path, title: str) -> None:
+    """A PNG of WA and UA (mean over folds) against SNR, one line per noise type, clean as a dashed line.
+
+    `noise` is the `noise` section of a run's results.json.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    snrs = noise["snr_db"]
+    figure, panels = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for axes, metric in zip(panels, ("wa", "ua")):
+        for kind, results in noise["by_type"].items():
+            axes.plot([float(s) for s in snrs], [100 * results[s][metric]["mean"] for s in snrs], marker="o", label=kind)
+        axes.axhline(100 * noise["clean"][metric]["mean"], color="black", linestyle="--", label="clean")
+        axes.set_xlabel("SNR (dB, active speech)")
+        axes.set_title(f"{metric.upper()} (%)")
+        axes.grid(alpha=0.3)
+    panels[0].set_ylabel("accuracy (%)")
+    panels[1].legend()
+    figure.suptitle(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
 def mean_std(values: list[float]) -> dict[str, float]:
     """Mean and population standard deviation over folds."""
     array = np.asarray(values, dtype=float)

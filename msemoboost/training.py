@@ -1,11 +1,13 @@
-"""Pieces of `train.py` that other scripts reuse: the WA/UA metric, model construction and the Trainer."""
+"""Pieces of `train.py` that other scripts reuse: the WA/UA metric, model construction, the Trainer and the staged
+unfreezing callback."""
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from transformers import AutoFeatureExtractor, Trainer
+from transformers import AutoFeatureExtractor, Trainer, TrainerCallback, TrainerState
 
 from .configuration_msemoboost import MSEmoBoostConfig
 from .feature_extraction_msemoboost import MSEmoBoostFeatureExtractor
@@ -89,14 +91,161 @@ def build_feature_extractor(backbone: str | None, sampling_rate: int, do_normali
 
 
 class MSEmoBoostTrainer(Trainer):
-    """`Trainer` whose model card is the project's (`model_card` text), used by `save_model` + `push_to_hub`."""
+    """`Trainer` whose model card is the project's (`model_card` text), used by `save_model` + `push_to_hub`, and
+    whose training batches may come from their own collator (`train_data_collator`, e.g. one that adds noise),
+    while evaluation and prediction use `data_collator`."""
 
-    def __init__(self, *args, model_card: str | None = None, **kwargs):
+    def __init__(self, *args, model_card: str | None = None, train_data_collator=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.model_card = model_card
+        self.train_data_collator = train_data_collator
+
+    def get_train_dataloader(self):
+        if self.train_data_collator is None:
+            return super().get_train_dataloader()
+        evaluation_collator, self.data_collator = self.data_collator, self.train_data_collator
+        try:
+            return super().get_train_dataloader()
+        finally:
+            self.data_collator = evaluation_collator
 
     def create_model_card(self, *args, **kwargs):
         if self.model_card is None:
             return super().create_model_card(*args, **kwargs)
         if self.is_world_process_zero():
             (Path(self.args.output_dir) / "README.md").write_text(self.model_card)
+
+
+@dataclass(frozen=True)
+class UnfreezeStage:
+    """One stage of staged unfreezing: at `unit` (`"epoch"` or `"step"`) `at`, unfreeze `part` of the backbone:
+    `"top"` (its `count` highest transformer blocks), `"all"` (every transformer block, the positional
+    convolution, feature projection and encoder norms) or `"feature_encoder"` (the convolutional encoder)."""
+
+    unit: str
+    at: int
+    part: str
+    count: int | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> "UnfreezeStage":
+        """`"epoch:2=top:4"`, `"step:500=all"`, `"epoch:6=feature_encoder"`."""
+        when, separator, what = text.partition("=")
+        unit, _, at = when.partition(":")
+        part, _, count = what.partition(":")
+        try:
+            if not separator or unit not in ("epoch", "step") or int(at) < 0:
+                raise ValueError
+            if part == "top":
+                if int(count) < 1:
+                    raise ValueError
+                return cls(unit, int(at), part, int(count))
+            if part in ("all", "feature_encoder") and not count:
+                return cls(unit, int(at), part)
+            raise ValueError
+        except ValueError:
+            raise ValueError(
+                f"Cannot read the unfreezing stage {text!r}: write WHEN=WHAT with WHEN epoch:N or step:N and WHAT "
+                "top:K (the K highest transformer blocks), all (the whole transformer) or feature_encoder (the CNN), "
+                "e.g. epoch:1=top:2 epoch:3=all epoch:5=feature_encoder."
+            ) from None
+
+    def is_due(self, state: TrainerState) -> bool:
+        if self.unit == "epoch":
+            return (state.epoch or 0) >= self.at - 1e-6
+        return state.global_step >= self.at
+
+    def __str__(self) -> str:
+        what = f"top:{self.count}" if self.part == "top" else self.part
+        return f"{self.unit}:{self.at}={what}"
+
+
+class StagedUnfreezing(TrainerCallback):
+    """Trains with the SSL backbone frozen at first, then unfreezes it stage by stage ("cascade unfreezing").
+
+    At the start of training the whole backbone is frozen; each [`UnfreezeStage`] then unfreezes its part when its
+    epoch or step is reached (checked at the start of every epoch and step; a resumed run re-applies the stages
+    already due). Every stage is logged and recorded in the Trainer's `log_history` (so in `trainer_state.json`).
+
+    The optimizer must hold the backbone's parameters: build the model with them trainable and let this callback
+    freeze them (a frozen parameter has no gradient, and AdamW leaves it, and its moments, untouched).
+
+    Args:
+        stages (`list[str]` or `list[UnfreezeStage]`): e.g. `["epoch:1=top:2", "epoch:3=all"]`, in time order.
+    """
+
+    def __init__(self, stages):
+        self.stages = [stage if isinstance(stage, UnfreezeStage) else UnfreezeStage.parse(stage) for stage in stages]
+        if not self.stages:
+            raise ValueError("Staged unfreezing needs at least one stage.")
+        if len({stage.unit for stage in self.stages}) > 1:
+            raise ValueError(f"Give every unfreezing stage in epochs or every one in steps, not both: {self.stages}.")
+        if any(later.at < earlier.at for earlier, later in zip(self.stages, self.stages[1:])):
+            raise ValueError(f"Unfreezing stages must be in time order, got {[str(stage) for stage in self.stages]}.")
+        self.num_applied = 0
+
+    @staticmethod
+    def backbone_parts(model) -> dict[str, list]:
+        """The backbone's parameters by part: `blocks` (one list per transformer block, lowest first),
+        `feature_encoder`, and `rest` (everything else: projection, positional convolution, norms)."""
+        backbone = getattr(getattr(model, "msemoboost", None), "backbone", None)
+        if backbone is None:
+            raise ValueError("Staged unfreezing needs a model with an SSL backbone (use_backbone_features=True).")
+        blocks = [list(block.parameters()) for block in backbone.encoder.layers]
+        feature_encoder = list(backbone.feature_extractor.parameters())
+        seen = {id(parameter) for parameter in feature_encoder} | {id(p) for block in blocks for p in block}
+        rest = [parameter for parameter in backbone.parameters() if id(parameter) not in seen]
+        return {"blocks": blocks, "feature_encoder": feature_encoder, "rest": rest, "module": backbone}
+
+    def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+        parts = self.backbone_parts(model)
+        if optimizer is not None:
+            in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
+            missing = [p for p in parts["module"].parameters() if id(p) not in in_optimizer]
+            if missing:
+                raise ValueError(
+                    f"Staged unfreezing: {len(missing)} backbone parameter tensors are not in the optimizer, so "
+                    "unfreezing them would not train them. Build the model with the backbone trainable (no "
+                    "--freeze_feature_encoder / --freeze_backbone); the callback freezes it itself."
+                )
+        for parameter in parts["module"].parameters():
+            parameter.requires_grad = False
+        parts["module"].feature_extractor._requires_grad = False
+        self.num_applied = 0
+        logger.info(f"Staged unfreezing: backbone frozen; stages {[str(stage) for stage in self.stages]}.")
+        self._advance(state, model)
+
+    def on_epoch_begin(self, args, state, control, model=None, **kwargs):
+        self._advance(state, model)
+
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
+        self._advance(state, model)
+
+    def _advance(self, state: TrainerState, model) -> None:
+        while self.num_applied < len(self.stages) and self.stages[self.num_applied].is_due(state):
+            stage = self.stages[self.num_applied]
+            parts = self.backbone_parts(model)
+            if stage.part == "top":
+                chosen = [p for block in parts["blocks"][-stage.count :] for p in block]
+            elif stage.part == "all":
+                chosen = [p for block in parts["blocks"] for p in block] + parts["rest"]
+            else:
+                chosen = parts["feature_encoder"]
+                parts["module"].feature_extractor._requires_grad = True
+            for parameter in chosen:
+                parameter.requires_grad = True
+            self.num_applied += 1
+            trainable = sum(p.numel() for p in parts["module"].parameters() if p.requires_grad)
+            total = sum(p.numel() for p in parts["module"].parameters())
+            record = {
+                "unfreeze_stage": self.num_applied,
+                "unfreeze": str(stage),
+                "epoch": round(state.epoch or 0.0, 4),
+                "step": state.global_step,
+                "backbone_trainable_parameters": trainable,
+            }
+            state.log_history.append(record)
+            logger.info(
+                f"Staged unfreezing, stage {self.num_applied}/{len(self.stages)} ({stage}) at epoch "
+                f"{record['epoch']}, step {state.global_step}: {trainable:,} of {total:,} backbone parameters train."
+            )
