@@ -3,6 +3,7 @@
     msemoboost predict --model DIR_OR_HUB_ID FILES_OR_FOLDERS... [--timeline] [--output out.csv|out.json]
     msemoboost explain FILE --model DIR_OR_HUB_ID [--output explain.png]
     msemoboost tsne --model DIR_OR_HUB_ID --dataset NAME_OR_PATH [--compare-baseline] [--output tsne.png]
+    msemoboost enhance FILES_OR_FOLDERS... --model DIR_OR_HUB_ID --output_dir DIR [--noise white --snr 5]
 
 Audio at any sampling rate and with any number of channels is decoded by FFmpeg (through `datasets`), resampled to
 the model's rate and downmixed to mono by averaging the channels.
@@ -56,9 +57,21 @@ def main(argv: list[str] | None = None) -> int:
     tsne.add_argument("--batch_size", type=int, default=8)
     tsne.add_argument("--device", default=None)
 
+    enhance = commands.add_parser(
+        "enhance", help="listening check of a model's speech-enhancement head: write enhanced WAV files"
+    )
+    enhance.add_argument("inputs", nargs="+", help="audio files and folders (searched recursively)")
+    enhance.add_argument("--model", required=True, help="model directory or Hub id (trained with --use_se_head)")
+    enhance.add_argument("--output_dir", required=True, help="folder for NAME.enhanced.wav (and NAME.noisy.wav)")
+    enhance.add_argument("--noise", choices=["white", "pink"], default=None,
+                         help="first add this noise to the (clean) input, and write the noisy version too")
+    enhance.add_argument("--snr", type=float, default=5.0, help="SNR in dB for --noise (default: 5)")
+    enhance.add_argument("--seed", type=int, default=0, help="seed of the --noise (default: 0)")
+    enhance.add_argument("--device", default=None)
+
     args = parser.parse_args(argv)
     try:
-        return {"predict": run_predict, "explain": run_explain, "tsne": run_tsne}[args.command](args)
+        return {"predict": run_predict, "explain": run_explain, "tsne": run_tsne, "enhance": run_enhance}[args.command](args)
     except (ValueError, FileNotFoundError, ImportError) as error:
         print(f"msemoboost {args.command}: error: {error}", file=sys.stderr)
         return EXIT_BAD_USAGE
@@ -219,6 +232,38 @@ def run_tsne(args) -> int:
     plot_tsne(Path(args.output), {titles[key]: np.concatenate(parts) for key, parts in features.items()}, labels, (width, height), args.seed)
     print(f"Wrote {args.output}: t-SNE of {len(rows)} utterances")
     return 0
+
+
+def run_enhance(args) -> int:
+    """Writes OUTPUT_DIR/NAME.enhanced.wav for each input (16-bit, the model's rate; scaled down if it would clip),
+    and with --noise OUTPUT_DIR/NAME.noisy.wav, the input that was enhanced."""
+    from .demo import write_wav
+    from .inference import enhance, find_audio_files, load_classifier, read_audio
+    from .noise import NoiseBank, check_snrs, mix_at_snr, utterance_rng
+
+    (snr,) = check_snrs([args.snr], "--snr")
+    classifier, extractor = load_classifier(args.model, args.device)
+    if classifier.se_head is None:
+        raise ValueError(f"{args.model} has no speech-enhancement head: train it with --use_se_head true.")
+    rate = extractor.sampling_rate
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    for path in find_audio_files(args.inputs):
+        waveform = read_audio(path, rate)
+        if args.noise:
+            noise = NoiseBank(rate).sample(args.noise, len(waveform), utterance_rng(args.seed, path.name, args.noise))
+            waveform, _ = mix_at_snr(waveform, noise, snr, rate)
+            write_wav(output_dir / f"{path.stem}.noisy.wav", peak_limited(waveform), rate)
+        enhanced = enhance(classifier, extractor, waveform)
+        write_wav(output_dir / f"{path.stem}.enhanced.wav", peak_limited(enhanced), rate)
+        print(f"Wrote {output_dir / (path.stem + '.enhanced.wav')}")
+    return 0
+
+
+def peak_limited(waveform: np.ndarray) -> np.ndarray:
+    """`waveform` scaled down to a 0.99 peak if it would clip, unchanged otherwise."""
+    peak = float(np.abs(waveform).max(initial=0.0))
+    return waveform * (0.99 / peak) if peak > 0.99 else waveform
 
 
 if __name__ == "__main__":

@@ -40,12 +40,13 @@ def synthesize(emotion: str, base_pitch: float, duration_s: float, rng: np.rando
     return np.clip(signal, -1, 1).astype(np.float32)
 
 
-def write_wav(path: Path, samples: np.ndarray) -> None:
+def write_wav(path: Path, samples: np.ndarray, sampling_rate: int = SAMPLING_RATE) -> None:
+    """A mono 16-bit PCM WAV file of `samples` in [-1, 1] (values outside are clipped)."""
     with wave.open(str(path), "wb") as file:
         file.setnchannels(1)
         file.setsampwidth(2)
-        file.setframerate(SAMPLING_RATE)
-        file.writeframes((samples * 32767).astype("<i2").tobytes())
+        file.setframerate(sampling_rate)
+        file.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
 
 
 def make_demo_corpus(directory: str | Path, utterances_per_class: int = 4, seed: int = 0) -> Path:

@@ -1,5 +1,5 @@
 """Running a trained MS-EmoBoost model on recordings: loading, reading audio, batched prediction, per-segment
-timelines, frame weights and pooled features."""
+timelines, frame weights, pooled features and speech enhancement."""
 
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,3 +127,16 @@ def pooled_features(classifier, extractor, waveforms: list[np.ndarray], baseline
         segment_means = (outputs.hidden_states[-1] * mask).sum(1) / mask.sum(1)
         features["baseline"] = average_over_segments(segment_means, outputs.segments_per_utterance).float().cpu().numpy()
     return features
+
+
+@torch.no_grad()
+def enhance(classifier, extractor, waveform: np.ndarray) -> np.ndarray:
+    """The speech-enhancement head's output for one recording `(num_samples,)`, on the recording's own scale: its
+    clean-magnitude estimate with the input's phase, the feature extractor's normalisation undone."""
+    rate = extractor.sampling_rate
+    inputs = extractor(waveform, sampling_rate=rate, return_tensors="pt").to(classifier.device)
+    enhanced = classifier.enhance(inputs["input_values"], inputs.get("attention_mask"))[0].float().cpu().numpy()
+    if getattr(extractor, "do_normalize", False):
+        audio = np.asarray(waveform, dtype=np.float32)
+        enhanced = enhanced * np.sqrt(audio.var() + 1e-7) + audio.mean()
+    return enhanced[: len(waveform)]

@@ -9,7 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile
 import yaml
 
 import train
@@ -190,10 +192,11 @@ def test_arguments_come_from_a_yaml_file_and_the_command_line_overrides_it(tmp_p
     file = tmp_path / "args.yaml"
     file.write_text(yaml.safe_dump({"dataset_name": "x", "protocol": "kfold", "num_folds": 5, "learning_rate": 0.5,
                                     "folds": ["1", "2"], "backbone_config": {"model_type": "hubert"}}))
-    model_args, data_args, protocol_args, training_args = train.parse_arguments([str(file), "--num_folds", "3"])
+    model_args, data_args, noise_args, protocol_args, training_args = train.parse_arguments([str(file), "--num_folds", "3"])
     assert (data_args.dataset_name, protocol_args.protocol, protocol_args.num_folds) == ("x", "kfold", 3)
     assert training_args.learning_rate == 0.5 and protocol_args.folds == ["1", "2"]
     assert json.loads(model_args.backbone_config) == {"model_type": "hubert"}
+    assert noise_args.eval_snr is None and noise_args.noise_augmentation_probability == 0.0  # both off by default
 
 
 def test_help_explains_how_validation_is_drawn():
@@ -253,3 +256,42 @@ def test_splits_protocol_uses_the_dataset_splits_and_publishes_that_model(corpus
     assert validation and "spk6" not in validation
     assert (output / "model" / "README.md").exists()
     assert (output / "model" / "model.safetensors").read_bytes() == (output / "folds" / "splits" / "model" / "model.safetensors").read_bytes()
+
+
+def test_noisy_evaluation_augmentation_and_se_head_through_train_py(corpus_dir, tmp_path):
+    noise = tmp_path / "noise"
+    noise.mkdir()
+    soundfile.write(noise / "hum.wav", (0.1 * np.sin(np.arange(800) / 3)).astype(np.float32), 16000)  # 50 ms: looped
+    output = tmp_path / "noisy"
+    summary = run(corpus_dir, output, "--folds", "0", "1", "--final_model", "false", "--eval_snr", "20", "0",
+                  "--eval_noise", "white", "babble", "dataset", "--noise_dataset", str(noise),
+                  "--noise_augmentation_probability", "0.5", "--use_se_head", "true")
+    noise_summary = summary["noise"]
+    assert noise_summary["snr_db"] == ["20", "0"] and noise_summary["types"] == ["white", "babble", "dataset"]
+    assert noise_summary["clean"] == {"wa": summary["wa"], "ua": summary["ua"]}
+    assert noise_summary["silent_test_utterances"] == []
+    assert "active speech power" in noise_summary["snr_definition"]
+    folds = [json.loads((output / "folds" / f["fold"] / "results.json").read_text()) for f in summary["folds"]]
+    for fold in folds:
+        assert set(fold["noisy"]) == {"white", "babble", "dataset"}
+        assert all(0 <= fold["noisy"][kind][snr][m] <= 1 for kind in fold["noisy"] for snr in ("20", "0") for m in ("wa", "ua"))
+        assert fold["test_speakers"][0] not in fold["babble_speakers"] and fold["babble_speakers"]
+    for snr in ("20", "0"):
+        per_fold = [np.mean([fold["noisy"][kind][snr]["ua"] for kind in fold["noisy"]]) for fold in folds]
+        assert noise_summary["mean_over_types"][snr]["ua"]["mean"] == pytest.approx(np.mean(per_fold))
+        assert noise_summary["by_type"]["white"][snr]["wa"]["mean"] == pytest.approx(np.mean([f["noisy"]["white"][snr]["wa"] for f in folds]))
+    assert (output / "accuracy_vs_snr.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    saved = json.loads((output / "folds" / folds[0]["fold"] / "model" / "config.json").read_text())
+    assert saved["use_se_head"] is True
+
+
+def test_noise_arguments_are_checked(corpus_dir, tmp_path, capsys):
+    base = ["--dataset_name", str(corpus_dir), "--output_dir", str(tmp_path / "run"), *TINY_TRAIN_ARGS]
+    with pytest.raises(ValueError, match="--eval_snr: an SNR must be a finite number of dB, got nan"):
+        train.main([*base, "--eval_snr", "10", "nan"])
+    with pytest.raises(SystemExit):
+        train.main([*base, "--use_se_head", "true"])
+    assert "--use_se_head learns from clean/noisy pairs: set --noise_augmentation_probability above 0" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="--eval_noise: the noise type 'dataset' needs --noise_dataset"):
+        train.main([*base, "--folds", "0", "--final_model", "false", "--num_train_epochs", "1", "--eval_snr", "5",
+                    "--eval_noise", "dataset"])
