@@ -48,6 +48,7 @@ from msemoboost.noise import (
     NoiseAugmentation,
     NoiseDataset,
     active_power,
+    check_noise_types,
     check_snrs,
     fold_noise_bank,
 )
@@ -185,6 +186,11 @@ class NoiseArguments:
             self.eval_noise = ["white", "pink", "babble"] + (["dataset"] if self.noise_dataset else [])
         if self.noise_augmentation_types is None:
             self.noise_augmentation_types = list(self.eval_noise)
+        check_noise_types(self.eval_noise, "--eval_noise", bool(self.noise_dataset))
+        check_noise_types(self.noise_augmentation_types, "--noise_augmentation_types", bool(self.noise_dataset))
+        low_high = self.noise_augmentation_snr
+        if len(low_high) != 2 or low_high[0] > low_high[1]:
+            raise ValueError(f"--noise_augmentation_snr takes two values LOW HIGH with LOW <= HIGH, got {low_high}.")
 
     @property
     def needs_noise(self) -> bool:
@@ -434,7 +440,15 @@ def run_fold(
     results_path = directory / "results.json"
     if results_path.exists():
         logger.info(f"Skipping finished fold {fold.name} ({results_path}).")
-        return json.loads(results_path.read_text())
+        finished = json.loads(results_path.read_text())
+        wanted = {kind: [f"{snr:g}" for snr in noise_args.eval_snr] for kind in noise_args.eval_noise} if noise_args.eval_snr else {}
+        if {kind: list(by_snr) for kind, by_snr in finished.get("noisy", {}).items()} != wanted:
+            raise ValueError(
+                f"{results_path} was tested in noise {finished.get('noisy') and list(finished['noisy']) or 'never'}, "
+                f"and this run asks for {wanted or 'no noisy test'} (--eval_snr / --eval_noise). Use another "
+                "--output_dir, or delete that fold's folder to run it again."
+            )
+        return finished
     missing = sorted(set(range(len(corpus.label_names))) - set(corpus.labels[fold.train]))
     if missing:
         logger.warning(

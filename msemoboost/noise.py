@@ -54,6 +54,15 @@ def check_snrs(values: Sequence[float], name: str) -> list[float]:
     return checked
 
 
+def check_noise_types(kinds: Sequence[str], flag: str, has_noise_dataset: bool) -> None:
+    """An error naming `flag` for an unknown noise type, or for `dataset` without a noise dataset."""
+    for kind in kinds:
+        if kind not in NOISE_TYPES:
+            raise ValueError(f"{flag}: unknown noise type {kind!r}; choose from {list(NOISE_TYPES)}.")
+        if kind == "dataset" and not has_noise_dataset:
+            raise ValueError(f"{flag}: the noise type 'dataset' needs --noise_dataset.")
+
+
 def active_power(waveform: np.ndarray, sampling_rate: int) -> float:
     """Mean power of the 20 ms frames of `waveform` within 40 dB of its loudest frame; 0.0 for digital silence.
 
@@ -191,13 +200,9 @@ class NoiseBank:
 
     def check_kinds(self, kinds: Sequence[str], flag: str) -> list[str]:
         """`kinds` if this bank can make each of them, else an error naming `flag`."""
-        for kind in kinds:
-            if kind not in NOISE_TYPES:
-                raise ValueError(f"{flag}: unknown noise type {kind!r}; choose from {list(NOISE_TYPES)}.")
-            if kind == "dataset" and self.noise_dataset is None:
-                raise ValueError(f"{flag}: the noise type 'dataset' needs --noise_dataset.")
-            if kind == "babble" and not self.babble_pool:
-                raise ValueError(f"{flag}: no training utterances to make babble from.")
+        check_noise_types(kinds, flag, self.noise_dataset is not None)
+        if "babble" in kinds and not self.babble_pool:
+            raise ValueError(f"{flag}: no training utterances to make babble from.")
         return list(kinds)
 
     def sample(self, kind: str, num_samples: int, rng: np.random.Generator) -> np.ndarray:

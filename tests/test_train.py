@@ -293,5 +293,17 @@ def test_noise_arguments_are_checked(corpus_dir, tmp_path, capsys):
         train.main([*base, "--use_se_head", "true"])
     assert "--use_se_head learns from clean/noisy pairs: set --noise_augmentation_probability above 0" in capsys.readouterr().err
     with pytest.raises(ValueError, match="--eval_noise: the noise type 'dataset' needs --noise_dataset"):
-        train.main([*base, "--folds", "0", "--final_model", "false", "--num_train_epochs", "1", "--eval_snr", "5",
-                    "--eval_noise", "dataset"])
+        train.main([*base, "--eval_snr", "5", "--eval_noise", "dataset"])
+    with pytest.raises(ValueError, match=r"--noise_augmentation_types: unknown noise type 'rain'"):
+        train.main([*base, "--noise_augmentation_probability", "0.5", "--noise_augmentation_types", "rain"])
+    with pytest.raises(ValueError, match=r"two values LOW HIGH with LOW <= HIGH, got \[20.0, 0.0\]"):
+        train.main([*base, "--noise_augmentation_snr", "20", "0"])
+
+
+def test_a_finished_fold_tested_otherwise_is_not_mixed_into_a_noisy_run(finished_run, corpus_dir, tmp_path):
+    output, _ = finished_run
+    copy = tmp_path / "copy"
+    shutil.copytree(output / "folds", copy / "folds")
+    with pytest.raises(ValueError, match=r"speaker_spk1/results.json was tested in noise never, and this run asks for "
+                       r"\{'white': \['10'\]\}"):
+        run(corpus_dir, copy, "--folds", "0", "--eval_snr", "10", "--eval_noise", "white")
