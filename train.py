@@ -4,6 +4,8 @@
     python train.py                                    # offline demo: generated corpus, tiny backbone, a few minutes
     python train.py configs/emodb.yaml --dataset_name ../shared/data/emodb
     python train.py configs/iemocap.yaml --dataset_name <hub id or folder> --push_to_hub --hub_model_id you/ser
+    python train.py configs/emodb_noisy.yaml --dataset_name ../shared/data/emodb  # noise augmentation, staged
+                                                       # unfreezing, tests at 20/10/5/0 dB SNR (--eval_snr)
     accelerate launch train.py configs/emodb.yaml ...  # several processes or GPUs
 
 Every argument of `transformers.TrainingArguments` works. A YAML or JSON file of arguments may come first; arguments
@@ -188,6 +190,8 @@ class NoiseArguments:
             self.noise_augmentation_types = list(self.eval_noise)
         check_noise_types(self.eval_noise, "--eval_noise", bool(self.noise_dataset))
         check_noise_types(self.noise_augmentation_types, "--noise_augmentation_types", bool(self.noise_dataset))
+        if not 0 <= self.noise_augmentation_probability <= 1:
+            raise ValueError(f"--noise_augmentation_probability must be in [0, 1], got {self.noise_augmentation_probability}.")
         low_high = self.noise_augmentation_snr
         if len(low_high) != 2 or low_high[0] > low_high[1]:
             raise ValueError(f"--noise_augmentation_snr takes two values LOW HIGH with LOW <= HIGH, got {low_high}.")

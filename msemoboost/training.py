@@ -99,6 +99,22 @@ class MSEmoBoostTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.model_card = model_card
         self.train_data_collator = train_data_collator
+        self._loss_parts: dict[str, tuple[float, int]] = {}
+
+    def compute_loss(self, model, inputs, return_outputs=False, **kwargs):
+        """The model's loss; with a speech-enhancement head, its two parts are also averaged for the training logs."""
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, **kwargs)
+        if model.training and isinstance(outputs, dict) and outputs.get("se_loss") is not None:
+            for key in ("classification_loss", "se_loss"):
+                total, count = self._loss_parts.get(key, (0.0, 0))
+                self._loss_parts[key] = (total + outputs[key].detach().float().item(), count + 1)
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        if "loss" in logs and self._loss_parts:
+            logs.update({key: round(total / count, 4) for key, (total, count) in self._loss_parts.items()})
+            self._loss_parts = {}
+        super().log(logs, *args, **kwargs)
 
     def get_train_dataloader(self):
         if self.train_data_collator is None:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import soundfile
 import yaml
+from transformers import TrainerCallback
 
 import train
 from tiny import TINY_TRAIN_ARGS, read_csv
@@ -263,9 +264,20 @@ def test_noisy_evaluation_augmentation_and_se_head_through_train_py(corpus_dir, 
     noise.mkdir()
     soundfile.write(noise / "hum.wav", (0.1 * np.sin(np.arange(800) / 3)).astype(np.float32), 16000)  # 50 ms: looped
     output = tmp_path / "noisy"
+
+    class Logs(TrainerCallback):
+        def __init__(self):
+            self.training = []
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if "loss" in logs:
+                self.training.append(logs)
+
+    logs = Logs()
     summary = run(corpus_dir, output, "--folds", "0", "1", "--final_model", "false", "--eval_snr", "20", "0",
                   "--eval_noise", "white", "babble", "dataset", "--noise_dataset", str(noise),
-                  "--noise_augmentation_probability", "0.5", "--use_se_head", "true")
+                  "--noise_augmentation_probability", "0.5", "--use_se_head", "true", callbacks=[logs])
+    assert logs.training and all(entry["se_loss"] > 0 and entry["classification_loss"] > 0 for entry in logs.training)
     noise_summary = summary["noise"]
     assert noise_summary["snr_db"] == ["20", "0"] and noise_summary["types"] == ["white", "babble", "dataset"]
     assert noise_summary["clean"] == {"wa": summary["wa"], "ua": summary["ua"]}
