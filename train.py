@@ -50,6 +50,7 @@ from msemoboost.noise import (
     NoiseAugmentation,
     NoiseDataset,
     active_power,
+    check_augmentation,
     check_noise_types,
     check_snrs,
     fold_noise_bank,
@@ -183,18 +184,13 @@ class NoiseArguments:
 
     def __post_init__(self):
         check_snrs(self.eval_snr or [], "--eval_snr")
-        check_snrs(self.noise_augmentation_snr, "--noise_augmentation_snr")
+        check_augmentation(self.noise_augmentation_probability, self.noise_augmentation_snr)
         if self.eval_noise is None:
             self.eval_noise = ["white", "pink", "babble"] + (["dataset"] if self.noise_dataset else [])
         if self.noise_augmentation_types is None:
             self.noise_augmentation_types = list(self.eval_noise)
         check_noise_types(self.eval_noise, "--eval_noise", bool(self.noise_dataset))
         check_noise_types(self.noise_augmentation_types, "--noise_augmentation_types", bool(self.noise_dataset))
-        if not 0 <= self.noise_augmentation_probability <= 1:
-            raise ValueError(f"--noise_augmentation_probability must be in [0, 1], got {self.noise_augmentation_probability}.")
-        low_high = self.noise_augmentation_snr
-        if len(low_high) != 2 or low_high[0] > low_high[1]:
-            raise ValueError(f"--noise_augmentation_snr takes two values LOW HIGH with LOW <= HIGH, got {low_high}.")
 
     @property
     def needs_noise(self) -> bool:

@@ -105,7 +105,7 @@ def enhancement_curve(classifier, extractor, waveform: np.ndarray) -> tuple[np.n
     inputs = extractor(waveform, sampling_rate=rate, return_tensors="pt").to(classifier.device)
     outputs = classifier.msemoboost(**inputs)
     weights = outputs.enhancement_weights[outputs.frame_mask].float().cpu().numpy()
-    stride = int(np.prod(classifier.config.backbone_config.conv_stride))
+    stride = classifier.config.backbone_frame_stride
     segment_starts = torch.arange(len(outputs.frame_mask)) * classifier.config.segment_samples
     frame_starts = segment_starts[:, None] + torch.arange(outputs.frame_mask.shape[1]) * stride
     return frame_starts[outputs.frame_mask.cpu()].numpy() / rate, weights

@@ -688,14 +688,13 @@ class MSEmoBoostForSequenceClassification(MSEmoBoostPreTrainedModel):
         spectrum = torch.polar(magnitude, noisy[:, :num_frames].angle())
         enhanced = self.se_stft.inverse(spectrum, segments)
         enhanced = enhanced * (torch.arange(enhanced.shape[1], device=enhanced.device) < segment_lengths[:, None])
-        waveforms = torch.zeros_like(input_values, dtype=enhanced.dtype)
+        waveforms = torch.zeros_like(input_values, dtype=enhanced.dtype)  # padding, and a dropped remainder, stay 0
         first = 0
         for row, count in enumerate(segments_per_utterance.tolist()):
             joined = enhanced[first : first + count].flatten()[: input_values.shape[1]]
             waveforms[row, : len(joined)] = joined
             first += count
-        lengths = self.msemoboost.utterance_lengths(input_values, attention_mask)
-        return waveforms * (torch.arange(waveforms.shape[1], device=waveforms.device) < lengths[:, None])
+        return waveforms
 
 
 __all__ = [

@@ -54,6 +54,16 @@ def check_snrs(values: Sequence[float], name: str) -> list[float]:
     return checked
 
 
+def check_augmentation(probability: float, snr_range: Sequence[float]) -> list[float]:
+    """The augmentation's SNR range as floats, after checking it and the probability (errors name the flags)."""
+    if not 0 <= probability <= 1:
+        raise ValueError(f"--noise_augmentation_probability must be in [0, 1], got {probability}.")
+    snr_range = check_snrs(snr_range, "--noise_augmentation_snr")
+    if len(snr_range) != 2 or snr_range[0] > snr_range[1]:
+        raise ValueError(f"--noise_augmentation_snr takes two values LOW HIGH with LOW <= HIGH, got {snr_range}.")
+    return snr_range
+
+
 def check_noise_types(kinds: Sequence[str], flag: str, has_noise_dataset: bool) -> None:
     """An error naming `flag` for an unknown noise type, or for `dataset` without a noise dataset."""
     for kind in kinds:
@@ -251,15 +261,10 @@ class NoiseAugmentation:
     SNR drawn uniformly from `snr_range` (dB)."""
 
     def __init__(self, bank: NoiseBank, kinds: Sequence[str], probability: float, snr_range: Sequence[float], seed: int):
-        if not 0 <= probability <= 1:
-            raise ValueError(f"--noise_augmentation_probability must be in [0, 1], got {probability}.")
-        snr_range = check_snrs(snr_range, "--noise_augmentation_snr")
-        if len(snr_range) != 2 or snr_range[0] > snr_range[1]:
-            raise ValueError(f"--noise_augmentation_snr takes two values LOW HIGH with LOW <= HIGH, got {snr_range}.")
+        self.snr_range = check_augmentation(probability, snr_range)
         self.bank = bank
         self.kinds = bank.check_kinds(kinds, "--noise_augmentation_types")
         self.probability = probability
-        self.snr_range = snr_range
         self.rng = np.random.default_rng(seed)
 
     def __call__(self, waveform: np.ndarray, row: dict) -> np.ndarray:
