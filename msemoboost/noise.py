@@ -89,11 +89,6 @@ def active_power(waveform: np.ndarray, sampling_rate: int) -> float:
     return float(energy[energy >= loudest * 10 ** (-ACTIVE_RANGE_DB / 10)].mean())
 
 
-def snr_db(speech: np.ndarray, noise: np.ndarray, sampling_rate: int) -> float:
-    """The SNR of `speech + noise` by the definition above (active speech power over mean noise power)."""
-    return 10 * math.log10(active_power(speech, sampling_rate) / np.mean(np.asarray(noise, dtype=np.float64) ** 2))
-
-
 def mix_at_snr(speech: np.ndarray, noise: np.ndarray, snr: float, sampling_rate: int) -> tuple[np.ndarray, bool]:
     """`speech + gain * noise` at `snr` dB, and whether `speech` was silent (mixed at the floor instead).
 
@@ -204,6 +199,8 @@ class NoiseBank:
             raise ValueError(f"babble_talkers must be at least 1, got {babble_talkers}.")
         self.sampling_rate = sampling_rate
         self.babble_pool = [np.asarray(utterance, dtype=np.float32) for utterance in babble_pool]
+        # Each talker is brought to unit active level before summing; the levels are fixed, so computed once.
+        self.babble_levels = [math.sqrt(active_power(utterance, sampling_rate)) or 1.0 for utterance in self.babble_pool]
         self.babble_talkers = babble_talkers
         self.noise_dataset = noise_dataset
         self.babble_sources = list(babble_sources)
@@ -226,8 +223,7 @@ class NoiseBank:
             babble = np.zeros(num_samples, dtype=np.float64)
             for talker in talkers:
                 utterance = self.babble_pool[talker]
-                level = math.sqrt(active_power(utterance, self.sampling_rate)) or 1.0
-                babble += loop(utterance, num_samples, int(rng.integers(len(utterance)))) / level
+                babble += loop(utterance, num_samples, int(rng.integers(len(utterance)))) / self.babble_levels[talker]
             return babble.astype(np.float32)
         if kind == "dataset":
             clip = self.noise_dataset.clip(int(rng.integers(len(self.noise_dataset))))
