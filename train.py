@@ -42,7 +42,8 @@ from transformers import EarlyStoppingCallback, HfArgumentParser, TrainingArgume
 from transformers.trainer_utils import get_last_checkpoint
 
 import msemoboost
-from msemoboost.data import AudioCollator, decode_audio, load_corpus, parse_label_merge
+from msemoboost.augmentation import Chain, WaveformAugmentation
+from msemoboost.data import AudioCollator, combine_corpora, decode_audio, load_corpus, parse_label_merge
 from msemoboost.demo import make_demo_corpus
 from msemoboost.noise import (
     SILENCE_FLOOR_DBFS,
@@ -72,6 +73,8 @@ from msemoboost.training import (
     WaUaMetrics,
     build_feature_extractor,
     build_model,
+    class_balanced_weights,
+    load_for_transfer,
     load_wa_ua,
     read_json_argument,
 )
@@ -84,6 +87,12 @@ MODEL_CARD_TEMPLATE = REPO / "model_card.md"
 
 @dataclass
 class ModelArguments:
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Start from a trained MS-EmoBoost checkpoint (Hub id or directory): its backbone, guidance "
+                  "branches and classifier rows of the labels it shares with this run; new labels get new rows. "
+                  "Its architecture is kept (--backbone, --backbone_config and the use_* switches are ignored)."},
+    )
     backbone: str | None = field(
         default=None,
         metadata={"help": "Hub id or local path of a pretrained SSL model (wav2vec2, HuBERT, WavLM, data2vec-audio, "
@@ -119,6 +128,18 @@ class ModelArguments:
                   "WHEN=WHAT with WHEN epoch:N or step:N and WHAT top:K, all or feature_encoder, e.g. "
                   "epoch:1=top:2 epoch:3=all epoch:5=feature_encoder."},
     )
+    class_balanced_loss: bool = field(
+        default=False,
+        metadata={"help": "Weight the cross-entropy by inverse class frequency in each fold's training data."},
+    )
+    backbone_learning_rate: float | None = field(
+        default=None, metadata={"help": "Learning rate of the SSL backbone (default: --learning_rate)."}
+    )
+    guidance_learning_rate: float | None = field(
+        default=None,
+        metadata={"help": "Learning rate of the guidance branches and X_enh (default: --learning_rate). The "
+                  "classifier always uses --learning_rate."},
+    )
     use_se_head: bool = field(
         default=False,
         metadata={"help": "Train a speech-enhancement head on the SSL frames jointly (needs noise augmentation for "
@@ -150,6 +171,34 @@ class DataArguments:
     skip_bad_audio: bool = field(
         default=False, metadata={"help": "Skip unreadable or too-short audio files (and report them) instead of failing."}
     )
+    extra_train_datasets: list[str] | None = field(
+        default=None,
+        metadata={"help": "More corpora (Hub ids or folders) in every fold's training data, never tested. Labels are "
+                  "matched by name; classes the evaluated corpus lacks are dropped (see --keep_extra_labels)."},
+    )
+    extra_train_columns: str | None = field(
+        default=None,
+        metadata={"help": "Column names of extra corpora that differ from the evaluated one's, as a JSON object "
+                  "{corpus: {\"label_column\": ..., \"speaker_column\": ..., \"audio_column\": ...}}."},
+    )
+    keep_extra_labels: bool = field(
+        default=False, metadata={"help": "Also train on extra corpora's classes that the evaluated corpus lacks."}
+    )
+
+
+@dataclass
+class AugmentationArguments:
+    speed_perturbation: list[float] | None = field(
+        default=None, metadata={"help": "Speed perturbation of training utterances: a factor range LOW HIGH, e.g. 0.9 1.1."}
+    )
+    speed_perturbation_probability: float = field(
+        default=0.5, metadata={"help": "Probability of perturbing a training utterance's speed."}
+    )
+    time_masks: int = field(default=0, metadata={"help": "SpecAugment-style zeroed spans per training utterance."})
+    time_mask_max_s: float = field(default=0.1, metadata={"help": "Longest zeroed span, in seconds."})
+
+    def __post_init__(self):
+        WaveformAugmentation(16000, self.speed_perturbation, self.speed_perturbation_probability, self.time_masks, self.time_mask_max_s)
 
 
 @dataclass
@@ -199,7 +248,11 @@ class NoiseArguments:
 
 @dataclass
 class ProtocolArguments:
-    protocol: str = field(default="loso", metadata={"help": f"Evaluation protocol, one of {list(PROTOCOLS)}."})
+    protocol: str = field(
+        default="loso",
+        metadata={"help": f"Evaluation protocol, one of {list(PROTOCOLS)}. cross_corpus trains on "
+                  "--extra_train_datasets only and tests on all of --dataset_name, over the emotions they share."},
+    )
     num_folds: int | None = field(
         default=None, metadata={"help": "loso: group speakers into this many folds (default: one per speaker). "
                                 "kfold: number of folds (default 10)."}
@@ -249,14 +302,18 @@ def arguments_from_file(path: str) -> list[str]:
 
 def parse_arguments(
     argv: list[str],
-) -> tuple[ModelArguments, DataArguments, NoiseArguments, ProtocolArguments, TrainingArguments]:
-    parser = HfArgumentParser((ModelArguments, DataArguments, NoiseArguments, ProtocolArguments, TrainingArguments))
+) -> tuple[ModelArguments, DataArguments, NoiseArguments, ProtocolArguments, TrainingArguments, AugmentationArguments]:
+    parser = HfArgumentParser(
+        (ModelArguments, DataArguments, NoiseArguments, ProtocolArguments, TrainingArguments, AugmentationArguments)
+    )
     parser.description = __doc__
     if not argv:
         argv = [str(DEMO_CONFIG)]
     if argv[0].endswith((".yaml", ".yml", ".json")):
         argv = arguments_from_file(argv[0]) + argv[1:]
-    model_args, data_args, noise_args, protocol_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    model_args, data_args, noise_args, protocol_args, training_args, augmentation_args = (
+        parser.parse_args_into_dataclasses(args=argv)
+    )
     if not (data_args.dataset_name or data_args.demo):
         parser.error("give --dataset_name (or --demo for the built-in corpus)")
     if protocol_args.protocol not in PROTOCOLS:
@@ -267,7 +324,9 @@ def parse_arguments(
         StagedUnfreezing(model_args.unfreeze_stages)  # a malformed schedule fails here, before any data is read
         if model_args.freeze_backbone:
             parser.error("--unfreeze_stages unfreezes the backbone; it cannot be combined with --freeze_backbone true")
-    return model_args, data_args, noise_args, protocol_args, training_args
+    if protocol_args.protocol == "cross_corpus" and not data_args.extra_train_datasets:
+        parser.error("--protocol cross_corpus trains on --extra_train_datasets only: name at least one")
+    return model_args, data_args, noise_args, protocol_args, training_args, augmentation_args
 
 
 def fold_training_arguments(training_args: TrainingArguments, output_dir: Path, patience: int | None) -> TrainingArguments:
@@ -312,6 +371,8 @@ def resume_checkpoint(training_args: TrainingArguments, checkpoint_dir: Path) ->
 
 def model_config(model_args: ModelArguments) -> msemoboost.MSEmoBoostConfig:
     """The configuration the run's models will have (labels aside), to read rates and sizes before training."""
+    if model_args.model_name_or_path:
+        return msemoboost.MSEmoBoostConfig.from_pretrained(model_args.model_name_or_path)
     if model_args.backbone:
         backbone_config = transformers.AutoConfig.from_pretrained(model_args.backbone)
     else:
@@ -319,6 +380,49 @@ def model_config(model_args: ModelArguments) -> msemoboost.MSEmoBoostConfig:
     return msemoboost.MSEmoBoostConfig(
         backbone_config=backbone_config, **model_overrides(model_args)
     )
+
+
+def corpus_name(dataset_name: str) -> str:
+    """A short name for a corpus: the folder's name, or the Hub id."""
+    return Path(dataset_name).name if Path(dataset_name).exists() else dataset_name
+
+
+def load_corpora(data_args: DataArguments, config, shared_labels_only: bool):
+    """The evaluated corpus, with the extra training corpora (if any) pooled in: `(corpus, extra_rows, report)`.
+
+    `report` gives, per corpus, the utterances used and those dropped for a class outside the label space."""
+    options = dict(
+        sampling_rate=config.sampling_rate,
+        min_samples=config.min_input_samples,
+        label_merge=parse_label_merge(data_args.label_merge),
+        skip_bad_audio=data_args.skip_bad_audio,
+    )
+    columns = dict(
+        audio_column=data_args.audio_column, label_column=data_args.label_column,
+        speaker_column=data_args.speaker_column or None,
+    )
+    corpus = load_corpus(
+        data_args.dataset_name, dataset_config_name=data_args.dataset_config_name, keep_labels=data_args.keep_labels,
+        **columns, **options,
+    )
+    name = corpus_name(data_args.dataset_name)
+    if len(corpus.label_names) < 2:
+        raise ValueError(
+            f"{name} has {len(corpus.label_names)} class(es) ({corpus.label_names}) after --label_merge/--keep_labels; "
+            "emotion recognition needs at least 2."
+        )
+    if not data_args.extra_train_datasets:
+        return corpus, np.array([], dtype=int), {name: {"utterances": len(corpus.dataset), "dropped": {}, "num_dropped": 0}}
+    per_corpus = read_json_argument(data_args.extra_train_columns)
+    unknown = sorted(set(per_corpus) - set(data_args.extra_train_datasets))
+    if unknown:
+        raise ValueError(f"--extra_train_columns names {unknown}, which are not in --extra_train_datasets {data_args.extra_train_datasets}.")
+    extras = []
+    for dataset_name in data_args.extra_train_datasets:
+        extra_columns = {**columns, **per_corpus.get(dataset_name, {})}
+        extras.append((corpus_name(dataset_name), load_corpus(dataset_name, **extra_columns, **options)))
+    combined = combine_corpora(corpus, name, extras, shared_labels_only, data_args.keep_extra_labels)
+    return combined.corpus, combined.extra_rows, combined.report
 
 
 def model_overrides(model_args: ModelArguments) -> dict:
@@ -339,28 +443,37 @@ def train_model(
     feature_extractor,
     checkpoint_dir: Path,
     callbacks,
-    augmentation: NoiseAugmentation | None = None,
+    augmentation=None,
 ) -> MSEmoBoostTrainer:
-    """Trains one model on `rows_train` (with noise `augmentation`, if any), choosing the best checkpoint on
-    `rows_validation` (clean)."""
+    """Trains one model on `rows_train` (with `augmentation` of the training waveforms, if any), choosing the best
+    checkpoint on `rows_validation` (clean)."""
     set_seed(training_args.seed)
     overrides = model_overrides(model_args)
+    if model_args.class_balanced_loss:
+        overrides["class_weights"] = class_balanced_weights(corpus.labels[rows_train], len(corpus.label_names))
     staged = bool(model_args.unfreeze_stages)
     if staged and model_args.freeze_feature_encoder:
         logger.info("--unfreeze_stages decides when the feature encoder trains; --freeze_feature_encoder is ignored.")
-    model = build_model(
-        corpus.label_names,
-        backbone=model_args.backbone,
-        backbone_config=read_json_argument(model_args.backbone_config) or None,
-        imagenet_alexnet=model_args.imagenet_alexnet,
-        freeze_feature_encoder=model_args.freeze_feature_encoder and not staged,
-        freeze_backbone=model_args.freeze_backbone,
-        use_mfcc=model_args.use_mfcc,
-        use_spectrogram=model_args.use_spectrogram,
-        use_attention=model_args.use_attention,
-        use_backbone_features=model_args.use_backbone_features,
-        **overrides,
+    freezing = dict(
+        freeze_feature_encoder=model_args.freeze_feature_encoder and not staged, freeze_backbone=model_args.freeze_backbone
     )
+    if model_args.model_name_or_path:
+        model = load_for_transfer(
+            model_args.model_name_or_path, corpus.label_names, class_weights=overrides.get("class_weights"), **freezing
+        )
+    else:
+        model = build_model(
+            corpus.label_names,
+            backbone=model_args.backbone,
+            backbone_config=read_json_argument(model_args.backbone_config) or None,
+            imagenet_alexnet=model_args.imagenet_alexnet,
+            use_mfcc=model_args.use_mfcc,
+            use_spectrogram=model_args.use_spectrogram,
+            use_attention=model_args.use_attention,
+            use_backbone_features=model_args.use_backbone_features,
+            **freezing,
+            **overrides,
+        )
     patience = protocol_args.early_stopping_patience
     args = fold_training_arguments(training_args, checkpoint_dir, patience)
     trainer = MSEmoBoostTrainer(
@@ -373,6 +486,7 @@ def train_model(
         if augmentation else None,
         processing_class=feature_extractor,
         compute_metrics=WaUaMetrics(),
+        part_learning_rates={"backbone": model_args.backbone_learning_rate, "guidance": model_args.guidance_learning_rate},
         callbacks=[
             *([EarlyStoppingCallback(patience)] if patience is not None else []),
             *([StagedUnfreezing(model_args.unfreeze_stages)] if staged else []),
@@ -399,13 +513,23 @@ def noise_bank(corpus, rows, excluded_speakers, noise_args: NoiseArguments, nois
     return fold_noise_bank(corpus, rows, excluded_speakers, pool_size, noise_args.babble_talkers, noise_dataset, seed)
 
 
-def augmentation(bank, noise_args: NoiseArguments, seed: int) -> NoiseAugmentation | None:
-    if noise_args.noise_augmentation_probability <= 0:
-        return None
-    return NoiseAugmentation(
-        bank, noise_args.noise_augmentation_types, noise_args.noise_augmentation_probability,
-        noise_args.noise_augmentation_snr, seed,
-    )
+def augmentation(bank, noise_args: NoiseArguments, augmentation_args: "AugmentationArguments | None", seed: int,
+                 sampling_rate: int = 16000, min_samples: int = 1) -> Chain | None:
+    """What happens to a training waveform: speed perturbation and time masks, then noise; None when nothing does."""
+    waveform = None
+    if augmentation_args is not None:
+        waveform = WaveformAugmentation(
+            sampling_rate, augmentation_args.speed_perturbation, augmentation_args.speed_perturbation_probability,
+            augmentation_args.time_masks, augmentation_args.time_mask_max_s, seed, min_samples,
+        )
+        waveform = waveform if waveform.is_active else None
+    noise = None
+    if noise_args.noise_augmentation_probability > 0:
+        noise = NoiseAugmentation(
+            bank, noise_args.noise_augmentation_types, noise_args.noise_augmentation_probability,
+            noise_args.noise_augmentation_snr, seed,
+        )
+    return Chain(waveform, noise) if waveform or noise else None
 
 
 def test_in_noise(trainer, corpus, rows: np.ndarray, bank, noise_args: NoiseArguments, feature_extractor, seed: int) -> dict:
@@ -432,7 +556,7 @@ def test_in_noise(trainer, corpus, rows: np.ndarray, bank, noise_args: NoiseArgu
 
 def run_fold(
     fold: Fold, corpus, model_args, noise_args, protocol_args, training_args, feature_extractor, output_dir, callbacks,
-    noise_dataset=None,
+    noise_dataset=None, augmentation_args=None, min_samples: int = 1,
 ) -> dict:
     """Trains and tests one fold (clean, then in noise with --eval_snr), writing its results; a fold whose results
     exist is skipped."""
@@ -449,7 +573,13 @@ def run_fold(
                 "--output_dir, or delete that fold's folder to run it again."
             )
         return finished
-    missing = sorted(set(range(len(corpus.label_names))) - set(corpus.labels[fold.train]))
+    present = sorted(set(corpus.labels[fold.train]))
+    if len(present) < 2:
+        raise ValueError(
+            f"Fold {fold.name}: the training data holds {len(present)} class(es) "
+            f"({[corpus.label_names[i] for i in present]}); a classifier needs at least 2."
+        )
+    missing = sorted(set(range(len(corpus.label_names))) - set(present))
     if missing:
         logger.warning(
             f"Fold {fold.name}: no training utterances of class(es) {[corpus.label_names[i] for i in missing]}; "
@@ -460,7 +590,8 @@ def run_fold(
     bank = noise_bank(corpus, fold.train, excluded, noise_args, noise_dataset, training_args.seed)
     trainer = train_model(
         fold.train, fold.validation, corpus, model_args, protocol_args, training_args, feature_extractor,
-        directory / "checkpoints", callbacks, augmentation(bank, noise_args, training_args.seed),
+        directory / "checkpoints", callbacks,
+        augmentation(bank, noise_args, augmentation_args, training_args.seed, corpus.sampling_rate, min_samples),
     )
     prediction = trainer.predict(corpus.dataset.select(fold.test), metric_key_prefix="test")
     noisy = {}
@@ -538,7 +669,7 @@ def summarize(
         "protocol_arguments": dataclasses.asdict(protocol_args),
         "training": {key: getattr(training_args, key) for key in (
             "learning_rate", "per_device_train_batch_size", "num_train_epochs", "max_steps", "seed", "optim",
-            "weight_decay", "lr_scheduler_type", "warmup_steps", "gradient_accumulation_steps")},
+            "weight_decay", "lr_scheduler_type", "warmup_steps", "gradient_accumulation_steps", "max_grad_norm")},
         "versions": {"msemoboost": msemoboost.__version__, "transformers": transformers.__version__, "torch": torch.__version__},
     }
     if noise_args.eval_snr:
@@ -623,7 +754,9 @@ def classify_example(model_dir: Path, corpus, rows: np.ndarray) -> None:
 
 def main(argv: list[str] | None = None, callbacks=()) -> dict:
     """Runs the protocol; returns the overall results. `callbacks` are added to every fold's Trainer."""
-    model_args, data_args, noise_args, protocol_args, training_args = parse_arguments(sys.argv[1:] if argv is None else argv)
+    model_args, data_args, noise_args, protocol_args, training_args, augmentation_args = parse_arguments(
+        sys.argv[1:] if argv is None else argv
+    )
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO if training_args.process_index == 0 else logging.WARNING)
     transformers.utils.logging.set_verbosity_warning()
     output_dir = Path(training_args.output_dir)
@@ -635,18 +768,7 @@ def main(argv: list[str] | None = None, callbacks=()) -> dict:
     config = model_config(model_args)
     feature_extractor = build_feature_extractor(model_args.backbone, config.sampling_rate, model_args.do_normalize)
     with training_args.main_process_first():
-        corpus = load_corpus(
-            data_args.dataset_name,
-            sampling_rate=config.sampling_rate,
-            min_samples=config.min_input_samples,
-            audio_column=data_args.audio_column,
-            label_column=data_args.label_column,
-            speaker_column=data_args.speaker_column or None,
-            dataset_config_name=data_args.dataset_config_name,
-            label_merge=parse_label_merge(data_args.label_merge),
-            keep_labels=data_args.keep_labels,
-            skip_bad_audio=data_args.skip_bad_audio,
-        )
+        corpus, extra_rows, corpora_report = load_corpora(data_args, config, protocol_args.protocol == "cross_corpus")
     noise_dataset = None
     if noise_args.noise_dataset:
         with training_args.main_process_first():
@@ -654,7 +776,7 @@ def main(argv: list[str] | None = None, callbacks=()) -> dict:
     folds = make_folds(
         protocol_args.protocol, corpus.labels, corpus.speakers, corpus.splits, protocol_args.num_folds,
         protocol_args.validation_fraction, training_args.seed, protocol_args.train_split,
-        protocol_args.validation_split, protocol_args.test_split,
+        protocol_args.validation_split, protocol_args.test_split, extra_rows,
     )
     if protocol_args.folds:
         wanted = set(protocol_args.folds)
@@ -670,7 +792,7 @@ def main(argv: list[str] | None = None, callbacks=()) -> dict:
     for index, fold in enumerate(folds):
         result = run_fold(
             fold, corpus, model_args, noise_args, protocol_args, training_args, feature_extractor, output_dir, callbacks,
-            noise_dataset,
+            noise_dataset, augmentation_args, config.min_input_samples,
         )
         fold_results.append(result)
         if training_args.process_index == 0:
@@ -680,19 +802,26 @@ def main(argv: list[str] | None = None, callbacks=()) -> dict:
     summary = None
     if training_args.process_index == 0:
         summary = summarize(fold_results, corpus, protocol_args, model_args, data_args, noise_args, training_args, output_dir)
+        summary["corpora"] = corpora_report
+        summary["augmentation"] = dataclasses.asdict(augmentation_args)
+        summary["architecture"] = {key: getattr(config, key) for key in (
+            "frame_weighting", "classifier_input", "mfcc_normalization", "mfcc_pool_frames", "segment_length_s")}
     model_dir = output_dir / "model"
-    if protocol_args.protocol == "splits" and protocol_args.save_fold_models:
+    if protocol_args.protocol in ("splits", "cross_corpus") and protocol_args.save_fold_models:
         if training_args.process_index == 0 and not (model_dir / "README.md").exists():
             shutil.copytree(output_dir / "folds" / folds[0].name / "model", model_dir, dirs_exist_ok=True)
-    elif protocol_args.protocol != "splits" and protocol_args.final_model and not (model_dir / "README.md").exists():
-        everyone = np.arange(len(corpus.dataset))
+    elif protocol_args.protocol not in ("splits", "cross_corpus") and protocol_args.final_model and not (model_dir / "README.md").exists():
+        evaluated = np.setdiff1d(np.arange(len(corpus.dataset)), extra_rows)
         train_rows, validation_rows = hold_out_validation(
-            everyone, corpus.labels, corpus.speakers, bool(data_args.speaker_column), protocol_args.validation_fraction, training_args.seed
+            evaluated, corpus.labels, corpus.speakers, bool(data_args.speaker_column) and protocol_args.protocol == "loso",
+            protocol_args.validation_fraction, training_args.seed,
         )
+        train_rows = np.sort(np.concatenate([train_rows, extra_rows]))
         bank = noise_bank(corpus, train_rows, [], noise_args, noise_dataset, training_args.seed)
         trainer = train_model(
             train_rows, validation_rows, corpus, model_args, protocol_args, training_args, feature_extractor, model_dir,
-            callbacks, augmentation(bank, noise_args, training_args.seed),
+            callbacks,
+            augmentation(bank, noise_args, augmentation_args, training_args.seed, corpus.sampling_rate, config.min_input_samples),
         )
         trainer.save_model(str(model_dir))
         if trainer.is_world_process_zero():

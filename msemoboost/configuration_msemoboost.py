@@ -16,6 +16,9 @@ SUPPORTED_BACKBONE_TYPES = (
 )
 
 
+FRAME_WEIGHTINGS = ("relu", "linear", "softmax", "mean_residual")
+
+
 class MSEmoBoostConfig(PreTrainedConfig):
     r"""
     Configuration of an MS-EmoBoost speech emotion recognition model (Song et al., Scientific Reports 2025).
@@ -36,7 +39,10 @@ class MSEmoBoostConfig(PreTrainedConfig):
         sampling_rate (`int`, *optional*, defaults to 16000):
             Sampling rate in Hz of the waveform the model expects.
         segment_length_s (`float`, *optional*, defaults to 3.0):
-            Length of the segments an utterance is cut into. The last segment is zero-padded.
+            Length of the segments an utterance is cut into. An utterance longer than one segment ends with the last
+            `segment_length_s` of its audio, overlapping the segment before it (as the reference code, CA-MSER, cuts
+            it), so every segment is a full window of audio; only an utterance shorter than one segment is
+            zero-padded.
         segment_chunk_size (`int`, *optional*, defaults to 16):
             How many segments go through the network at once. It bounds memory for long recordings and does not
             change any output.
@@ -96,6 +102,26 @@ class MSEmoBoostConfig(PreTrainedConfig):
             Dropout on each flattened guidance branch before its projection.
         guidance_hidden_size (`int`, *optional*, defaults to 128):
             Size each guidance branch is projected to before fusion.
+        frame_weighting (`str`, *optional*, defaults to `"relu"`):
+            How the fused guidance becomes the frame weights `X_enh` (eq. 11). `"relu"`: `ReLU(Linear(Dropout(g)))`,
+            as the reference code; `"linear"`: a plain `Linear(g)`, as eq. 11 is written; `"softmax"`: a softmax of
+            `Linear(g)` over the frames that hold audio; `"mean_residual"`: `(1 + Linear(g)) / num_audio_frames` with
+            the linear layer initialised to zero, so pooling starts as the masked mean and learns to depart from it.
+            The last two are recipe options, not the paper's.
+        mfcc_normalization (`str`, *optional*, defaults to `"l2"`):
+            `"l2"`: each MFCC frame is L2-normalised over its coefficients (the reference code). `"standardize"`:
+            each coefficient is brought to zero mean and unit variance over the segment's frames that hold audio
+            (cepstral mean and variance normalisation; padded frames become 0). A recipe option.
+        mfcc_pool_frames (`int`, *optional*):
+            When set, the Bi-LSTM output is average-pooled over time to this many steps before it is flattened, which
+            shrinks the MFCC projection (301 × 512 inputs in the paper) by the same factor. `None` is the paper.
+        classifier_input (`str`, *optional*, defaults to `"pooled"`):
+            What the classifier reads for each segment: `"pooled"`, the weighted SSL feature `X'_w` (the paper), or
+            `"pooled_and_guidance"`, `[X'_w ; guidance vectors]` (a recipe option that lets the classifier use what
+            the guidance branches know directly).
+        class_weights (`list[float]`, *optional*):
+            Weight of each class in the cross-entropy (one per label), e.g. inverse class frequencies for a
+            class-balanced loss. `None` is the paper's unweighted loss.
         use_se_head (`bool`, *optional*, defaults to `False`):
             Add a light speech-enhancement (SE) head on the shared SSL frame features (`X_w`). Trained jointly when
             clean targets are given (`clean_input_values`): loss = SER cross-entropy + `se_loss_weight` × SE loss.
@@ -162,6 +188,11 @@ class MSEmoBoostConfig(PreTrainedConfig):
     spectrogram_pool_size: int = 6
     guidance_dropout: float = 0.1
     guidance_hidden_size: int = 128
+    frame_weighting: str = "relu"
+    mfcc_normalization: str = "l2"
+    mfcc_pool_frames: int | None = None
+    classifier_input: str = "pooled"
+    class_weights: list[float] | tuple[float, ...] | None = None
     use_se_head: bool = False
     se_target: str = "mask"
     se_hidden_size: int = 256
@@ -226,6 +257,27 @@ class MSEmoBoostConfig(PreTrainedConfig):
             raise ValueError(f"se_loss_weight must be a non-negative number, got {self.se_loss_weight}.")
         if not 0 < self.se_compression <= 1:
             raise ValueError(f"se_compression must be in (0, 1], got {self.se_compression}.")
+        for name, allowed in (
+            ("frame_weighting", FRAME_WEIGHTINGS),
+            ("mfcc_normalization", ("l2", "standardize")),
+            ("classifier_input", ("pooled", "pooled_and_guidance")),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {list(allowed)}, got {getattr(self, name)!r}.")
+        if self.mfcc_pool_frames is not None and not 1 <= self.mfcc_pool_frames <= self.num_mfcc_frames:
+            raise ValueError(
+                f"mfcc_pool_frames must be None or in [1, {self.num_mfcc_frames}] (the MFCC frames of a segment), got "
+                f"{self.mfcc_pool_frames}."
+            )
+        if self.classifier_input == "pooled_and_guidance" and not (self.use_mfcc or self.use_spectrogram):
+            raise ValueError("classifier_input='pooled_and_guidance' needs a guidance branch (use_mfcc or use_spectrogram).")
+        if self.class_weights is not None:
+            if len(self.class_weights) != self.num_labels:
+                raise ValueError(
+                    f"class_weights needs one weight per label ({self.num_labels}), got {len(self.class_weights)}."
+                )
+            if any(not weight >= 0 for weight in self.class_weights) or not sum(self.class_weights) > 0:
+                raise ValueError(f"class_weights must be non-negative and not all 0, got {list(self.class_weights)}.")
         if self.segment_chunk_size < 1:
             raise ValueError(f"segment_chunk_size must be at least 1, got {self.segment_chunk_size}.")
         if self.num_backbone_frames(self.segment_samples) < 1:

@@ -211,3 +211,86 @@ class AudioCollator:
                 targets[index, : len(speech)] = speech
             batch["clean_input_values"] = targets
         return batch
+
+
+@dataclass
+class CombinedCorpus:
+    """The evaluated corpus and extra training corpora in one table, with one label space.
+
+    `corpus.dataset` holds the evaluated corpus's rows first (`evaluated_rows`), then the extra corpora's
+    (`extra_rows`); the `corpus` column names each row's source. Extra corpora's speakers are prefixed with their
+    corpus name, so that speakers of different corpora never merge. `report` says, per corpus, how many
+    utterances were kept and how many were dropped for a label outside the label space.
+    """
+
+    corpus: EmotionCorpus
+    evaluated_rows: np.ndarray
+    extra_rows: np.ndarray
+    report: dict
+
+
+def combine_corpora(
+    evaluated: EmotionCorpus,
+    evaluated_name: str,
+    extras: list[tuple[str, EmotionCorpus]],
+    shared_labels_only: bool = False,
+    keep_extra_labels: bool = False,
+) -> CombinedCorpus:
+    """Pools `extras` (`(name, corpus)` pairs) with `evaluated`, matching labels by name.
+
+    The label space is the evaluated corpus's classes; with `keep_extra_labels`, the extra corpora's other classes
+    are added (they are trained on, never tested). With `shared_labels_only` (the cross-corpus setting) it is the
+    classes the evaluated corpus shares with the extra corpora, and evaluated rows of other classes are dropped too.
+    Raises `ValueError` naming the corpus when an extra corpus shares no class with the evaluated one.
+    """
+    evaluated_labels = set(evaluated.label_names)
+    extra_labels = set()
+    for name, extra in extras:
+        if extra.sampling_rate != evaluated.sampling_rate:
+            raise ValueError(f"Extra corpus {name} is read at {extra.sampling_rate} Hz, the evaluated one at {evaluated.sampling_rate} Hz.")
+        if not evaluated_labels & set(extra.label_names):
+            raise ValueError(
+                f"Extra training corpus {name} shares no emotion with {evaluated_name}: its labels are "
+                f"{extra.label_names}, those of {evaluated_name} are {evaluated.label_names}. Labels are matched by "
+                "name; rename them with --label_merge."
+            )
+        extra_labels |= set(extra.label_names)
+    if shared_labels_only:
+        label_names = sorted(evaluated_labels & extra_labels)
+        if len(label_names) < 2:
+            raise ValueError(
+                f"Cross-corpus training and testing need at least 2 shared emotions; {evaluated_name} and the training "
+                f"corpora share {label_names}."
+            )
+    elif keep_extra_labels:
+        label_names = sorted(evaluated_labels | extra_labels)
+    else:
+        label_names = list(evaluated.label_names)
+    index = {name: i for i, name in enumerate(label_names)}
+
+    tables, report, sources = [], {}, []
+    for number, (name, part) in enumerate([(evaluated_name, evaluated), *extras]):
+        names = [part.label_names[label] for label in part.labels]
+        keep = [row for row, label in enumerate(names) if label in index]
+        dropped = {}
+        for label in names:
+            if label not in index:
+                dropped[label] = dropped.get(label, 0) + 1
+        table = part.dataset.select(keep)
+        prefix = "" if number == 0 else f"{name}/"
+        table = table.map(
+            lambda row: {"labels": index[part.label_names[row["labels"]]], "speaker": prefix + row["speaker"]},
+            desc=f"Labels of {name}",
+        )
+        table = table.add_column("corpus", [name] * len(table))
+        tables.append(table)
+        sources.append(np.full(len(table), number))
+        report[name] = {"utterances": len(table), "dropped": dict(sorted(dropped.items())), "num_dropped": sum(dropped.values())}
+        if dropped:
+            logger.info(f"{name}: dropped {sum(dropped.values())} utterance(s) of class(es) outside the label space: {dropped}.")
+    sources = np.concatenate(sources)
+    dataset = datasets.concatenate_datasets(tables)
+    num_skipped = evaluated.num_skipped + sum(extra.num_skipped for _, extra in extras)
+    combined = EmotionCorpus(dataset=dataset, label_names=label_names, sampling_rate=evaluated.sampling_rate, num_skipped=num_skipped)
+    rows = np.arange(len(dataset))
+    return CombinedCorpus(combined, rows[sources == 0], rows[sources > 0], report)

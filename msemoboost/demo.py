@@ -25,6 +25,11 @@ EMOTIONS = {
 }
 
 
+# Takes per speaker relative to `utterances_per_class`: the classes are imbalanced, as in real corpora, so that UA
+# (mean per-class recall) and WA (accuracy) differ.
+CLASS_IMBALANCE = {"angry": 1, "happy": 0, "neutral": 0, "sad": -1}
+
+
 def synthesize(emotion: str, base_pitch: float, duration_s: float, rng: np.random.Generator) -> np.ndarray:
     """One utterance of `duration_s` seconds as float32 samples in [-1, 1]."""
     pitch_factor, pitch_range, loudness, syllable_rate, roll_off, slope = EMOTIONS[emotion]
@@ -50,14 +55,16 @@ def write_wav(path: Path, samples: np.ndarray, sampling_rate: int = SAMPLING_RAT
 
 
 def make_demo_corpus(directory: str | Path, utterances_per_class: int = 4, seed: int = 0) -> Path:
-    """Writes the corpus into `directory` (same files for the same arguments) and returns the directory."""
+    """Writes the corpus into `directory` (same files for the same arguments) and returns the directory.
+
+    Each speaker has `utterances_per_class` takes of each emotion, plus `CLASS_IMBALANCE`'s offset (at least 1)."""
     directory = Path(directory)
     (directory / "audio").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     rows = []
     for speaker, base_pitch in SPEAKERS.items():
         for emotion in EMOTIONS:
-            for take in range(utterances_per_class):
+            for take in range(max(1, utterances_per_class + CLASS_IMBALANCE[emotion])):
                 name = f"audio/{speaker}_{emotion}_{take:02d}.wav"
                 write_wav(directory / name, synthesize(emotion, base_pitch, rng.uniform(1.5, 4.0), rng))
                 rows.append({"file_name": name, "speaker": speaker, "emotion": emotion})

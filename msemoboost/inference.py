@@ -82,11 +82,12 @@ def predict(classifier, extractor, waveforms: list[np.ndarray], names: list[str]
     utterance_log_probs = average_over_segments(segment_log_probs, outputs.segments_per_utterance)
     counts = outputs.segments_per_utterance.tolist()
     per_file = torch.split(segment_log_probs.exp().float().cpu(), counts)
-    segment = classifier.config.segment_samples
+    lengths = torch.tensor([len(waveform) for waveform in waveforms])
+    starts, segment_lengths, _ = classifier.msemoboost.segment_bounds(lengths)
+    all_bounds = torch.split(torch.stack([starts, starts + segment_lengths], dim=1), counts)
     predictions = []
     for index, (name, waveform) in enumerate(zip(names, waveforms, strict=True)):
-        starts = np.arange(counts[index]) * segment
-        bounds = np.stack([starts, np.minimum(starts + segment, len(waveform))], axis=1) / rate
+        bounds = all_bounds[index].numpy() / rate
         predictions.append(
             Prediction(name, utterance_log_probs[index].softmax(-1).float().cpu().numpy(), per_file[index].numpy(), bounds)
         )
@@ -97,18 +98,22 @@ def predict(classifier, extractor, waveforms: list[np.ndarray], names: list[str]
 def enhancement_curve(classifier, extractor, waveform: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The frame weights `X_enh` over a whole recording: one value per backbone frame that holds audio.
 
-    Returns `(times, weights)`, both of shape `(num_frames,)`; `times` are frame starts in seconds.
+    Returns `(times, weights)`, both of shape `(num_frames,)`; `times` are frame starts in seconds, increasing (of
+    the overlapping last segment, only the frames after the previous segment's end are kept).
     """
     if classifier.msemoboost.enhancement is None:
         raise ValueError("This model has no guidance branches (use_mfcc and use_spectrogram are off): it has no frame weights.")
     rate = extractor.sampling_rate
     inputs = extractor(waveform, sampling_rate=rate, return_tensors="pt").to(classifier.device)
     outputs = classifier.msemoboost(**inputs)
-    weights = outputs.enhancement_weights[outputs.frame_mask].float().cpu().numpy()
     stride = classifier.config.backbone_frame_stride
-    segment_starts = torch.arange(len(outputs.frame_mask)) * classifier.config.segment_samples
+    segment_starts, _, _ = classifier.msemoboost.segment_bounds(torch.tensor([len(waveform)]))
     frame_starts = segment_starts[:, None] + torch.arange(outputs.frame_mask.shape[1]) * stride
-    return frame_starts[outputs.frame_mask.cpu()].numpy() / rate, weights
+    # The last segment overlaps the one before it: keep only its frames past what that one covered.
+    covered = torch.cat([torch.zeros(1, dtype=torch.long), segment_starts[:-1] + classifier.config.segment_samples])
+    keep = outputs.frame_mask.cpu() & (frame_starts >= covered[:, None])
+    weights = outputs.enhancement_weights.float().cpu()[keep].numpy()
+    return frame_starts[keep].numpy() / rate, weights
 
 
 @torch.no_grad()

@@ -3,7 +3,8 @@ emotion representations", Scientific Reports 15, 21607, 2025).
 
 Data flow for one utterance, in the order this file defines it:
 
-1. The waveform is cut into 3 s segments; the last one is zero-padded (`MSEmoBoostModel.split_into_segments`).
+1. The waveform is cut into 3 s segments; the last one is the final 3 s of audio, overlapping the one before it,
+   and only an utterance shorter than 3 s is zero-padded (`MSEmoBoostModel.split_into_segments`).
 2. The SSL backbone gives frame features `X_w` of shape `(num_frames, hidden_size)` per segment (eq. 1).
 3. The MFCC branch (`MSEmoBoostMFCCEncoder`: Bi-LSTM and residual self-attention, eqs. 2, 4–10) and the spectrogram
    branch (`MSEmoBoostSpectrogramEncoder`: AlexNet features and residual self-attention, eqs. 3–10) each give a
@@ -44,9 +45,11 @@ class MSEmoBoostModelOutput(ModelOutput):
     Args:
         utterance_features (`torch.FloatTensor` of shape `(batch_size, feature_size)`):
             Enhanced utterance features: the mean of the utterance's segment features. `feature_size` is the
-            backbone's `hidden_size`, or `2 * guidance_hidden_size` for the guidance-only model.
+            backbone's `hidden_size`, plus `num_branches * guidance_hidden_size` with
+            `classifier_input="pooled_and_guidance"`; the guidance-only model has only the guidance part.
         segment_features (`torch.FloatTensor` of shape `(num_segments, feature_size)`):
-            The pooled feature `X'_w = X_enh · X_w` of every segment, utterance after utterance.
+            The pooled feature `X'_w = X_enh · X_w` of every segment (followed by its guidance vectors with
+            `classifier_input="pooled_and_guidance"`), utterance after utterance.
         enhancement_weights (`torch.FloatTensor` of shape `(num_segments, num_frames)`, *optional*):
             The frame weights `X_enh` of every segment, zero on frames past the end of the audio. `None` when no
             guidance branch or no backbone is used.
@@ -117,16 +120,19 @@ class MSEmoBoostSelfAttention(nn.Module):
 
 
 class MSEmoBoostMFCCEncoder(nn.Module):
-    """MFCC guidance branch: MFCC → L2 norm over coefficients → Bi-LSTM → residual self-attention → flatten →
-    dropout → linear → ReLU.
+    """MFCC guidance branch: MFCC → L2 norm over coefficients (or per-coefficient standardisation) → Bi-LSTM →
+    residual self-attention → (optional average pool over time) → flatten → dropout → linear → ReLU.
 
-    Forward input: pre-emphasised segments of shape `(num_segments, segment_samples)`.
+    Forward inputs: pre-emphasised segments of shape `(num_segments, segment_samples)` and their lengths in samples
+    `(num_segments,)`.
     Forward output: guidance vectors of shape `(num_segments, guidance_hidden_size)`.
     """
 
     def __init__(self, config: MSEmoBoostConfig):
         super().__init__()
         self.mfcc = MSEmoBoostMFCC(config)
+        self.normalization = config.mfcc_normalization
+        self.hop_length = config.mfcc_hop_length
         self.lstm = nn.LSTM(
             input_size=config.num_mfcc,
             hidden_size=config.lstm_hidden_size,
@@ -137,14 +143,30 @@ class MSEmoBoostMFCCEncoder(nn.Module):
         )
         lstm_output_size = 2 * config.lstm_hidden_size
         self.attention = MSEmoBoostSelfAttention(lstm_output_size) if config.use_attention else None
+        self.pool = nn.AdaptiveAvgPool1d(config.mfcc_pool_frames) if config.mfcc_pool_frames else None
         self.dropout = nn.Dropout(config.guidance_dropout)
-        self.projection = nn.Linear(config.num_mfcc_frames * lstm_output_size, config.guidance_hidden_size)
+        num_steps = config.mfcc_pool_frames or config.num_mfcc_frames
+        self.projection = nn.Linear(num_steps * lstm_output_size, config.guidance_hidden_size)
 
-    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
-        mfcc = F.normalize(self.mfcc(waveform), dim=-1).to(self.projection.weight.dtype)
+    def normalize(self, mfcc: torch.Tensor, lengths: torch.LongTensor) -> torch.Tensor:
+        """`(num_segments, num_mfcc_frames, num_mfcc)` → the same shape, normalised as `config.mfcc_normalization`."""
+        if self.normalization == "l2":
+            return F.normalize(mfcc, dim=-1)
+        # Centred frames: frame t is centred on sample t * hop, so it holds audio while t * hop < length.
+        frames = torch.arange(mfcc.shape[1], device=mfcc.device)
+        mask = (frames * self.hop_length < lengths[:, None]).to(mfcc.dtype)[..., None]
+        count = mask.sum(1, keepdim=True)
+        mean = (mfcc * mask).sum(1, keepdim=True) / count
+        variance = ((mfcc - mean).square() * mask).sum(1, keepdim=True) / count
+        return (mfcc - mean) / torch.sqrt(variance + 1e-5) * mask
+
+    def forward(self, waveform: torch.Tensor, lengths: torch.LongTensor) -> torch.Tensor:
+        mfcc = self.normalize(self.mfcc(waveform), lengths).to(self.projection.weight.dtype)
         hidden_states, _ = self.lstm(mfcc)  # (num_segments, num_mfcc_frames, 2 * lstm_hidden_size)
         if self.attention is not None:
             hidden_states = self.attention(hidden_states)
+        if self.pool is not None:  # (num_segments, mfcc_pool_frames, 2 * lstm_hidden_size)
+            hidden_states = self.pool(hidden_states.transpose(1, 2)).transpose(1, 2)
         return F.relu(self.projection(self.dropout(hidden_states.flatten(1))))
 
 
@@ -206,19 +228,31 @@ class MSEmoBoostSpectrogramEncoder(nn.Module):
 
 
 class MSEmoBoostEnhancement(nn.Module):
-    """Fuses the guidance vectors into the frame weights `X_enh` (eq. 11): concatenation → linear → one weight per
-    backbone frame.
+    """Fuses the guidance vectors into the frame weights `X_enh` (eq. 11): concatenation → (dropout) → linear → one
+    weight per backbone frame, shaped by `config.frame_weighting` (see [`MSEmoBoostConfig`]).
 
-    Forward input: guidance of shape `(num_segments, num_branches * guidance_hidden_size)`.
-    Forward output: `X_enh` of shape `(num_segments, num_frames)`.
+    Forward inputs: guidance of shape `(num_segments, num_branches * guidance_hidden_size)` and `frame_mask`
+    `(num_segments, num_frames)`, `True` on frames that hold audio.
+    Forward output: `X_enh` of shape `(num_segments, num_frames)`, zero on frames without audio.
     """
 
     def __init__(self, config: MSEmoBoostConfig, num_branches: int, num_frames: int):
         super().__init__()
+        self.weighting = config.frame_weighting
+        self.dropout = nn.Dropout(config.guidance_dropout) if self.weighting == "relu" else nn.Identity()
         self.projection = nn.Linear(num_branches * config.guidance_hidden_size, num_frames)
+        # With "mean_residual", zero scores make X_enh the masked mean: pooling starts as the backbone-only baseline.
+        self.projection.zero_init = self.weighting == "mean_residual"
 
-    def forward(self, guidance: torch.Tensor) -> torch.Tensor:
-        return self.projection(guidance)
+    def forward(self, guidance: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+        scores = self.projection(self.dropout(guidance))
+        if self.weighting == "relu":
+            return F.relu(scores) * frame_mask
+        if self.weighting == "softmax":
+            return scores.float().masked_fill(~frame_mask, float("-inf")).softmax(-1).to(scores.dtype)
+        if self.weighting == "mean_residual":
+            return (1.0 + scores) * frame_mask / frame_mask.sum(-1, keepdim=True)
+        return scores * frame_mask
 
 
 def average_over_segments(values: torch.Tensor, segments_per_utterance: torch.Tensor) -> torch.Tensor:
@@ -271,6 +305,9 @@ class MSEmoBoostPreTrainedModel(PreTrainedModel):
             # Non-persistent buffers are not in the checkpoint: rebuild them from the config after loading.
             for name, value in module.compute_buffers().items():
                 init.copy_(getattr(module, name), value)
+        elif isinstance(module, nn.Linear) and getattr(module, "zero_init", False):
+            init.zeros_(module.weight)
+            init.zeros_(module.bias)
         elif isinstance(module, nn.Conv2d):
             init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
             init.zeros_(module.bias)
@@ -330,10 +367,10 @@ class MSEmoBoostModel(MSEmoBoostPreTrainedModel):
             self.enhancement = MSEmoBoostEnhancement(config, num_branches, self.num_frames)
         else:
             self.enhancement = None
-        if config.use_backbone_features:
-            self.feature_size = config.backbone_config.hidden_size
-        else:
-            self.feature_size = num_branches * config.guidance_hidden_size
+        self.classify_guidance = config.classifier_input == "pooled_and_guidance" or not config.use_backbone_features
+        self.feature_size = (config.backbone_config.hidden_size if config.use_backbone_features else 0) + (
+            num_branches * config.guidance_hidden_size if self.classify_guidance else 0
+        )
         self.post_init()
 
     def utterance_lengths(self, input_values: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.LongTensor:
@@ -385,13 +422,38 @@ class MSEmoBoostModel(MSEmoBoostPreTrainedModel):
             )
         return lengths
 
+    def segment_bounds(self, lengths: torch.LongTensor) -> tuple[torch.LongTensor, torch.LongTensor, torch.LongTensor]:
+        """Where each utterance's segments lie.
+
+        An utterance of `L` samples gives `ceil(L / S)` segments of `S = config.segment_samples`: they start at
+        `0, S, 2S, …`, except the last, which starts at `L - S` and so overlaps the one before it (the reference
+        code's last window). An utterance shorter than `S` gives one segment holding `L` samples.
+
+        Args:
+            lengths (`torch.LongTensor` of shape `(batch_size,)`): samples of audio in each utterance.
+
+        Returns:
+            starts (`torch.LongTensor` of shape `(num_segments,)`): first sample of each segment in its utterance;
+            segment_lengths (`torch.LongTensor` of shape `(num_segments,)`): samples of audio in each segment;
+            segments_per_utterance (`torch.LongTensor` of shape `(batch_size,)`).
+        """
+        segment_samples = self.config.segment_samples
+        segments_per_utterance = ((lengths + segment_samples - 1) // segment_samples).clamp(min=1)
+        index = torch.arange(int(segments_per_utterance.max()), device=lengths.device)
+        starts = torch.where(
+            index == segments_per_utterance[:, None] - 1,
+            (lengths[:, None] - segment_samples).clamp(min=0),
+            index * segment_samples,
+        )
+        keep = index < segments_per_utterance[:, None]
+        segment_lengths = (lengths[:, None] - starts).clamp(max=segment_samples)
+        return starts[keep], segment_lengths[keep], segments_per_utterance
+
     def split_into_segments(
         self, input_values: torch.Tensor, lengths: torch.LongTensor
     ) -> tuple[torch.Tensor, torch.LongTensor, torch.LongTensor]:
-        """Cuts each utterance into segments of `config.segment_samples`, zero-padding the last one.
-
-        A trailing remainder shorter than one backbone frame (`config.min_input_samples`) is dropped: it would give
-        a segment without a single frame of audio.
+        """Cuts each utterance into the segments [`~MSEmoBoostModel.segment_bounds`] describes, zero-padding a
+        segment only where the utterance is shorter than one segment.
 
         Args:
             input_values (`torch.FloatTensor` of shape `(batch_size, num_samples)`)
@@ -403,21 +465,14 @@ class MSEmoBoostModel(MSEmoBoostPreTrainedModel):
             segments_per_utterance (`torch.LongTensor` of shape `(batch_size,)`).
         """
         segment_samples = self.config.segment_samples
-        segments_per_utterance = lengths // segment_samples + (
-            lengths % segment_samples >= self.config.min_input_samples
-        ).long()
-        max_segments = int(segments_per_utterance.max())
-        padded_length = max_segments * segment_samples
-        waveforms = input_values[:, :padded_length]
-        waveforms = F.pad(waveforms, (0, padded_length - waveforms.shape[1]))
-        positions = torch.arange(padded_length, device=input_values.device)
+        starts, segment_lengths, segments_per_utterance = self.segment_bounds(lengths)
+        width = max(input_values.shape[1], segment_samples)
+        positions = torch.arange(width, device=input_values.device)
+        waveforms = F.pad(input_values, (0, width - input_values.shape[1]))
         waveforms = torch.where(positions < lengths[:, None], waveforms, 0.0)
-
-        starts = torch.arange(max_segments, device=input_values.device) * segment_samples
-        segment_lengths = (lengths[:, None] - starts).clamp(0, segment_samples)
-        keep = torch.arange(max_segments, device=input_values.device) < segments_per_utterance[:, None]
-        segments = waveforms.view(len(lengths), max_segments, segment_samples)[keep]
-        return segments, segment_lengths[keep], segments_per_utterance
+        rows = torch.repeat_interleave(torch.arange(len(lengths), device=lengths.device), segments_per_utterance)
+        segments = waveforms[rows[:, None], starts[:, None] + positions[:segment_samples]]
+        return segments, segment_lengths, segments_per_utterance
 
     def encode_segments(
         self,
@@ -441,11 +496,12 @@ class MSEmoBoostModel(MSEmoBoostPreTrainedModel):
         if self.mfcc_encoder is not None or self.spectrogram_encoder is not None:
             emphasised = pre_emphasis(segments, self.config.pre_emphasis)
             if self.mfcc_encoder is not None:
-                guidance.append(self.mfcc_encoder(emphasised))
+                guidance.append(self.mfcc_encoder(emphasised, segment_lengths))
             if self.spectrogram_encoder is not None:
                 guidance.append(self.spectrogram_encoder(emphasised))
+        guidance = torch.cat(guidance, dim=-1) if guidance else None
         if self.backbone is None:
-            return torch.cat(guidance, dim=-1), None, None, None, None
+            return guidance, None, None, None, None
 
         sample_mask = torch.arange(segments.shape[1], device=segments.device) < segment_lengths[:, None]
         backbone_outputs = self.backbone(
@@ -462,8 +518,10 @@ class MSEmoBoostModel(MSEmoBoostPreTrainedModel):
             mask = frame_mask.to(frames.dtype)
             features = (frames * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
         else:
-            weights = self.enhancement(torch.cat(guidance, dim=-1)) * frame_mask  # X_enh
+            weights = self.enhancement(guidance, frame_mask)  # X_enh
             features = torch.bmm(weights[:, None].to(frames.dtype), frames)[:, 0]  # X'_w = X_enh · X_w
+        if self.classify_guidance:
+            features = torch.cat([features, guidance.to(features.dtype)], dim=-1)  # [X'_w ; guidance]
         frame_features = frames if output_frame_features else None
         return features, weights, frame_mask, frame_features, backbone_outputs.hidden_states
 
@@ -613,7 +671,10 @@ class MSEmoBoostForSequenceClassification(MSEmoBoostPreTrainedModel):
                     f"{self.config.num_labels}, got {labels[outside].tolist()}."
                 )
             segment_labels = torch.repeat_interleave(labels.to(logits.device), outputs.segments_per_utterance)
-            classification_loss = F.cross_entropy(segment_logits.float(), segment_labels)
+            weight = None
+            if self.config.class_weights is not None:
+                weight = torch.tensor(self.config.class_weights, dtype=torch.float32, device=segment_logits.device)
+            classification_loss = F.cross_entropy(segment_logits.float(), segment_labels, weight=weight)
         if train_se:
             if clean_input_values.shape != input_values.shape:
                 raise ValueError(
@@ -688,12 +749,13 @@ class MSEmoBoostForSequenceClassification(MSEmoBoostPreTrainedModel):
         spectrum = torch.polar(magnitude, noisy[:, :num_frames].angle())
         enhanced = self.se_stft.inverse(spectrum, segments)
         enhanced = enhanced * (torch.arange(enhanced.shape[1], device=enhanced.device) < segment_lengths[:, None])
-        waveforms = torch.zeros_like(input_values, dtype=enhanced.dtype)  # padding, and a dropped remainder, stay 0
-        first = 0
-        for row, count in enumerate(segments_per_utterance.tolist()):
-            joined = enhanced[first : first + count].flatten()[: input_values.shape[1]]
-            waveforms[row, : len(joined)] = joined
-            first += count
+        lengths = self.msemoboost.utterance_lengths(input_values, attention_mask)
+        starts, _, _ = self.msemoboost.segment_bounds(lengths)
+        rows = torch.repeat_interleave(torch.arange(len(lengths), device=lengths.device), segments_per_utterance)
+        waveforms = torch.zeros_like(input_values, dtype=enhanced.dtype)  # padding stays 0
+        # In order, so that the last (overlapping) segment writes the end of the utterance.
+        for row, start, piece, length in zip(rows.tolist(), starts.tolist(), enhanced, segment_lengths.tolist()):
+            waveforms[row, start : start + length] = piece[:length]
         return waveforms
 
 

@@ -1,8 +1,13 @@
-"""Evaluation protocols: leave-one-speaker-out, stratified k-fold, and the dataset's own splits.
+"""Evaluation protocols: leave-one-speaker-out, stratified k-fold, the dataset's own splits, and cross-corpus.
 
-Every fold holds out a validation part for early stopping that is drawn from the fold's *training* utterances only:
-with speakers, whole training speakers are held out (`StratifiedGroupKFold`), so neither the test speaker nor any
-validation speaker is seen in training; without speakers, a stratified random part of the training utterances.
+Every fold holds out a validation part for early stopping that is drawn from the fold's *training* utterances only.
+Under `loso`, `splits` and `cross_corpus`, whole training speakers are held out (`StratifiedGroupKFold`), so neither
+the test speaker nor any validation speaker is seen in training; under `kfold` (which mixes speakers across folds
+by design), and whenever there are no speakers, a stratified random part of the fold's training utterances.
+
+Extra training corpora (`extra_rows`) join the training part of every fold and are never tested or validated on;
+under `cross_corpus` they are the only training data (validation speakers are drawn from them), and every row of
+the evaluated corpus is tested.
 """
 
 from dataclasses import dataclass
@@ -10,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.model_selection import LeaveOneGroupOut, StratifiedGroupKFold, StratifiedKFold, StratifiedShuffleSplit
 
-PROTOCOLS = ("loso", "kfold", "splits")
+PROTOCOLS = ("loso", "kfold", "splits", "cross_corpus")
 
 
 @dataclass
@@ -35,17 +40,46 @@ def make_folds(
     train_split: str = "train",
     validation_split: str | None = "validation",
     test_split: str = "test",
+    extra_rows: np.ndarray | None = None,
 ) -> list[Fold]:
     """Builds the folds of `protocol` over a corpus of `len(labels)` utterances.
+
+    `extra_rows` are the rows of extra training corpora: every fold trains on them too, and never tests on them.
+    The protocol folds over the other rows (the evaluated corpus).
 
     - `loso`: each speaker is the test set once (`LeaveOneGroupOut`). With `num_folds` smaller than the number of
       speakers, speakers are grouped into `num_folds` folds with class-stratified `StratifiedGroupKFold`.
     - `kfold`: `StratifiedKFold` into `num_folds` folds (default 10); speakers, when given, may appear in both parts.
     - `splits`: the dataset's own `train_split` / `validation_split` / `test_split`. Without a validation split, one
       is drawn from the training speakers.
+    - `cross_corpus`: one fold that trains on `extra_rows` only and tests on every other row.
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {list(PROTOCOLS)}, got {protocol!r}.")
+    extra_rows = np.asarray([] if extra_rows is None else extra_rows, dtype=int)
+    evaluated = np.setdiff1d(np.arange(len(labels)), extra_rows)
+    if protocol == "cross_corpus":
+        if not len(extra_rows):
+            raise ValueError("protocol 'cross_corpus' trains on the extra corpora only: give --extra_train_datasets.")
+        has_extra_speakers = not (speakers[extra_rows] == "").all()
+        train, validation = hold_out_validation(extra_rows, labels, speakers, has_extra_speakers, validation_fraction, seed)
+        test_speakers = sorted(set(map(str, speakers[evaluated]))) if not (speakers[evaluated] == "").all() else []
+        return [Fold("cross_corpus", train, validation, evaluated, test_speakers)]
+    folds = _evaluated_folds(
+        protocol, labels[evaluated], speakers[evaluated], splits[evaluated], num_folds, validation_fraction, seed,
+        train_split, validation_split, test_split,
+    )
+    return [
+        Fold(fold.name, np.sort(np.concatenate([evaluated[fold.train], extra_rows])), evaluated[fold.validation],
+             evaluated[fold.test], fold.test_speakers)
+        for fold in folds
+    ]
+
+
+def _evaluated_folds(
+    protocol, labels, speakers, splits, num_folds, validation_fraction, seed, train_split, validation_split, test_split
+) -> list[Fold]:
+    """The folds of `protocol` (loso, kfold or splits) over one corpus, as row indices into it."""
     rows = np.arange(len(labels))
     has_speakers = bool(len(speakers)) and not (speakers == "").all()
     if protocol == "splits":
@@ -65,8 +99,11 @@ def make_folds(
         if not has_speakers:
             raise ValueError("protocol 'loso' needs a speaker column (--speaker_column).")
         unique = sorted(set(map(str, speakers)))
-        if len(unique) < 2:
-            raise ValueError(f"protocol 'loso' needs at least 2 speakers; the dataset has {len(unique)}: {unique}.")
+        if len(unique) < 3:
+            raise ValueError(
+                "protocol 'loso' needs at least 3 speakers (one to test, one held out for validation, one to train "
+                f"on); the dataset has {len(unique)}: {unique}."
+            )
         if num_folds is None or num_folds >= len(unique):
             splitter = LeaveOneGroupOut().split(rows, labels, groups=speakers)
         else:
@@ -76,7 +113,10 @@ def make_folds(
 
     folds = []
     for index, (train, test) in enumerate(splitter):
-        train, validation = hold_out_validation(train, labels, speakers, has_speakers, validation_fraction, seed)
+        # k-fold tests every utterance once and mixes speakers by design: validate on a stratified part of the
+        # fold's training utterances, so that no held-out speaker's other utterances sit in the test fold.
+        by_speaker = has_speakers and protocol == "loso"
+        train, validation = hold_out_validation(train, labels, speakers, by_speaker, validation_fraction, seed)
         test_speakers = sorted(set(map(str, speakers[test]))) if has_speakers else []
         if protocol == "loso" and len(test_speakers) == 1:
             name = f"speaker_{test_speakers[0]}"

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+from torch import nn
 from transformers import AutoFeatureExtractor, Trainer, TrainerCallback, TrainerState
 
 from .configuration_msemoboost import MSEmoBoostConfig
@@ -80,6 +82,63 @@ def build_model(
     return model
 
 
+def class_balanced_weights(labels: np.ndarray, num_labels: int) -> list[float]:
+    """Inverse-frequency class weights `n / (k * n_c)` over the `k` classes present in `labels` (a class absent from
+    them gets weight 0): with these, every present class carries the same total weight in the loss."""
+    counts = np.bincount(np.asarray(labels, dtype=int), minlength=num_labels).astype(float)
+    present = counts > 0
+    weights = np.zeros(num_labels)
+    weights[present] = counts.sum() / (present.sum() * counts[present])
+    return [float(weight) for weight in weights]
+
+
+def load_for_transfer(
+    model_name_or_path: str,
+    label_names: list[str],
+    class_weights: list[float] | None = None,
+    freeze_feature_encoder: bool = False,
+    freeze_backbone: bool = False,
+) -> MSEmoBoostForSequenceClassification:
+    """A trained MS-EmoBoost classifier ready to fine-tune on `label_names`.
+
+    Everything but the classifier is kept. The classifier gets one row per label of `label_names`, in that order:
+    the checkpoint's row for a label it knows (matched by name), a newly initialised row for one it does not.
+    """
+    model = MSEmoBoostForSequenceClassification.from_pretrained(model_name_or_path)
+    old = {name: int(index) for index, name in model.config.id2label.items()}
+    new_classifier = nn.Linear(model.classifier.in_features, len(label_names), dtype=model.classifier.weight.dtype)
+    model._init_weights(new_classifier)
+    with torch.no_grad():
+        for row, name in enumerate(label_names):
+            if name in old:
+                new_classifier.weight[row] = model.classifier.weight[old[name]]
+                new_classifier.bias[row] = model.classifier.bias[old[name]]
+    kept = [name for name in label_names if name in old]
+    logger.info(
+        f"Transfer from {model_name_or_path}: classifier rows kept for {kept}, new for "
+        f"{[name for name in label_names if name not in old]}."
+    )
+    model.classifier = new_classifier
+    model.config.id2label = dict(enumerate(label_names))
+    model.config.label2id = {name: i for i, name in enumerate(label_names)}
+    model.config.class_weights = class_weights
+    if freeze_backbone:
+        model.freeze_base_model()
+    elif freeze_feature_encoder and model.config.use_backbone_features:
+        model.freeze_feature_encoder()
+    return model
+
+
+def model_part(parameter_name: str) -> str:
+    """Which part of an MS-EmoBoost classifier a parameter belongs to: `backbone`, `guidance` (the MFCC and
+    spectrogram branches and X_enh) or `head` (the classifier and the SE head)."""
+    if parameter_name.startswith("msemoboost.backbone."):
+        return "backbone"
+    if parameter_name.startswith("msemoboost."):
+        return "guidance"
+    return "head"
+
+
 def build_feature_extractor(backbone: str | None, sampling_rate: int, do_normalize: bool | None) -> MSEmoBoostFeatureExtractor:
     """The feature extractor; `do_normalize=None` follows the pretrained backbone's own feature extractor."""
     if do_normalize is None and backbone:
@@ -95,9 +154,10 @@ class MSEmoBoostTrainer(Trainer):
     whose training batches may come from their own collator (`train_data_collator`, e.g. one that adds noise),
     while evaluation and prediction use `data_collator`."""
 
-    def __init__(self, *args, model_card: str | None = None, train_data_collator=None, **kwargs):
+    def __init__(self, *args, model_card: str | None = None, train_data_collator=None, part_learning_rates=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.model_card = model_card
+        self.part_learning_rates = {part: rate for part, rate in (part_learning_rates or {}).items() if rate is not None}
         self.train_data_collator = train_data_collator
         self._loss_parts: dict[str, tuple[float, int]] = {}
 
@@ -115,6 +175,28 @@ class MSEmoBoostTrainer(Trainer):
             logs.update({key: round(total / count, 4) for key, (total, count) in self._loss_parts.items()})
             self._loss_parts = {}
         super().log(logs, *args, **kwargs)
+
+    def create_optimizer(self, model=None):
+        """The Trainer's optimizer, with the learning rate of `part_learning_rates` for each part named there
+        (`backbone`, `guidance`, `head`; see [`model_part`]) and `args.learning_rate` for the others."""
+        if not self.part_learning_rates or self.optimizer is not None:
+            return super().create_optimizer(model)
+        model = self.model if model is None else model
+        decay = set(self.get_decay_parameter_names(model))
+        groups = {}
+        for name, parameter in model.named_parameters():
+            if parameter.requires_grad:
+                rate = self.part_learning_rates.get(model_part(name), self.args.learning_rate)
+                weight_decay = self.args.weight_decay if name in decay else 0.0
+                groups.setdefault((rate, weight_decay), []).append(parameter)
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
+        optimizer_kwargs = {key: value for key, value in optimizer_kwargs.items() if key != "lr"}
+        self.optimizer = optimizer_cls(
+            [{"params": params, "lr": rate, "weight_decay": decay_rate} for (rate, decay_rate), params in groups.items()],
+            lr=self.args.learning_rate,
+            **optimizer_kwargs,
+        )
+        return self.optimizer
 
     def get_train_dataloader(self):
         if self.train_data_collator is None:

@@ -32,5 +32,5 @@ def emodb_utterances(emodb) -> list[np.ndarray]:
 
 @pytest.fixture(scope="session")
 def corpus_dir(tmp_path_factory) -> Path:
-    """6 speakers x 4 emotions x 3 takes = 72 utterances of 1.5-4 s at 22.05 kHz."""
+    """6 speakers x (4 angry, 3 happy, 3 neutral, 2 sad) = 72 utterances of 1.5-4 s at 22.05 kHz."""
     return make_demo_corpus(tmp_path_factory.mktemp("corpus") / "demo", utterances_per_class=3)

@@ -79,12 +79,12 @@ def test_predict_gives_a_row_per_file_with_the_models_own_probabilities(model_di
         assert row["prediction"] == LABELS[int(expected.argmax())]
 
 
-def test_timeline_of_a_7_5_second_recording_has_three_segments(model_dir, tmp_path):
+def test_timeline_of_a_7_5_second_recording_has_three_segments_the_last_one_its_final_3s(model_dir, tmp_path):
     soundfile.write(tmp_path / "long.wav", speech_like(120_000), 16000)
     output = tmp_path / "out.json"
     assert main(["predict", str(tmp_path / "long.wav"), "--model", str(model_dir), "--timeline", "--output", str(output)]) == 0
     content = json.loads(output.read_text())
-    assert [(s["segment"], s["start"], s["end"]) for s in content["segments"]] == [(0, 0.0, 3.0), (1, 3.0, 6.0), (2, 6.0, 7.5)]
+    assert [(s["segment"], s["start"], s["end"]) for s in content["segments"]] == [(0, 0.0, 3.0), (1, 3.0, 6.0), (2, 4.5, 7.5)]
     assert content["labels"] == LABELS and len(content["files"]) == 1
     for segment in content["segments"]:
         assert sum(segment[label] for label in LABELS) == pytest.approx(1.0, abs=1e-5)

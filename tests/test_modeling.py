@@ -14,6 +14,8 @@ from msemoboost import (
 )
 from tiny import TINY_BACKBONE, speech_like, tiny_config, tiny_model
 
+from msemoboost.acoustic_features import pre_emphasis
+
 EXTRACTOR = MSEmoBoostFeatureExtractor()
 
 
@@ -40,14 +42,22 @@ def test_batched_real_speech_matches_single(emodb_utterances):
     torch.testing.assert_close(batched, single, rtol=0, atol=1e-5)
 
 
-def test_utterances_are_cut_into_zero_padded_3s_segments():
+def test_utterances_are_cut_into_3s_segments_the_last_one_overlapping():
     model = tiny_model().msemoboost
     waveform = torch.from_numpy(speech_like(120_000))[None]  # 7.5 s
     segments, lengths, per_utterance = model.split_into_segments(waveform, torch.tensor([120_000]))
     assert per_utterance.tolist() == [3]
-    assert lengths.tolist() == [48_000, 48_000, 24_000]  # the last one holds 1.5 s
-    assert torch.equal(segments.flatten()[:120_000], waveform[0])
-    assert torch.equal(segments[2, 24_000:], torch.zeros(24_000))
+    assert lengths.tolist() == [48_000, 48_000, 48_000]  # every segment is a full 3 s of audio
+    assert torch.equal(segments[0], waveform[0, :48_000]) and torch.equal(segments[1], waveform[0, 48_000:96_000])
+    assert torch.equal(segments[2], waveform[0, 72_000:])  # the final 3 s, overlapping the second segment
+
+
+def test_only_an_utterance_shorter_than_a_segment_is_zero_padded():
+    model = tiny_model().msemoboost
+    waveform = torch.from_numpy(speech_like(30_000))[None]
+    segments, lengths, per_utterance = model.split_into_segments(waveform, torch.tensor([30_000]))
+    assert per_utterance.tolist() == [1] and lengths.tolist() == [30_000]
+    assert torch.equal(segments[0, :30_000], waveform[0]) and not segments[0, 30_000:].any()
 
 
 def test_padding_values_never_reach_the_model():
@@ -59,12 +69,14 @@ def test_padding_values_never_reach_the_model():
         assert torch.equal(model(**inputs).logits, reference)
 
 
-def test_trailing_remainder_shorter_than_a_frame_is_dropped():
+def test_a_short_remainder_gets_no_scrap_segment_of_its_own():
+    # 3.05 s: a 3 s segment and the final 3 s window, not a 50 ms scrap with a full vote.
     model = tiny_model().msemoboost
-    lengths = torch.tensor([48_399, 48_400, 399 + 400])
-    _, segment_lengths, per_utterance = model.split_into_segments(torch.zeros(3, 48_400), lengths)
-    assert per_utterance.tolist() == [1, 2, 1]
-    assert segment_lengths.tolist() == [48_000, 48_000, 400, 799]
+    lengths = torch.tensor([48_800, 48_000, 96_001, 799])
+    starts, segment_lengths, per_utterance = model.segment_bounds(lengths)
+    assert per_utterance.tolist() == [2, 1, 3, 1]
+    assert starts.tolist() == [0, 800, 0, 0, 48_000, 48_001, 0]
+    assert segment_lengths.tolist() == [48_000] * 6 + [799]
 
 
 def test_utterance_logits_are_the_mean_of_segment_log_probabilities():
@@ -90,21 +102,70 @@ def test_loss_is_cross_entropy_of_every_segment_against_its_utterance_label():
     torch.testing.assert_close(outputs.loss, expected)
 
 
-def test_segment_feature_is_the_enhancement_weighted_sum_of_backbone_frames():
-    model = tiny_model().msemoboost
-    inputs = batch([speech_like(60_000)])
-    segments, lengths, _ = model.split_into_segments(inputs["input_values"], torch.tensor([60_000]))
+@pytest.mark.parametrize("frame_weighting", ["relu", "linear", "softmax", "mean_residual"])
+def test_segment_feature_is_the_enhancement_weighted_sum_of_backbone_frames(frame_weighting):
+    model = MSEmoBoostForSequenceClassification(tiny_config(frame_weighting=frame_weighting)).eval().msemoboost
+    inputs = batch([speech_like(60_000), speech_like(20_000, 1)])
+    lengths = torch.tensor([60_000, 20_000])
+    segments, segment_lengths, _ = model.split_into_segments(inputs["input_values"], lengths)
     with torch.no_grad():
         outputs = model(**inputs)
-        sample_mask = (torch.arange(48_000) < lengths[:, None]).long()
+        sample_mask = (torch.arange(48_000) < segment_lengths[:, None]).long()
         frames = model.backbone(segments, attention_mask=sample_mask).last_hidden_state
     weights = outputs.enhancement_weights
-    assert weights.shape == (2, 149)
-    assert outputs.frame_mask.sum(-1).tolist() == [149, 37]
-    assert not weights[1, 37:].any()  # no weight on frames of padding
+    assert weights.shape == (3, 149)
+    assert outputs.frame_mask.sum(-1).tolist() == [149, 149, 62]  # (20,000 - 400) // 320 + 1 frames of audio
+    assert not weights[2, 62:].any()  # no weight on frames of padding
+    if frame_weighting in ("softmax", "mean_residual"):  # both are weights that sum to 1 over the audio
+        torch.testing.assert_close(weights.sum(-1), torch.ones(3), rtol=0, atol=1e-5)
+    if frame_weighting == "relu":
+        assert (weights >= 0).all()
     expected = torch.einsum("st,std->sd", weights, frames)
     torch.testing.assert_close(outputs.segment_features, expected, rtol=0, atol=1e-5)
-    torch.testing.assert_close(outputs.utterance_features[0], outputs.segment_features.mean(0), rtol=0, atol=1e-6)
+    torch.testing.assert_close(outputs.utterance_features[0], outputs.segment_features[:2].mean(0), rtol=0, atol=1e-6)
+
+
+def test_mean_residual_weighting_starts_as_the_masked_mean():
+    model = MSEmoBoostForSequenceClassification(tiny_config(frame_weighting="mean_residual")).eval()
+    baseline = MSEmoBoostForSequenceClassification(tiny_config(use_mfcc=False, use_spectrogram=False)).eval()
+    baseline.msemoboost.backbone.load_state_dict(model.msemoboost.backbone.state_dict())
+    inputs = batch([speech_like(60_000), speech_like(20_000, 1)])
+    with torch.no_grad():
+        torch.testing.assert_close(
+            model.msemoboost(**inputs).segment_features, baseline.msemoboost(**inputs).segment_features, rtol=0, atol=1e-6
+        )
+
+
+def test_classifier_on_pooled_and_guidance_reads_both():
+    model = MSEmoBoostForSequenceClassification(tiny_config(classifier_input="pooled_and_guidance")).eval()
+    inputs = batch([speech_like(60_000)])
+    with torch.no_grad():
+        outputs = model.msemoboost(**inputs)
+        segments, segment_lengths, _ = model.msemoboost.split_into_segments(inputs["input_values"], torch.tensor([60_000]))
+        emphasised = pre_emphasis(segments, model.config.pre_emphasis)
+        guidance = torch.cat([
+            model.msemoboost.mfcc_encoder(emphasised, segment_lengths), model.msemoboost.spectrogram_encoder(emphasised)
+        ], dim=-1)
+        frames = model.msemoboost.backbone(segments).last_hidden_state
+    hidden = model.config.backbone_config.hidden_size
+    assert outputs.segment_features.shape == (2, hidden + 2 * model.config.guidance_hidden_size)
+    pooled = torch.einsum("st,std->sd", outputs.enhancement_weights, frames)
+    torch.testing.assert_close(outputs.segment_features[:, :hidden], pooled, rtol=0, atol=1e-5)
+    torch.testing.assert_close(outputs.segment_features[:, hidden:], guidance, rtol=0, atol=1e-6)
+    assert model.classifier.in_features == hidden + 16
+
+
+def test_class_weights_weight_the_segment_cross_entropy():
+    model = MSEmoBoostForSequenceClassification(tiny_config(class_weights=[1.0, 3.0, 0.5, 1.0])).eval()
+    inputs = batch([speech_like(120_000), speech_like(30_000, 1)])
+    labels = torch.tensor([2, 1])
+    with torch.no_grad():
+        outputs = model(**inputs, labels=labels)
+        segment_logits = model.classifier(model.msemoboost(**inputs).segment_features)
+    expected = F.cross_entropy(segment_logits, torch.tensor([2, 2, 2, 1]), weight=torch.tensor([1.0, 3.0, 0.5, 1.0]))
+    torch.testing.assert_close(outputs.loss, expected)
+    with pytest.raises(ValueError, match=r"class_weights needs one weight per label \(4\), got 2."):
+        tiny_config(class_weights=[1.0, 2.0])
 
 
 def test_gradients_reach_every_branch():

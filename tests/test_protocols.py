@@ -51,13 +51,59 @@ def test_loso_on_emodb_has_eight_speaker_folds(emodb):
     assert sum(len(fold.test) for fold in folds) == 408
 
 
-def test_kfold_is_stratified_and_covers_every_utterance_once():
+@pytest.mark.parametrize("with_speakers", [False, True])
+def test_kfold_is_stratified_and_covers_every_utterance_once(with_speakers):
     labels, speakers, splits = synthetic()
-    folds = make_folds("kfold", labels, np.array([""] * len(labels)), splits, num_folds=5)
+    speaker_column = speakers if with_speakers else np.array([""] * len(labels))
+    folds = make_folds("kfold", labels, speaker_column, splits, num_folds=5, validation_fraction=0.125)
     assert sorted(np.concatenate([fold.test for fold in folds]).tolist()) == list(range(len(labels)))
     for fold in folds:
         assert np.bincount(labels[fold.test]).tolist() == [6, 6, 6, 6]
-        assert not set(fold.validation) & set(fold.train)
+        # Validation is a stratified part of the fold's training utterances: train + validation + test is everything,
+        # and validation has every class in proportion (3 of 96 training utterances per class at 0.125).
+        assert sorted(np.concatenate([fold.train, fold.validation, fold.test]).tolist()) == list(range(len(labels)))
+        assert not set(fold.validation) & set(fold.test) and not set(fold.validation) & set(fold.train)
+        assert np.bincount(labels[fold.validation]).tolist() == [3, 3, 3, 3]
+
+
+def test_kfold_with_speakers_validates_on_utterances_not_on_whole_speakers():
+    labels, speakers, splits = synthetic()
+    for fold in make_folds("kfold", labels, speakers, splits, num_folds=5, validation_fraction=0.125):
+        # Every speaker keeps utterances in training: no speaker is held out whole.
+        assert set(speakers[fold.train]) == set(speakers)
+
+
+def test_extra_rows_train_every_fold_and_are_never_tested_or_validated():
+    labels, speakers, splits = synthetic(num_speakers=4)
+    extra_labels, extra_speakers, extra_splits = synthetic(num_speakers=3, per_speaker=8)
+    extra_rows = np.arange(len(labels), len(labels) + len(extra_labels))
+    all_speakers = np.concatenate([speakers, np.char.add("extra/", extra_speakers)])
+    folds = make_folds(
+        "loso", np.concatenate([labels, extra_labels]), all_speakers, np.concatenate([splits, extra_splits]),
+        extra_rows=extra_rows,
+    )
+    assert [fold.test_speakers for fold in folds] == [["s0"], ["s1"], ["s2"], ["s3"]]
+    for fold in folds:
+        assert set(extra_rows) <= set(fold.train)
+        assert not set(extra_rows) & (set(fold.validation) | set(fold.test))
+        assert_no_leakage(fold, all_speakers)
+    assert sorted(np.concatenate([fold.test for fold in folds]).tolist()) == list(range(len(labels)))
+
+
+def test_cross_corpus_trains_on_the_extra_rows_only_and_tests_every_evaluated_row():
+    labels, speakers, splits = synthetic(num_speakers=3)
+    extra_labels, extra_speakers, extra_splits = synthetic(num_speakers=6, per_speaker=8)
+    extra_rows = np.arange(len(labels), len(labels) + len(extra_labels))
+    all_speakers = np.concatenate([speakers, np.char.add("extra/", extra_speakers)])
+    (fold,) = make_folds(
+        "cross_corpus", np.concatenate([labels, extra_labels]), all_speakers, np.concatenate([splits, extra_splits]),
+        extra_rows=extra_rows,
+    )
+    assert fold.name == "cross_corpus" and fold.test.tolist() == list(range(len(labels)))
+    assert sorted(np.concatenate([fold.train, fold.validation]).tolist()) == extra_rows.tolist()
+    assert not set(all_speakers[fold.train]) & set(all_speakers[fold.validation])  # whole validation speakers
+    with pytest.raises(ValueError, match="protocol 'cross_corpus' trains on the extra corpora only"):
+        make_folds("cross_corpus", labels, speakers, splits)
 
 
 def test_splits_uses_the_dataset_splits_and_draws_validation_from_training_speakers():
@@ -70,10 +116,13 @@ def test_splits_uses_the_dataset_splits_and_draws_validation_from_training_speak
         make_folds("splits", labels, speakers, np.array(["train"] * len(labels)))
 
 
-def test_loso_needs_two_speakers():
-    labels, speakers, splits = synthetic(num_speakers=1)
-    with pytest.raises(ValueError, match=r"needs at least 2 speakers; the dataset has 1: \['s0'\]"):
+@pytest.mark.parametrize("num_speakers", [1, 2])
+def test_loso_needs_a_test_a_validation_and_a_training_speaker(num_speakers):
+    labels, speakers, splits = synthetic(num_speakers=num_speakers)
+    with pytest.raises(ValueError, match=r"protocol 'loso' needs at least 3 speakers \(one to test, one held out for "
+                       rf"validation, one to train on\); the dataset has {num_speakers}: \['s0'"):
         make_folds("loso", labels, speakers, splits)
+    assert len(make_folds("loso", *synthetic(num_speakers=3))) == 3
     with pytest.raises(ValueError, match="needs a speaker column"):
         make_folds("loso", labels, np.array([""] * len(labels)), splits)
 

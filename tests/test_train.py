@@ -38,7 +38,7 @@ def test_run_writes_per_fold_and_overall_results(finished_run):
     was = [fold["wa"] for fold in results["folds"]]
     assert results["wa"]["mean"] == pytest.approx(sum(was) / 2)
     assert results["wa"]["std"] == pytest.approx(abs(was[0] - was[1]) / 2)
-    assert results["num_utterances"] == 24 and results["class_counts"] == {"angry": 18, "happy": 18, "neutral": 18, "sad": 18}
+    assert results["num_utterances"] == 24 and results["class_counts"] == {"angry": 24, "happy": 18, "neutral": 18, "sad": 12}
     assert results["label_names"] == ["angry", "happy", "neutral", "sad"]
     assert results["training"]["learning_rate"] == 0.001 and results["model"]["use_mfcc"] is True
     for fold in ("speaker_spk1", "speaker_spk2"):
@@ -51,6 +51,23 @@ def test_run_writes_per_fold_and_overall_results(finished_run):
         assert (directory / "model" / "model.safetensors").exists()
         assert not (directory / "checkpoints").exists()
     assert (output / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_reported_wa_and_ua_are_accuracy_and_balanced_accuracy_of_the_predictions(finished_run):
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score
+
+    output, summary = finished_run
+    rows = read_csv(output / "predictions.csv")
+    for fold in summary["folds"]:
+        speaker = fold["test_speakers"][0]
+        labels = [row["label"] for row in rows if row["speaker"] == speaker]
+        predictions = [row["prediction"] for row in rows if row["speaker"] == speaker]
+        assert fold["wa"] == pytest.approx(accuracy_score(labels, predictions), abs=1e-12)
+        assert fold["ua"] == pytest.approx(balanced_accuracy_score(labels, predictions), abs=1e-12)
+    labels, predictions = [row["label"] for row in rows], [row["prediction"] for row in rows]
+    assert summary["pooled"]["ua"] == pytest.approx(balanced_accuracy_score(labels, predictions), abs=1e-12)
+    # The demo corpus is imbalanced (4 angry, 3 happy, 3 neutral, 2 sad per speaker): UA and WA differ.
+    assert summary["pooled"]["ua"] != pytest.approx(summary["pooled"]["wa"], abs=1e-6)
 
 
 def test_every_test_utterance_is_predicted_exactly_once(finished_run, corpus_dir):
@@ -168,14 +185,14 @@ def test_loso_with_one_speaker_is_refused(corpus_dir, tmp_path):
         writer = csv.DictWriter(file, fieldnames=["file_name", "speaker", "emotion"])
         writer.writeheader()
         writer.writerows({**row, "speaker": "only"} for row in rows)
-    with pytest.raises(ValueError, match=r"protocol 'loso' needs at least 2 speakers; the dataset has 1: \['only'\]"):
+    with pytest.raises(ValueError, match=r"protocol 'loso' needs at least 3 speakers .*; the dataset has 1: \['only'\]"):
         run(copy, tmp_path / "out")
 
 
 def test_label_merge_renames_classes(corpus_dir, tmp_path):
     summary = run(corpus_dir, tmp_path / "out", "--label_merge", "happy:angry", "--folds", "0", "--final_model", "false")
     assert summary["label_names"] == ["angry", "neutral", "sad"]
-    assert summary["class_counts"] == {"angry": 36, "neutral": 18, "sad": 18}
+    assert summary["class_counts"] == {"angry": 42, "neutral": 18, "sad": 12}
 
 
 def test_push_without_a_hub_says_so_and_keeps_the_model_directory(corpus_dir, tmp_path, monkeypatch):
@@ -193,7 +210,7 @@ def test_arguments_come_from_a_yaml_file_and_the_command_line_overrides_it(tmp_p
     file = tmp_path / "args.yaml"
     file.write_text(yaml.safe_dump({"dataset_name": "x", "protocol": "kfold", "num_folds": 5, "learning_rate": 0.5,
                                     "folds": ["1", "2"], "backbone_config": {"model_type": "hubert"}}))
-    model_args, data_args, noise_args, protocol_args, training_args = train.parse_arguments([str(file), "--num_folds", "3"])
+    model_args, data_args, noise_args, protocol_args, training_args, _ = train.parse_arguments([str(file), "--num_folds", "3"])
     assert (data_args.dataset_name, protocol_args.protocol, protocol_args.num_folds) == ("x", "kfold", 3)
     assert training_args.learning_rate == 0.5 and protocol_args.folds == ["1", "2"]
     assert json.loads(model_args.backbone_config) == {"model_type": "hubert"}

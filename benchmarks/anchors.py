@@ -1,0 +1,142 @@
+"""The classical anchors: openSMILE functionals with a support vector machine, on exactly train.py's folds.
+
+    python benchmarks/anchors.py                                   # EMO-DB LOSO: ComParE_2016 + linear SVM, eGeMAPSv02 + RBF SVM
+    python benchmarks/anchors.py --dataset_name ../shared/data/ravdess --num_folds 6
+    python benchmarks/anchors.py --protocol cross_corpus --dataset_name ../shared/data/emodb \\
+        --extra_train_datasets ../shared/data/ravdess
+
+Folds come from `msemoboost.protocols.make_folds` with train.py's corpus loading, so the test utterances of every
+fold are the model's. Each fold's SVM is standardised on its training part; its C is chosen on the fold's validation
+speakers (the part train.py uses for early stopping), from a fixed grid, by UA; the chosen SVM is then refitted on
+training + validation and tested once. Functionals are computed from the same decoded 16 kHz waveforms the model
+reads, and cached in outputs/benchmarks/opensmile/.
+"""
+
+import argparse
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+ANCHORS = {
+    "ComParE_2016 + linear SVM": ("ComParE_2016", "linear"),
+    "eGeMAPSv02 + RBF SVM": ("eGeMAPSv02", "rbf"),
+}
+C_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
+
+
+def functionals(corpus, feature_set: str) -> np.ndarray:
+    """openSMILE functionals of every row of `corpus.dataset`, `(num_rows, num_features)`, cached on disk."""
+    import opensmile
+
+    from msemoboost.data import decode_audio
+
+    ids = "\n".join(f"{corpus_name}/{utterance}" for corpus_name, utterance in zip(
+        corpus.dataset["corpus"] if "corpus" in corpus.dataset.column_names else [""] * len(corpus.dataset),
+        corpus.dataset["utterance_id"]))
+    key = hashlib.sha1(f"{feature_set}\n{ids}".encode()).hexdigest()[:16]
+    cache = REPO / "outputs" / "benchmarks" / "opensmile" / f"{feature_set}_{key}.npy"
+    if cache.exists():
+        return np.load(cache)
+    smile = opensmile.Smile(
+        feature_set=getattr(opensmile.FeatureSet, feature_set), feature_level=opensmile.FeatureLevel.Functionals
+    )
+    rows = []
+    for index in range(len(corpus.dataset)):
+        waveform = decode_audio(corpus.dataset[index]["audio"], corpus.sampling_rate)
+        rows.append(smile.process_signal(waveform, corpus.sampling_rate).to_numpy()[0])
+    features = np.nan_to_num(np.asarray(rows, dtype=np.float64))
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.save(cache, features)
+    return features
+
+
+def svm_fold(features, labels, fold, kernel: str) -> tuple[np.ndarray, float]:
+    """Test predictions of one fold, and the C chosen on its validation part."""
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import SVC
+
+    from msemoboost.training import load_wa_ua
+
+    metric = load_wa_ua()
+
+    def model(c):
+        return make_pipeline(StandardScaler(), SVC(kernel=kernel, C=c, gamma="scale", class_weight="balanced"))
+
+    scores = []
+    for c in C_GRID:
+        fitted = model(c).fit(features[fold.train], labels[fold.train])
+        predicted = fitted.predict(features[fold.validation])
+        scores.append(metric.compute(predictions=predicted, references=labels[fold.validation])["ua"])
+    best = C_GRID[int(np.argmax(scores))]
+    seen = np.concatenate([fold.train, fold.validation])
+    return model(best).fit(features[seen], labels[seen]).predict(features[fold.test]), best
+
+
+def run_anchors(argv: list[str], anchors=tuple(ANCHORS)) -> dict:
+    """WA/UA of each anchor on train.py's folds for the train.py arguments `argv` (dataset, protocol, extras, seed)."""
+    import train
+    from msemoboost.protocols import make_folds
+    from msemoboost.reporting import confusion_matrix, mean_std
+    from msemoboost.training import load_wa_ua
+
+    model_args, data_args, _, protocol_args, training_args, _ = train.parse_arguments(argv)
+    config = train.model_config(model_args)
+    corpus, extra_rows, report = train.load_corpora(data_args, config, protocol_args.protocol == "cross_corpus")
+    folds = make_folds(
+        protocol_args.protocol, corpus.labels, corpus.speakers, corpus.splits, protocol_args.num_folds,
+        protocol_args.validation_fraction, training_args.seed, protocol_args.train_split,
+        protocol_args.validation_split, protocol_args.test_split, extra_rows,
+    )
+    metric = load_wa_ua()
+    results = {}
+    for anchor in anchors:
+        feature_set, kernel = ANCHORS[anchor]
+        features = functionals(corpus, feature_set)
+        per_fold, matrix = [], 0
+        for fold in folds:
+            predicted, c = svm_fold(features, corpus.labels, fold, kernel)
+            scores = metric.compute(predictions=predicted, references=corpus.labels[fold.test])
+            per_fold.append({"fold": fold.name, "wa": scores["wa"], "ua": scores["ua"], "C": c, "num_test": len(fold.test)})
+            matrix = matrix + confusion_matrix(corpus.labels[fold.test], predicted, len(corpus.label_names))
+        results[anchor] = {
+            "wa": mean_std([fold["wa"] for fold in per_fold]),
+            "ua": mean_std([fold["ua"] for fold in per_fold]),
+            "folds": per_fold,
+            "confusion_matrix": np.asarray(matrix).tolist(),
+            "label_names": corpus.label_names,
+            "corpora": report,
+        }
+        print(f"{anchor}: WA {results[anchor]['wa']['mean']:.2%} ± {results[anchor]['wa']['std']:.2%}  "
+              f"UA {results[anchor]['ua']['mean']:.2%} ± {results[anchor]['ua']['std']:.2%}", flush=True)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset_name", default=str(REPO.parent / "shared" / "data" / "emodb"))
+    parser.add_argument("--protocol", default="loso")
+    parser.add_argument("--num_folds", type=int)
+    parser.add_argument("--extra_train_datasets", nargs="+")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", help="JSON file for the results (default: print only)")
+    args = parser.parse_args()
+    argv = ["--dataset_name", args.dataset_name, "--label_column", "emotion", "--speaker_column", "speaker",
+            "--protocol", args.protocol, "--seed", str(args.seed), "--output_dir", "/tmp/unused"]
+    if args.num_folds:
+        argv += ["--num_folds", str(args.num_folds)]
+    if args.extra_train_datasets:
+        argv += ["--extra_train_datasets", *args.extra_train_datasets]
+    results = run_anchors(argv)
+    if args.output:
+        Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

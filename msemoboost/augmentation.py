@@ -1,0 +1,94 @@
+"""Waveform augmentation for training: speed perturbation and SpecAugment-style time masking.
+
+Both act on the decoded waveform before the feature extractor, so the backbone, the MFCC and the spectrogram all
+see the same perturbed audio. They are recipe options for small corpora, not part of the paper.
+
+- **Speed perturbation** (Ko et al., Interspeech 2015, as Kaldi's 0.9/1.0/1.1 recipe): the utterance is resampled by a
+  factor drawn uniformly from `speed_range`, which changes tempo and pitch together (`y(t) = x(factor * t)`, so the
+  length becomes `length / factor`).
+- **Time masking** (SpecAugment's time masks, on the waveform): `num_time_masks` spans of up to `time_mask_max_s`
+  seconds, each at a uniformly drawn place, are set to zero.
+"""
+
+import numpy as np
+
+
+def check_speed_range(speed_range) -> None:
+    if speed_range is None:
+        return
+    if len(speed_range) != 2 or not 0 < speed_range[0] <= speed_range[1]:
+        raise ValueError(f"speed perturbation takes a range LOW HIGH with 0 < LOW <= HIGH, e.g. 0.9 1.1; got {list(speed_range)}.")
+
+
+class WaveformAugmentation:
+    """A callable `(waveform, row) -> waveform` for [`~msemoboost.data.AudioCollator`].
+
+    Args:
+        sampling_rate (`int`): rate of the waveforms.
+        speed_range (`tuple[float, float]`, *optional*): speed factors to draw from, e.g. `(0.9, 1.1)`; `None` is off.
+        speed_probability (`float`): probability of perturbing the speed of an utterance.
+        num_time_masks (`int`): zeroed spans per utterance (0 is off).
+        time_mask_max_s (`float`): longest span, in seconds; no span covers more than a tenth of the utterance.
+        seed (`int`): seeds the draws; the same seed gives the same augmented stream.
+        min_samples (`int`): a perturbed utterance never becomes shorter than this (the model's shortest input).
+    """
+
+    def __init__(
+        self,
+        sampling_rate: int,
+        speed_range: tuple[float, float] | None = None,
+        speed_probability: float = 1.0,
+        num_time_masks: int = 0,
+        time_mask_max_s: float = 0.1,
+        seed: int = 0,
+        min_samples: int = 1,
+    ):
+        check_speed_range(speed_range)
+        if not 0 <= speed_probability <= 1:
+            raise ValueError(f"speed perturbation probability must be in [0, 1], got {speed_probability}.")
+        if num_time_masks < 0 or not time_mask_max_s > 0:
+            raise ValueError(
+                f"time masking needs num_time_masks >= 0 and time_mask_max_s > 0, got {num_time_masks} and {time_mask_max_s}."
+            )
+        self.sampling_rate = sampling_rate
+        self.speed_range = tuple(speed_range) if speed_range else None
+        self.speed_probability = speed_probability
+        self.num_time_masks = num_time_masks
+        self.time_mask_max = int(time_mask_max_s * sampling_rate)
+        self.min_samples = min_samples
+        self.rng = np.random.default_rng(seed)
+
+    @property
+    def is_active(self) -> bool:
+        return self.speed_range is not None or self.num_time_masks > 0
+
+    def change_speed(self, waveform: np.ndarray, factor: float) -> np.ndarray:
+        """`y[n] = x(factor * n)` by linear interpolation: `(num_samples,)` → `(round(num_samples / factor),)`."""
+        length = max(round(len(waveform) / factor), min(self.min_samples, len(waveform)))
+        positions = np.arange(length) * ((len(waveform) - 1) / max(length - 1, 1))
+        return np.interp(positions, np.arange(len(waveform)), waveform).astype(np.float32)
+
+    def __call__(self, waveform: np.ndarray, row: dict | None = None) -> np.ndarray:
+        waveform = np.asarray(waveform, dtype=np.float32)
+        if self.speed_range is not None and self.rng.random() < self.speed_probability:
+            waveform = self.change_speed(waveform, self.rng.uniform(*self.speed_range))
+        if self.num_time_masks:
+            waveform = waveform.copy()
+            longest = min(self.time_mask_max, len(waveform) // 10)
+            for _ in range(self.num_time_masks):
+                width = int(self.rng.integers(0, longest + 1))
+                start = int(self.rng.integers(0, len(waveform) - width + 1))
+                waveform[start : start + width] = 0.0
+        return waveform
+
+
+class Chain:
+    """Applies `(waveform, row) -> waveform` callables in order (e.g. waveform augmentation, then noise)."""
+
+    def __init__(self, *steps):
+        self.steps = [step for step in steps if step is not None]
+
+    def __call__(self, waveform: np.ndarray, row: dict | None = None) -> np.ndarray:
+        for step in self.steps:
+            waveform = step(waveform, row)
+        return waveform

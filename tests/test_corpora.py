@@ -1,0 +1,100 @@
+"""Several corpora in one run through train.py: extra training corpora, cross-corpus testing, transfer."""
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from tiny import TINY_TRAIN_ARGS, read_csv
+
+import train
+
+
+def run(corpus: Path, output: Path, *extra: str) -> dict:
+    return train.main(["--dataset_name", str(corpus), "--output_dir", str(output), *TINY_TRAIN_ARGS, *extra])
+
+
+def extra_corpus(corpus_dir: Path, directory: Path, speakers: list[str], relabel: dict[str, str],
+                 columns=("file_name", "actor", "emo")) -> Path:
+    """A copy of some speakers of the demo corpus with other column names and some classes renamed."""
+    (directory / "audio").mkdir(parents=True)
+    rows = [row for row in read_csv(corpus_dir / "metadata.csv") if row["speaker"] in speakers]
+    with open(directory / "metadata.csv", "w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(columns)
+        for row in rows:
+            shutil.copy(corpus_dir / row["file_name"], directory / row["file_name"])
+            writer.writerow([row["file_name"], f"x{row['speaker']}", relabel.get(row["emotion"], row["emotion"])])
+    return directory
+
+
+def columns_for(path: Path) -> list[str]:
+    return ["--extra_train_columns", json.dumps({str(path): {"label_column": "emo", "speaker_column": "actor"}})]
+
+
+def test_extra_corpora_join_training_are_never_tested_and_their_other_classes_are_dropped(corpus_dir, tmp_path):
+    extra = extra_corpus(corpus_dir, tmp_path / "extra", ["spk1", "spk2"], {"sad": "calm"})
+    summary = run(corpus_dir, tmp_path / "out", "--folds", "0", "--final_model", "false",
+                  "--extra_train_datasets", str(extra), *columns_for(extra))
+    assert summary["label_names"] == ["angry", "happy", "neutral", "sad"]
+    # The extra corpus's 2 speakers x 2 "calm" utterances are dropped; its 2 x 10 others train every fold.
+    assert summary["corpora"]["extra"] == {"utterances": 20, "dropped": {"calm": 4}, "num_dropped": 4}
+    assert summary["corpora"]["demo"]["utterances"] == 72
+    fold = json.loads((tmp_path / "out" / "folds" / "speaker_spk1" / "results.json").read_text())
+    assert fold["num_test"] == 12 and fold["num_train"] + fold["num_validation"] == 60 + 20
+    assert not any(speaker.startswith("extra/") for speaker in fold["validation_speakers"])
+    predicted = read_csv(tmp_path / "out" / "predictions.csv")
+    assert {row["speaker"] for row in predicted} == {"spk1"} and len(predicted) == 12
+    assert summary["num_utterances"] == 12
+
+
+def test_cross_corpus_trains_on_the_extra_corpora_and_tests_the_shared_classes(corpus_dir, tmp_path):
+    extra = extra_corpus(corpus_dir, tmp_path / "extra", ["spk1", "spk2", "spk3", "spk4"], {"sad": "calm"})
+    summary = run(corpus_dir, tmp_path / "out", "--protocol", "cross_corpus", "--extra_train_datasets", str(extra),
+                  *columns_for(extra))
+    assert summary["label_names"] == ["angry", "happy", "neutral"]  # "sad" is not shared, "calm" neither
+    assert summary["corpora"]["demo"] == {"utterances": 60, "dropped": {"sad": 12}, "num_dropped": 12}
+    assert summary["corpora"]["extra"]["dropped"] == {"calm": 8}
+    (fold,) = summary["folds"]
+    assert fold["fold"] == "cross_corpus" and fold["num_test"] == 60 == summary["num_utterances"]
+    assert fold["num_train"] + fold["num_validation"] == 4 * 10
+    assert (tmp_path / "out" / "model" / "model.safetensors").exists()  # the published model is the fold's
+
+
+def test_transfer_starts_each_fold_from_a_trained_checkpoint(corpus_dir, tmp_path):
+    extra = extra_corpus(corpus_dir, tmp_path / "extra", ["spk1", "spk2", "spk3", "spk4"], {"sad": "calm"})
+    run(corpus_dir, tmp_path / "pre", "--protocol", "cross_corpus", "--extra_train_datasets", str(extra),
+        *columns_for(extra), "--num_train_epochs", "1")
+    summary = run(corpus_dir, tmp_path / "out", "--folds", "0", "--final_model", "false",
+                  "--model_name_or_path", str(tmp_path / "pre" / "model"), "--num_train_epochs", "1")
+    assert summary["label_names"] == ["angry", "happy", "neutral", "sad"]
+    assert summary["model"]["model_name_or_path"] == str(tmp_path / "pre" / "model")
+    card = (tmp_path / "pre" / "model" / "README.md").read_text()
+    assert "Training corpora: `demo` (60 utterances, 12 of other classes dropped), `extra`" in card
+
+
+def test_an_extra_corpus_without_the_label_column_is_named(corpus_dir, tmp_path):
+    extra = extra_corpus(corpus_dir, tmp_path / "extra", ["spk1"], {})
+    with pytest.raises(ValueError, match=rf"Column 'emotion' \(--label_column\) is not in split 'train' of {extra}"):
+        run(corpus_dir, tmp_path / "out", "--extra_train_datasets", str(extra))
+
+
+def test_an_extra_corpus_that_shares_no_emotion_is_named(corpus_dir, tmp_path):
+    relabel = {"angry": "a", "happy": "b", "neutral": "c", "sad": "d"}
+    extra = extra_corpus(corpus_dir, tmp_path / "other", ["spk1"], relabel)
+    with pytest.raises(ValueError, match=r"Extra training corpus other shares no emotion with demo: its labels are "
+                       r"\['a', 'b', 'c', 'd'\]"):
+        run(corpus_dir, tmp_path / "out", "--extra_train_datasets", str(extra), *columns_for(extra))
+
+
+def test_cross_corpus_without_extra_corpora_is_a_usage_error(corpus_dir, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        run(corpus_dir, tmp_path / "out", "--protocol", "cross_corpus")
+    assert "--protocol cross_corpus trains on --extra_train_datasets only" in capsys.readouterr().err
+
+
+def test_a_single_class_corpus_is_refused(corpus_dir, tmp_path):
+    with pytest.raises(ValueError, match=r"demo has 1 class\(es\) \(\['sad'\]\) after --label_merge/--keep_labels; "
+                       "emotion recognition needs at least 2"):
+        run(corpus_dir, tmp_path / "out", "--keep_labels", "sad")

@@ -1,0 +1,94 @@
+"""The recipe options: waveform augmentation, class-balanced loss, per-part learning rates, transfer."""
+
+import numpy as np
+import pytest
+import torch
+from tiny import speech_like, tiny_config, tiny_model
+from transformers import TrainingArguments
+
+from msemoboost import MSEmoBoostForSequenceClassification
+from msemoboost.augmentation import Chain, WaveformAugmentation
+from msemoboost.training import MSEmoBoostTrainer, class_balanced_weights, load_for_transfer, model_part
+
+
+def test_speed_perturbation_resamples_by_the_factor():
+    augmentation = WaveformAugmentation(16000, speed_range=(0.9, 1.1))
+    waveform = speech_like(16_000)
+    faster = augmentation.change_speed(waveform, 1.25)
+    assert len(faster) == 12_800
+    # y[n] = x(1.25 n): every 4th output sample is an input sample exactly (up to the end-point stretch).
+    positions = np.arange(12_800) * (15_999 / 12_799)
+    np.testing.assert_allclose(faster, np.interp(positions, np.arange(16_000), waveform), rtol=0, atol=1e-6)
+    assert len(augmentation.change_speed(waveform, 0.8)) == 20_000
+
+
+def test_augmentation_is_seeded_and_masks_spans_to_zero():
+    waveform = speech_like(32_000) + 0.5  # no sample is 0 before masking
+    first = WaveformAugmentation(16000, (0.9, 1.1), 1.0, num_time_masks=2, time_mask_max_s=0.1, seed=3)
+    second = WaveformAugmentation(16000, (0.9, 1.1), 1.0, num_time_masks=2, time_mask_max_s=0.1, seed=3)
+    outputs = [first(waveform), second(waveform)]
+    assert np.array_equal(outputs[0], outputs[1])
+    assert round(32_000 / 1.1) <= len(outputs[0]) <= round(32_000 / 0.9)
+    assert 0 < (outputs[0] == 0).sum() <= 2 * 1600
+    unchanged = WaveformAugmentation(16000, None, num_time_masks=0)
+    assert not unchanged.is_active and np.array_equal(unchanged(waveform), waveform)
+
+
+def test_chain_applies_its_steps_in_order():
+    chain = Chain(lambda w, row: w * 2, None, lambda w, row: w + 1)
+    assert chain(np.ones(3), {}).tolist() == [3.0, 3.0, 3.0]
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (dict(speed_range=(1.1, 0.9)), r"0 < LOW <= HIGH, e.g. 0.9 1.1; got \[1.1, 0.9\]"),
+        (dict(speed_probability=1.5), r"probability must be in \[0, 1\], got 1.5"),
+        (dict(num_time_masks=-1), "num_time_masks >= 0"),
+    ],
+)
+def test_bad_augmentation_settings_are_refused(arguments, message):
+    with pytest.raises(ValueError, match=message):
+        WaveformAugmentation(16000, **arguments)
+
+
+def test_class_balanced_weights_are_inverse_frequencies():
+    labels = np.array([0] * 6 + [1] * 3 + [3] * 1)
+    weights = class_balanced_weights(labels, 4)
+    assert weights == pytest.approx([10 / 18, 10 / 9, 0.0, 10 / 3])
+    # Every present class carries the same total weight: count x weight = 10 / 3.
+    assert [count * weight for count, weight in zip([6, 3, 0, 1], weights)] == pytest.approx([10 / 3, 10 / 3, 0, 10 / 3])
+
+
+def test_each_part_trains_at_its_own_learning_rate(tmp_path):
+    model = tiny_model()
+    args = TrainingArguments(output_dir=str(tmp_path), learning_rate=1e-3, weight_decay=0.1, report_to="none", use_cpu=True)
+    trainer = MSEmoBoostTrainer(model=model, args=args, part_learning_rates={"backbone": 1e-4, "guidance": 5e-4, "head": None})
+    optimizer = trainer.create_optimizer()
+    rate = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
+    decay = {id(p): group["weight_decay"] for group in optimizer.param_groups for p in group["params"]}
+    expected = {"backbone": 1e-4, "guidance": 5e-4, "head": 1e-3}
+    for name, parameter in model.named_parameters():
+        assert rate[id(parameter)] == expected[model_part(name)], name
+    assert decay[id(model.classifier.weight)] == 0.1 and decay[id(model.classifier.bias)] == 0.0
+    assert len(rate) == sum(1 for p in model.parameters() if p.requires_grad)
+    assert {model_part(name) for name, _ in model.named_parameters()} == {"backbone", "guidance", "head"}
+
+
+def test_transfer_keeps_everything_but_the_rows_of_unknown_labels(tmp_path):
+    source = MSEmoBoostForSequenceClassification(tiny_config(id2label={0: "anger", 1: "calm", 2: "sadness", 3: "neutral"},
+                                                              label2id={"anger": 0, "calm": 1, "sadness": 2, "neutral": 3}))
+    source.save_pretrained(tmp_path)
+    model = load_for_transfer(str(tmp_path), ["anger", "boredom", "neutral"], class_weights=[1.0, 2.0, 1.0])
+    assert model.config.id2label == {0: "anger", 1: "boredom", 2: "neutral"} and model.config.num_labels == 3
+    assert model.config.class_weights == [1.0, 2.0, 1.0]
+    assert torch.equal(model.classifier.weight[0], source.classifier.weight[0])
+    assert torch.equal(model.classifier.weight[2], source.classifier.weight[3])
+    assert torch.equal(model.classifier.bias[2], source.classifier.bias[3])
+    assert not any(torch.equal(model.classifier.weight[1], row) for row in source.classifier.weight)
+    source_state = source.msemoboost.state_dict()
+    for name, value in model.msemoboost.state_dict().items():
+        assert torch.equal(value, source_state[name]), name
+    inputs = {"input_values": torch.from_numpy(speech_like(20_000))[None]}
+    with torch.no_grad():
+        assert model(**inputs).logits.shape == (1, 3)
