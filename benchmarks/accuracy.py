@@ -1,11 +1,17 @@
-"""Accuracy on real speech: the paper's ablations (Tables 3-4) on EMO-DB, leave-one-speaker-out, through train.py.
+"""Accuracy on real speech, side by side: the openSMILE anchors, the recipe, its levers, the paper's ablations
+(Tables 3-4) and extra training corpora, on EMO-DB leave-one-speaker-out, through train.py.
 
-    python benchmarks/accuracy.py --profile cpu                 # 2 CPU cores, about an hour per seed
-    python benchmarks/accuracy.py --profile gpu --seeds 0 1 2   # full-size wav2vec2-base on a GPU
+    python benchmarks/accuracy.py --profile cpu --rows anchors recipe "backbone only"   # what BENCHMARKS.md needs first
+    python benchmarks/accuracy.py --profile cpu --seeds 0 1 2 --rows recipe            # the headline row, 3 seeds
+    python benchmarks/accuracy.py --profile cpu                                         # every row (many hours on 2 cores)
+    python benchmarks/accuracy.py --profile gpu --seeds 0 1 2                           # full-size wav2vec2-base on a GPU
 
-Every row uses the same randomly initialised backbone (same seed, built first), data, folds and budget. Each row
-is one train.py run in outputs/benchmarks/accuracy/<profile>/<row>/seed<seed>; a finished run is reused, so an
-interrupted benchmark continues where it stopped. The table goes to benchmarks/results/accuracy_<profile>.json.
+Every model row is one train.py run of the profile's config (`configs/emodb_cpu.yaml` for `cpu`) with the row's
+changes, on the same data, folds and seed; the anchors (benchmarks/anchors.py) use exactly those folds. Each run goes
+to outputs/benchmarks/accuracy/<profile>/<row>/seed<seed>; a finished run is reused, so an interrupted benchmark
+continues where it stopped, and rows can be run in separate processes (set OMP_NUM_THREADS=1 for each of two
+processes on a 2-core machine). The table goes to benchmarks/results/accuracy_<profile>.json and is printed as
+Markdown.
 """
 
 import argparse
@@ -17,26 +23,46 @@ from datetime import date
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
 import train  # noqa: E402
 
+SHARED = REPO.parent / "shared" / "data"
+# Rows: changes to the profile's recipe. "model": MSEmoBoostConfig overrides merged into model_config_overrides;
+# "args": train.py arguments. Levers are switched off one at a time ("−") or on ("+").
 ROWS = {
-    "backbone only (masked mean)": ["--use_mfcc", "false", "--use_spectrogram", "false"],
-    "+MFCC": ["--use_spectrogram", "false"],
-    "+spectrogram": ["--use_mfcc", "false"],
-    "+both (MS-EmoBoost)": [],
-    "MS-EmoBoost without attention": ["--use_attention", "false"],
-    "guidance only (no SSL features)": ["--use_backbone_features", "false"],
+    "recipe": {},
+    # The paper's ablations (Tables 3-4), under the recipe.
+    "backbone only": {"args": ["--use_mfcc", "false", "--use_spectrogram", "false"]},
+    "+MFCC": {"args": ["--use_spectrogram", "false"]},
+    "+spectrogram": {"args": ["--use_mfcc", "false"]},
+    "without attention": {"args": ["--use_attention", "false"]},
+    "guidance only": {"args": ["--use_backbone_features", "false"]},
+    # The recipe's levers.
+    "− classifier on guidance (paper classifier)": {"model": {"classifier_input": "pooled"}},
+    "− mean-residual frame weights (reference ReLU)": {"model": {"frame_weighting": "relu"}},
+    "− standardised MFCC (L2, as the paper)": {"model": {"mfcc_normalization": "l2"}},
+    "− pooled MFCC projection": {"model": {"mfcc_pool_frames": None}},
+    "− class-balanced loss": {"args": ["--class_balanced_loss", "false"]},
+    "− speed perturbation and time masks": {"args": ["--speed_perturbation_probability", "0", "--time_masks", "0"]},
+    "− warmup and cosine decay": {"args": ["--lr_scheduler_type", "constant", "--warmup_steps", "0"]},
+    "+ per-part learning rates (backbone 3e-4)": {"args": ["--backbone_learning_rate", "3e-4"]},
+    "+ longer training (40 epochs)": {"args": ["--num_train_epochs", "40", "--early_stopping_patience", "10"]},
+    # Extra corpora.
+    "+ RAVDESS and TESS in every fold": {
+        "args": ["--extra_train_datasets", str(SHARED / "ravdess"), str(SHARED / "tess")]},
+    "+ transfer from RAVDESS and TESS": {"transfer": True},
 }
+PRETRAINED = "cross-corpus RAVDESS+TESS → EMO-DB"
 WAV2VEC2_BASE = {"model_type": "wav2vec2", "mask_time_prob": 0.0}  # Wav2Vec2Config() defaults are wav2vec2-base
 PROFILES = {
     "cpu": [str(REPO / "configs" / "emodb_cpu.yaml")],
-    "gpu": [str(REPO / "configs" / "emodb.yaml"), "--backbone", "", "--backbone_config", json.dumps(WAV2VEC2_BASE),
-            "--imagenet_alexnet", "false", "--freeze_feature_encoder", "false", "--learning_rate", "1e-4",
-            "--num_train_epochs", "30", "--early_stopping_patience", "5", "--bf16", "true"],
+    "gpu": [str(REPO / "configs" / "emodb_cpu.yaml"), "--backbone_config", json.dumps(WAV2VEC2_BASE),
+            "--num_train_epochs", "40", "--learning_rate", "1e-4", "--bf16", "true"],
 }
 
 
@@ -44,44 +70,114 @@ def slug(name: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in name).strip("_").lower()
 
 
+def run_train(profile: str, arguments: list[str], output: Path, seed: int, dataset_name: str) -> dict:
+    """One train.py run (reused when finished): its results.json, with the seconds it took."""
+    results = output / "results.json"
+    if not results.exists():
+        started = time.perf_counter()
+        train.main([*PROFILES[profile], *arguments, "--dataset_name", dataset_name, "--output_dir", str(output),
+                    "--seed", str(seed), "--final_model", "false", "--resume_from_checkpoint", "true",
+                    *(["--save_fold_models", "false"] if "cross_corpus" not in arguments else [])])
+        (output / "seconds.txt").write_text(f"{time.perf_counter() - started:.1f}\n")
+    summary = json.loads(results.read_text())
+    seconds = output / "seconds.txt"
+    summary["seconds"] = float(seconds.read_text()) if seconds.exists() else None
+    return summary
+
+
+def row_arguments(profile: str, row: str, seed: int, dataset_name: str) -> list[str]:
+    change = ROWS[row]
+    arguments = list(change.get("args", []))
+    if "model" in change:
+        recipe = yaml.safe_load(Path(PROFILES[profile][0]).read_text())
+        overrides = {**recipe.get("model_config_overrides", {}), **change["model"]}
+        arguments += ["--model_config_overrides", json.dumps({k: v for k, v in overrides.items() if v is not None})]
+    if change.get("transfer"):
+        pretrained = run_train(profile, cross_corpus_arguments(), output_root(profile) / slug(PRETRAINED) / f"seed{seed}",
+                               seed, dataset_name)
+        arguments += ["--model_name_or_path", str(output_root(profile) / slug(PRETRAINED) / f"seed{seed}" / "model")]
+        del pretrained
+    return arguments
+
+
+def cross_corpus_arguments() -> list[str]:
+    return ["--protocol", "cross_corpus", "--extra_train_datasets", str(SHARED / "ravdess"), str(SHARED / "tess"),
+            "--num_train_epochs", "8", "--early_stopping_patience", "3"]
+
+
+def output_root(profile: str) -> Path:
+    return REPO / "outputs" / "benchmarks" / "accuracy" / profile
+
+
+def summarize_runs(runs: list[dict]) -> dict:
+    """Mean over seeds of the fold mean and fold std, and the spread of the fold means over seeds."""
+    ua_means = [run["ua"]["mean"] for run in runs]
+    return {
+        "wa_mean": float(np.mean([run["wa"]["mean"] for run in runs])),
+        "wa_fold_std": float(np.mean([run["wa"]["std"] for run in runs])),
+        "ua_mean": float(np.mean(ua_means)),
+        "ua_fold_std": float(np.mean([run["ua"]["std"] for run in runs])),
+        "ua_seed_std": float(np.std(ua_means)) if len(runs) > 1 else None,
+        "seeds": [run["seed"] for run in runs],
+        "minutes_per_seed": float(np.mean([run["seconds"] for run in runs if run["seconds"]]) / 60)
+        if any(run["seconds"] for run in runs) else None,
+        "runs": runs,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", choices=sorted(PROFILES), default="cpu")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--dataset_name", default=str(REPO.parent / "shared" / "data" / "emodb"))
-    parser.add_argument("--rows", nargs="+", default=list(ROWS), help="row names to run (default: all)")
+    parser.add_argument("--dataset_name", default=str(SHARED / "emodb"))
+    parser.add_argument("--rows", nargs="+", default=["anchors", *ROWS, PRETRAINED],
+                        help=f"rows to run: 'anchors', {list(ROWS)} or {PRETRAINED!r} (default: all)")
     args = parser.parse_args()
+    unknown = set(args.rows) - {"anchors", PRETRAINED, *ROWS}
+    if unknown:
+        parser.error(f"unknown rows {sorted(unknown)}")
 
-    table = {}
-    for row in args.rows:
+    destination = REPO / "benchmarks" / "results" / f"accuracy_{args.profile}.json"
+    report = json.loads(destination.read_text()) if destination.exists() else {}
+    report.update({"profile": args.profile, "date": date.today().isoformat(), "machine": platform.processor() or platform.machine(),
+                   "dataset": args.dataset_name, "protocol": "loso"})
+    report.setdefault("rows", {})
+    report.setdefault("anchors", {})
+    if "anchors" in args.rows:
+        from anchors import run_anchors
+
+        argv = ["--dataset_name", args.dataset_name, "--label_column", "emotion", "--speaker_column", "speaker",
+                "--output_dir", "/tmp/unused"]
         for seed in args.seeds:
-            output = REPO / "outputs" / "benchmarks" / "accuracy" / args.profile / slug(row) / f"seed{seed}"
-            results = output / "results.json"
-            if not results.exists():
-                started = time.perf_counter()
-                train.main([*PROFILES[args.profile], *ROWS[row], "--dataset_name", args.dataset_name,
-                            "--output_dir", str(output), "--seed", str(seed), "--final_model", "false",
-                            "--save_fold_models", "false", "--resume_from_checkpoint", "true"])
-                (output / "seconds.txt").write_text(f"{time.perf_counter() - started:.1f}\n")
-            summary = json.loads(results.read_text())
-            seconds = float((output / "seconds.txt").read_text()) if (output / "seconds.txt").exists() else None
-            table.setdefault(row, []).append({"seed": seed, "wa": summary["wa"], "ua": summary["ua"], "seconds": seconds,
-                                              "folds": summary["folds"]})
+            for name, result in run_anchors([*argv, "--seed", str(seed)]).items():
+                report["anchors"][name] = {"wa": result["wa"], "ua": result["ua"], "folds": result["folds"]}
+    for row in [row for row in args.rows if row != "anchors"]:
+        runs = []
+        for seed in args.seeds:
+            if row == PRETRAINED:
+                arguments = cross_corpus_arguments()
+            else:
+                arguments = row_arguments(args.profile, row, seed, args.dataset_name)
+            summary = run_train(args.profile, arguments, output_root(args.profile) / slug(row) / f"seed{seed}", seed,
+                                args.dataset_name)
+            runs.append({"seed": seed, "wa": summary["wa"], "ua": summary["ua"], "seconds": summary["seconds"],
+                         "folds": summary["folds"], "confusion_matrix": summary["confusion_matrix"],
+                         "label_names": summary["label_names"], "arguments": arguments})
             print(f"{row} seed {seed}: WA {summary['wa']['mean']:.2%} ± {summary['wa']['std']:.2%}  "
                   f"UA {summary['ua']['mean']:.2%} ± {summary['ua']['std']:.2%}", flush=True)
-
-    report = {"profile": args.profile, "date": date.today().isoformat(), "machine": platform.processor() or platform.machine(),
-              "command": " ".join(["python", "benchmarks/accuracy.py", *sys.argv[1:]]), "rows": {}}
-    print("\n| row | WA (mean ± std over folds) | UA (mean ± std over folds) | seeds | minutes per seed |\n|---|---|---|---|---|")
-    for row, runs in table.items():
-        wa = np.mean([run["wa"]["mean"] for run in runs]), np.mean([run["wa"]["std"] for run in runs])
-        ua = np.mean([run["ua"]["mean"] for run in runs]), np.mean([run["ua"]["std"] for run in runs])
-        spread = np.std([run["ua"]["mean"] for run in runs]) if len(runs) > 1 else None
-        minutes = np.mean([run["seconds"] for run in runs if run["seconds"]]) / 60 if any(r["seconds"] for r in runs) else float("nan")
-        report["rows"][row] = {"runs": runs, "wa_mean": wa[0], "ua_mean": ua[0], "ua_spread_over_seeds": spread}
-        print(f"| {row} | {100 * wa[0]:.1f} ± {100 * wa[1]:.1f} | {100 * ua[0]:.1f} ± {100 * ua[1]:.1f} | {len(runs)} | {minutes:.1f} |")
-    destination = REPO / "benchmarks" / "results" / f"accuracy_{args.profile}.json"
+        report["rows"][row] = summarize_runs(runs)
+    report["command"] = " ".join(["python", "benchmarks/accuracy.py", *sys.argv[1:]])
     destination.write_text(json.dumps(report, indent=2) + "\n")
+
+    print("\n| row | WA % (fold std) | UA % (fold std) | UA spread over seeds | seeds | minutes per seed |\n|---|---|---|---|---|---|")
+    for name, anchor in report["anchors"].items():
+        print(f"| {name} | {100 * anchor['wa']['mean']:.1f} ± {100 * anchor['wa']['std']:.1f} | "
+              f"{100 * anchor['ua']['mean']:.1f} ± {100 * anchor['ua']['std']:.1f} | | | |")
+    for name, row in report["rows"].items():
+        spread = f"{100 * row['ua_seed_std']:.1f}" if row["ua_seed_std"] is not None else ""
+        minutes = f"{row['minutes_per_seed']:.0f}" if row["minutes_per_seed"] else ""
+        print(f"| {name} | {100 * row['wa_mean']:.1f} ± {100 * row['wa_fold_std']:.1f} | "
+              f"{100 * row['ua_mean']:.1f} ± {100 * row['ua_fold_std']:.1f} | {spread} | {len(row['seeds'])} | {minutes} |")
     print(f"\nWrote {destination}")
 
 

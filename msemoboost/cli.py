@@ -7,6 +7,13 @@
 
 Audio at any sampling rate and with any number of channels is decoded by FFmpeg (through `datasets`), resampled to
 the model's rate and downmixed to mono by averaging the channels.
+
+Every recording is read, checked (decodable, finite, at least one backbone frame long) and classified on its own: a
+bad one is skipped with a one-line reason naming it on stderr, and the others are still written. Outputs are written
+atomically (a temporary file moved into place), and only when there is something to write.
+
+Exit codes: 0 when every recording succeeded; 1 when some were skipped (their reasons are on stderr); 2 when the
+command was used wrongly (unknown option, missing input, a --model that is not a model).
 """
 
 import argparse
@@ -70,11 +77,28 @@ def main(argv: list[str] | None = None) -> int:
     enhance.add_argument("--device", default=None)
 
     args = parser.parse_args(argv)
+    from .inference import BadAudioError
+
     try:
         return {"predict": run_predict, "explain": run_explain, "tsne": run_tsne, "enhance": run_enhance}[args.command](args)
+    except BadAudioError as error:
+        print(f"msemoboost {args.command}: skipped {error}; nothing was written.", file=sys.stderr)
+        return EXIT_SOME_FILES_FAILED
     except (ValueError, FileNotFoundError, ImportError) as error:
         print(f"msemoboost {args.command}: error: {error}", file=sys.stderr)
         return EXIT_BAD_USAGE
+
+
+def write_atomically(path: Path, write) -> None:
+    """Calls `write(temporary_path)`, then moves the file into `path`: a killed run never leaves a half-written file.
+    The temporary file keeps `path`'s suffix, so writers that choose a format by suffix (matplotlib) still work."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.stem}.partial{path.suffix}")
+    try:
+        write(temporary)
+        temporary.replace(path)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def pixel_size(text: str) -> tuple[int, int]:
@@ -111,27 +135,48 @@ def recordings(args) -> list[tuple[str, object]]:
 def run_predict(args) -> int:
     from tqdm.auto import tqdm
 
-    from .inference import load_classifier, predict, read_audio
+    from .inference import BadAudioError, load_classifier, predict, read_audio
 
     if args.output and Path(args.output).suffix.lower() not in (".csv", ".json"):
         raise ValueError(f"--output must end in .csv or .json, got {args.output}.")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch_size must be at least 1, got {args.batch_size}.")
     sources = recordings(args)
     classifier, extractor = load_classifier(args.model, args.device)
     labels = [classifier.config.id2label[i] for i in range(classifier.config.num_labels)]
     predictions, failures, batch = [], [], []
+
+    def skip(reason: str) -> None:
+        failures.append(reason)
+        tqdm.write(f"skipped {reason}", file=sys.stderr)
+
+    def classify(batch) -> None:
+        try:
+            predictions.extend(predict(classifier, extractor, [w for _, w in batch], [n for n, _ in batch]))
+        except ValueError:  # one recording the model refuses: classify each alone, so that only it is skipped
+            if len(batch) == 1:
+                name, _ = batch[0]
+                _, error = sys.exc_info()[:2]
+                skip(f"{name}: {error}")
+            else:
+                for item in batch:
+                    classify([item])
+
     for position, (name, source) in enumerate(tqdm(sources, unit="file", file=sys.stderr)):
         try:
-            batch.append((name, read_audio(source, extractor.sampling_rate, name)))
-        except ValueError as error:
-            failures.append(str(error))
-            tqdm.write(f"error: {error} (skipped)", file=sys.stderr)
+            batch.append((name, read_audio(source, extractor.sampling_rate, name, classifier.config.min_input_samples)))
+        except BadAudioError as error:
+            skip(str(error))
         if batch and (len(batch) == args.batch_size or position == len(sources) - 1):
-            predictions += predict(classifier, extractor, [w for _, w in batch], [n for n, _ in batch])
+            classify(batch)
             batch = []
 
-    write_predictions(predictions, labels, args.output, args.timeline)
+    if predictions:
+        write_predictions(predictions, labels, args.output, args.timeline)
+    else:
+        print("No recording could be classified; nothing was written.", file=sys.stderr)
     if failures:
-        print(f"{len(failures)} of {len(sources)} file(s) could not be read:", file=sys.stderr)
+        print(f"{len(failures)} of {len(sources)} recording(s) skipped:", file=sys.stderr)
         for failure in failures:
             print(f"  {failure}", file=sys.stderr)
         return EXIT_SOME_FILES_FAILED
@@ -158,7 +203,7 @@ def write_predictions(predictions, labels: list[str], output: str | None, timeli
         content = {"labels": labels, "files": file_rows}
         if timeline:
             content["segments"] = segment_rows
-        Path(output).write_text(json.dumps(content, indent=2) + "\n")
+        write_atomically(Path(output), lambda path: path.write_text(json.dumps(content, indent=2) + "\n"))
     else:
         write_csv(Path(output), file_rows)
         if timeline:
@@ -171,10 +216,13 @@ def timeline_path(output: Path) -> Path:
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
-    with open(path, "w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=list(rows[0]) if rows else ["file"])
-        writer.writeheader()
-        writer.writerows(rows)
+    def write(temporary: Path) -> None:
+        with open(temporary, "w", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+
+    write_atomically(path, write)
 
 
 def print_table(rows: list[dict], labels: list[str]) -> None:
@@ -198,11 +246,12 @@ def run_explain(args) -> int:
 
     width, height = pixel_size(args.size)
     classifier, extractor = load_classifier(args.model, args.device)
-    waveform = read_audio(args.file, extractor.sampling_rate)
+    waveform = read_audio(args.file, extractor.sampling_rate, min_samples=classifier.config.min_input_samples)
     times, weights = enhancement_curve(classifier, extractor, waveform)
     (prediction,) = predict(classifier, extractor, [waveform], [args.file])
     labels = [classifier.config.id2label[i] for i in range(classifier.config.num_labels)]
-    plot_explanation(Path(args.output), waveform, extractor.sampling_rate, times, weights, prediction, labels, (width, height), Path(args.file).name)
+    write_atomically(Path(args.output), lambda path: plot_explanation(
+        path, waveform, extractor.sampling_rate, times, weights, prediction, labels, (width, height), Path(args.file).name))
     print(f"Wrote {args.output}: {Path(args.file).name} → {labels[int(prediction.probabilities.argmax())]}")
     return 0
 
@@ -215,7 +264,10 @@ def run_tsne(args) -> int:
     width, height = pixel_size(args.size)
     classifier, extractor = load_classifier(args.model, args.device)
     corpus = load_corpus(args.dataset, extractor.sampling_rate, classifier.config.min_input_samples,
-                         audio_column=args.audio_column, label_column=args.label_column, speaker_column=None)
+                         audio_column=args.audio_column, label_column=args.label_column, speaker_column=None,
+                         skip_bad_audio=True)
+    if len(corpus.dataset) < 2:
+        raise ValueError(f"{args.dataset}: fewer than 2 usable utterances, nothing to plot.")
     rows = np.arange(len(corpus.dataset))
     if args.max_utterances and args.max_utterances < len(rows):
         rows = np.sort(np.random.default_rng(args.seed).choice(rows, args.max_utterances, replace=False))
@@ -229,8 +281,12 @@ def run_tsne(args) -> int:
         for key in titles:
             features[key].append(batch[key])
     labels = [corpus.label_names[label] for label in corpus.labels[rows]]
-    plot_tsne(Path(args.output), {titles[key]: np.concatenate(parts) for key, parts in features.items()}, labels, (width, height), args.seed)
+    features = {titles[key]: np.concatenate(parts) for key, parts in features.items()}
+    write_atomically(Path(args.output), lambda path: plot_tsne(path, features, labels, (width, height), args.seed))
     print(f"Wrote {args.output}: t-SNE of {len(rows)} utterances")
+    if corpus.num_skipped:
+        print(f"{corpus.num_skipped} unusable utterance(s) skipped (named above).", file=sys.stderr)
+        return EXIT_SOME_FILES_FAILED
     return 0
 
 
@@ -238,7 +294,7 @@ def run_enhance(args) -> int:
     """Writes OUTPUT_DIR/NAME.enhanced.wav for each input (16-bit, the model's rate; scaled down if it would clip),
     and with --noise OUTPUT_DIR/NAME.noisy.wav, the input that was enhanced."""
     from .demo import write_wav
-    from .inference import enhance, find_audio_files, load_classifier, read_audio
+    from .inference import BadAudioError, enhance, find_audio_files, load_classifier, read_audio
     from .noise import NoiseBank, check_snrs, mix_at_snr, utterance_rng
 
     (snr,) = check_snrs([args.snr], "--snr")
@@ -248,15 +304,25 @@ def run_enhance(args) -> int:
     rate = extractor.sampling_rate
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    for path in find_audio_files(args.inputs):
-        waveform = read_audio(path, rate)
+    files, failures = find_audio_files(args.inputs), []
+    for path in files:
+        try:
+            waveform = read_audio(path, rate, min_samples=classifier.config.min_input_samples)
+        except BadAudioError as error:
+            failures.append(str(error))
+            print(f"skipped {error}", file=sys.stderr)
+            continue
         if args.noise:
             noise = NoiseBank(rate).sample(args.noise, len(waveform), utterance_rng(args.seed, path.name, args.noise))
             waveform, _ = mix_at_snr(waveform, noise, snr, rate)
-            write_wav(output_dir / f"{path.stem}.noisy.wav", peak_limited(waveform), rate)
-        enhanced = enhance(classifier, extractor, waveform)
-        write_wav(output_dir / f"{path.stem}.enhanced.wav", peak_limited(enhanced), rate)
+            noisy = peak_limited(waveform)
+            write_atomically(output_dir / f"{path.stem}.noisy.wav", lambda target: write_wav(target, noisy, rate))
+        enhanced = peak_limited(enhance(classifier, extractor, waveform))
+        write_atomically(output_dir / f"{path.stem}.enhanced.wav", lambda target: write_wav(target, enhanced, rate))
         print(f"Wrote {output_dir / (path.stem + '.enhanced.wav')}")
+    if failures:
+        print(f"{len(failures)} of {len(files)} recording(s) skipped.", file=sys.stderr)
+        return EXIT_SOME_FILES_FAILED
     return 0
 
 

@@ -118,7 +118,7 @@ class MSEmoBoostConfig(PreTrainedConfig):
         classifier_input (`str`, *optional*, defaults to `"pooled"`):
             What the classifier reads for each segment: `"pooled"`, the weighted SSL feature `X'_w` (the paper), or
             `"pooled_and_guidance"`, `[X'_w ; guidance vectors]` (a recipe option that lets the classifier use what
-            the guidance branches know directly).
+            the guidance branches know directly). Without guidance branches both read `X'_w`, the masked mean.
         class_weights (`list[float]`, *optional*):
             Weight of each class in the cross-entropy (one per label), e.g. inverse class frequencies for a
             class-balanced loss. `None` is the paper's unweighted loss.
@@ -269,8 +269,6 @@ class MSEmoBoostConfig(PreTrainedConfig):
                 f"mfcc_pool_frames must be None or in [1, {self.num_mfcc_frames}] (the MFCC frames of a segment), got "
                 f"{self.mfcc_pool_frames}."
             )
-        if self.classifier_input == "pooled_and_guidance" and not (self.use_mfcc or self.use_spectrogram):
-            raise ValueError("classifier_input='pooled_and_guidance' needs a guidance branch (use_mfcc or use_spectrogram).")
         if self.class_weights is not None:
             if len(self.class_weights) != self.num_labels:
                 raise ValueError(

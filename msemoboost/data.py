@@ -4,6 +4,8 @@ Training code lives outside the remote-code files: a Hub checkpoint never needs 
 """
 
 import logging
+import os
+import re
 from dataclasses import dataclass
 
 import datasets
@@ -161,18 +163,43 @@ def decode_audio(audio: dict, sampling_rate: int) -> np.ndarray:
     return decoder.get_all_samples().data.mean(dim=0).numpy().astype(np.float32, copy=False)
 
 
+def decoding_error_reason(error: Exception, audio: dict) -> str:
+    """Why a file could not be decoded, in the user's terms: no decoder-internal source paths or class names."""
+    path = audio.get("path")
+    if not audio.get("bytes") and path and os.path.isfile(path) and os.path.getsize(path) == 0:
+        return "empty file (0 bytes)"
+    if path and not audio.get("bytes") and not os.path.exists(path):
+        return "no such file"
+    message = " ".join(str(error).split())
+    if "Invalid data found" in message or "could not find codec" in message.lower():
+        return "not an audio file FFmpeg can read (invalid data)"
+    if "audio stream" in message.lower():
+        return "no audio stream FFmpeg can read"
+    # Drop "Decoder, /build/path/File.cpp:41, " prefixes and the file's own path, which the caller names anyway.
+    message = re.sub(r"[\w:]*,?\s*\S+\.(?:cpp|cc|cxx|h|hpp):\d+,?\s*", "", message)
+    if path:
+        message = message.replace(f": {path}", "").replace(path, "the file")
+    return message.strip(" ,:") or type(error).__name__
+
+
+def audio_problem(waveform: np.ndarray, min_samples: int) -> str:
+    """Why a decoded waveform cannot be classified (non-finite samples, too short), or `""` when it can."""
+    if waveform.size == 0:
+        return "holds no audio samples"
+    if not np.isfinite(waveform).all():
+        return "contains NaN or Inf samples"
+    if len(waveform) < min_samples:
+        return f"{len(waveform)} samples, shorter than one analysis frame ({min_samples} samples)"
+    return ""
+
+
 def _check_audio(audio: dict, sampling_rate: int, min_samples: int) -> dict:
     """`num_samples` at `sampling_rate`, and `audio_error`: why the file is unusable, or empty when it is fine."""
     try:
         waveform = decode_audio(audio, sampling_rate)
     except Exception as error:  # any decoder failure means the file is unusable; say why
-        return {"num_samples": -1, "audio_error": f"{type(error).__name__}: {error}".strip()}
-    if not np.isfinite(waveform).all():
-        return {"num_samples": len(waveform), "audio_error": "contains NaN or Inf samples"}
-    if len(waveform) < min_samples:
-        error = f"{len(waveform)} samples, shorter than one analysis frame ({min_samples} samples)"
-        return {"num_samples": len(waveform), "audio_error": error}
-    return {"num_samples": len(waveform), "audio_error": ""}
+        return {"num_samples": -1, "audio_error": f"cannot be decoded: {decoding_error_reason(error, audio)}"}
+    return {"num_samples": len(waveform), "audio_error": audio_problem(waveform, min_samples)}
 
 
 class AudioCollator:

@@ -18,27 +18,40 @@ def default_device() -> str:
 
 
 def load_classifier(model: str, device: str | None = None):
-    """Loads a model directory or Hub id through the Auto classes (with its own code) and its feature extractor."""
-    classifier = AutoModelForAudioClassification.from_pretrained(model, trust_remote_code=True)
-    extractor = AutoFeatureExtractor.from_pretrained(model, trust_remote_code=True)
+    """Loads a model directory or Hub id through the Auto classes (with its own code) and its feature extractor.
+
+    Raises `ValueError` naming `model` when it is not a folder or Hub id of an audio classifier."""
+    if Path(model).exists() and not (Path(model) / "config.json").is_file():
+        raise ValueError(f"--model {model}: not a model folder (it has no config.json).")
+    try:
+        classifier = AutoModelForAudioClassification.from_pretrained(model, trust_remote_code=True)
+        extractor = AutoFeatureExtractor.from_pretrained(model, trust_remote_code=True)
+    except (OSError, ValueError, KeyError) as error:
+        where = "model folder" if Path(model).exists() else "model folder or reachable Hub model id"
+        reason = " ".join(str(error).split())[:300]
+        raise ValueError(f"--model {model}: cannot load an audio classifier from this {where} ({reason})") from None
     return classifier.to(device or default_device()).eval(), extractor
 
 
-def read_audio(source: str | Path | dict, sampling_rate: int, name: str | None = None) -> np.ndarray:
+class BadAudioError(ValueError):
+    """A recording that cannot be classified; the message names it and says why, in one line."""
+
+
+def read_audio(source: str | Path | dict, sampling_rate: int, name: str | None = None, min_samples: int = 1) -> np.ndarray:
     """Decodes a file path, or an undecoded `datasets` audio value, with anything FFmpeg reads: resampled to
-    `sampling_rate` and downmixed to mono (the mean of the channels). Raises `ValueError` naming the recording when
-    it cannot be read or holds no audio."""
-    from .data import decode_audio
+    `sampling_rate` and downmixed to mono (the mean of the channels). Raises [`BadAudioError`] naming the recording
+    when it cannot be decoded, holds NaN/Inf samples or fewer than `min_samples` samples."""
+    from .data import audio_problem, decode_audio, decoding_error_reason
 
     audio = source if isinstance(source, dict) else {"path": str(source), "bytes": None}
     name = name or audio.get("path")
     try:
         waveform = decode_audio(audio, sampling_rate)
     except Exception as error:  # the decoders raise many types; all mean "unreadable"
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ValueError(f"{name}: cannot be decoded ({reason})") from error
-    if waveform.size == 0:
-        raise ValueError(f"{name}: holds no audio samples")
+        raise BadAudioError(f"{name}: cannot be decoded: {decoding_error_reason(error, audio)}") from None
+    problem = audio_problem(waveform, min_samples)
+    if problem:
+        raise BadAudioError(f"{name}: {problem}")
     return waveform
 
 

@@ -367,7 +367,9 @@ class MSEmoBoostModel(MSEmoBoostPreTrainedModel):
             self.enhancement = MSEmoBoostEnhancement(config, num_branches, self.num_frames)
         else:
             self.enhancement = None
-        self.classify_guidance = config.classifier_input == "pooled_and_guidance" or not config.use_backbone_features
+        self.classify_guidance = num_branches > 0 and (
+            config.classifier_input == "pooled_and_guidance" or not config.use_backbone_features
+        )
         self.feature_size = (config.backbone_config.hidden_size if config.use_backbone_features else 0) + (
             num_branches * config.guidance_hidden_size if self.classify_guidance else 0
         )

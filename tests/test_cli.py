@@ -92,17 +92,84 @@ def test_timeline_of_a_7_5_second_recording_has_three_segments_the_last_one_its_
     assert len(read_csv(tmp_path / "out.timeline.csv")) == 3
 
 
-def test_a_corrupt_file_is_named_and_the_rest_are_written(model_dir, recordings, tmp_path, capsys):
-    folder = tmp_path / "mixed"
-    folder.mkdir()
-    for path in list(recordings.glob("*.wav"))[:2]:
-        (folder / path.name).write_bytes(path.read_bytes())
+def bad_recordings(folder: Path) -> dict[str, str]:
+    """Files that cannot be classified, each with the reason predict must give."""
+    folder.mkdir(exist_ok=True)
     (folder / "broken.wav").write_bytes(b"RIFF\x10\x00\x00\x00WAVEnot audio at all")
-    output = tmp_path / "out.csv"
-    assert main(["predict", str(folder), "--model", str(model_dir), "--output", str(output)]) == 1
+    (folder / "empty.wav").write_bytes(b"")
+    (folder / "notes.flac").write_text("these are not audio samples\n")
+    nan = tone(1.0, 16000)
+    nan[100] = np.nan
+    soundfile.write(folder / "nan.wav", nan, 16000, subtype="FLOAT")
+    soundfile.write(folder / "short.wav", tone(0.01, 16000), 16000)
+    return {
+        "broken.wav": "cannot be decoded: not an audio file FFmpeg can read (invalid data)",
+        "empty.wav": "cannot be decoded: empty file (0 bytes)",
+        "notes.flac": "cannot be decoded: no audio stream FFmpeg can read",
+        "nan.wav": "contains NaN or Inf samples",
+        "short.wav": "160 samples, shorter than one analysis frame (400 samples)",
+    }
+
+
+@pytest.mark.parametrize("output_name", ["out.csv", "out.json"])
+def test_bad_files_are_skipped_one_line_each_and_every_good_file_is_written(model_dir, recordings, tmp_path, capsys, output_name):
+    folder = tmp_path / "mixed"
+    good = list(recordings.glob("*.wav"))[:2]
+    reasons = bad_recordings(folder)
+    for path in good:
+        (folder / path.name).write_bytes(path.read_bytes())
+    output = tmp_path / output_name
+    assert main(["predict", str(folder), "--model", str(model_dir), "--output", str(output), "--batch_size", "3"]) == 1
     error = capsys.readouterr().err
-    assert "broken.wav: cannot be decoded" in error and "1 of 3 file(s) could not be read" in error
-    assert sorted(Path(row["file"]).name for row in read_csv(output)) == sorted(p.name for p in list(recordings.glob("*.wav"))[:2])
+    for name, reason in reasons.items():
+        assert f"skipped {folder / name}: {reason}\n" in error
+    assert f"{len(reasons)} of {len(reasons) + 2} recording(s) skipped:" in error
+    assert ".cpp" not in error and "Decoder" not in error
+    if output_name.endswith(".csv"):
+        written = [Path(row["file"]).name for row in read_csv(output)]
+    else:
+        written = [Path(row["file"]).name for row in json.loads(output.read_text())["files"]]
+    assert sorted(written) == sorted(path.name for path in good)
+    assert [path.name for path in tmp_path.iterdir() if "partial" in path.name] == []
+
+
+def test_when_no_file_can_be_classified_nothing_is_written(model_dir, tmp_path, capsys):
+    bad_recordings(tmp_path / "bad")
+    output = tmp_path / "out.csv"
+    assert main(["predict", str(tmp_path / "bad"), "--model", str(model_dir), "--output", str(output)]) == 1
+    assert "No recording could be classified; nothing was written." in capsys.readouterr().err
+    assert not output.exists()
+
+
+def test_a_missing_or_non_model_model_is_a_usage_error(recordings, tmp_path, capsys):
+    wav = str(recordings / "a_8k_mono.wav")
+    assert main(["predict", wav, "--model", str(tmp_path / "nowhere")]) == 2
+    error = capsys.readouterr().err
+    assert f"msemoboost predict: error: --model {tmp_path / 'nowhere'}: cannot load an audio classifier" in error
+    assert "Traceback" not in error
+    (tmp_path / "folder").mkdir()
+    assert main(["predict", wav, "--model", str(tmp_path / "folder")]) == 2
+    assert f"--model {tmp_path / 'folder'}: not a model folder (it has no config.json)." in capsys.readouterr().err
+
+
+def test_explain_and_enhance_skip_a_bad_file_and_write_nothing_for_it(model_dir, tmp_path, capsys):
+    bad_recordings(tmp_path / "bad")
+    output = tmp_path / "explain.png"
+    assert main(["explain", str(tmp_path / "bad" / "nan.wav"), "--model", str(model_dir), "--output", str(output)]) == 1
+    assert f"msemoboost explain: skipped {tmp_path / 'bad' / 'nan.wav'}: contains NaN or Inf samples; nothing was written." in capsys.readouterr().err
+    assert not output.exists()
+
+
+def test_an_interrupted_write_leaves_no_file(tmp_path):
+    from msemoboost.cli import write_atomically
+
+    def fails_halfway(path):
+        path.write_text("half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_atomically(tmp_path / "out.csv", fails_halfway)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_an_empty_folder_is_a_clear_error(model_dir, tmp_path, capsys):
@@ -135,9 +202,23 @@ def test_explain_writes_a_png_of_the_stated_size_with_one_weight_per_ssl_frame(m
     assert png_size(output) == (900, 600)
 
 
-def test_tsne_writes_a_png_of_the_stated_size(model_dir, corpus_dir, tmp_path):
+def test_tsne_plots_the_models_pooled_features_in_a_png_of_the_stated_size(model_dir, corpus_dir, tmp_path, monkeypatch):
+    import msemoboost.analysis
+    from msemoboost.data import load_corpus
+    from msemoboost.inference import pooled_features
+
+    plotted = {}
+    plot = msemoboost.analysis.plot_tsne
+    monkeypatch.setattr(msemoboost.analysis, "plot_tsne", lambda path, features, labels, *rest: (
+        plotted.update(features=features, labels=labels), plot(path, features, labels, *rest)))
     output = tmp_path / "tsne.png"
     assert main(["tsne", "--model", str(model_dir), "--dataset", str(corpus_dir), "--label_column", "emotion",
                  "--compare-baseline", "--max_utterances", "24", "--output", str(output), "--size", "1000x500"]) == 0
     assert png_size(output) == (1000, 500)
-    assert output.stat().st_size > 20_000
+    classifier, extractor = load_classifier(str(model_dir), "cpu")
+    corpus = load_corpus(str(corpus_dir), 16000, 400, label_column="emotion", speaker_column=None)
+    rows = np.sort(np.random.default_rng(0).choice(len(corpus.dataset), 24, replace=False))
+    expected = pooled_features(classifier, extractor, [read_audio(corpus.dataset[int(r)]["audio"], 16000) for r in rows], True)
+    assert plotted["labels"] == [corpus.label_names[corpus.labels[r]] for r in rows]
+    np.testing.assert_allclose(plotted["features"]["MS-EmoBoost pooled features"], expected["msemoboost"], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(plotted["features"]["backbone masked mean (baseline)"], expected["baseline"], rtol=0, atol=1e-5)

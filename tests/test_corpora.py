@@ -98,3 +98,20 @@ def test_a_single_class_corpus_is_refused(corpus_dir, tmp_path):
     with pytest.raises(ValueError, match=r"demo has 1 class\(es\) \(\['sad'\]\) after --label_merge/--keep_labels; "
                        "emotion recognition needs at least 2"):
         run(corpus_dir, tmp_path / "out", "--keep_labels", "sad")
+
+
+def test_a_fold_whose_training_data_holds_one_class_is_refused(corpus_dir, tmp_path):
+    copy = tmp_path / "corpus"
+    (copy / "audio").mkdir(parents=True)
+    rows = [row for row in read_csv(corpus_dir / "metadata.csv")
+            if row["speaker"] == "spk1" and row["emotion"] in ("angry", "sad")
+            or row["speaker"] in ("spk2", "spk3") and row["emotion"] == "sad"]
+    with open(copy / "metadata.csv", "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=["file_name", "speaker", "emotion"])
+        writer.writeheader()
+        for row in rows:
+            shutil.copy(corpus_dir / row["file_name"], copy / row["file_name"])
+            writer.writerow(row)
+    with pytest.raises(ValueError, match=r"Fold speaker_spk1: the training data holds 1 class\(es\) \(\['sad'\]\); "
+                       "a classifier needs at least 2."):
+        run(copy, tmp_path / "out", "--folds", "0", "--final_model", "false")

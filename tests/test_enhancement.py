@@ -144,9 +144,19 @@ def test_enhance_command_writes_noisy_and_enhanced_wavs(tmp_path, capsys):
     soundfile.write(tmp_path / "talk.wav", speech_like(44100, 3) * 0.5, 22050)  # 2 s at 22.05 kHz
     assert main(["enhance", str(tmp_path / "talk.wav"), "--model", str(model_dir), "--output_dir",
                  str(tmp_path / "out"), "--noise", "white", "--snr", "5", "--device", "cpu"]) == 0
-    for name in ("talk.noisy.wav", "talk.enhanced.wav"):
+    from msemoboost.cli import peak_limited
+    from msemoboost.inference import enhance, load_classifier, read_audio
+    from msemoboost.noise import NoiseBank, mix_at_snr, utterance_rng
+
+    classifier, extractor = load_classifier(str(model_dir), "cpu")
+    clean = read_audio(tmp_path / "talk.wav", 16000)
+    noise = NoiseBank(16000).sample("white", len(clean), utterance_rng(0, "talk.wav", "white"))
+    noisy, _ = mix_at_snr(clean, noise, 5.0, 16000)
+    expected = {"talk.noisy.wav": peak_limited(noisy), "talk.enhanced.wav": peak_limited(enhance(classifier, extractor, noisy))}
+    for name, reference in expected.items():
         audio, rate = soundfile.read(tmp_path / "out" / name)
-        assert rate == 16000 and len(audio) == 32000 and np.abs(audio).max() <= 0.99 + 1e-4 and np.any(audio)
+        assert rate == 16000 and len(audio) == 32000 and np.abs(audio).max() <= 0.99 + 1e-4
+        np.testing.assert_allclose(audio, reference, rtol=0, atol=1e-4)  # 16-bit quantisation
 
     plain = tmp_path / "plain"
     tiny_model().save_pretrained(plain)

@@ -238,13 +238,23 @@ def test_baseline_is_masked_mean_pooling_of_backbone_frames():
 
 
 @pytest.mark.parametrize("model_type", SUPPORTED_BACKBONE_TYPES)
-def test_every_supported_ssl_backbone_runs(model_type):
+def test_every_supported_ssl_backbone_pools_its_own_frames_and_batches_like_single(model_type):
     model = tiny_model(model_type=model_type)
     assert model.msemoboost.backbone.config.model_type == model_type
+    waveforms = [speech_like(50_000), speech_like(9_000, 1)]
     with torch.no_grad():
-        outputs = model.msemoboost(**batch([speech_like(50_000), speech_like(9_000, 1)]))
-    assert outputs.enhancement_weights.shape == (3, 149)
-    assert outputs.utterance_features.shape == (2, 32)
+        outputs = model.msemoboost(**batch(waveforms))
+        single = torch.cat([model.msemoboost(**batch([waveform])).utterance_features for waveform in waveforms])
+        # The short utterance's padded segment, pooled from the backbone's own frames of its audio alone.
+        segment = torch.zeros(1, 48_000)
+        segment[0, :9_000] = batch([waveforms[1]])["input_values"][0]
+        frames = model.msemoboost.backbone(segment, attention_mask=(torch.arange(48_000) < 9_000).long()[None])
+    assert outputs.enhancement_weights.shape == (3, 149) and outputs.utterance_features.shape == (2, 32)
+    torch.testing.assert_close(outputs.utterance_features, single, rtol=0, atol=1e-5)
+    audio_frames = model.config.num_backbone_frames(9_000)
+    assert outputs.frame_mask[2].sum() == audio_frames
+    expected = outputs.enhancement_weights[2, :audio_frames] @ frames.last_hidden_state[0, :audio_frames]
+    torch.testing.assert_close(outputs.segment_features[2], expected, rtol=0, atol=1e-5)
 
 
 def test_chunking_bounds_the_segment_batch_without_changing_results():
@@ -276,6 +286,11 @@ def test_output_hidden_states_are_the_backbone_layers_of_every_segment():
         outputs = model(**batch([speech_like(60_000)]), output_hidden_states=True)
     assert len(outputs.hidden_states) == TINY_BACKBONE["num_hidden_layers"] + 1
     assert all(state.shape == (2, 149, 32) for state in outputs.hidden_states)
+    segments, _, _ = model.msemoboost.split_into_segments(batch([speech_like(60_000)])["input_values"], torch.tensor([60_000]))
+    with torch.no_grad():
+        own = model.msemoboost.backbone(segments, output_hidden_states=True).hidden_states
+    for state, reference in zip(outputs.hidden_states, own, strict=True):
+        torch.testing.assert_close(state, reference, rtol=0, atol=1e-6)
 
 
 def test_return_dict_false_gives_a_tuple():

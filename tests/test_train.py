@@ -98,15 +98,16 @@ def test_final_model_directory_has_a_card_and_loads_in_a_fresh_process(finished_
     script = (
         "import sys; from transformers import AutoModelForAudioClassification; "
         "m = AutoModelForAudioClassification.from_pretrained(sys.argv[1], trust_remote_code=True); "
-        "print(type(m).__name__, m.config.id2label)"
+        "import json; print(type(m).__name__, json.dumps([m.config.id2label[i] for i in range(m.config.num_labels)]))"
     )
     result = subprocess.run(
         [sys.executable, "-c", script, str(model_dir)], capture_output=True, text=True, timeout=300,
         cwd=model_dir.parent, env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""},
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split()[0] == "MSEmoBoostForSequenceClassification"
-    assert "'sad'" in result.stdout
+    name, labels = result.stdout.strip().split(" ", 1)
+    assert name == "MSEmoBoostForSequenceClassification"
+    assert json.loads(labels) == ["angry", "happy", "neutral", "sad"]  # class index order: sorted label names
 
 
 def test_a_finished_run_is_not_overwritten_unless_asked(finished_run, corpus_dir):
@@ -226,8 +227,23 @@ def test_help_explains_how_validation_is_drawn():
 
 
 @pytest.mark.parametrize("preset", sorted((REPO / "configs").glob("*.yaml")), ids=lambda path: path.stem)
-def test_every_preset_parses(preset):
-    train.parse_arguments([str(preset), "--dataset_name", "x"])
+def test_every_preset_parses_into_its_values(preset):
+    values = yaml.safe_load(preset.read_text())
+    parsed = train.parse_arguments([str(preset), "--dataset_name", "x"])
+    fields = {name: value for arguments in parsed for name, value in vars(arguments).items()}
+    for key, value in values.items():
+        if key in ("backbone_config", "model_config_overrides"):
+            assert json.loads(fields[key]) == value, key
+        elif key == "lr_scheduler_type":
+            assert fields[key] == value, key
+        elif key in ("eval_strategy", "save_strategy", "logging_strategy", "optim"):
+            assert str(getattr(fields[key], "value", fields[key])) == str(value), key
+        elif key == "report_to":
+            assert fields[key] in ([], "none", ["none"]), key
+        else:
+            assert fields[key] == (value if not isinstance(value, list) else list(value)), key
+    if "model_config_overrides" in values or "backbone_config" in values:
+        train.model_config(parsed[0])  # the preset's model configuration is valid
 
 
 def test_classlabel_folders_kfold_and_a_pretrained_backbone_directory(corpus_dir, tmp_path):
