@@ -387,7 +387,7 @@ def corpus_name(dataset_name: str) -> str:
     return Path(dataset_name).name if Path(dataset_name).exists() else dataset_name
 
 
-def load_corpora(data_args: DataArguments, config, shared_labels_only: bool):
+def load_corpora(data_args: DataArguments, config, protocol: str):
     """The evaluated corpus, with the extra training corpora (if any) pooled in: `(corpus, extra_rows, report)`.
 
     `report` gives, per corpus, the utterances used and those dropped for a class outside the label space."""
@@ -403,7 +403,7 @@ def load_corpora(data_args: DataArguments, config, shared_labels_only: bool):
     )
     corpus = load_corpus(
         data_args.dataset_name, dataset_config_name=data_args.dataset_config_name, keep_labels=data_args.keep_labels,
-        **columns, **options,
+        require_speaker=protocol == "loso", **columns, **options,
     )
     name = corpus_name(data_args.dataset_name)
     if len(corpus.label_names) < 2:
@@ -420,8 +420,8 @@ def load_corpora(data_args: DataArguments, config, shared_labels_only: bool):
     extras = []
     for dataset_name in data_args.extra_train_datasets:
         extra_columns = {**columns, **per_corpus.get(dataset_name, {})}
-        extras.append((corpus_name(dataset_name), load_corpus(dataset_name, **extra_columns, **options)))
-    combined = combine_corpora(corpus, name, extras, shared_labels_only, data_args.keep_extra_labels)
+        extras.append((corpus_name(dataset_name), load_corpus(dataset_name, require_speaker=False, **extra_columns, **options)))
+    combined = combine_corpora(corpus, name, extras, protocol == "cross_corpus", data_args.keep_extra_labels)
     return combined.corpus, combined.extra_rows, combined.report
 
 
@@ -768,7 +768,7 @@ def main(argv: list[str] | None = None, callbacks=()) -> dict:
     config = model_config(model_args)
     feature_extractor = build_feature_extractor(model_args.backbone, config.sampling_rate, model_args.do_normalize)
     with training_args.main_process_first():
-        corpus, extra_rows, corpora_report = load_corpora(data_args, config, protocol_args.protocol == "cross_corpus")
+        corpus, extra_rows, corpora_report = load_corpora(data_args, config, protocol_args.protocol)
     noise_dataset = None
     if noise_args.noise_dataset:
         with training_args.main_process_first():

@@ -88,7 +88,7 @@ def run_anchors(argv: list[str], anchors=tuple(ANCHORS)) -> dict:
 
     model_args, data_args, _, protocol_args, training_args, _ = train.parse_arguments(argv)
     config = train.model_config(model_args)
-    corpus, extra_rows, report = train.load_corpora(data_args, config, protocol_args.protocol == "cross_corpus")
+    corpus, extra_rows, report = train.load_corpora(data_args, config, protocol_args.protocol)
     folds = make_folds(
         protocol_args.protocol, corpus.labels, corpus.speakers, corpus.splits, protocol_args.num_folds,
         protocol_args.validation_fraction, training_args.seed, protocol_args.train_split,

@@ -65,17 +65,23 @@ def load_corpus(
     label_merge: dict[str, str] | None = None,
     keep_labels: list[str] | None = None,
     skip_bad_audio: bool = False,
+    require_speaker: bool = True,
 ) -> EmotionCorpus:
     """Loads a Hub dataset id or a local path (an `audiofolder` directory with `metadata.csv` included).
 
     Every split is kept and tagged in the `split` column. Labels may be a `ClassLabel` or strings; `label_merge` renames
     classes before the label space is built, and `keep_labels` then keeps only those classes. Each audio file is decoded once at `sampling_rate` to check it: an
     unreadable file, or one shorter than `min_samples`, is an error naming the file unless `skip_bad_audio` is set.
+    Without `require_speaker`, a missing `speaker_column` is logged and the speakers are left unknown.
     """
     source = datasets.load_dataset(dataset_name, dataset_config_name)
     if isinstance(source, datasets.Dataset):
         source = datasets.DatasetDict({"train": source})
     required = {"--audio_column": audio_column, "--label_column": label_column}
+    if speaker_column and not require_speaker:
+        if any(speaker_column not in table.column_names for table in source.values()):
+            logger.warning(f"{dataset_name} has no speaker column {speaker_column!r}: its speakers are unknown.")
+            speaker_column = None
     if speaker_column:
         required["--speaker_column"] = speaker_column
     for split, table in source.items():

@@ -292,6 +292,24 @@ def test_splits_protocol_uses_the_dataset_splits_and_publishes_that_model(corpus
     assert (output / "model" / "model.safetensors").read_bytes() == (output / "folds" / "splits" / "model" / "model.safetensors").read_bytes()
 
 
+def test_the_cpu_recipe_runs_unchanged_on_an_audiofolder_with_train_and_test_splits(corpus_dir, tmp_path):
+    splits = tmp_path / "splits"
+    for split, speakers in (("train", {"spk1", "spk2", "spk3", "spk4"}), ("test", {"spk6"})):
+        rows = [row for row in read_csv(corpus_dir / "metadata.csv") if row["speaker"] in speakers]
+        (splits / split / "audio").mkdir(parents=True)
+        with open(splits / split / "metadata.csv", "w", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=["file_name", "emotion"])  # no speaker column
+            writer.writeheader()
+            for row in rows:
+                shutil.copy(corpus_dir / row["file_name"], splits / split / row["file_name"])
+                writer.writerow({"file_name": row["file_name"], "emotion": row["emotion"]})
+    summary = train.main([str(REPO / "configs" / "emodb_cpu.yaml"), "--dataset_name", str(splits), "--protocol", "splits",
+                          "--output_dir", str(tmp_path / "out"), "--num_train_epochs", "1", "--disable_tqdm", "true"])
+    assert [fold["fold"] for fold in summary["folds"]] == ["splits"] and summary["folds"][0]["num_test"] == 12
+    assert summary["folds"][0]["num_train"] + summary["folds"][0]["num_validation"] == 48
+    assert (tmp_path / "out" / "model" / "model.safetensors").exists()
+
+
 def test_noisy_evaluation_augmentation_and_se_head_through_train_py(corpus_dir, tmp_path):
     noise = tmp_path / "noise"
     noise.mkdir()
