@@ -44,7 +44,7 @@ ROWS = {
     "guidance only": {"args": ["--use_backbone_features", "false"]},
     # The recipe's levers.
     "− classifier on guidance (paper classifier)": {"model": {"classifier_input": "pooled"}},
-    "− mean-residual frame weights (reference ReLU)": {"model": {"frame_weighting": "relu"}},
+    "− mean-residual frame weights (paper: linear)": {"model": {"frame_weighting": "linear"}},
     "− standardised MFCC (L2, as the paper)": {"model": {"mfcc_normalization": "l2"}},
     "− pooled MFCC projection": {"model": {"mfcc_pool_frames": None}},
     "− class-balanced loss": {"args": ["--class_balanced_loss", "false"]},

@@ -79,8 +79,20 @@ def svm_fold(features, labels, fold, kernel: str) -> tuple[np.ndarray, float]:
     return model(best).fit(features[seen], labels[seen]).predict(features[fold.test]), best
 
 
-def run_anchors(argv: list[str], anchors=tuple(ANCHORS)) -> dict:
-    """WA/UA of each anchor on train.py's folds for the train.py arguments `argv` (dataset, protocol, extras, seed)."""
+def normalize_per_corpus(features: np.ndarray, corpora: np.ndarray) -> np.ndarray:
+    """Each corpus's functionals standardised with that corpus's own mean and standard deviation (no labels used):
+    the usual first step of cross-corpus emotion recognition, which removes recording-level offsets."""
+    normalized = np.empty_like(features)
+    for name in np.unique(corpora):
+        rows = corpora == name
+        mean, std = features[rows].mean(0), features[rows].std(0)
+        normalized[rows] = (features[rows] - mean) / np.where(std > 0, std, 1.0)
+    return normalized
+
+
+def run_anchors(argv: list[str], anchors=tuple(ANCHORS), corpus_normalization: bool = False) -> dict:
+    """WA/UA of each anchor on train.py's folds for the train.py arguments `argv` (dataset, protocol, extras, seed).
+    With `corpus_normalization`, functionals are first standardised per corpus ([`normalize_per_corpus`])."""
     import train
     from msemoboost.protocols import make_folds
     from msemoboost.reporting import confusion_matrix, mean_std
@@ -99,6 +111,9 @@ def run_anchors(argv: list[str], anchors=tuple(ANCHORS)) -> dict:
     for anchor in anchors:
         feature_set, kernel = ANCHORS[anchor]
         features = functionals(corpus, feature_set)
+        if corpus_normalization:
+            features = normalize_per_corpus(features, np.asarray(corpus.dataset["corpus"]) if "corpus" in
+                                            corpus.dataset.column_names else np.zeros(len(features)))
         per_fold, matrix = [], 0
         for fold in folds:
             predicted, c = svm_fold(features, corpus.labels, fold, kernel)
@@ -125,6 +140,8 @@ def main() -> None:
     parser.add_argument("--num_folds", type=int)
     parser.add_argument("--extra_train_datasets", nargs="+")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--corpus_normalization", action="store_true",
+                        help="standardise each corpus's functionals with its own statistics first (cross-corpus)")
     parser.add_argument("--output", help="JSON file for the results (default: print only)")
     args = parser.parse_args()
     argv = ["--dataset_name", args.dataset_name, "--label_column", "emotion", "--speaker_column", "speaker",
@@ -133,7 +150,7 @@ def main() -> None:
         argv += ["--num_folds", str(args.num_folds)]
     if args.extra_train_datasets:
         argv += ["--extra_train_datasets", *args.extra_train_datasets]
-    results = run_anchors(argv)
+    results = run_anchors(argv, corpus_normalization=args.corpus_normalization)
     if args.output:
         Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
 

@@ -102,9 +102,10 @@ class MSEmoBoostConfig(PreTrainedConfig):
             Dropout on each flattened guidance branch before its projection.
         guidance_hidden_size (`int`, *optional*, defaults to 128):
             Size each guidance branch is projected to before fusion.
-        frame_weighting (`str`, *optional*, defaults to `"relu"`):
-            How the fused guidance becomes the frame weights `X_enh` (eq. 11). `"relu"`: `ReLU(Linear(Dropout(g)))`,
-            as the reference code; `"linear"`: a plain `Linear(g)`, as eq. 11 is written; `"softmax"`: a softmax of
+        frame_weighting (`str`, *optional*, defaults to `"linear"`):
+            How the fused guidance becomes the frame weights `X_enh` (eq. 11). `"linear"`: a plain `Linear(g)`, as
+            eq. 11 is written (and as checkpoints saved before this option behave); `"relu"`:
+            `ReLU(Linear(Dropout(g)))`, as the reference code (CA-MSER) computes it; `"softmax"`: a softmax of
             `Linear(g)` over the frames that hold audio; `"mean_residual"`: `(1 + Linear(g)) / num_audio_frames` with
             the linear layer initialised to zero, so pooling starts as the masked mean and learns to depart from it.
             The last two are recipe options, not the paper's.
@@ -188,7 +189,7 @@ class MSEmoBoostConfig(PreTrainedConfig):
     spectrogram_pool_size: int = 6
     guidance_dropout: float = 0.1
     guidance_hidden_size: int = 128
-    frame_weighting: str = "relu"
+    frame_weighting: str = "linear"
     mfcc_normalization: str = "l2"
     mfcc_pool_frames: int | None = None
     classifier_input: str = "pooled"

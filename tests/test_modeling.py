@@ -1,5 +1,7 @@
 """MSEmoBoostModel and MSEmoBoostForSequenceClassification: the paper's computation and the Hugging Face surface."""
 
+import json
+
 import pytest
 import torch
 from torch.nn import functional as F
@@ -402,3 +404,17 @@ def test_half_precision_model_computes_features_in_float32():
         logits = model(**inputs).logits
     assert logits.dtype == torch.bfloat16
     torch.testing.assert_close(logits.float(), reference, rtol=0, atol=0.05)
+
+
+def test_a_checkpoint_saved_without_the_recipe_options_keeps_the_papers_behaviour(tmp_path):
+    model = tiny_model()
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    for key in ("frame_weighting", "mfcc_normalization", "mfcc_pool_frames", "classifier_input", "class_weights"):
+        config.pop(key)  # as written before these options existed
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    reloaded = MSEmoBoostForSequenceClassification.from_pretrained(tmp_path).eval()
+    assert (reloaded.config.frame_weighting, reloaded.config.classifier_input) == ("linear", "pooled")
+    inputs = batch([speech_like(60_000), speech_like(20_000, 1)])
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**inputs).logits, model(**inputs).logits, rtol=0, atol=0)
