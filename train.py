@@ -307,8 +307,10 @@ def parse_arguments(
         (ModelArguments, DataArguments, NoiseArguments, ProtocolArguments, TrainingArguments, AugmentationArguments)
     )
     parser.description = __doc__
-    if not argv:
-        argv = [str(DEMO_CONFIG)]
+    names_a_dataset = any(word == "--dataset_name" or word.startswith("--dataset_name=") for word in argv)
+    if not argv or (not argv[0].endswith((".yaml", ".yml", ".json")) and ("--demo" in argv or not names_a_dataset)):
+        # The demo: bare, with --demo, or with only other options (e.g. --output_dir): all run configs/demo.yaml.
+        argv = [str(DEMO_CONFIG), *argv]
     if argv[0].endswith((".yaml", ".yml", ".json")):
         argv = arguments_from_file(argv[0]) + argv[1:]
     model_args, data_args, noise_args, protocol_args, training_args, augmentation_args = (

@@ -58,6 +58,11 @@ ROWS = {
     "+ transfer from RAVDESS and TESS": {"transfer": True},
 }
 PRETRAINED = "cross-corpus RAVDESS+TESS → EMO-DB"
+# Rows evaluated on another corpus than --dataset_name: (evaluated corpus, train.py arguments).
+OTHER_CORPUS_ROWS = {
+    "cross-corpus EMO-DB → RAVDESS": (str(SHARED / "ravdess"), [
+        "--protocol", "cross_corpus", "--extra_train_datasets", str(SHARED / "emodb")]),
+}
 WAV2VEC2_BASE = {"model_type": "wav2vec2", "mask_time_prob": 0.0}  # Wav2Vec2Config() defaults are wav2vec2-base
 PROFILES = {
     "cpu": [str(REPO / "configs" / "emodb_cpu.yaml")],
@@ -130,19 +135,15 @@ def main() -> None:
     parser.add_argument("--profile", choices=sorted(PROFILES), default="cpu")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--dataset_name", default=str(SHARED / "emodb"))
-    parser.add_argument("--rows", nargs="+", default=["anchors", *ROWS, PRETRAINED],
-                        help=f"rows to run: 'anchors', {list(ROWS)} or {PRETRAINED!r} (default: all)")
+    parser.add_argument("--rows", nargs="+", default=["anchors", *ROWS, PRETRAINED, *OTHER_CORPUS_ROWS],
+                        help=f"rows to run: 'anchors', {[*ROWS, PRETRAINED, *OTHER_CORPUS_ROWS]} (default: all)")
     args = parser.parse_args()
-    unknown = set(args.rows) - {"anchors", PRETRAINED, *ROWS}
+    unknown = set(args.rows) - {"anchors", PRETRAINED, *ROWS, *OTHER_CORPUS_ROWS}
     if unknown:
         parser.error(f"unknown rows {sorted(unknown)}")
 
     destination = REPO / "benchmarks" / "results" / f"accuracy_{args.profile}.json"
-    report = json.loads(destination.read_text()) if destination.exists() else {}
-    report.update({"profile": args.profile, "date": date.today().isoformat(), "machine": platform.processor() or platform.machine(),
-                   "dataset": args.dataset_name, "protocol": "loso"})
-    report.setdefault("rows", {})
-    report.setdefault("anchors", {})
+    report = {"anchors": {}, "rows": {}}
     if "anchors" in args.rows:
         from anchors import run_anchors
 
@@ -154,19 +155,30 @@ def main() -> None:
     for row in [row for row in args.rows if row != "anchors"]:
         runs = []
         for seed in args.seeds:
+            dataset_name = args.dataset_name
             if row == PRETRAINED:
                 arguments = cross_corpus_arguments()
+            elif row in OTHER_CORPUS_ROWS:
+                dataset_name, arguments = OTHER_CORPUS_ROWS[row]
             else:
                 arguments = row_arguments(args.profile, row, seed, args.dataset_name)
             summary = run_train(args.profile, arguments, output_root(args.profile) / slug(row) / f"seed{seed}", seed,
-                                args.dataset_name)
+                                dataset_name)
             runs.append({"seed": seed, "wa": summary["wa"], "ua": summary["ua"], "seconds": summary["seconds"],
                          "folds": summary["folds"], "confusion_matrix": summary["confusion_matrix"],
                          "label_names": summary["label_names"], "arguments": arguments})
             print(f"{row} seed {seed}: WA {summary['wa']['mean']:.2%} ± {summary['wa']['std']:.2%}  "
                   f"UA {summary['ua']['mean']:.2%} ± {summary['ua']['std']:.2%}", flush=True)
         report["rows"][row] = summarize_runs(runs)
-    report["command"] = " ".join(["python", "benchmarks/accuracy.py", *sys.argv[1:]])
+    # Merge into the table on disk, read only now: rows run by other invocations meanwhile are kept.
+    merged = json.loads(destination.read_text()) if destination.exists() else {}
+    for part in ("anchors", "rows"):
+        merged[part] = {**merged.get(part, {}), **report[part]}
+    merged.update({"profile": args.profile, "date": date.today().isoformat(), "dataset": args.dataset_name,
+                   "machine": platform.processor() or platform.machine(), "protocol": "loso"})
+    merged.setdefault("commands", [])
+    merged["commands"].append(" ".join(["python", "benchmarks/accuracy.py", *sys.argv[1:]]))
+    report = merged
     destination.write_text(json.dumps(report, indent=2) + "\n")
 
     print("\n| row | WA % (fold std) | UA % (fold std) | UA spread over seeds | seeds | minutes per seed |\n|---|---|---|---|---|---|")

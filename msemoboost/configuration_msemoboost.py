@@ -155,7 +155,7 @@ class MSEmoBoostConfig(PreTrainedConfig):
 
     model_type = "msemoboost"
     # Extra outputs of a jointly trained SE head that `Trainer.predict` must not mistake for logits.
-    keys_to_ignore_at_inference = ["hidden_states", "classification_loss", "se_loss"]
+    keys_to_ignore_at_inference = ["hidden_states", "attentions", "segments_per_utterance", "classification_loss", "se_loss"]
     sub_configs_defaults = {"backbone_config": SubConfigSpec(AutoConfig, model_type="wav2vec2")}
 
     backbone_config: dict | PreTrainedConfig | None = None

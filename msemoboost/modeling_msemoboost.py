@@ -62,6 +62,9 @@ class MSEmoBoostModelOutput(ModelOutput):
         hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned when `output_hidden_states=True`):
             The backbone's hidden states, one tensor of shape `(num_segments, num_frames, hidden_size)` per layer
             plus the initial embeddings.
+        attentions (`tuple(torch.FloatTensor)`, *optional*, returned when `output_attentions=True`):
+            The backbone's attention weights, one tensor of shape `(num_segments, num_heads, num_frames, num_frames)`
+            per layer.
     """
 
     utterance_features: torch.FloatTensor | None = None
@@ -71,6 +74,7 @@ class MSEmoBoostModelOutput(ModelOutput):
     segments_per_utterance: torch.LongTensor | None = None
     frame_features: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 @dataclass
@@ -91,6 +95,11 @@ class MSEmoBoostSequenceClassifierOutput(ModelOutput):
             returned when the SE head is on and `clean_input_values` is given.
         hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned when `output_hidden_states=True`):
             The backbone's hidden states, `(num_segments, num_frames, hidden_size)` per layer.
+        attentions (`tuple(torch.FloatTensor)`, *optional*, returned when `output_attentions=True`):
+            The backbone's attention weights, `(num_segments, num_heads, num_frames, num_frames)` per layer.
+        segments_per_utterance (`torch.LongTensor` of shape `(batch_size,)`):
+            How many consecutive rows of the per-segment tensors (`hidden_states`, `attentions`) belong to each
+            utterance.
     """
 
     loss: torch.FloatTensor | None = None
@@ -98,6 +107,8 @@ class MSEmoBoostSequenceClassifierOutput(ModelOutput):
     classification_loss: torch.FloatTensor | None = None
     se_loss: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+    segments_per_utterance: torch.LongTensor | None = None
 
 
 class MSEmoBoostSelfAttention(nn.Module):
@@ -482,7 +493,8 @@ class MSEmoBoostModel(MSEmoBoostPreTrainedModel):
         segment_lengths: torch.LongTensor,
         output_hidden_states: bool = False,
         output_frame_features: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, tuple | None]:
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, tuple | None, tuple | None]:
         """Pooled features of a batch of segments.
 
         Args:
@@ -492,7 +504,8 @@ class MSEmoBoostModel(MSEmoBoostPreTrainedModel):
         Returns:
             features `(num_segments, feature_size)`, enhancement weights `(num_segments, num_frames)` or `None`,
             frame mask `(num_segments, num_frames)` or `None`, frame features `X_w` `(num_segments, num_frames,
-            hidden_size)` when `output_frame_features` (else `None`), and the backbone's hidden states or `None`.
+            hidden_size)` when `output_frame_features` (else `None`), and the backbone's hidden states and attentions
+            (each `None` unless asked for).
         """
         guidance = []
         if self.mfcc_encoder is not None or self.spectrogram_encoder is not None:
@@ -503,13 +516,14 @@ class MSEmoBoostModel(MSEmoBoostPreTrainedModel):
                 guidance.append(self.spectrogram_encoder(emphasised))
         guidance = torch.cat(guidance, dim=-1) if guidance else None
         if self.backbone is None:
-            return guidance, None, None, None, None
+            return guidance, None, None, None, None, None
 
         sample_mask = torch.arange(segments.shape[1], device=segments.device) < segment_lengths[:, None]
         backbone_outputs = self.backbone(
             segments.to(self.backbone.dtype),
             attention_mask=sample_mask.long(),
             output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
             return_dict=True,
         )
         frames = backbone_outputs.last_hidden_state  # X_w: (num_segments, num_frames, hidden_size)
@@ -525,7 +539,8 @@ class MSEmoBoostModel(MSEmoBoostPreTrainedModel):
         if self.classify_guidance:
             features = torch.cat([features, guidance.to(features.dtype)], dim=-1)  # [X'_w ; guidance]
         frame_features = frames if output_frame_features else None
-        return features, weights, frame_mask, frame_features, backbone_outputs.hidden_states
+        attentions = backbone_outputs.attentions if output_attentions else None
+        return features, weights, frame_mask, frame_features, backbone_outputs.hidden_states, attentions
 
     def forward(
         self,
@@ -534,6 +549,8 @@ class MSEmoBoostModel(MSEmoBoostPreTrainedModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         output_frame_features: bool = False,
+        output_attentions: bool | None = None,
+        **kwargs,
     ) -> MSEmoBoostModelOutput | tuple:
         r"""
         Args:
@@ -547,6 +564,10 @@ class MSEmoBoostModel(MSEmoBoostPreTrainedModel):
                 Return the backbone's last hidden state `X_w` of every segment as `frame_features`.
             return_dict (`bool`, *optional*):
                 Return a [`MSEmoBoostModelOutput`] rather than a tuple.
+            output_attentions (`bool`, *optional*):
+                Return the backbone's attention weights of every segment.
+            kwargs:
+                Other keyword arguments (such as those `Trainer` may pass) are accepted and ignored.
 
         Segments pass through the network `config.segment_chunk_size` at a time, so memory stays bounded for long
         recordings.
@@ -555,6 +576,7 @@ class MSEmoBoostModel(MSEmoBoostPreTrainedModel):
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
         lengths = self.utterance_lengths(input_values, attention_mask)
         segments, segment_lengths, segments_per_utterance = self.split_into_segments(input_values, lengths)
 
@@ -565,10 +587,11 @@ class MSEmoBoostModel(MSEmoBoostPreTrainedModel):
                 segment_lengths[start : start + chunk_size],
                 output_hidden_states,
                 output_frame_features,
+                output_attentions,
             )
             for start in range(0, len(segments), chunk_size)
         ]
-        features, weights, frame_mask, frames, hidden_states = zip(*chunks)
+        features, weights, frame_mask, frames, hidden_states, attentions = zip(*chunks)
         segment_features = torch.cat(features)
         output = MSEmoBoostModelOutput(
             utterance_features=average_over_segments(segment_features, segments_per_utterance),
@@ -578,6 +601,7 @@ class MSEmoBoostModel(MSEmoBoostPreTrainedModel):
             segments_per_utterance=segments_per_utterance,
             frame_features=torch.cat(frames) if frames[0] is not None else None,
             hidden_states=tuple(map(torch.cat, zip(*hidden_states))) if hidden_states[0] is not None else None,
+            attentions=tuple(map(torch.cat, zip(*attentions))) if attentions[0] is not None else None,
         )
         return output if return_dict else output.to_tuple()
 
@@ -624,6 +648,8 @@ class MSEmoBoostForSequenceClassification(MSEmoBoostPreTrainedModel):
         clean_input_values: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        output_attentions: bool | None = None,
+        **kwargs,
     ) -> MSEmoBoostSequenceClassifierOutput | tuple:
         r"""
         Args:
@@ -640,6 +666,10 @@ class MSEmoBoostForSequenceClassification(MSEmoBoostPreTrainedModel):
                 Return the backbone's hidden states of every segment.
             return_dict (`bool`, *optional*):
                 Return a [`MSEmoBoostSequenceClassifierOutput`] rather than a tuple.
+            output_attentions (`bool`, *optional*):
+                Return the backbone's attention weights of every segment.
+            kwargs:
+                Other keyword arguments (such as those `Trainer` may pass) are accepted and ignored.
 
         Returns:
             [`MSEmoBoostSequenceClassifierOutput`] with `logits` of shape `(batch_size, num_labels)`: for each
@@ -655,6 +685,7 @@ class MSEmoBoostForSequenceClassification(MSEmoBoostPreTrainedModel):
             output_hidden_states=output_hidden_states,
             return_dict=True,
             output_frame_features=train_se,
+            output_attentions=output_attentions,
         )
         segment_logits = self.classifier(outputs.segment_features)
         logits = average_over_segments(segment_logits.log_softmax(-1), outputs.segments_per_utterance)
@@ -695,6 +726,8 @@ class MSEmoBoostForSequenceClassification(MSEmoBoostPreTrainedModel):
             classification_loss=classification_loss if se_loss is not None else None,
             se_loss=se_loss,
             hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            segments_per_utterance=outputs.segments_per_utterance,
         )
         return output if return_dict else output.to_tuple()
 

@@ -1,6 +1,7 @@
 """MSEmoBoostModel and MSEmoBoostForSequenceClassification: the paper's computation and the Hugging Face surface."""
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -314,7 +315,7 @@ def test_freeze_feature_encoder_and_base_model():
         tiny_model(use_backbone_features=False).freeze_base_model()
 
 
-def test_gradient_checkpointing_is_passed_to_the_backbone():
+def test_activation_checkpointing_is_passed_to_the_backbone():
     model = tiny_model().train()
     model.config.backbone_config.layerdrop = 0.0
     model.msemoboost.backbone.config.mask_time_prob = 0.0
@@ -323,7 +324,9 @@ def test_gradient_checkpointing_is_passed_to_the_backbone():
     model(**inputs, labels=labels).loss.backward()
     reference = [p.grad.clone() for p in model.msemoboost.backbone.encoder.parameters()]
     model.zero_grad()
-    model.gradient_checkpointing_enable()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # the current API, not the deprecated one
+        model.activation_checkpointing_enable()
     assert model.msemoboost.backbone.encoder.gradient_checkpointing is True
     torch.manual_seed(0)
     model(**inputs, labels=labels).loss.backward()
@@ -418,3 +421,20 @@ def test_a_checkpoint_saved_without_the_recipe_options_keeps_the_papers_behaviou
     inputs = batch([speech_like(60_000), speech_like(20_000, 1)])
     with torch.no_grad():
         torch.testing.assert_close(reloaded(**inputs).logits, model(**inputs).logits, rtol=0, atol=0)
+
+
+def test_output_attentions_are_the_backbones_for_every_segment_and_extra_kwargs_are_ignored():
+    model = MSEmoBoostForSequenceClassification(tiny_config(attn_implementation="eager")).eval()
+    inputs = batch([speech_like(60_000), speech_like(20_000, 1)])
+    with torch.no_grad():
+        outputs = model(**inputs, output_attentions=True, num_items_in_batch=torch.tensor(2))
+        segments, lengths, _ = model.msemoboost.split_into_segments(inputs["input_values"], torch.tensor([60_000, 20_000]))
+        own = model.msemoboost.backbone(
+            segments, attention_mask=(torch.arange(48_000) < lengths[:, None]).long(), output_attentions=True
+        ).attentions
+    assert outputs.segments_per_utterance.tolist() == [2, 1]
+    assert len(outputs.attentions) == TINY_BACKBONE["num_hidden_layers"]
+    for attention, reference in zip(outputs.attentions, own, strict=True):
+        assert attention.shape == (3, TINY_BACKBONE["num_attention_heads"], 149, 149)
+        torch.testing.assert_close(attention, reference, rtol=0, atol=1e-6)
+    assert model(**inputs).attentions is None

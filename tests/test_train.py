@@ -370,3 +370,13 @@ def test_a_finished_fold_tested_otherwise_is_not_mixed_into_a_noisy_run(finished
     with pytest.raises(ValueError, match=r"speaker_spk1/results.json was tested in noise never, and this run asks for "
                        r"\{'white': \['10'\]\}"):
         run(corpus_dir, copy, "--folds", "0", "--eval_snr", "10", "--eval_noise", "white")
+
+
+@pytest.mark.parametrize("argv", [[], ["--demo"], ["--demo", "true"], ["--output_dir", "elsewhere"],
+                                  [str(REPO / "configs" / "demo.yaml")]])
+def test_every_way_of_asking_for_the_demo_runs_the_same_demo(argv):
+    _, data_args, _, protocol_args, training_args, _ = train.parse_arguments(argv)
+    expected = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
+    assert data_args.demo is True and data_args.label_column == expected["label_column"] == "emotion"
+    assert training_args.num_train_epochs == expected["num_train_epochs"] and protocol_args.protocol == "loso"
+    assert training_args.output_dir == ("elsewhere" if "elsewhere" in argv else expected["output_dir"])
