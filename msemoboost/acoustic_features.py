@@ -10,8 +10,9 @@ precision on real speech (see `tests/test_acoustic_features.py`):
   window="hamming")|, ref=np.max)`, first 200 bins, min-max scaled to [0, 1], frequency axis flipped.
 
 The windows and mel filters come from `transformers.audio_utils`. They are non-persistent buffers: they are not
-saved with the weights, and `MSEmoBoostPreTrainedModel._init_weights` fills them again after loading. Features
-are always computed in float32, also in a model cast to half precision: the log and the DCT need the range.
+saved with the weights, and `MSEmoBoostPreTrainedModel._init_weights` fills them again after loading. They stay
+float32 when the model is cast to half precision, and features are always computed in float32: the log and the DCT
+need the range, and a bf16 window or filter bank alone would change the features by up to 16 %.
 """
 
 import math
@@ -75,6 +76,16 @@ class MSEmoBoostPowerSpectrogram(nn.Module):
 
     def compute_buffers(self) -> dict[str, torch.Tensor]:
         raise NotImplementedError
+
+    def _apply(self, fn, recurse=True):
+        # `model.to(torch.bfloat16)` / `.half()` cast every floating buffer; the windows, filters and DCT must stay
+        # exact float32 (the features are always computed in float32), so rebuild any that lost precision.
+        super()._apply(fn, recurse)
+        for name, value in self.compute_buffers().items():
+            buffer = self._buffers[name]
+            if buffer.dtype != torch.float32:
+                self._buffers[name] = value.to(buffer.device)
+        return self
 
     def power_spectrogram(self, waveform: torch.Tensor) -> torch.Tensor:
         """`(batch_size, num_samples)` → `(batch_size, n_fft // 2 + 1, num_samples // hop_length + 1)`, in float32."""

@@ -309,6 +309,12 @@ class MSEmoBoostPreTrainedModel(PreTrainedModel):
     main_input_name = "input_values"
     input_modalities = "audio"
     supports_gradient_checkpointing = True
+    # The attention implementation is the backbone's (the guidance branches' attention is plain SDPA math): these
+    # flags let the request through, and a backbone that lacks the implementation raises transformers' own error.
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _no_split_modules = ["MSEmoBoostMFCCEncoder", "MSEmoBoostSpectrogramEncoder", "MSEmoBoostEnhancement"]
 
     @torch.no_grad()
     def _init_weights(self, module):

@@ -9,7 +9,9 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
+from transformers import AutoModelForAudioClassification
 
 import msemoboost
 from msemoboost import MSEmoBoostFeatureExtractor
@@ -98,3 +100,25 @@ def test_remote_code_imports_only_torch_transformers_and_its_siblings():
                 continue
             for module in modules:
                 assert module.split(".")[0] in allowed, f"{name} imports {module}"
+
+
+@pytest.mark.parametrize("implementation", ["sdpa", "eager"])
+def test_attention_implementation_reaches_the_backbone(tmp_path, implementation):
+    model = tiny_model()
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForAudioClassification.from_pretrained(
+        tmp_path, trust_remote_code=True, attn_implementation=implementation
+    ).eval()
+    assert loaded.msemoboost.backbone.config._attn_implementation == implementation
+    inputs = {"input_values": torch.from_numpy(speech_like(30_000))[None]}
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**inputs).logits, model(**inputs).logits, rtol=0, atol=1e-5)
+
+
+def test_a_backbone_without_sdpa_gives_transformers_own_error(tmp_path):
+    tiny_model(model_type="wavlm").save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="WavLMModel does not support an attention implementation through "
+                       "torch.nn.functional.scaled_dot_product_attention"):
+        AutoModelForAudioClassification.from_pretrained(tmp_path, trust_remote_code=True, attn_implementation="sdpa")
+    default = AutoModelForAudioClassification.from_pretrained(tmp_path, trust_remote_code=True)
+    assert default.msemoboost.backbone.config._attn_implementation == "eager"

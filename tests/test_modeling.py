@@ -3,6 +3,7 @@
 import json
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from torch.nn import functional as F
@@ -397,16 +398,33 @@ def test_reloaded_model_rebuilds_its_feature_buffers(tmp_path):
     assert isinstance(AutoModel.from_pretrained(tmp_path), MSEmoBoostModel)
 
 
-def test_half_precision_model_computes_features_in_float32():
+@pytest.mark.parametrize("cast", ["to_bfloat16", "half", "from_pretrained_bfloat16"])
+def test_half_precision_keeps_the_feature_buffers_float32_and_the_features_identical(cast, tmp_path):
     model = tiny_model()
-    inputs = batch([speech_like(60_000)])
+    segments = torch.from_numpy(np.stack([speech_like(48_000), speech_like(48_000, 1)]))
+    emphasised = pre_emphasis(segments, 0.97)
     with torch.no_grad():
-        reference = model(**inputs).logits
+        reference = model(**batch([speech_like(60_000)])).logits
+        mfcc = model.msemoboost.mfcc_encoder.mfcc(emphasised)
+        image = model.msemoboost.spectrogram_encoder.spectrogram(emphasised)
+    if cast == "to_bfloat16":
         model.to(torch.bfloat16)
-        assert model.msemoboost.mfcc_encoder.mfcc.mel_filters.dtype == torch.bfloat16
-        logits = model(**inputs).logits
-    assert logits.dtype == torch.bfloat16
-    torch.testing.assert_close(logits.float(), reference, rtol=0, atol=0.05)
+    elif cast == "half":
+        model.half()
+    else:
+        model.save_pretrained(tmp_path)
+        model = MSEmoBoostForSequenceClassification.from_pretrained(tmp_path, dtype=torch.bfloat16).eval()
+    low = torch.float16 if cast == "half" else torch.bfloat16
+    feature_modules = [model.msemoboost.mfcc_encoder.mfcc, model.msemoboost.spectrogram_encoder.spectrogram]
+    assert all(buffer.dtype == torch.float32 for module in feature_modules for buffer in module.buffers())
+    assert model.classifier.weight.dtype == low and model.msemoboost.mfcc_encoder.lstm.weight_ih_l0.dtype == low
+    with torch.no_grad():
+        assert torch.equal(model.msemoboost.mfcc_encoder.mfcc(emphasised), mfcc)
+        assert torch.equal(model.msemoboost.spectrogram_encoder.spectrogram(emphasised), image)
+        if cast != "half":  # fp16 convolutions are not implemented on CPU
+            logits = model(**batch([speech_like(60_000)])).logits
+            assert logits.dtype == low
+            torch.testing.assert_close(logits.float(), reference, rtol=0, atol=0.05)
 
 
 def test_a_checkpoint_saved_without_the_recipe_options_keeps_the_papers_behaviour(tmp_path):
