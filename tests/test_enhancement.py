@@ -87,7 +87,8 @@ def test_without_clean_targets_or_head_the_model_is_the_classifier():
     with_head = tiny_model(use_se_head=True)
     with torch.no_grad():
         evaluation = with_head(noisy, attention_mask=mask, labels=torch.tensor([0, 1]))
-    assert set(evaluation.keys()) == {"loss", "logits"}  # what Trainer.predict sees during validation
+    # What Trainer.predict keeps during validation: everything but the config's keys_to_ignore_at_inference.
+    assert set(evaluation.keys()) - set(with_head.config.keys_to_ignore_at_inference) == {"loss", "logits"}
     with pytest.raises(ValueError, match=r"clean_input_values has shape \(2, 100\) but input_values has shape \(2, 60000\)"):
         with_head(noisy, attention_mask=mask, clean_input_values=clean[:, :100])
 
