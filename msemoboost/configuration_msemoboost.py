@@ -120,6 +120,11 @@ class MSEmoBoostConfig(PreTrainedConfig):
             What the classifier reads for each segment: `"pooled"`, the weighted SSL feature `X'_w` (the paper), or
             `"pooled_and_guidance"`, `[X'_w ; guidance vectors]` (a recipe option that lets the classifier use what
             the guidance branches know directly). Without guidance branches both read `X'_w`, the masked mean.
+        loss_level (`str`, *optional*, defaults to `"segment"`):
+            Where the single-label cross-entropy is computed. `"segment"` (the paper): every 3 s segment is scored
+            against its utterance's label, and `loss` is the mean over segments. `"utterance"`: `loss` is the
+            cross-entropy of the returned utterance `logits`. Multi-label classification and regression
+            (`problem_type`) always use the utterance logits.
         class_weights (`list[float]`, *optional*):
             Weight of each class in the cross-entropy (one per label), e.g. inverse class frequencies for a
             class-balanced loss. `None` is the paper's unweighted loss.
@@ -193,6 +198,7 @@ class MSEmoBoostConfig(PreTrainedConfig):
     mfcc_normalization: str = "l2"
     mfcc_pool_frames: int | None = None
     classifier_input: str = "pooled"
+    loss_level: str = "segment"
     class_weights: list[float] | tuple[float, ...] | None = None
     use_se_head: bool = False
     se_target: str = "mask"
@@ -262,6 +268,7 @@ class MSEmoBoostConfig(PreTrainedConfig):
             ("frame_weighting", FRAME_WEIGHTINGS),
             ("mfcc_normalization", ("l2", "standardize")),
             ("classifier_input", ("pooled", "pooled_and_guidance")),
+            ("loss_level", ("segment", "utterance")),
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {list(allowed)}, got {getattr(self, name)!r}.")

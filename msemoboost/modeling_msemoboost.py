@@ -84,12 +84,16 @@ class MSEmoBoostSequenceClassifierOutput(ModelOutput):
 
     Args:
         loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` or `clean_input_values` is given):
-            The training loss: segment cross-entropy, plus `config.se_loss_weight` times the SE loss when the SE
-            head is on and clean targets are given.
+            The training loss: the classification loss (see `classification_loss`), plus `config.se_loss_weight`
+            times the SE loss when the SE head is on and clean targets are given. For single-label classification at
+            `config.loss_level="segment"` (the paper's default) it is the mean cross-entropy of the **segments**, not
+            the cross-entropy of the returned utterance `logits`; at `"utterance"` it is the latter.
         logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`):
-            For each utterance, the mean of its segments' log-probabilities; `softmax` gives class probabilities.
+            For each utterance, the mean of its segments' log-probabilities (single-label classification; `softmax`
+            gives class probabilities), or the mean of its segments' raw outputs (multi-label classification and
+            regression, `config.problem_type`).
         classification_loss (`torch.FloatTensor` of shape `()`, *optional*):
-            The cross-entropy part of `loss`, returned when the SE loss is too.
+            The classification part of `loss`, returned when the SE loss is too.
         se_loss (`torch.FloatTensor` of shape `()`, *optional*):
             Mean squared error between compressed estimated and clean magnitudes over frames that hold audio,
             returned when the SE head is on and `clean_input_values` is given.
@@ -694,26 +698,15 @@ class MSEmoBoostForSequenceClassification(MSEmoBoostPreTrainedModel):
             output_attentions=output_attentions,
         )
         segment_logits = self.classifier(outputs.segment_features)
-        logits = average_over_segments(segment_logits.log_softmax(-1), outputs.segments_per_utterance)
+        single_label = self.config.problem_type in (None, "single_label_classification")
+        if single_label:
+            logits = average_over_segments(segment_logits.log_softmax(-1), outputs.segments_per_utterance)
+        else:  # multi-label and regression read the mean of the segments' raw outputs
+            logits = average_over_segments(segment_logits, outputs.segments_per_utterance)
 
         classification_loss = se_loss = None
         if labels is not None:
-            if labels.shape != (len(logits),) or labels.is_floating_point():
-                raise ValueError(
-                    f"labels must hold one class index per utterance, shape ({len(logits)},), got shape "
-                    f"{tuple(labels.shape)} of dtype {labels.dtype}."
-                )
-            outside = (labels < 0) | (labels >= self.config.num_labels)
-            if outside.any():
-                raise ValueError(
-                    f"labels must be class indices in [0, {self.config.num_labels}) for num_labels="
-                    f"{self.config.num_labels}, got {labels[outside].tolist()}."
-                )
-            segment_labels = torch.repeat_interleave(labels.to(logits.device), outputs.segments_per_utterance)
-            weight = None
-            if self.config.class_weights is not None:
-                weight = torch.tensor(self.config.class_weights, dtype=torch.float32, device=segment_logits.device)
-            classification_loss = F.cross_entropy(segment_logits.float(), segment_labels, weight=weight)
+            classification_loss = self.classification_loss(segment_logits, logits, labels, outputs.segments_per_utterance)
         if train_se:
             if clean_input_values.shape != input_values.shape:
                 raise ValueError(
@@ -736,6 +729,56 @@ class MSEmoBoostForSequenceClassification(MSEmoBoostPreTrainedModel):
             segments_per_utterance=outputs.segments_per_utterance,
         )
         return output if return_dict else output.to_tuple()
+
+    def classification_loss(
+        self,
+        segment_logits: torch.Tensor,
+        logits: torch.Tensor,
+        labels: torch.Tensor,
+        segments_per_utterance: torch.LongTensor,
+    ) -> torch.Tensor:
+        """The loss of `config.problem_type`, at `config.loss_level`.
+
+        - single-label classification (the default): cross-entropy, weighted by `config.class_weights` if set. At
+          `loss_level="segment"` (the paper) every segment `(num_segments, num_labels)` is scored against its
+          utterance's label; at `"utterance"` the utterance `logits` `(batch_size, num_labels)` are, which is then
+          exactly `cross_entropy(logits, labels)`.
+        - multi-label classification: binary cross-entropy with logits on the utterance `logits` (float `labels` of
+          shape `(batch_size, num_labels)`).
+        - regression: mean squared error on the utterance `logits` (`labels` `(batch_size,)` or `(batch_size,
+          num_labels)`).
+        """
+        problem_type = self.config.problem_type or "single_label_classification"
+        batch_size, num_labels = logits.shape
+        if problem_type == "multi_label_classification":
+            if labels.shape != (batch_size, num_labels):
+                raise ValueError(f"multi-label labels must have shape ({batch_size}, {num_labels}), got {tuple(labels.shape)}.")
+            return F.binary_cross_entropy_with_logits(logits.float(), labels.to(logits.device).float())
+        if problem_type == "regression":
+            targets = labels.to(logits.device).float()
+            if num_labels == 1 and targets.dim() == 1:
+                targets = targets[:, None]
+            if targets.shape != (batch_size, num_labels):
+                raise ValueError(f"regression labels must have shape ({batch_size}, {num_labels}), got {tuple(labels.shape)}.")
+            return F.mse_loss(logits.float(), targets)
+        if labels.shape != (batch_size,) or labels.is_floating_point():
+            raise ValueError(
+                f"labels must hold one class index per utterance, shape ({batch_size},), got shape "
+                f"{tuple(labels.shape)} of dtype {labels.dtype}."
+            )
+        outside = (labels < 0) | (labels >= num_labels)
+        if outside.any():
+            raise ValueError(
+                f"labels must be class indices in [0, {num_labels}) for num_labels={num_labels}, got "
+                f"{labels[outside].tolist()}."
+            )
+        weight = None
+        if self.config.class_weights is not None:
+            weight = torch.tensor(self.config.class_weights, dtype=torch.float32, device=logits.device)
+        if self.config.loss_level == "utterance":
+            return F.cross_entropy(logits.float(), labels.to(logits.device), weight=weight)
+        segment_labels = torch.repeat_interleave(labels.to(logits.device), segments_per_utterance)
+        return F.cross_entropy(segment_logits.float(), segment_labels, weight=weight)
 
     def _segment_spectra(
         self, input_values: torch.Tensor, attention_mask: torch.Tensor | None

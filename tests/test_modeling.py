@@ -456,3 +456,30 @@ def test_output_attentions_are_the_backbones_for_every_segment_and_extra_kwargs_
         assert attention.shape == (3, TINY_BACKBONE["num_attention_heads"], 149, 149)
         torch.testing.assert_close(attention, reference, rtol=0, atol=1e-6)
     assert model(**inputs).attentions is None
+
+
+def test_utterance_level_loss_is_the_cross_entropy_of_the_returned_logits():
+    model = tiny_model(loss_level="utterance")
+    inputs, labels = batch([speech_like(120_000), speech_like(30_000, 1)]), torch.tensor([2, 0])
+    with torch.no_grad():
+        outputs = model(**inputs, labels=labels)
+    torch.testing.assert_close(outputs.loss, F.cross_entropy(outputs.logits, labels))
+    segment_level = tiny_model()  # same seed, same weights: only the loss differs
+    with torch.no_grad():
+        assert not torch.allclose(segment_level(**inputs, labels=labels).loss, outputs.loss)
+
+
+@pytest.mark.parametrize("problem_type", ["multi_label_classification", "regression"])
+def test_multi_label_and_regression_use_transformers_losses_on_the_mean_segment_outputs(problem_type):
+    model = tiny_model(problem_type=problem_type)
+    inputs = batch([speech_like(120_000), speech_like(30_000, 1)])
+    labels = torch.tensor([[1.0, 0.0, 1.0, 0.0], [0.0, 1.0, 0.0, 0.0]]) if problem_type != "regression" else torch.rand(2, 4)
+    with torch.no_grad():
+        outputs = model(**inputs, labels=labels)
+        segment_outputs = model.classifier(model.msemoboost(**inputs).segment_features)
+    expected_logits = torch.stack([segment_outputs[:3].mean(0), segment_outputs[3]])
+    torch.testing.assert_close(outputs.logits, expected_logits, rtol=0, atol=1e-6)
+    loss = F.binary_cross_entropy_with_logits if problem_type != "regression" else F.mse_loss
+    torch.testing.assert_close(outputs.loss, loss(expected_logits, labels))
+    with pytest.raises(ValueError, match=r"labels must have shape \(2, 4\), got \(2,\)"):
+        model(**inputs, labels=torch.zeros(2) if problem_type != "regression" else torch.zeros(2))
