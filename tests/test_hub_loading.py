@@ -122,3 +122,16 @@ def test_a_backbone_without_sdpa_gives_transformers_own_error(tmp_path):
         AutoModelForAudioClassification.from_pretrained(tmp_path, trust_remote_code=True, attn_implementation="sdpa")
     default = AutoModelForAudioClassification.from_pretrained(tmp_path, trust_remote_code=True)
     assert default.msemoboost.backbone.config._attn_implementation == "eager"
+
+
+@pytest.mark.parametrize("loading", [{"device_map": "cpu"}, {"device_map": "auto"}, {"low_cpu_mem_usage": True}])
+def test_big_model_loading_gives_the_same_model(tmp_path, loading):
+    model = tiny_model()
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForAudioClassification.from_pretrained(tmp_path, trust_remote_code=True, **loading).eval()
+    assert "MSEmoBoostSpectrogramEncoder" in loaded._no_split_modules
+    for name, buffer in model.named_buffers():  # the non-persistent feature buffers are rebuilt exactly
+        assert torch.equal(dict(loaded.named_buffers())[name], buffer), name
+    inputs = {"input_values": torch.from_numpy(speech_like(30_000))[None]}
+    with torch.no_grad():
+        assert torch.equal(loaded(**inputs).logits, model(**inputs).logits)
