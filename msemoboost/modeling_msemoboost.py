@@ -349,38 +349,57 @@ class MSEmoBoostPreTrainedModel(PreTrainedModel):
         return super().save_pretrained(save_directory, *args, **kwargs)
 
     @classmethod
-    def from_backbone(cls, pretrained_model_name_or_path, backbone_kwargs: dict | None = None, **config_overrides):
-        """Builds the model around the weights of a pretrained SSL checkpoint.
+    def from_backbone(
+        cls,
+        pretrained_model_name_or_path,
+        backbone_kwargs: dict | None = None,
+        *,
+        dtype=None,
+        attn_implementation: str | None = None,
+        revision: str | None = None,
+        token=None,
+        cache_dir=None,
+        **config_overrides,
+    ):
+        """Builds the model around a pretrained SSL checkpoint, which is loaded once and becomes the backbone itself
+        (no second, randomly initialised copy is ever built).
 
         Args:
             pretrained_model_name_or_path (`str` or `os.PathLike`):
                 Hub id or local directory of a supported audio SSL model, e.g. `"facebook/wav2vec2-base"`.
             backbone_kwargs (`dict`, *optional*):
-                Passed to `AutoConfig.from_pretrained` and `AutoModel.from_pretrained` for the backbone (e.g.
-                `revision`, `cache_dir`, `token`).
+                Other keyword arguments of `AutoModel.from_pretrained` for the backbone.
+            dtype, attn_implementation, revision, token, cache_dir:
+                Passed to `AutoModel.from_pretrained` of the backbone; `dtype` also applies to the guidance branches
+                and the classifier (the feature buffers stay float32).
             config_overrides:
                 Any [`MSEmoBoostConfig`] argument, e.g. `num_labels=7` or `use_spectrogram=False`.
 
-        The guidance branches and the classifier are newly initialised; the backbone's weights are copied unchanged.
+        The guidance branches and the classifier are newly initialised; the backbone's weights are kept unchanged.
         """
-        backbone_kwargs = backbone_kwargs or {}
-        backbone_config = AutoConfig.from_pretrained(pretrained_model_name_or_path, **backbone_kwargs)
-        config = MSEmoBoostConfig(backbone_config=backbone_config, **config_overrides)
-        if not config.use_backbone_features:
+        loading = {"revision": revision, "token": token, "cache_dir": cache_dir, "dtype": dtype,
+                   "attn_implementation": attn_implementation}
+        loading = {**{key: value for key, value in loading.items() if value is not None}, **(backbone_kwargs or {})}
+        if config_overrides.get("use_backbone_features") is False:
             raise ValueError("from_backbone needs use_backbone_features=True: the guidance-only model has no backbone.")
-        pretrained = AutoModel.from_pretrained(pretrained_model_name_or_path, **backbone_kwargs)
-        model = cls(config)
-        model.base_model.backbone.load_state_dict(pretrained.state_dict())
-        return model
+        pretrained = AutoModel.from_pretrained(pretrained_model_name_or_path, **loading)
+        # The implementation the backbone was loaded with, kept for it (a new composite config would reset it).
+        config_overrides.setdefault("attn_implementation", pretrained.config._attn_implementation)
+        config = MSEmoBoostConfig(backbone_config=pretrained.config, **config_overrides)
+        model = cls(config, backbone=pretrained)
+        return model.to(pretrained.dtype) if dtype is not None else model
 
 
 class MSEmoBoostModel(MSEmoBoostPreTrainedModel):
     """The bare MS-EmoBoost model: raw waveforms in, enhanced utterance and segment features out."""
 
-    def __init__(self, config: MSEmoBoostConfig):
+    def __init__(self, config: MSEmoBoostConfig, backbone: PreTrainedModel | None = None):
         super().__init__(config)
         self.num_frames = config.num_backbone_frames(config.segment_samples)
-        self.backbone = AutoModel.from_config(config.backbone_config) if config.use_backbone_features else None
+        if not config.use_backbone_features:
+            self.backbone = None
+        else:  # a pretrained backbone given by `from_backbone` is used as it is
+            self.backbone = backbone if backbone is not None else AutoModel.from_config(config.backbone_config)
         self.mfcc_encoder = MSEmoBoostMFCCEncoder(config) if config.use_mfcc else None
         self.spectrogram_encoder = MSEmoBoostSpectrogramEncoder(config) if config.use_spectrogram else None
         num_branches = int(config.use_mfcc) + int(config.use_spectrogram)
@@ -625,9 +644,9 @@ class MSEmoBoostForSequenceClassification(MSEmoBoostPreTrainedModel):
     SE loss of every segment is added with weight `config.se_loss_weight`.
     """
 
-    def __init__(self, config: MSEmoBoostConfig):
+    def __init__(self, config: MSEmoBoostConfig, backbone: PreTrainedModel | None = None):
         super().__init__(config)
-        self.msemoboost = MSEmoBoostModel(config)
+        self.msemoboost = MSEmoBoostModel(config, backbone=backbone)
         self.classifier = nn.Linear(self.msemoboost.feature_size, config.num_labels)
         if config.use_se_head:
             self.se_stft = MSEmoBoostFrameSTFT(config)

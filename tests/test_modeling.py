@@ -483,3 +483,28 @@ def test_multi_label_and_regression_use_transformers_losses_on_the_mean_segment_
     torch.testing.assert_close(outputs.loss, loss(expected_logits, labels))
     with pytest.raises(ValueError, match=r"labels must have shape \(2, 4\), got \(2,\)"):
         model(**inputs, labels=torch.zeros(2) if problem_type != "regression" else torch.zeros(2))
+
+
+def test_from_backbone_loads_the_backbone_once_and_passes_the_loading_options(tmp_path, monkeypatch):
+    import transformers
+
+    torch.manual_seed(1)
+    pretrained = Wav2Vec2Model(Wav2Vec2Config(**TINY_BACKBONE))
+    pretrained.save_pretrained(tmp_path / "ssl")
+
+    def no_second_copy(*args, **kwargs):
+        raise AssertionError("from_backbone built a second, random backbone")
+
+    monkeypatch.setattr(transformers.AutoModel, "from_config", no_second_copy)
+    model = MSEmoBoostForSequenceClassification.from_backbone(
+        tmp_path / "ssl", num_labels=3, dtype=torch.bfloat16, attn_implementation="eager", revision="main",
+        lstm_hidden_size=8, spectrogram_image_size=64,
+    )
+    assert model.msemoboost.backbone.config._attn_implementation == "eager"
+    assert model.msemoboost.backbone.encoder.layers[0].attention.q_proj.weight.dtype == torch.bfloat16
+    assert model.classifier.weight.dtype == torch.bfloat16
+    assert all(buffer.dtype == torch.float32 for buffer in model.msemoboost.mfcc_encoder.mfcc.buffers())
+    torch.testing.assert_close(
+        model.msemoboost.backbone.encoder.layers[0].attention.q_proj.weight,
+        pretrained.encoder.layers[0].attention.q_proj.weight.to(torch.bfloat16), rtol=0, atol=0,
+    )
