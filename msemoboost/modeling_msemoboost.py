@@ -43,6 +43,11 @@ class MSEmoBoostModelOutput(ModelOutput):
     Output of [`MSEmoBoostModel`].
 
     Args:
+        last_hidden_state (`torch.FloatTensor` of shape `(num_segments, num_frames, hidden_size)`, *optional*):
+            The backbone's frame features `X_w` of every segment, utterance after utterance (`segments_per_utterance`
+            maps them to utterances). `None` without a backbone.
+        pooler_output (`torch.FloatTensor` of shape `(batch_size, feature_size)`):
+            The pooled utterance features (the same tensor as `utterance_features`).
         utterance_features (`torch.FloatTensor` of shape `(batch_size, feature_size)`):
             Enhanced utterance features: the mean of the utterance's segment features. `feature_size` is the
             backbone's `hidden_size`, plus `num_branches * guidance_hidden_size` with
@@ -57,8 +62,6 @@ class MSEmoBoostModelOutput(ModelOutput):
             `True` on backbone frames that hold audio. `None` without a backbone.
         segments_per_utterance (`torch.LongTensor` of shape `(batch_size,)`):
             How many consecutive rows of the segment tensors belong to each utterance.
-        frame_features (`torch.FloatTensor` of shape `(num_segments, num_frames, hidden_size)`, *optional*):
-            The backbone's frame features `X_w`, returned when `output_frame_features=True`.
         hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned when `output_hidden_states=True`):
             The backbone's hidden states, one tensor of shape `(num_segments, num_frames, hidden_size)` per layer
             plus the initial embeddings.
@@ -67,12 +70,13 @@ class MSEmoBoostModelOutput(ModelOutput):
             per layer.
     """
 
+    last_hidden_state: torch.FloatTensor | None = None
+    pooler_output: torch.FloatTensor | None = None
     utterance_features: torch.FloatTensor | None = None
     segment_features: torch.FloatTensor | None = None
     enhancement_weights: torch.FloatTensor | None = None
     frame_mask: torch.BoolTensor | None = None
     segments_per_utterance: torch.LongTensor | None = None
-    frame_features: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
 
@@ -521,7 +525,6 @@ class MSEmoBoostModel(MSEmoBoostPreTrainedModel):
         segments: torch.Tensor,
         segment_lengths: torch.LongTensor,
         output_hidden_states: bool = False,
-        output_frame_features: bool = False,
         output_attentions: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, tuple | None, tuple | None]:
         """Pooled features of a batch of segments.
@@ -533,7 +536,7 @@ class MSEmoBoostModel(MSEmoBoostPreTrainedModel):
         Returns:
             features `(num_segments, feature_size)`, enhancement weights `(num_segments, num_frames)` or `None`,
             frame mask `(num_segments, num_frames)` or `None`, frame features `X_w` `(num_segments, num_frames,
-            hidden_size)` when `output_frame_features` (else `None`), and the backbone's hidden states and attentions
+            hidden_size)` (or `None` without a backbone), and the backbone's hidden states and attentions
             (each `None` unless asked for).
         """
         guidance = []
@@ -567,9 +570,8 @@ class MSEmoBoostModel(MSEmoBoostPreTrainedModel):
             features = torch.bmm(weights[:, None].to(frames.dtype), frames)[:, 0]  # X'_w = X_enh · X_w
         if self.classify_guidance:
             features = torch.cat([features, guidance.to(features.dtype)], dim=-1)  # [X'_w ; guidance]
-        frame_features = frames if output_frame_features else None
         attentions = backbone_outputs.attentions if output_attentions else None
-        return features, weights, frame_mask, frame_features, backbone_outputs.hidden_states, attentions
+        return features, weights, frame_mask, frames, backbone_outputs.hidden_states, attentions
 
     def forward(
         self,
@@ -577,7 +579,6 @@ class MSEmoBoostModel(MSEmoBoostPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
-        output_frame_features: bool = False,
         output_attentions: bool | None = None,
         **kwargs,
     ) -> MSEmoBoostModelOutput | tuple:
@@ -589,8 +590,6 @@ class MSEmoBoostModel(MSEmoBoostPreTrainedModel):
                 1 on samples of audio, 0 on right padding. Without it every sample counts as audio.
             output_hidden_states (`bool`, *optional*):
                 Return the backbone's hidden states of every segment.
-            output_frame_features (`bool`, *optional*, defaults to `False`):
-                Return the backbone's last hidden state `X_w` of every segment as `frame_features`.
             return_dict (`bool`, *optional*):
                 Return a [`MSEmoBoostModelOutput`] rather than a tuple.
             output_attentions (`bool`, *optional*):
@@ -615,20 +614,21 @@ class MSEmoBoostModel(MSEmoBoostPreTrainedModel):
                 segments[start : start + chunk_size],
                 segment_lengths[start : start + chunk_size],
                 output_hidden_states,
-                output_frame_features,
                 output_attentions,
             )
             for start in range(0, len(segments), chunk_size)
         ]
         features, weights, frame_mask, frames, hidden_states, attentions = zip(*chunks)
         segment_features = torch.cat(features)
+        utterance_features = average_over_segments(segment_features, segments_per_utterance)
         output = MSEmoBoostModelOutput(
-            utterance_features=average_over_segments(segment_features, segments_per_utterance),
+            last_hidden_state=torch.cat(frames) if frames[0] is not None else None,
+            pooler_output=utterance_features,
+            utterance_features=utterance_features,
             segment_features=segment_features,
             enhancement_weights=torch.cat(weights) if weights[0] is not None else None,
             frame_mask=torch.cat(frame_mask) if frame_mask[0] is not None else None,
             segments_per_utterance=segments_per_utterance,
-            frame_features=torch.cat(frames) if frames[0] is not None else None,
             hidden_states=tuple(map(torch.cat, zip(*hidden_states))) if hidden_states[0] is not None else None,
             attentions=tuple(map(torch.cat, zip(*attentions))) if attentions[0] is not None else None,
         )
@@ -713,7 +713,6 @@ class MSEmoBoostForSequenceClassification(MSEmoBoostPreTrainedModel):
             attention_mask=attention_mask,
             output_hidden_states=output_hidden_states,
             return_dict=True,
-            output_frame_features=train_se,
             output_attentions=output_attentions,
         )
         segment_logits = self.classifier(outputs.segment_features)
@@ -733,7 +732,7 @@ class MSEmoBoostForSequenceClassification(MSEmoBoostPreTrainedModel):
                     f"{tuple(input_values.shape)}: give the clean version of every noisy utterance, padded alike."
                 )
             se_loss = self.speech_enhancement_loss(
-                input_values, clean_input_values, attention_mask, outputs.frame_features, outputs.frame_mask
+                input_values, clean_input_values, attention_mask, outputs.last_hidden_state, outputs.frame_mask
             )
 
         losses = [classification_loss, None if se_loss is None else self.config.se_loss_weight * se_loss]
@@ -845,10 +844,10 @@ class MSEmoBoostForSequenceClassification(MSEmoBoostPreTrainedModel):
         """
         if self.se_head is None:
             raise ValueError("enhance() needs a model with a speech-enhancement head (config.use_se_head=True).")
-        outputs = self.msemoboost(input_values, attention_mask=attention_mask, return_dict=True, output_frame_features=True)
+        outputs = self.msemoboost(input_values, attention_mask=attention_mask, return_dict=True)
         segments, noisy, segment_lengths, segments_per_utterance = self._segment_spectra(input_values, attention_mask)
-        num_frames = min(noisy.shape[1], outputs.frame_features.shape[1])
-        magnitude = self.se_head(outputs.frame_features[:, :num_frames], noisy[:, :num_frames].abs())
+        num_frames = min(noisy.shape[1], outputs.last_hidden_state.shape[1])
+        magnitude = self.se_head(outputs.last_hidden_state[:, :num_frames], noisy[:, :num_frames].abs())
         spectrum = torch.polar(magnitude, noisy[:, :num_frames].angle())
         enhanced = self.se_stft.inverse(spectrum, segments)
         enhanced = enhanced * (torch.arange(enhanced.shape[1], device=enhanced.device) < segment_lengths[:, None])

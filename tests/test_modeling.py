@@ -508,3 +508,16 @@ def test_from_backbone_loads_the_backbone_once_and_passes_the_loading_options(tm
         model.msemoboost.backbone.encoder.layers[0].attention.q_proj.weight,
         pretrained.encoder.layers[0].attention.q_proj.weight.to(torch.bfloat16), rtol=0, atol=0,
     )
+
+
+def test_bare_model_returns_last_hidden_state_and_pooler_output_like_transformers_models():
+    model = tiny_model().msemoboost
+    inputs = batch([speech_like(60_000), speech_like(20_000, 1)])
+    with torch.no_grad():
+        outputs = model(**inputs)
+        segments, lengths, _ = model.split_into_segments(inputs["input_values"], torch.tensor([60_000, 20_000]))
+        frames = model.backbone(segments, attention_mask=(torch.arange(48_000) < lengths[:, None]).long()).last_hidden_state
+    assert outputs.last_hidden_state.shape == (3, 149, 32)
+    torch.testing.assert_close(outputs.last_hidden_state, frames, rtol=0, atol=1e-6)
+    assert outputs.pooler_output is outputs.utterance_features and outputs.pooler_output.shape == (2, 32)
+    assert outputs.segments_per_utterance.tolist() == [2, 1]
