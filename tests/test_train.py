@@ -93,6 +93,7 @@ def test_final_model_directory_has_a_card_and_loads_in_a_fresh_process(finished_
     assert [m["type"] for m in metrics] == ["accuracy", "recall"]
     assert metrics[0]["value"] == round(100 * summary["wa"]["mean"], 2)
     assert metrics[1]["value"] == round(100 * summary["ua"]["mean"], 2)
+    assert 'pipeline("audio-classification", model="path/to/this/model"' in card and '"None"' not in card
     for section in ("## How to use", "## Intended use", "## Training data and protocol", "## Limitations", "speaker_spk2"):
         assert section in card
     script = (
