@@ -135,3 +135,19 @@ def test_big_model_loading_gives_the_same_model(tmp_path, loading):
     inputs = {"input_values": torch.from_numpy(speech_like(30_000))[None]}
     with torch.no_grad():
         assert torch.equal(loaded(**inputs).logits, model(**inputs).logits)
+
+
+def test_a_checkpoint_saved_by_msemoboost_0_1_0_loads_with_the_same_outputs():
+    """tests/fixtures/checkpoint_0_1_0 was saved by the code of commit d47d230 (before the recipe options, the
+    attention flags and the output changes), with the logits it gave on utterances whose segmenting is unchanged."""
+    from msemoboost import MSEmoBoostForSequenceClassification
+
+    fixture = Path(__file__).parent / "fixtures" / "checkpoint_0_1_0"
+    expected = json.loads((fixture / "expected_logits.json").read_text())
+    model = MSEmoBoostForSequenceClassification.from_pretrained(fixture).eval()
+    assert model.config.frame_weighting == "linear" and model.config.classifier_input == "pooled"
+    extractor = MSEmoBoostFeatureExtractor.from_pretrained(fixture)
+    waveforms = [speech_like(length, seed) for length, seed in zip(expected["lengths"], expected["seeds"])]
+    with torch.no_grad():
+        logits = model(**extractor(waveforms, sampling_rate=16000, return_tensors="pt")).logits
+    torch.testing.assert_close(logits, torch.tensor(expected["logits"]), rtol=0, atol=1e-6)
