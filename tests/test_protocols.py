@@ -126,3 +126,41 @@ def test_loso_needs_a_test_a_validation_and_a_training_speaker(num_speakers):
     with pytest.raises(ValueError, match="needs a speaker column"):
         make_folds("loso", labels, np.array([""] * len(labels)), splits)
 
+
+
+@pytest.mark.parametrize("protocol, folds", [("kfold", None), ("kfold", 4), ("loso", 3), ("loso", None)])
+def test_folds_are_reproducible_under_a_seed_and_change_with_it(protocol, folds):
+    labels, speakers, splits = synthetic(num_speakers=8)
+    def fingerprint(seed):
+        return [(fold.train.tolist(), fold.validation.tolist(), fold.test.tolist())
+                for fold in make_folds(protocol, labels, speakers, splits, num_folds=folds, seed=seed)]
+    assert fingerprint(5) == fingerprint(5)
+    assert fingerprint(5) != fingerprint(6)  # the shuffles and the validation draw use the seed
+    assert fingerprint(0) == [(f.train.tolist(), f.validation.tolist(), f.test.tolist())
+                              for f in make_folds(protocol, labels, speakers, splits, num_folds=folds)]  # seed 0 default
+
+
+def test_kfold_defaults_to_ten_folds_and_loso_with_as_many_folds_as_speakers_is_plain_loso():
+    labels, speakers, splits = synthetic()
+    assert len(make_folds("kfold", labels, speakers, splits)) == 10
+    assert [fold.name for fold in make_folds("loso", labels, speakers, splits, num_folds=6)] == [f"speaker_s{i}" for i in range(6)]
+
+
+def test_splits_uses_the_datasets_own_validation_split_when_there_is_one():
+    labels, speakers, _ = synthetic()
+    splits = np.select([speakers == "s0", speakers == "s1"], ["test", "validation"], "train")
+    (fold,) = make_folds("splits", labels, speakers, splits)
+    assert fold.name == "splits" and fold.test_speakers == ["s0"]
+    assert set(speakers[fold.validation]) == {"s1"} and set(speakers[fold.train]) == {"s2", "s3", "s4", "s5"}
+    (renamed,) = make_folds("splits", labels, speakers, np.where(splits == "validation", "dev", splits), validation_split="dev")
+    assert renamed.validation.tolist() == fold.validation.tolist()
+
+
+def test_cross_corpus_names_the_evaluated_speakers_and_unknown_protocols_are_refused():
+    labels, speakers, splits = synthetic(num_speakers=3)
+    extra = np.arange(20, len(labels))  # speakers s1 and s2 are the training corpus
+    (fold,) = make_folds("cross_corpus", labels, np.where(np.isin(np.arange(len(labels)), extra), "x" + speakers, speakers),
+                         splits, extra_rows=extra)
+    assert fold.test_speakers == ["s0"] and fold.test.tolist() == list(range(20))
+    with pytest.raises(ValueError, match=r"^protocol must be one of \['loso', 'kfold', 'splits', 'cross_corpus'\], got 'lolo'.$"):
+        make_folds("lolo", labels, speakers, splits)
