@@ -42,7 +42,7 @@ from transformers import EarlyStoppingCallback, HfArgumentParser, TrainingArgume
 from transformers.trainer_utils import get_last_checkpoint
 
 import msemoboost
-from msemoboost.augmentation import Chain, WaveformAugmentation
+from msemoboost.augmentation import Chain, WaveformAugmentation, check_waveform_augmentation
 from msemoboost.data import AudioCollator, combine_corpora, decode_audio, load_corpus, parse_label_merge
 from msemoboost.demo import make_demo_corpus
 from msemoboost.noise import (
@@ -198,7 +198,9 @@ class AugmentationArguments:
     time_mask_max_s: float = field(default=0.1, metadata={"help": "Longest zeroed span, in seconds."})
 
     def __post_init__(self):
-        WaveformAugmentation(16000, self.speed_perturbation, self.speed_perturbation_probability, self.time_masks, self.time_mask_max_s)
+        check_waveform_augmentation(
+            self.speed_perturbation, self.speed_perturbation_probability, self.time_masks, self.time_mask_max_s
+        )
 
 
 @dataclass
@@ -515,16 +517,14 @@ def noise_bank(corpus, rows, excluded_speakers, noise_args: NoiseArguments, nois
     return fold_noise_bank(corpus, rows, excluded_speakers, pool_size, noise_args.babble_talkers, noise_dataset, seed)
 
 
-def augmentation(bank, noise_args: NoiseArguments, augmentation_args: "AugmentationArguments | None", seed: int,
-                 sampling_rate: int = 16000, min_samples: int = 1) -> Chain | None:
+def augmentation(bank, noise_args: NoiseArguments, augmentation_args: AugmentationArguments, seed: int,
+                 sampling_rate: int, min_samples: int) -> Chain | None:
     """What happens to a training waveform: speed perturbation and time masks, then noise; None when nothing does."""
-    waveform = None
-    if augmentation_args is not None:
-        waveform = WaveformAugmentation(
-            sampling_rate, augmentation_args.speed_perturbation, augmentation_args.speed_perturbation_probability,
-            augmentation_args.time_masks, augmentation_args.time_mask_max_s, seed, min_samples,
-        )
-        waveform = waveform if waveform.is_active else None
+    waveform = WaveformAugmentation(
+        sampling_rate, augmentation_args.speed_perturbation, augmentation_args.speed_perturbation_probability,
+        augmentation_args.time_masks, augmentation_args.time_mask_max_s, seed, min_samples,
+    )
+    waveform = waveform if waveform.is_active else None
     noise = None
     if noise_args.noise_augmentation_probability > 0:
         noise = NoiseAugmentation(
@@ -558,7 +558,7 @@ def test_in_noise(trainer, corpus, rows: np.ndarray, bank, noise_args: NoiseArgu
 
 def run_fold(
     fold: Fold, corpus, model_args, noise_args, protocol_args, training_args, feature_extractor, output_dir, callbacks,
-    noise_dataset=None, augmentation_args=None, min_samples: int = 1,
+    noise_dataset, augmentation_args: AugmentationArguments, min_samples: int,
 ) -> dict:
     """Trains and tests one fold (clean, then in noise with --eval_snr), writing its results; a fold whose results
     exist is skipped."""

@@ -13,11 +13,16 @@ see the same perturbed audio. They are recipe options for small corpora, not par
 import numpy as np
 
 
-def check_speed_range(speed_range) -> None:
-    if speed_range is None:
-        return
-    if len(speed_range) != 2 or not 0 < speed_range[0] <= speed_range[1]:
+def check_waveform_augmentation(speed_range, speed_probability: float, num_time_masks: int, time_mask_max_s: float) -> None:
+    """Raises `ValueError` for settings [`WaveformAugmentation`] cannot use."""
+    if speed_range is not None and (len(speed_range) != 2 or not 0 < speed_range[0] <= speed_range[1]):
         raise ValueError(f"speed perturbation takes a range LOW HIGH with 0 < LOW <= HIGH, e.g. 0.9 1.1; got {list(speed_range)}.")
+    if not 0 <= speed_probability <= 1:
+        raise ValueError(f"speed perturbation probability must be in [0, 1], got {speed_probability}.")
+    if num_time_masks < 0 or not time_mask_max_s > 0:
+        raise ValueError(
+            f"time masking needs num_time_masks >= 0 and time_mask_max_s > 0, got {num_time_masks} and {time_mask_max_s}."
+        )
 
 
 class WaveformAugmentation:
@@ -43,13 +48,7 @@ class WaveformAugmentation:
         seed: int = 0,
         min_samples: int = 1,
     ):
-        check_speed_range(speed_range)
-        if not 0 <= speed_probability <= 1:
-            raise ValueError(f"speed perturbation probability must be in [0, 1], got {speed_probability}.")
-        if num_time_masks < 0 or not time_mask_max_s > 0:
-            raise ValueError(
-                f"time masking needs num_time_masks >= 0 and time_mask_max_s > 0, got {num_time_masks} and {time_mask_max_s}."
-            )
+        check_waveform_augmentation(speed_range, speed_probability, num_time_masks, time_mask_max_s)
         self.sampling_rate = sampling_rate
         self.speed_range = tuple(speed_range) if speed_range else None
         self.speed_probability = speed_probability

@@ -153,11 +153,9 @@ def run_predict(args) -> int:
     def classify(batch) -> None:
         try:
             predictions.extend(predict(classifier, extractor, [w for _, w in batch], [n for n, _ in batch]))
-        except ValueError:  # one recording the model refuses: classify each alone, so that only it is skipped
+        except ValueError as error:  # one recording the model refuses: classify each alone, so only it is skipped
             if len(batch) == 1:
-                name, _ = batch[0]
-                _, error = sys.exc_info()[:2]
-                skip(f"{name}: {error}")
+                skip(f"{batch[0][0]}: {error}")
             else:
                 for item in batch:
                     classify([item])

@@ -6,6 +6,7 @@ Training code lives outside the remote-code files: a Hub checkpoint never needs 
 import logging
 import os
 import re
+from collections import Counter
 from dataclasses import dataclass
 
 import datasets
@@ -250,14 +251,12 @@ class AudioCollator:
 class CombinedCorpus:
     """The evaluated corpus and extra training corpora in one table, with one label space.
 
-    `corpus.dataset` holds the evaluated corpus's rows first (`evaluated_rows`), then the extra corpora's
-    (`extra_rows`); the `corpus` column names each row's source. Extra corpora's speakers are prefixed with their
+    `corpus.dataset` holds the evaluated corpus's rows first, then the extra corpora's (`extra_rows`); the `corpus` column names each row's source. Extra corpora's speakers are prefixed with their
     corpus name, so that speakers of different corpora never merge. `report` says, per corpus, how many
     utterances were kept and how many were dropped for a label outside the label space.
     """
 
     corpus: EmotionCorpus
-    evaluated_rows: np.ndarray
     extra_rows: np.ndarray
     report: dict
 
@@ -305,10 +304,7 @@ def combine_corpora(
     for number, (name, part) in enumerate([(evaluated_name, evaluated), *extras]):
         names = [part.label_names[label] for label in part.labels]
         keep = [row for row, label in enumerate(names) if label in index]
-        dropped = {}
-        for label in names:
-            if label not in index:
-                dropped[label] = dropped.get(label, 0) + 1
+        dropped = Counter(label for label in names if label not in index)
         table = part.dataset.select(keep)
         prefix = "" if number == 0 else f"{name}/"
         table = table.map(
@@ -320,10 +316,9 @@ def combine_corpora(
         sources.append(np.full(len(table), number))
         report[name] = {"utterances": len(table), "dropped": dict(sorted(dropped.items())), "num_dropped": sum(dropped.values())}
         if dropped:
-            logger.info(f"{name}: dropped {sum(dropped.values())} utterance(s) of class(es) outside the label space: {dropped}.")
+            logger.info(f"{name}: dropped {sum(dropped.values())} utterance(s) of class(es) outside the label space: {dict(dropped)}.")
     sources = np.concatenate(sources)
     dataset = datasets.concatenate_datasets(tables)
     num_skipped = evaluated.num_skipped + sum(extra.num_skipped for _, extra in extras)
     combined = EmotionCorpus(dataset=dataset, label_names=label_names, sampling_rate=evaluated.sampling_rate, num_skipped=num_skipped)
-    rows = np.arange(len(dataset))
-    return CombinedCorpus(combined, rows[sources == 0], rows[sources > 0], report)
+    return CombinedCorpus(combined, np.flatnonzero(sources > 0), report)

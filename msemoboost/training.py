@@ -75,6 +75,11 @@ def build_model(
         model = MSEmoBoostForSequenceClassification(config)
     if imagenet_alexnet:
         load_imagenet_alexnet(model)
+    return freeze(model, freeze_feature_encoder, freeze_backbone)
+
+
+def freeze(model, freeze_feature_encoder: bool, freeze_backbone: bool):
+    """Freezes the whole backbone, or else (with a backbone) its convolutional feature encoder; returns `model`."""
     if freeze_backbone:
         model.freeze_base_model()
     elif freeze_feature_encoder and model.config.use_backbone_features:
@@ -122,11 +127,7 @@ def load_for_transfer(
     model.config.id2label = dict(enumerate(label_names))
     model.config.label2id = {name: i for i, name in enumerate(label_names)}
     model.config.class_weights = class_weights
-    if freeze_backbone:
-        model.freeze_base_model()
-    elif freeze_feature_encoder and model.config.use_backbone_features:
-        model.freeze_feature_encoder()
-    return model
+    return freeze(model, freeze_feature_encoder, freeze_backbone)
 
 
 def model_part(parameter_name: str) -> str:
