@@ -87,8 +87,33 @@ class MSEmoBoostPowerSpectrogram(nn.Module):
                 self._buffers[name] = value.to(buffer.device)
         return self
 
+    def use_dft_matmul(self):
+        """Computes `|STFT|^2` as one matrix product of the frames with a real DFT basis instead of `torch.stft`.
+
+        The same numbers (float32 rounding apart; `tests/test_export.py` pins them): the basis holds `window * cos`
+        and `-window * sin` over the window's non-zero span only. `msemoboost.export` switches it on for the ONNX
+        graph, where a product is faster than ONNX Runtime's STFT for a size that is not a power of two (it falls
+        back to a direct DFT there). PyTorch keeps `torch.stft`, whose FFT is faster.
+        """
+        window = self.compute_buffers()["window"].double()
+        nonzero = window.nonzero().flatten()
+        self.window_span = (int(nonzero[0]), int(nonzero[-1]) + 1)
+        samples = torch.arange(*self.window_span, dtype=torch.float64)
+        angle = 2 * math.pi * samples[:, None] * torch.arange(self.n_fft // 2 + 1, dtype=torch.float64) / self.n_fft
+        weighted = window[self.window_span[0] : self.window_span[1], None]
+        basis = torch.cat([weighted * torch.cos(angle), -weighted * torch.sin(angle)], dim=1)
+        self.register_buffer("dft_basis", basis.float().to(self.window.device), persistent=False)
+
     def power_spectrogram(self, waveform: torch.Tensor) -> torch.Tensor:
         """`(batch_size, num_samples)` → `(batch_size, n_fft // 2 + 1, num_samples // hop_length + 1)`, in float32."""
+        if getattr(self, "dft_basis", None) is not None:
+            start, end = self.window_span
+            num_frames = waveform.shape[1] // self.hop_length + 1
+            padded = F.pad(waveform.float(), (self.n_fft // 2, self.n_fft // 2))  # centred frames, zero padding
+            frames = padded[:, start:].unfold(1, end - start, self.hop_length)[:, :num_frames]
+            spectrum = frames @ self.dft_basis.float()  # (batch_size, num_frames, 2 * num_bins): real, imaginary
+            real, imaginary = spectrum.chunk(2, dim=-1)
+            return torch.addcmul(real * real, imaginary, imaginary).transpose(1, 2)
         stft = torch.stft(
             waveform.float(),
             n_fft=self.n_fft,

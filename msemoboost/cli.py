@@ -1,9 +1,11 @@
 """`msemoboost` command line: use a trained model.
 
     msemoboost predict --model DIR_OR_HUB_ID FILES_OR_FOLDERS... [--timeline] [--output out.csv|out.json]
+    msemoboost predict --onnx EXPORT_DIR FILES_OR_FOLDERS... [--int8]     (ONNX Runtime, see `msemoboost export`)
     msemoboost explain FILE --model DIR_OR_HUB_ID [--output explain.png]
     msemoboost tsne --model DIR_OR_HUB_ID --dataset NAME_OR_PATH [--compare-baseline] [--output tsne.png]
     msemoboost enhance FILES_OR_FOLDERS... --model DIR_OR_HUB_ID --output_dir DIR [--noise white --snr 5]
+    msemoboost export MODEL_DIR --output EXPORT_DIR [--quantize int8] [--opset 18]
 
 Audio at any sampling rate and with any number of channels is decoded by FFmpeg (through `datasets`), resampled to
 the model's rate and downmixed to mono by averaging the channels.
@@ -20,6 +22,7 @@ import argparse
 import csv
 import json
 import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +37,10 @@ def main(argv: list[str] | None = None) -> int:
 
     predict = commands.add_parser("predict", help="classify audio files, folders or a dataset")
     predict.add_argument("inputs", nargs="*", help="audio files and folders (searched recursively)")
-    predict.add_argument("--model", required=True, help="model directory or Hub id")
+    engine = predict.add_mutually_exclusive_group(required=True)
+    engine.add_argument("--model", help="model directory or Hub id (PyTorch)")
+    engine.add_argument("--onnx", help="folder written by msemoboost export (ONNX Runtime on CPU)")
+    predict.add_argument("--int8", action="store_true", help="with --onnx: run the int8 model (export --quantize int8)")
     predict.add_argument("--dataset", help="instead of files: a Hub dataset id or local path loaded with datasets")
     predict.add_argument("--audio_column", default="audio", help="audio column of --dataset (default: audio)")
     predict.add_argument("--split", default=None, help="split of --dataset (default: every split)")
@@ -76,11 +82,22 @@ def main(argv: list[str] | None = None) -> int:
     enhance.add_argument("--seed", type=int, default=0, help="seed of the --noise (default: 0)")
     enhance.add_argument("--device", default=None)
 
+    export = commands.add_parser("export", help="write an ONNX graph from the raw waveform to logits")
+    export.add_argument("model_dir", help="folder of a trained model (train.py's output or save_pretrained)")
+    export.add_argument("--output", required=True, help="folder for model.onnx, config.json, preprocessor_config.json")
+    export.add_argument("--quantize", choices=["int8"], default=None,
+                        help="also write model.int8.onnx (dynamic int8 quantisation of MatMul, Gemm and LSTM)")
+    export.add_argument("--opset", type=int, default=18, help="ONNX opset (default: 18, the lowest that works)")
+
     args = parser.parse_args(argv)
+    if args.command == "predict" and args.int8 and not args.onnx:
+        parser.error("--int8 needs --onnx")
     from .inference import BadAudioError
 
+    commands = {"predict": run_predict, "explain": run_explain, "tsne": run_tsne, "enhance": run_enhance,
+                "export": run_export}
     try:
-        return {"predict": run_predict, "explain": run_explain, "tsne": run_tsne, "enhance": run_enhance}[args.command](args)
+        return commands[args.command](args)
     except BadAudioError as error:
         print(f"msemoboost {args.command}: skipped {error}; nothing was written.", file=sys.stderr)
         return EXIT_SOME_FILES_FAILED
@@ -142,8 +159,16 @@ def run_predict(args) -> int:
     if args.batch_size < 1:
         raise ValueError(f"--batch_size must be at least 1, got {args.batch_size}.")
     sources = recordings(args)
-    classifier, extractor = load_classifier(args.model, args.device)
-    labels = [classifier.config.id2label[i] for i in range(classifier.config.num_labels)]
+    if args.onnx:
+        from .export import ONNXClassifier
+
+        engine = ONNXClassifier(args.onnx, int8=args.int8)
+        config, run = engine.config, engine.predict
+    else:
+        classifier, extractor = load_classifier(args.model, args.device)
+        config = classifier.config
+        run = partial(predict, classifier, extractor)
+    labels = [config.id2label[i] for i in range(config.num_labels)]
     predictions, failures, batch = [], [], []
 
     def skip(reason: str) -> None:
@@ -152,7 +177,7 @@ def run_predict(args) -> int:
 
     def classify(batch) -> None:
         try:
-            predictions.extend(predict(classifier, extractor, [w for _, w in batch], [n for n, _ in batch]))
+            predictions.extend(run([w for _, w in batch], [n for n, _ in batch]))
         except ValueError as error:  # one recording the model refuses: classify each alone, so only it is skipped
             if len(batch) == 1:
                 skip(f"{batch[0][0]}: {error}")
@@ -162,7 +187,7 @@ def run_predict(args) -> int:
 
     for position, (name, source) in enumerate(tqdm(sources, unit="file", file=sys.stderr)):
         try:
-            batch.append((name, read_audio(source, extractor.sampling_rate, name, classifier.config.min_input_samples)))
+            batch.append((name, read_audio(source, config.sampling_rate, name, config.min_input_samples)))
         except BadAudioError as error:
             skip(str(error))
         if batch and (len(batch) == args.batch_size or position == len(sources) - 1):
@@ -178,6 +203,14 @@ def run_predict(args) -> int:
         for failure in failures:
             print(f"  {failure}", file=sys.stderr)
         return EXIT_SOME_FILES_FAILED
+    return 0
+
+
+def run_export(args) -> int:
+    from .export import export
+
+    for path in export(args.model_dir, args.output, quantize=args.quantize, opset=args.opset):
+        print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
     return 0
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
 
-from .modeling_msemoboost import average_over_segments
+from .modeling_msemoboost import average_over_segments, segment_bounds
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".aif", ".aiff", ".wma", ".webm")
 
@@ -88,23 +88,28 @@ def predict(classifier, extractor, waveforms: list[np.ndarray], names: list[str]
 
     The utterance probabilities are the softmax of the model's own `logits` (the mean of segment log-probabilities).
     """
-    rate = extractor.sampling_rate
-    inputs = extractor(waveforms, sampling_rate=rate, return_tensors="pt").to(classifier.device)
+    inputs = extractor(waveforms, sampling_rate=extractor.sampling_rate, return_tensors="pt").to(classifier.device)
     outputs = classifier.msemoboost(**inputs)
     segment_log_probs = classifier.classifier(outputs.segment_features).log_softmax(-1)
     utterance_log_probs = average_over_segments(segment_log_probs, outputs.segments_per_utterance)
-    counts = outputs.segments_per_utterance.tolist()
-    per_file = torch.split(segment_log_probs.exp().float().cpu(), counts)
+    per_file = torch.split(segment_log_probs.float().cpu(), outputs.segments_per_utterance.tolist())
+    return predictions(names, waveforms, utterance_log_probs.float().cpu().numpy(), [p.numpy() for p in per_file],
+                       classifier.config)
+
+
+def predictions(names: list[str], waveforms: list[np.ndarray], utterance_log_probs: np.ndarray,
+                segment_log_probs: list[np.ndarray], config) -> list[Prediction]:
+    """[`Prediction`]s from log-probabilities, `(num_recordings, num_labels)` and per recording `(num_segments,
+    num_labels)`, whichever engine computed them (PyTorch here, ONNX Runtime in `msemoboost.export`)."""
     lengths = torch.tensor([len(waveform) for waveform in waveforms])
-    starts, segment_lengths, _ = classifier.msemoboost.segment_bounds(lengths)
-    all_bounds = torch.split(torch.stack([starts, starts + segment_lengths], dim=1), counts)
-    predictions = []
-    for index, (name, waveform) in enumerate(zip(names, waveforms, strict=True)):
-        bounds = all_bounds[index].numpy() / rate
-        predictions.append(
-            Prediction(name, utterance_log_probs[index].softmax(-1).float().cpu().numpy(), per_file[index].numpy(), bounds)
-        )
-    return predictions
+    starts, segment_lengths, segments_per_utterance = segment_bounds(lengths, config.segment_samples)
+    all_bounds = torch.split(torch.stack([starts, starts + segment_lengths], dim=1), segments_per_utterance.tolist())
+    found = []
+    for name, utterance, segments, bounds in zip(names, utterance_log_probs, segment_log_probs, all_bounds, strict=True):
+        probabilities = np.exp(utterance - utterance.max())
+        found.append(Prediction(name, probabilities / probabilities.sum(), np.exp(segments),
+                                bounds.numpy() / config.sampling_rate))
+    return found
 
 
 @torch.no_grad()

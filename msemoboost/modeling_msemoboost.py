@@ -119,6 +119,12 @@ class MSEmoBoostSequenceClassifierOutput(ModelOutput):
     segments_per_utterance: torch.LongTensor | None = None
 
 
+def compute_dtype(module: nn.Module) -> torch.dtype:
+    """The dtype `module`'s layers compute in: that of its first floating-point parameter, or float32 when it has
+    none (layers quantised with `torch.ao.quantization.quantize_dynamic` hold int8 weights and take float32)."""
+    return next((parameter.dtype for parameter in module.parameters() if parameter.is_floating_point()), torch.float32)
+
+
 class MSEmoBoostSelfAttention(nn.Module):
     """Residual single-head self-attention (eqs. 4–10): `X + softmax(Q K^T / sqrt(d)) V`.
 
@@ -132,10 +138,9 @@ class MSEmoBoostSelfAttention(nn.Module):
         self.value = nn.Linear(hidden_size, hidden_size)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        attended = F.scaled_dot_product_attention(
-            self.query(hidden_states), self.key(hidden_states), self.value(hidden_states)
-        )
-        return hidden_states + attended
+        # One head, as a 4-D (batch, heads, tokens, size) call: the form every SDPA kernel and the ONNX exporter take.
+        query, key, value = (projection(hidden_states)[:, None] for projection in (self.query, self.key, self.value))
+        return hidden_states + F.scaled_dot_product_attention(query, key, value)[:, 0]
 
 
 class MSEmoBoostMFCCEncoder(nn.Module):
@@ -180,7 +185,7 @@ class MSEmoBoostMFCCEncoder(nn.Module):
         return (mfcc - mean) / torch.sqrt(variance + 1e-5) * mask
 
     def forward(self, waveform: torch.Tensor, lengths: torch.LongTensor) -> torch.Tensor:
-        mfcc = self.normalize(self.mfcc(waveform), lengths).to(self.projection.weight.dtype)
+        mfcc = self.normalize(self.mfcc(waveform), lengths).to(compute_dtype(self))
         hidden_states, _ = self.lstm(mfcc)  # (num_segments, num_mfcc_frames, 2 * lstm_hidden_size)
         if self.attention is not None:
             hidden_states = self.attention(hidden_states)
@@ -238,7 +243,7 @@ class MSEmoBoostSpectrogramEncoder(nn.Module):
         image = F.interpolate(image, size=self.image_size, mode="bilinear", align_corners=False, antialias=True)
         mean = image.new_tensor(self.image_mean).view(1, 3, 1, 1)
         std = image.new_tensor(self.image_std).view(1, 3, 1, 1)
-        image = ((image - mean) / std).to(self.projection.weight.dtype)  # grey image copied to 3 channels
+        image = ((image - mean) / std).to(compute_dtype(self))  # grey image copied to 3 channels
         feature_maps = self.pool(self.features(image))  # (num_segments, conv5, pool_size, pool_size)
         tokens = feature_maps.flatten(2).transpose(1, 2)  # (num_segments, pool_size ** 2, conv5)
         if self.attention is not None:
@@ -282,6 +287,54 @@ def average_over_segments(values: torch.Tensor, segments_per_utterance: torch.Te
     totals = values.new_zeros((len(segments_per_utterance), *values.shape[1:])).index_add_(0, utterance_index, values)
     counts = segments_per_utterance.to(values.dtype).view(-1, *([1] * (values.dim() - 1)))
     return totals / counts
+
+
+def segment_slots(
+    lengths: torch.LongTensor, num_slots: int, segment_samples: int
+) -> tuple[torch.LongTensor, torch.LongTensor, torch.LongTensor]:
+    """Where each utterance's segments lie, on a grid of `num_slots` slots per utterance.
+
+    An utterance of `L` samples gives `ceil(L / S)` segments of `S = segment_samples`: they start at `0, S, 2S,
+    …`, except the last, which starts at `L - S` and so overlaps the one before it (the reference
+    code's last window). An utterance shorter than `S` gives one segment holding `L` samples. Slots past an
+    utterance's last segment start at `slot * S` and count `S` samples of silence: callers drop them
+    ([`segment_bounds`]) or mask them out (the ONNX graph of `msemoboost.export`).
+
+    Args:
+        lengths (`torch.LongTensor` of shape `(batch_size,)`): samples of audio in each utterance.
+        num_slots (`int`): at least the largest number of segments of any utterance.
+        segment_samples (`int`): samples per segment (`config.segment_samples`).
+
+    Returns:
+        starts (`torch.LongTensor` of shape `(batch_size, num_slots)`): first sample of each segment;
+        segment_lengths (`torch.LongTensor` of shape `(batch_size, num_slots)`): samples of audio in each;
+        segments_per_utterance (`torch.LongTensor` of shape `(batch_size,)`).
+    """
+    segments_per_utterance = ((lengths + segment_samples - 1) // segment_samples).clamp(min=1)
+    index = torch.arange(num_slots, device=lengths.device)
+    is_last = index == segments_per_utterance[:, None] - 1
+    starts = torch.where(is_last, (lengths[:, None] - segment_samples).clamp(min=0), index * segment_samples)
+    is_segment = index < segments_per_utterance[:, None]
+    segment_lengths = torch.where(is_segment, (lengths[:, None] - starts).clamp(max=segment_samples), segment_samples)
+    return starts, segment_lengths, segments_per_utterance
+
+
+def segment_bounds(lengths: torch.LongTensor, segment_samples: int) -> tuple[torch.LongTensor, torch.LongTensor, torch.LongTensor]:
+    """The segments of [`segment_slots`], utterance after utterance.
+
+    Args:
+        lengths (`torch.LongTensor` of shape `(batch_size,)`): samples of audio in each utterance.
+        segment_samples (`int`): samples per segment.
+
+    Returns:
+        starts (`torch.LongTensor` of shape `(num_segments,)`): first sample of each segment in its utterance;
+        segment_lengths (`torch.LongTensor` of shape `(num_segments,)`): samples of audio in each segment;
+        segments_per_utterance (`torch.LongTensor` of shape `(batch_size,)`).
+    """
+    num_slots = int(((lengths + segment_samples - 1) // segment_samples).clamp(min=1).max())
+    starts, segment_lengths, segments_per_utterance = segment_slots(lengths, num_slots, segment_samples)
+    keep = torch.arange(num_slots, device=lengths.device) < segments_per_utterance[:, None]
+    return starts[keep], segment_lengths[keep], segments_per_utterance
 
 
 class MSEmoBoostSpeechEnhancementHead(nn.Module):
@@ -469,37 +522,41 @@ class MSEmoBoostModel(MSEmoBoostPreTrainedModel):
         return lengths
 
     def segment_bounds(self, lengths: torch.LongTensor) -> tuple[torch.LongTensor, torch.LongTensor, torch.LongTensor]:
-        """Where each utterance's segments lie.
+        """[`segment_bounds`] with this model's `config.segment_samples`: `(num_segments,)` starts and lengths, and
+        `(batch_size,)` segments per utterance."""
+        return segment_bounds(lengths, self.config.segment_samples)
 
-        An utterance of `L` samples gives `ceil(L / S)` segments of `S = config.segment_samples`: they start at
-        `0, S, 2S, …`, except the last, which starts at `L - S` and so overlaps the one before it (the reference
-        code's last window). An utterance shorter than `S` gives one segment holding `L` samples.
+    def segment_grid(
+        self, input_values: torch.Tensor, lengths: torch.LongTensor
+    ) -> tuple[torch.Tensor, torch.LongTensor, torch.LongTensor]:
+        """Cuts each utterance into the segments of [`segment_slots`], on `ceil(num_samples / S)`
+        slots per utterance (a number the input's shape alone fixes, so the ONNX graph computes it too). Samples
+        past an utterance's length are zero, so a segment is zero-padded only where its utterance is shorter than
+        one segment.
 
         Args:
-            lengths (`torch.LongTensor` of shape `(batch_size,)`): samples of audio in each utterance.
+            input_values (`torch.FloatTensor` of shape `(batch_size, num_samples)`)
+            lengths (`torch.LongTensor` of shape `(batch_size,)`): samples of audio in each row.
 
         Returns:
-            starts (`torch.LongTensor` of shape `(num_segments,)`): first sample of each segment in its utterance;
-            segment_lengths (`torch.LongTensor` of shape `(num_segments,)`): samples of audio in each segment;
+            segments (`torch.FloatTensor` of shape `(batch_size, num_slots, segment_samples)`);
+            segment_lengths (`torch.LongTensor` of shape `(batch_size, num_slots)`);
             segments_per_utterance (`torch.LongTensor` of shape `(batch_size,)`).
         """
         segment_samples = self.config.segment_samples
-        segments_per_utterance = ((lengths + segment_samples - 1) // segment_samples).clamp(min=1)
-        index = torch.arange(int(segments_per_utterance.max()), device=lengths.device)
-        starts = torch.where(
-            index == segments_per_utterance[:, None] - 1,
-            (lengths[:, None] - segment_samples).clamp(min=0),
-            index * segment_samples,
-        )
-        keep = index < segments_per_utterance[:, None]
-        segment_lengths = (lengths[:, None] - starts).clamp(max=segment_samples)
-        return starts[keep], segment_lengths[keep], segments_per_utterance
+        num_slots = (input_values.shape[1] + segment_samples - 1) // segment_samples
+        starts, segment_lengths, segments_per_utterance = segment_slots(lengths, num_slots, segment_samples)
+        waveforms = F.pad(input_values, (0, segment_samples))  # every slot's window lies inside
+        positions = torch.arange(waveforms.shape[1], device=input_values.device)
+        waveforms = torch.where(positions < lengths[:, None], waveforms, 0.0)
+        rows = torch.arange(lengths.shape[0], device=lengths.device)[:, None, None]
+        segments = waveforms[rows, starts[..., None] + positions[:segment_samples]]
+        return segments, segment_lengths, segments_per_utterance
 
     def split_into_segments(
         self, input_values: torch.Tensor, lengths: torch.LongTensor
     ) -> tuple[torch.Tensor, torch.LongTensor, torch.LongTensor]:
-        """Cuts each utterance into the segments [`~MSEmoBoostModel.segment_bounds`] describes, zero-padding a
-        segment only where the utterance is shorter than one segment.
+        """The segments of [`~MSEmoBoostModel.segment_grid`], utterance after utterance.
 
         Args:
             input_values (`torch.FloatTensor` of shape `(batch_size, num_samples)`)
@@ -510,15 +567,9 @@ class MSEmoBoostModel(MSEmoBoostPreTrainedModel):
             segment_lengths (`torch.LongTensor` of shape `(num_segments,)`): samples of audio in each segment;
             segments_per_utterance (`torch.LongTensor` of shape `(batch_size,)`).
         """
-        segment_samples = self.config.segment_samples
-        starts, segment_lengths, segments_per_utterance = self.segment_bounds(lengths)
-        width = max(input_values.shape[1], segment_samples)
-        positions = torch.arange(width, device=input_values.device)
-        waveforms = F.pad(input_values, (0, width - input_values.shape[1]))
-        waveforms = torch.where(positions < lengths[:, None], waveforms, 0.0)
-        rows = torch.repeat_interleave(torch.arange(len(lengths), device=lengths.device), segments_per_utterance)
-        segments = waveforms[rows[:, None], starts[:, None] + positions[:segment_samples]]
-        return segments, segment_lengths, segments_per_utterance
+        segments, segment_lengths, segments_per_utterance = self.segment_grid(input_values, lengths)
+        keep = torch.arange(segments.shape[1], device=lengths.device) < segments_per_utterance[:, None]
+        return segments[keep], segment_lengths[keep], segments_per_utterance
 
     def encode_segments(
         self,

@@ -1,0 +1,229 @@
+"""Deployment on CPU: torch fp32, torch int8, ONNX Runtime fp32 and ONNX Runtime int8, side by side in one run.
+
+    python benchmarks/deploy.py                       # the trained CPU-recipe model, then the paper-size model
+    python benchmarks/deploy.py --sizes recipe        # only the trained model
+    python benchmarks/deploy.py --model DIR --eval_speakers 03 --eval_dataset ../shared/data/emodb
+
+For each engine: latency of one 3 s segment (batch 1), throughput on a batch of 8 × 3 s, time and peak memory of one
+10-minute recording (each engine in a fresh process), size on disk, and, for a trained model, WA/UA on held-out
+speech and agreement with torch fp32's predictions.
+
+- torch int8 is `torch.ao.quantization.quantize_dynamic` of every `nn.Linear` and `nn.LSTM`;
+- ONNX Runtime int8 is `msemoboost export --quantize int8` (dynamic quantisation of MatMul, Gemm and LSTM).
+
+The default trained model is the CPU recipe trained on RAVDESS + TESS only (benchmarks/accuracy.py's
+"cross-corpus RAVDESS+TESS → EMO-DB" row), so all of EMO-DB is held out; it is scored on EMO-DB's utterances of
+the labels it knows. The paper-size model (wav2vec2-base backbone, the paper's guidance) is randomly initialised:
+timings only. Threads: 2 for every engine (`--threads`). Results: benchmarks/results/deploy_cpu.json.
+"""
+
+import argparse
+import csv
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from msemoboost import MSEmoBoostConfig, MSEmoBoostFeatureExtractor, MSEmoBoostForSequenceClassification  # noqa: E402
+from msemoboost.data import decode_audio  # noqa: E402
+from msemoboost.export import INT8_NAME, ONNX_NAME, ONNXClassifier, export  # noqa: E402
+
+SHARED = REPO.parent / "shared" / "data"
+TRAINED = REPO / "outputs" / "benchmarks" / "accuracy" / "cpu" / "cross_corpus_ravdess_tess___emo_db" / "seed0" / "model"
+ENGINES = ["torch fp32", "torch int8", "onnxruntime fp32", "onnxruntime int8"]
+
+
+def load_engine(name: str, model_dir: Path, export_dir: Path, threads: int):
+    """A function from a list of raw 16 kHz waveforms to utterance logits `(batch_size, num_labels)`."""
+    torch.set_num_threads(threads)
+    if name.startswith("onnxruntime"):
+        engine = ONNXClassifier(export_dir, int8=name.endswith("int8"), threads=threads)
+        return lambda waveforms: engine(waveforms)[0]
+    model = MSEmoBoostForSequenceClassification.from_pretrained(model_dir).eval()
+    if name == "torch int8":
+        model = torch.ao.quantization.quantize_dynamic(model, {nn.Linear, nn.LSTM}, dtype=torch.qint8)
+    extractor = MSEmoBoostFeatureExtractor.from_pretrained(model_dir)
+
+    def run(waveforms):
+        with torch.inference_mode():
+            return model(**extractor(waveforms, sampling_rate=16_000, return_tensors="pt")).logits.numpy()
+
+    return run
+
+
+def disk_size(name: str, model_dir: Path, export_dir: Path) -> int:
+    if name == "torch fp32":
+        return (model_dir / "model.safetensors").stat().st_size
+    if name == "torch int8":
+        model = MSEmoBoostForSequenceClassification.from_pretrained(model_dir).eval()
+        model = torch.ao.quantization.quantize_dynamic(model, {nn.Linear, nn.LSTM}, dtype=torch.qint8)
+        with tempfile.TemporaryDirectory() as folder:
+            torch.save(model.state_dict(), Path(folder) / "int8.pt")
+            return (Path(folder) / "int8.pt").stat().st_size
+    return (export_dir / (INT8_NAME if name.endswith("int8") else ONNX_NAME)).stat().st_size
+
+
+def median_seconds(function, repeats: int) -> float:
+    function()  # warm-up
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def speech(seconds: float, offset: int = 0) -> np.ndarray:
+    """Real speech of the given length: EMO-DB utterances of speaker 03 joined end to end, looped if needed."""
+    files = sorted((SHARED / "emodb" / "audio").glob("03*.flac"))
+    stream = np.concatenate([decode_audio({"path": str(path), "bytes": None}, 16_000) for path in files])
+    samples = int(seconds * 16_000)
+    return np.resize(np.roll(stream, -offset * 48_000), samples).astype(np.float32)
+
+
+LONG_PROBE = """
+import sys, time
+sys.path.insert(0, {benchmarks!r})
+from pathlib import Path
+from deploy import load_engine, speech
+engine = load_engine({name!r}, Path({model_dir!r}), Path({export_dir!r}), {threads})
+audio = speech({seconds})
+engine([audio[:48000]])
+def peak_mib():
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM")) / 1024
+open("/proc/self/clear_refs", "w").write("5")  # restart the peak from the current resident memory
+before = peak_mib()
+started = time.perf_counter()
+engine([audio])
+print(time.perf_counter() - started, peak_mib(), peak_mib() - before)
+"""
+
+
+def long_recording(name: str, model_dir: Path, export_dir: Path, threads: int, seconds: float) -> dict:
+    script = LONG_PROBE.format(benchmarks=str(REPO / "benchmarks"), name=name, model_dir=str(model_dir),
+                               export_dir=str(export_dir), threads=threads, seconds=seconds)
+    output = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    if output.returncode:
+        return {"error": output.stderr.strip().splitlines()[-1][:300]}
+    elapsed, peak, growth = map(float, output.stdout.split()[-3:])
+    return {"seconds": elapsed, "peak_rss_mib": peak, "rss_growth_mib": growth}
+
+
+def held_out(dataset: Path, labels: list[str], speakers: list[str] | None) -> tuple[list[np.ndarray], np.ndarray]:
+    """Utterances of `dataset` (an audiofolder) whose label the model knows, of `speakers` if given."""
+    with open(dataset / "metadata.csv", newline="") as file:
+        rows = [row for row in csv.DictReader(file) if row["emotion"] in labels]
+    if speakers:
+        rows = [row for row in rows if row["speaker"] in speakers]
+    audio = [decode_audio({"path": str(dataset / row["file_name"]), "bytes": None}, 16_000) for row in rows]
+    return audio, np.array([labels.index(row["emotion"]) for row in rows])
+
+
+def accuracy(predicted: np.ndarray, truth: np.ndarray, num_labels: int) -> dict:
+    recalls = [float((predicted[truth == label] == label).mean()) for label in range(num_labels) if (truth == label).any()]
+    return {"wa": float((predicted == truth).mean()), "ua": float(np.mean(recalls))}
+
+
+def benchmark_size(label: str, model_dir: Path, export_dir: Path, args, evaluation) -> dict:
+    segments = [speech(3.0, offset) for offset in range(8)]
+    result = {"model": str(model_dir), "parameters": sum(p.numel() for p in
+              MSEmoBoostForSequenceClassification.from_pretrained(model_dir).parameters()), "engines": {}}
+    reference = None
+    for name in ENGINES:
+        print(f"{label}: {name} …", flush=True)
+        engine = load_engine(name, model_dir, export_dir, args.threads)
+        latency = median_seconds(lambda: engine(segments[:1]), args.repeats)
+        batch = median_seconds(lambda: engine(segments), max(3, args.repeats // 4))
+        row = {"latency_3s_seconds": latency, "batch_8x3s_seconds": batch, "throughput_audio_seconds_per_second": 24 / batch,
+               "disk_bytes": disk_size(name, model_dir, export_dir)}
+        if args.long_seconds:
+            row["long_recording"] = long_recording(name, model_dir, export_dir, args.threads, args.long_seconds)
+        if evaluation is not None:
+            audio, truth = evaluation
+            predicted = np.concatenate([engine(audio[i : i + 8]).argmax(-1) for i in range(0, len(audio), 8)])
+            row.update(accuracy(predicted, truth, int(truth.max()) + 1))
+            reference = predicted if reference is None else reference
+            row["agreement_with_torch_fp32"] = float((predicted == reference).mean())
+        result["engines"][name] = row
+        print(json.dumps(row), flush=True)
+    base = result["engines"]["torch fp32"]
+    for row in result["engines"].values():
+        row["throughput_vs_torch_fp32"] = row["throughput_audio_seconds_per_second"] / base["throughput_audio_seconds_per_second"]
+        row["latency_vs_torch_fp32"] = row["latency_3s_seconds"] / base["latency_3s_seconds"]
+        row["disk_vs_torch_fp32"] = row["disk_bytes"] / base["disk_bytes"]
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=TRAINED, help="trained model folder (default: see above)")
+    parser.add_argument("--eval_dataset", type=Path, default=SHARED / "emodb")
+    parser.add_argument("--eval_speakers", nargs="*", default=None, help="held-out speakers (default: all)")
+    parser.add_argument("--sizes", nargs="+", choices=["recipe", "paper"], default=["recipe", "paper"])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--long_seconds", type=float, default=600.0, help="the long recording (0: skip)")
+    args = parser.parse_args()
+    report = {"date": date.today().isoformat(), "machine": platform.processor() or platform.machine(),
+              "threads": args.threads, "torch": torch.__version__,
+              "command": " ".join(["python", "benchmarks/deploy.py", *sys.argv[1:]]), "sizes": {}}
+    import onnxruntime
+
+    report["onnxruntime"] = onnxruntime.__version__
+    work = Path(tempfile.mkdtemp(prefix="msemoboost-deploy-"))
+    for size in args.sizes:
+        if size == "recipe":
+            if not (args.model / "config.json").is_file():
+                sys.exit(f"{args.model}: no trained model. Run: python benchmarks/accuracy.py --rows "
+                         "'cross-corpus RAVDESS+TESS → EMO-DB', or pass --model.")
+            model_dir = args.model
+            labels = [MSEmoBoostConfig.from_pretrained(model_dir).id2label[i]
+                      for i in range(MSEmoBoostConfig.from_pretrained(model_dir).num_labels)]
+            evaluation = held_out(args.eval_dataset, labels, args.eval_speakers)
+            long_seconds = args.long_seconds
+        else:  # the paper's size, randomly initialised: timings only (a 10-minute graph would need GiBs)
+            torch.manual_seed(0)
+            model_dir = work / "paper"
+            MSEmoBoostForSequenceClassification(MSEmoBoostConfig(
+                backbone_config={"model_type": "wav2vec2", "mask_time_prob": 0.0}, num_labels=7)).save_pretrained(model_dir)
+            MSEmoBoostFeatureExtractor().save_pretrained(model_dir)
+            evaluation, long_seconds = None, 0
+        export_dir = work / f"{size}-onnx"
+        started = time.perf_counter()
+        export(model_dir, export_dir, quantize="int8")
+        export_seconds = time.perf_counter() - started
+        size_args = argparse.Namespace(**{**vars(args), "long_seconds": long_seconds})
+        report["sizes"][size] = {**benchmark_size(size, model_dir, export_dir, size_args, evaluation),
+                                 "export_seconds": export_seconds,
+                                 "held_out_utterances": None if evaluation is None else len(evaluation[1])}
+    destination = REPO / "benchmarks" / "results" / "deploy_cpu.json"
+    destination.write_text(json.dumps(report, indent=2) + "\n")
+    for size, result in report["sizes"].items():
+        print(f"\n{size} ({result['parameters'] / 1e6:.2f} M parameters)\n")
+        print("| engine | 3 s latency ms | batch 8×3 s: s of audio per s | vs torch fp32 | 10 min s | 10 min peak MiB "
+              "| disk MB | vs fp32 | WA % | UA % | agreement % |\n|---|---|---|---|---|---|---|---|---|---|---|")
+        for name, row in result["engines"].items():
+            long = row.get("long_recording", {})
+            cells = [f"{1000 * row['latency_3s_seconds']:.0f}", f"{row['throughput_audio_seconds_per_second']:.1f}",
+                     f"{row['throughput_vs_torch_fp32']:.2f}×", f"{long['seconds']:.1f}" if "seconds" in long else "",
+                     f"{long['peak_rss_mib']:.0f}" if "seconds" in long else "", f"{row['disk_bytes'] / 1e6:.1f}",
+                     f"{100 * row['disk_vs_torch_fp32']:.0f} %",
+                     *([f"{100 * row[k]:.1f}" for k in ("wa", "ua", "agreement_with_torch_fp32")] if "ua" in row else ["", "", ""])]
+            print(f"| {name} | " + " | ".join(cells) + " |")
+    print(f"\nWrote {destination}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,258 @@
+"""ONNX export of a trained MS-EmoBoost classifier, and running the exported graph with ONNX Runtime.
+
+    msemoboost export MODEL_DIR --output OUT [--quantize int8] [--opset N]
+    msemoboost predict --onnx OUT FILES...
+
+The graph takes the raw 16 kHz waveforms, right-padded, and their attention mask, and computes everything the
+PyTorch model computes: the feature extractor's zero-mean unit-variance normalisation (when the saved extractor has
+`do_normalize`), segmenting into 3 s windows (the last one overlapping), pre-emphasis, MFCC, spectrogram image,
+both guidance branches, the backbone, the frame weighting, the classifier and the mean of the segments'
+log-probabilities. Batch size and length are dynamic.
+
+Segmenting is the one place where the graph is formulated differently: PyTorch keeps only real segments, whose
+number depends on the data, while the graph computes a fixed grid of `ceil(num_samples / 3 s)` slots per utterance
+and masks the slots past each utterance's last segment out of the mean. Both read the same
+[`~MSEmoBoostModel.segment_grid`], and `tests/test_export.py` pins the two equal. A batch of very unequal lengths
+therefore costs the graph the silence slots of its short utterances; classify long recordings one at a time.
+
+`--quantize int8` adds `model.int8.onnx`: ONNX Runtime's dynamic quantisation (int8 weights, activations quantised
+per batch at run time) of the MatMul, Gemm and LSTM nodes. The feature front end (STFT, filter banks) stays float.
+
+This module needs `onnx`, `onnxscript` and `onnxruntime` (`pip install msemoboost[onnx]`); the modeling files
+never import it.
+"""
+
+import contextlib
+import importlib
+import json
+import logging
+import re
+import warnings
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .configuration_msemoboost import MSEmoBoostConfig
+from .feature_extraction_msemoboost import MSEmoBoostFeatureExtractor
+from .modeling_msemoboost import MSEmoBoostForSequenceClassification
+
+ONNX_NAME = "model.onnx"
+INT8_NAME = "model.int8.onnx"
+INPUT_NAMES = ["input_values", "attention_mask"]
+OUTPUT_NAMES = ["logits", "segment_logits", "segments_per_utterance"]
+DEFAULT_OPSET = 18  # the first opset whose Resize has the antialiasing the spectrogram image needs
+
+
+class MSEmoBoostForONNX(nn.Module):
+    """A trained [`MSEmoBoostForSequenceClassification`] as one graph from the raw waveform to logits.
+
+    It computes the spectrogram branch's STFT as a matrix product ([`MSEmoBoostPowerSpectrogram.use_dft_matmul`]),
+    switched on in `model`.
+
+    Forward inputs: `input_values` `(batch_size, num_samples)`, raw float waveforms in [-1, 1], right-padded, and
+    `attention_mask` `(batch_size, num_samples)`, 1 on audio and 0 on padding.
+
+    Forward outputs: `logits` `(batch_size, num_labels)`, as the PyTorch model's; `segment_logits`
+    `(batch_size, num_slots, num_labels)`, each segment's log-probabilities (raw outputs for multi-label and
+    regression models), `num_slots = ceil(num_samples / segment_samples)`, of which the first
+    `segments_per_utterance` `(batch_size,)` of each row are the utterance's segments.
+    """
+
+    def __init__(self, model: MSEmoBoostForSequenceClassification, normalize: bool):
+        super().__init__()
+        self.model = model
+        self.normalize = normalize
+        if model.msemoboost.spectrogram_encoder is not None:  # ONNX Runtime's 800-point STFT is a direct DFT
+            model.msemoboost.spectrogram_encoder.spectrogram.use_dft_matmul()
+        self.single_label = model.config.problem_type in (None, "single_label_classification")
+
+    def forward(self, input_values: torch.Tensor, attention_mask: torch.Tensor):
+        base = self.model.msemoboost
+        lengths = attention_mask.long().sum(-1)
+        if self.normalize:  # MSEmoBoostFeatureExtractor's do_normalize, over each row's audio
+            mask = attention_mask.to(input_values.dtype)
+            count = mask.sum(-1, keepdim=True)
+            mean = (input_values * mask).sum(-1, keepdim=True) / count
+            variance = ((input_values - mean).square() * mask).sum(-1, keepdim=True) / count
+            input_values = (input_values - mean) / torch.sqrt(variance + 1e-7) * mask
+        segments, segment_lengths, segments_per_utterance = base.segment_grid(input_values, lengths)
+        batch_size, num_slots, segment_samples = segments.shape
+        features = base.encode_segments(segments.reshape(-1, segment_samples), segment_lengths.reshape(-1))[0]
+        segment_logits = self.model.classifier(features)
+        if self.single_label:
+            segment_logits = segment_logits.log_softmax(-1)
+        segment_logits = segment_logits.reshape(batch_size, num_slots, -1)
+        is_segment = torch.arange(num_slots, device=lengths.device) < segments_per_utterance[:, None]
+        totals = torch.where(is_segment[..., None], segment_logits, 0.0).sum(1)
+        logits = totals / segments_per_utterance[:, None].to(totals.dtype)
+        return logits, segment_logits, segments_per_utterance
+
+
+def export(model_dir: str | Path, output: str | Path, quantize: str | None = None, opset: int = DEFAULT_OPSET) -> list[Path]:
+    """Exports the classifier saved in `model_dir` to `output/model.onnx` (and `model.int8.onnx` with
+    `quantize="int8"`), with `config.json` and `preprocessor_config.json` beside it. Returns the ONNX files written.
+
+    Raises `ValueError` naming the backbone type and the operator when the exporter cannot translate the model.
+    """
+    onnx = require("onnx")
+    require("onnxscript")  # torch.onnx's exporter translates through it
+    model_dir, output = Path(model_dir), Path(output)
+    if not (model_dir / "config.json").is_file():
+        raise ValueError(f"{model_dir}: not a model folder (it has no config.json).")
+    if quantize not in (None, "int8"):
+        raise ValueError(f"--quantize takes int8, got {quantize!r}.")
+    config = MSEmoBoostConfig.from_pretrained(model_dir)
+    model = MSEmoBoostForSequenceClassification.from_pretrained(model_dir, dtype=torch.float32).eval()
+    extractor = MSEmoBoostFeatureExtractor.from_pretrained(model_dir)
+    wrapper = MSEmoBoostForONNX(model, normalize=bool(extractor.do_normalize)).eval()
+
+    # Example inputs: two rows of different lengths, longer than one segment, so no shape is specialised.
+    length = config.segment_samples + config.segment_samples // 2 + 7
+    generator = torch.Generator().manual_seed(0)
+    input_values = 0.1 * torch.randn(2, length, generator=generator)
+    attention_mask = torch.ones(2, length, dtype=torch.long)
+    attention_mask[1, length - config.segment_samples // 3 :] = 0
+    dims = {0: torch.export.Dim("batch_size"), 1: torch.export.Dim("num_samples", min=config.min_input_samples)}
+    backbone = config.backbone_config.model_type if config.use_backbone_features else "no"
+    # Size-oblivious shapes: without them torch.export specialises the graph to more than one 3 s slot (the example
+    # has two), and a recording of at most 3 s would be refused.
+    from torch.fx.experimental import _config as shape_config
+
+    try:
+        with torch.no_grad(), shape_config.patch(backed_size_oblivious=True), exporter_quiet():
+            program = torch.onnx.export(
+                wrapper, (input_values, attention_mask), input_names=INPUT_NAMES, output_names=OUTPUT_NAMES,
+                dynamic_shapes={"input_values": dims, "attention_mask": dims}, opset_version=opset, dynamo=True,
+                verbose=False,
+            )
+    except Exception as error:  # the exporter raises many types; name what it could not translate
+        raise ValueError(f"Cannot export this model ({backbone} backbone) to ONNX: {export_failure(error)}") from error
+
+    output.mkdir(parents=True, exist_ok=True)
+    written = [output / ONNX_NAME]
+    program.save(str(written[0]))
+    onnx.checker.check_model(str(written[0]))
+    for name in ("config.json", "preprocessor_config.json"):  # labels, rates and segmenting, as trained
+        shutil.copyfile(model_dir / name, output / name)
+    if quantize == "int8":
+        written.append(quantize_int8(written[0], output / INT8_NAME))
+    (output / "export.json").write_text(json.dumps({
+        "source": str(model_dir), "opset": opset, "torch": torch.__version__, "onnx": onnx.__version__,
+        "files": [path.name for path in written], "inputs": INPUT_NAMES, "outputs": OUTPUT_NAMES,
+        "normalizes_input": bool(extractor.do_normalize),
+    }, indent=2) + "\n")
+    return written
+
+
+@contextlib.contextmanager
+def exporter_quiet():
+    """The exporter's notes about its own internals (deprecations inside torch.export, LSTM weights it reads, axis
+    names it merges) say nothing a user can act on: keep them off the terminal."""
+    loggers = [logging.getLogger(name) for name in ("onnx_ir", "onnxscript")]
+    levels = [logger.level for logger in loggers]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        try:
+            for logger in loggers:
+                logger.setLevel(logging.ERROR)
+            yield
+        finally:
+            for logger, level in zip(loggers, levels):
+                logger.setLevel(level)
+
+
+def export_failure(error: Exception) -> str:
+    """The operator (and the exporter's reason) out of an exporter error, on one line."""
+    text = " ".join(str(error).split())
+    operator = re.search(r"torch\.ops\.([\w.]+)", text) or re.search(r"aten::(\w+)", text)
+    reason = re.search(r"<class '[\w.]*(?:Error|Exception)'>: (.{1,200}?)(?: ⬆️|$)", text)
+    detail = reason.group(1) if reason else text[:300]
+    return f"operator {operator.group(1)} cannot be translated ({detail})" if operator else detail
+
+
+def quantize_int8(source: Path, destination: Path) -> Path:
+    """Dynamic int8 quantisation of the MatMul, Gemm and LSTM nodes with ONNX Runtime, except the feature front end:
+    the mel filter bank and DCT products stay float, as int8 activations cannot hold a power spectrum's range."""
+    onnx = require("onnx")
+    require("onnxruntime")
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    front_end = {".mfcc.mel_filters", ".mfcc.dct"}
+    graph = onnx.load(str(source), load_external_data=False).graph
+    excluded = [node.name for node in graph.node if any(name.endswith(tuple(front_end)) for name in node.input)]
+    prepared = destination.with_name(destination.stem + ".prepared.onnx")
+    try:
+        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+        quantize_dynamic(str(prepared), str(destination), op_types_to_quantize=["MatMul", "Gemm", "LSTM"],
+                         weight_type=QuantType.QInt8, nodes_to_exclude=excluded)
+    finally:
+        prepared.unlink(missing_ok=True)
+    return destination
+
+
+class ONNXClassifier:
+    """An exported model run by ONNX Runtime on CPU, with the PyTorch classifier's inputs and outputs.
+
+    Args:
+        directory: a folder written by [`export`].
+        int8: run `model.int8.onnx` rather than `model.onnx`.
+        threads: ONNX Runtime's intra-op threads (default: its own choice).
+    """
+
+    def __init__(self, directory: str | Path, int8: bool = False, threads: int | None = None):
+        onnxruntime = require("onnxruntime")
+        directory = Path(directory)
+        path = directory / (INT8_NAME if int8 else ONNX_NAME)
+        if not path.is_file():
+            hint = " Export it with --quantize int8." if int8 and (directory / ONNX_NAME).is_file() else ""
+            raise ValueError(f"--onnx {directory}: no {path.name} in this folder (write one with msemoboost export).{hint}")
+        self.config = MSEmoBoostConfig.from_pretrained(directory)
+        self.sampling_rate = self.config.sampling_rate
+        options = onnxruntime.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def __call__(self, waveforms: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Raw mono waveforms at `sampling_rate` → utterance `logits` `(batch_size, num_labels)` and, per
+        utterance, its segments' log-probabilities `(num_segments, num_labels)`."""
+        input_values, attention_mask = pad(waveforms)
+        logits, segment_logits, counts = self.session.run(
+            OUTPUT_NAMES, {"input_values": input_values, "attention_mask": attention_mask}
+        )
+        return logits, [rows[:count] for rows, count in zip(segment_logits, counts)]
+
+    def predict(self, waveforms: list[np.ndarray], names: list[str]) -> list:
+        """[`~msemoboost.inference.Prediction`]s, as `msemoboost.inference.predict` gives them for PyTorch."""
+        from .inference import predictions
+
+        logits, segment_logits = self(waveforms)
+        return predictions(names, waveforms, logits, segment_logits, self.config)
+
+
+def require(module: str):
+    """Imports an optional dependency of export, or says how to install it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ImportError(f"ONNX export and inference need {module}: pip install 'msemoboost[onnx]'.") from None
+
+
+def pad(waveforms: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Right-pads raw waveforms with zeros: `input_values` float32 and `attention_mask` int64, `(batch_size,
+    longest)`."""
+    longest = max(len(waveform) for waveform in waveforms)
+    input_values = np.zeros((len(waveforms), longest), dtype=np.float32)
+    attention_mask = np.zeros((len(waveforms), longest), dtype=np.int64)
+    for row, waveform in enumerate(waveforms):
+        input_values[row, : len(waveform)] = waveform
+        attention_mask[row, : len(waveform)] = 1
+    return input_values, attention_mask
+
+
+__all__ = ["MSEmoBoostForONNX", "ONNXClassifier", "export"]

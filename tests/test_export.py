@@ -1,0 +1,159 @@
+"""`msemoboost export` and `predict --onnx`: the ONNX graph against the PyTorch model on real speech."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from msemoboost import MSEmoBoostConfig, MSEmoBoostFeatureExtractor, MSEmoBoostForSequenceClassification
+from msemoboost.acoustic_features import MSEmoBoostMFCC, MSEmoBoostSpectrogram, pre_emphasis
+from msemoboost.cli import main
+from msemoboost.export import INT8_NAME, ONNX_NAME, ONNXClassifier, export
+from msemoboost.modeling_msemoboost import MSEmoBoostSelfAttention
+from tiny import tiny_model
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+LABELS = ["angry", "happy", "neutral", "sad"]
+# The CPU recipe's options, so the graph covers standardised and pooled MFCC, mean-residual frame weights and the
+# classifier on [X'_w ; guidance].
+RECIPE = {"frame_weighting": "mean_residual", "classifier_input": "pooled_and_guidance",
+          "mfcc_normalization": "standardize", "mfcc_pool_frames": 10}
+
+
+def save_model(directory: Path, **overrides) -> Path:
+    model = tiny_model(id2label=dict(enumerate(LABELS)), label2id={label: i for i, label in enumerate(LABELS)},
+                       **overrides)
+    if model.msemoboost.enhancement is not None:  # mean_residual starts at zero: give the frame weights a shape
+        with torch.no_grad():
+            model.msemoboost.enhancement.projection.weight.normal_(0.0, 0.5)
+    model.save_pretrained(directory)
+    MSEmoBoostFeatureExtractor().save_pretrained(directory)
+    return directory
+
+
+def pytorch_logits(model_dir: Path, waveforms: list[np.ndarray]) -> np.ndarray:
+    model = MSEmoBoostForSequenceClassification.from_pretrained(model_dir).eval()
+    extractor = MSEmoBoostFeatureExtractor.from_pretrained(model_dir)
+    with torch.no_grad():
+        return model(**extractor(waveforms, sampling_rate=16000, return_tensors="pt")).logits.numpy()
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> tuple[Path, Path]:
+    model_dir = save_model(tmp_path_factory.mktemp("model"), **RECIPE)
+    output = tmp_path_factory.mktemp("onnx")
+    assert export(model_dir, output, quantize="int8") == [output / ONNX_NAME, output / INT8_NAME]
+    return model_dir, output
+
+
+@pytest.mark.parametrize("features", [MSEmoBoostSpectrogram, MSEmoBoostMFCC])
+def test_the_graph_s_dft_by_matrix_product_equals_torch_stft(features, emodb_utterances):
+    length = min(len(utterance) for utterance in emodb_utterances)
+    waveform = pre_emphasis(torch.from_numpy(np.stack([u[:length] for u in emodb_utterances])), 0.97)
+    by_fft, by_product = features(MSEmoBoostConfig()), features(MSEmoBoostConfig())
+    by_product.use_dft_matmul()
+    expected, found = by_fft.power_spectrogram(waveform), by_product.power_spectrogram(waveform)
+    assert found.shape == expected.shape == (len(emodb_utterances), by_fft.n_fft // 2 + 1, length // 160 + 1)
+    assert ((found - expected).abs().amax() / expected.amax()).item() < 1e-5
+    expected, found = by_fft(waveform), by_product(waveform)
+    assert ((found - expected).abs().amax() / expected.abs().amax()).item() < 1e-4  # dB of the weakest bins
+
+
+def test_export_writes_the_graph_with_config_and_preprocessor_beside_it(exported):
+    model_dir, output = exported
+    for name in ("config.json", "preprocessor_config.json"):
+        assert (output / name).read_text() == (model_dir / name).read_text()
+    graph = onnx.load(str(output / ONNX_NAME))
+    assert [value.name for value in graph.graph.input] == ["input_values", "attention_mask"]
+    assert [value.name for value in graph.graph.output] == ["logits", "segment_logits", "segments_per_utterance"]
+    for value in graph.graph.input:  # batch and length are dynamic
+        assert [dim.dim_param != "" for dim in value.type.tensor_type.shape.dim] == [True, True]
+    operators = {node.op_type for node in graph.graph.node}
+    assert {"LSTM", "Conv", "Resize"} <= operators  # the guidance branches are inside the graph
+    assert json.loads((output / "export.json").read_text())["normalizes_input"] is True
+
+
+def test_onnx_logits_match_pytorch_on_real_speech_batched_and_one_at_a_time(exported, emodb_utterances):
+    model_dir, output = exported
+    lengths = sorted(len(utterance) for utterance in emodb_utterances)
+    assert lengths[0] < 48_000 < lengths[-1] and lengths[-1] % 48_000  # short ones and an overlapping last window
+    engine = ONNXClassifier(output)
+    logits, segment_logits = engine(emodb_utterances)
+    np.testing.assert_allclose(logits, pytorch_logits(model_dir, emodb_utterances), atol=1e-4, rtol=0)
+    for utterance, segments in zip(emodb_utterances, segment_logits):
+        alone, alone_segments = engine([utterance])
+        np.testing.assert_allclose(alone, pytorch_logits(model_dir, [utterance]), atol=1e-4, rtol=0)
+        assert len(segments) == max(1, -(-len(utterance) // 48_000))
+        np.testing.assert_allclose(alone_segments[0], segments, atol=1e-4, rtol=0)
+
+
+def test_predict_onnx_gives_the_pytorch_output_timeline_included(exported, emodb, tmp_path):
+    model_dir, output = exported
+    files = [str(path) for path in sorted((emodb / "audio").glob("*.flac"))[:: 100]]
+    assert main(["predict", *files, "--model", str(model_dir), "--timeline", "--output", str(tmp_path / "t.json")]) == 0
+    assert main(["predict", *files, "--onnx", str(output), "--timeline", "--output", str(tmp_path / "o.json")]) == 0
+    torch_rows, onnx_rows = (json.loads((tmp_path / name).read_text()) for name in ("t.json", "o.json"))
+    assert onnx_rows["labels"] == torch_rows["labels"] == LABELS
+    for part in ("files", "segments"):
+        assert len(onnx_rows[part]) == len(torch_rows[part]) >= len(files)
+        for ours, theirs in zip(onnx_rows[part], torch_rows[part]):
+            assert {k: v for k, v in ours.items() if k not in LABELS} == {k: v for k, v in theirs.items() if k not in LABELS}
+            np.testing.assert_allclose([ours[k] for k in LABELS], [theirs[k] for k in LABELS], atol=1e-4, rtol=0)
+
+
+def test_int8_quantizes_the_matmuls_and_the_lstm_and_stays_close_to_fp32(exported, emodb_utterances):
+    _, output = exported
+    fp32, int8 = (onnx.load(str(output / name)) for name in (ONNX_NAME, INT8_NAME))
+    assert {"MatMulInteger", "DynamicQuantizeLSTM"} <= {node.op_type for node in int8.graph.node}
+    assert not {"MatMulInteger", "DynamicQuantizeLSTM"} & {node.op_type for node in fp32.graph.node}
+    front_end = [node.op_type for node in int8.graph.node if any(name.endswith((".mel_filters", ".dct")) for name in node.input)]
+    assert front_end == ["MatMul", "MatMul"]  # the mel filter bank and the DCT stay float
+    assert (output / INT8_NAME).stat().st_size < 0.5 * (output / ONNX_NAME).stat().st_size
+    reference, _ = ONNXClassifier(output)(emodb_utterances)
+    quantized, _ = ONNXClassifier(output, int8=True)(emodb_utterances)
+    assert 0 < np.abs(quantized - reference).max() < 0.05
+
+
+@pytest.mark.parametrize("variant", [{"model_type": "hubert"}, {"model_type": "wavlm"}, {"model_type": "data2vec-audio"},
+                                     {"use_backbone_features": False}, {"use_mfcc": False, "use_spectrogram": False}],
+                         ids=["hubert", "wavlm", "data2vec-audio", "guidance only", "backbone only"])
+def test_every_backbone_and_ablation_exports_with_parity(variant, tmp_path, emodb_utterances):
+    model_dir = save_model(tmp_path / "model", **variant)
+    export(model_dir, tmp_path / "onnx")
+    waveforms = emodb_utterances[:3]
+    logits, _ = ONNXClassifier(tmp_path / "onnx")(waveforms)
+    np.testing.assert_allclose(logits, pytorch_logits(model_dir, waveforms), atol=1e-4, rtol=0)
+
+
+def test_an_operator_the_exporter_cannot_translate_is_named(monkeypatch, tmp_path):
+    def three_dimensional_attention(self, hidden_states):  # the exporter only translates 4-D attention
+        return hidden_states + F.scaled_dot_product_attention(
+            self.query(hidden_states), self.key(hidden_states), self.value(hidden_states))
+
+    monkeypatch.setattr(MSEmoBoostSelfAttention, "forward", three_dimensional_attention)
+    with pytest.raises(ValueError, match=r"^Cannot export this model \(wav2vec2 backbone\) to ONNX: operator "
+                                         r"aten\.scaled_dot_product_attention\.default cannot be translated \(.*4D"):
+        export(save_model(tmp_path / "model"), tmp_path / "onnx")
+    assert not (tmp_path / "onnx").exists()
+
+
+def test_export_and_predict_onnx_usage_errors(exported, tmp_path, capsys):
+    model_dir, output = exported
+    assert main(["export", str(tmp_path), "--output", str(tmp_path / "out")]) == 2
+    assert f"{tmp_path}: not a model folder (it has no config.json)." in capsys.readouterr().err
+    assert main(["predict", str(model_dir / "config.json"), "--onnx", str(model_dir)]) == 2
+    assert f"--onnx {model_dir}: no model.onnx in this folder (write one with msemoboost export)." in capsys.readouterr().err
+    (tmp_path / "fp32").mkdir()
+    (tmp_path / "fp32" / ONNX_NAME).write_bytes((output / ONNX_NAME).read_bytes())
+    (tmp_path / "fp32" / "config.json").write_text((output / "config.json").read_text())
+    assert main(["predict", str(model_dir / "config.json"), "--onnx", str(tmp_path / "fp32"), "--int8"]) == 2
+    assert "no model.int8.onnx in this folder (write one with msemoboost export). Export it with --quantize int8." in (
+        capsys.readouterr().err)
+    with pytest.raises(SystemExit):
+        main(["predict", "x.wav", "--model", str(model_dir), "--int8"])
+    assert "--int8 needs --onnx" in capsys.readouterr().err
