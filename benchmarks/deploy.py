@@ -3,6 +3,7 @@
     python benchmarks/deploy.py                       # the trained CPU-recipe model, then the paper-size model
     python benchmarks/deploy.py --sizes recipe        # only the trained model
     python benchmarks/deploy.py --model DIR --eval_speakers 03 --eval_dataset ../shared/data/emodb
+    python benchmarks/deploy.py --profile             # per-part milliseconds, torch and ONNX Runtime, paper size
 
 For each engine: latency of one 3 s segment (batch 1), throughput on a batch of 8 × 3 s, time and peak memory of one
 10-minute recording (each engine in a fresh process), size on disk, and, for a trained model, WA/UA on held-out
@@ -166,6 +167,111 @@ def benchmark_size(label: str, model_dir: Path, export_dir: Path, args, evaluati
     return result
 
 
+# Parts of the model timed on their own, innermost first: a part's time excludes the parts listed inside it.
+PARTS = ["msemoboost.mfcc_encoder.mfcc", "msemoboost.mfcc_encoder.lstm", "msemoboost.mfcc_encoder.attention",
+         "msemoboost.mfcc_encoder", "msemoboost.spectrogram_encoder.spectrogram", "msemoboost.spectrogram_encoder.features",
+         "msemoboost.spectrogram_encoder.attention", "msemoboost.spectrogram_encoder", "msemoboost.backbone",
+         "msemoboost.enhancement", "classifier"]
+PART_NAMES = {"msemoboost.mfcc_encoder.mfcc": "MFCC (STFT, mel, DCT)", "msemoboost.mfcc_encoder.lstm": "Bi-LSTM",
+              "msemoboost.mfcc_encoder.attention": "MFCC self-attention",
+              "msemoboost.mfcc_encoder": "MFCC normalisation, pooling, projection",
+              "msemoboost.spectrogram_encoder.spectrogram": "spectrogram image (STFT, dB, scaling)",
+              "msemoboost.spectrogram_encoder.features": "AlexNet", "msemoboost.spectrogram_encoder.attention":
+              "spectrogram self-attention", "msemoboost.spectrogram_encoder": "image resize, normalisation, projection",
+              "msemoboost.backbone": "backbone", "msemoboost.enhancement": "frame weighting X_enh",
+              "classifier": "classifier", "rest": "segmenting, pooling and the rest"}
+
+
+def torch_profile(model_dir: Path, segments: list[np.ndarray], repeats: int) -> dict:
+    """Milliseconds per part of one inference of `segments`, with forward hooks (median over repeats)."""
+    model = MSEmoBoostForSequenceClassification.from_pretrained(model_dir).eval()
+    extractor = MSEmoBoostFeatureExtractor.from_pretrained(model_dir)
+    inputs = extractor(segments, sampling_rate=16_000, return_tensors="pt")
+    modules = {name: module for name, module in model.named_modules() if name in PARTS}
+    spans, starts = {name: 0.0 for name in modules}, {}
+    for name, module in modules.items():
+        module.register_forward_pre_hook(lambda _m, _i, name=name: starts.__setitem__(name, time.perf_counter()))
+        module.register_forward_hook(
+            lambda _m, _i, _o, name=name: spans.__setitem__(name, spans[name] + time.perf_counter() - starts[name]))
+    runs = []
+    for repeat in range(repeats + 1):
+        for name in spans:
+            spans[name] = 0.0
+        started = time.perf_counter()
+        with torch.inference_mode():
+            model(**inputs)
+        total = time.perf_counter() - started
+        if repeat:  # the first is a warm-up
+            runs.append({**exclusive(spans), "total": total})
+    result = {name: 1000 * statistics.median(run[name] for run in runs) for name in runs[0]}
+    result["rest"] = result["total"] - sum(value for name, value in result.items() if name not in ("total", "rest"))
+    return result
+
+
+def exclusive(spans: dict[str, float]) -> dict[str, float]:
+    """Each part's time without the listed parts nested inside it."""
+    own = dict(spans)
+    for name in spans:
+        parent = next((other for other in PARTS if other != name and name.startswith(other + ".") and other in spans), None)
+        if parent:
+            own[parent] -= spans[name]
+    return own
+
+
+def onnx_profile(path: Path, reference: Path, segments: list[np.ndarray], threads: int, repeats: int) -> dict:
+    """Milliseconds per part of one ONNX Runtime inference, from its profiler, grouped by the torch module each node
+    came from. The exporter writes that module into each node of `reference` (the fp32 graph:
+    `pkg.torch.onnx.name_scopes`); nodes that quantisation or ONNX Runtime's optimiser made are matched by name, or
+    else take the part of the node that feeds them."""
+    import onnx
+    import onnxruntime
+
+    from msemoboost.export import pad
+
+    known = {node.name: part_of(node) for node in onnx.load(str(reference), load_external_data=False).graph.node}
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.optimized_model_filepath = str(path.with_name(path.stem + ".optimized.onnx"))
+    onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    optimized = onnx.load(options.optimized_model_filepath, load_external_data=False).graph
+    Path(options.optimized_model_filepath).unlink()
+    scopes, producer = {}, {}
+    for node in optimized.node:  # topological order
+        name = node.name.removesuffix("_quant").removesuffix("_QuantizeLinear")
+        part = part_of(node) or known.get(name) or known.get(name.split("/")[0])
+        part = part or next((scopes[producer[i]] for i in node.input if i in producer), "rest")
+        scopes[node.name] = part
+        producer.update({output: node.name for output in node.output})
+
+    options = onnxruntime.SessionOptions()
+    options.enable_profiling = True
+    options.intra_op_num_threads = threads
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    feed = dict(zip(("input_values", "attention_mask"), pad(segments)))
+    session.run(None, feed)  # warm-up
+    for _ in range(repeats):
+        session.run(None, feed)
+    trace = Path(session.end_profiling())
+    events = json.loads(trace.read_text())
+    trace.unlink()
+    result = {}
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            part = scopes.get(event["name"].removesuffix("_kernel_time"), "rest")
+            result[part] = result.get(part, 0.0) + event["dur"] / 1000 / repeats
+    result["total"] = sum(result.values())
+    return result
+
+
+def part_of(node) -> str | None:
+    """The innermost of PARTS that the exporter recorded for an ONNX node, if it recorded one."""
+    for prop in node.metadata_props:
+        if prop.key == "pkg.torch.onnx.name_scopes":
+            paths = [name.removeprefix("model.") for name in json.loads(prop.value.replace("'", '"'))]
+            return next((part for part in reversed(paths) if part in PARTS), "rest")
+    return None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=TRAINED, help="trained model folder (default: see above)")
@@ -175,6 +281,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--long_seconds", type=float, default=600.0, help="the long recording (0: skip)")
+    parser.add_argument("--profile", action="store_true", help="only the per-part profile of the paper-size model")
+    parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results" / "deploy_cpu.json")
     args = parser.parse_args()
     report = {"date": date.today().isoformat(), "machine": platform.processor() or platform.machine(),
               "threads": args.threads, "torch": torch.__version__,
@@ -183,6 +291,8 @@ def main() -> None:
 
     report["onnxruntime"] = onnxruntime.__version__
     work = Path(tempfile.mkdtemp(prefix="msemoboost-deploy-"))
+    if args.profile:
+        return profile_main(args, report, work)
     for size in args.sizes:
         if size == "recipe":
             if not (args.model / "config.json").is_file():
@@ -194,11 +304,7 @@ def main() -> None:
             evaluation = held_out(args.eval_dataset, labels, args.eval_speakers)
             long_seconds = args.long_seconds
         else:  # the paper's size, randomly initialised: timings only (a 10-minute graph would need GiBs)
-            torch.manual_seed(0)
-            model_dir = work / "paper"
-            MSEmoBoostForSequenceClassification(MSEmoBoostConfig(
-                backbone_config={"model_type": "wav2vec2", "mask_time_prob": 0.0}, num_labels=7)).save_pretrained(model_dir)
-            MSEmoBoostFeatureExtractor().save_pretrained(model_dir)
+            model_dir = paper_size_model(work / "paper")
             evaluation, long_seconds = None, 0
         export_dir = work / f"{size}-onnx"
         started = time.perf_counter()
@@ -208,7 +314,7 @@ def main() -> None:
         report["sizes"][size] = {**benchmark_size(size, model_dir, export_dir, size_args, evaluation),
                                  "export_seconds": export_seconds,
                                  "held_out_utterances": None if evaluation is None else len(evaluation[1])}
-    destination = REPO / "benchmarks" / "results" / "deploy_cpu.json"
+    destination = args.results
     destination.write_text(json.dumps(report, indent=2) + "\n")
     for size, result in report["sizes"].items():
         print(f"\n{size} ({result['parameters'] / 1e6:.2f} M parameters)\n")
@@ -222,6 +328,36 @@ def main() -> None:
                      f"{100 * row['disk_vs_torch_fp32']:.0f} %",
                      *([f"{100 * row[k]:.1f}" for k in ("wa", "ua", "agreement_with_torch_fp32")] if "ua" in row else ["", "", ""])]
             print(f"| {name} | " + " | ".join(cells) + " |")
+    print(f"\nWrote {destination}")
+
+
+def paper_size_model(directory: Path) -> Path:
+    """The paper's size, randomly initialised: a wav2vec2-base backbone and the paper's guidance branches."""
+    torch.manual_seed(0)
+    MSEmoBoostForSequenceClassification(MSEmoBoostConfig(
+        backbone_config={"model_type": "wav2vec2", "mask_time_prob": 0.0}, num_labels=7)).save_pretrained(directory)
+    MSEmoBoostFeatureExtractor().save_pretrained(directory)
+    return directory
+
+
+def profile_main(args, report: dict, work: Path) -> None:
+    """Where an inference of 8 × 3 s spends its time, per part, in torch fp32 and ONNX Runtime fp32/int8."""
+    torch.set_num_threads(args.threads)
+    model_dir = paper_size_model(work / "paper")
+    export(model_dir, work / "onnx", quantize="int8")
+    segments = [speech(3.0, offset) for offset in range(8)]
+    repeats = max(3, args.repeats // 4)
+    profile = {"batch": "8 x 3 s", "torch fp32": torch_profile(model_dir, segments, repeats),
+               "onnxruntime fp32": onnx_profile(work / "onnx" / ONNX_NAME, work / "onnx" / ONNX_NAME, segments,
+                                                args.threads, repeats),
+               "onnxruntime int8": onnx_profile(work / "onnx" / INT8_NAME, work / "onnx" / ONNX_NAME, segments,
+                                                args.threads, repeats)}
+    destination = args.results.with_name(args.results.stem + "_profile.json")
+    destination.write_text(json.dumps({**report, "profile": profile}, indent=2) + "\n")
+    engines = ["torch fp32", "onnxruntime fp32", "onnxruntime int8"]
+    print("| part | " + " | ".join(f"{engine} ms" for engine in engines) + " |\n|---|---|---|---|")
+    for part in [*PARTS, "rest", "total"]:
+        print(f"| {PART_NAMES.get(part, part)} | " + " | ".join(f"{profile[e].get(part, 0.0):.1f}" for e in engines) + " |")
     print(f"\nWrote {destination}")
 
 
