@@ -71,6 +71,7 @@ from msemoboost.training import (
     MSEmoBoostTrainer,
     StagedUnfreezing,
     WaUaMetrics,
+    arguments_from_file,
     build_feature_extractor,
     build_model,
     class_balanced_weights,
@@ -278,28 +279,6 @@ class ProtocolArguments:
     train_split: str = field(default="train", metadata={"help": "splits protocol: the training split."})
     validation_split: str | None = field(default="validation", metadata={"help": "splits protocol: validation split."})
     test_split: str = field(default="test", metadata={"help": "splits protocol: the test split."})
-
-
-def arguments_from_file(path: str) -> list[str]:
-    """A YAML or JSON file of arguments as command-line words, so that later words override it."""
-    text = Path(path).read_text()
-    if path.endswith(".json"):
-        values = json.loads(text)
-    else:
-        import yaml
-
-        values = yaml.safe_load(text) or {}
-    words = []
-    for key, value in values.items():
-        if value is None:
-            continue
-        if isinstance(value, (dict, list)) and key in ("backbone_config", "model_config_overrides"):
-            value = json.dumps(value)
-        if isinstance(value, list):
-            words += [f"--{key}", *map(str, value)]
-        else:
-            words += [f"--{key}", str(value)]
-    return words
 
 
 def parse_arguments(

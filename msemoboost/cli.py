@@ -6,6 +6,10 @@
     msemoboost tsne --model DIR_OR_HUB_ID --dataset NAME_OR_PATH [--compare-baseline] [--output tsne.png]
     msemoboost enhance FILES_OR_FOLDERS... --model DIR_OR_HUB_ID --output_dir DIR [--noise white --snr 5]
     msemoboost export MODEL_DIR --output EXPORT_DIR [--quantize int8] [--opset 18]
+    msemoboost intensity train --dataset_name CORPUS [MORE ...] --output_dir DIR [--max_steps N]
+    msemoboost intensity score DIR FILES... [--plot scores.png]
+    msemoboost pretrain [CONFIG.yaml] --dataset_name CORPUS [MORE ...] --output_dir OUT [--masking ems
+        --intensity_model DIR] [--max_steps N]   (every TrainingArguments flag too; --help lists them)
 
 Audio at any sampling rate and with any number of channels is decoded by FFmpeg (through `datasets`), resampled to
 the model's rate and downmixed to mono by averaging the channels.
@@ -32,9 +36,20 @@ EXIT_BAD_USAGE = 2
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["pretrain"]:  # Trainer's own arguments: parsed by HfArgumentParser in msemoboost.pretraining
+        from .pretraining import pretrain
+
+        try:
+            return pretrain(argv[1:])
+        except ValueError as error:
+            print(f"msemoboost pretrain: error: {error}", file=sys.stderr)
+            return EXIT_BAD_USAGE
     parser = argparse.ArgumentParser(prog="msemoboost", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
 
+    commands.add_parser("pretrain", help="self-supervised pretraining of a backbone, random or EMS masking (see "
+                                         "msemoboost pretrain --help)")
     predict = commands.add_parser("predict", help="classify audio files, folders or a dataset")
     predict.add_argument("inputs", nargs="*", help="audio files and folders (searched recursively)")
     engine = predict.add_mutually_exclusive_group(required=True)
@@ -89,13 +104,31 @@ def main(argv: list[str] | None = None) -> int:
                         help="also write model.int8.onnx (dynamic int8 quantisation of MatMul, Gemm and LSTM)")
     export.add_argument("--opset", type=int, default=18, help="ONNX opset (default: 18, the lowest that works)")
 
+    intensity = commands.add_parser("intensity", help="the emotion-intensity model that guides EMS pretraining")
+    intensity_commands = intensity.add_subparsers(dest="intensity_command", required=True)
+    intensity_train = intensity_commands.add_parser("train", help="train it from intensity rankings")
+    intensity_train.add_argument("--dataset_name", nargs="+", required=True,
+                                 help="corpora (audiofolders or dataset ids) with emotion and speaker columns, and "
+                                      "optionally intensity (normal/strong); the first one's --eval_speakers are held out")
+    intensity_train.add_argument("--output_dir", required=True)
+    intensity_train.add_argument("--eval_speakers", nargs="*", default=None,
+                                 help="held-out speakers of the first corpus (default: its last 4, sorted)")
+    intensity_train.add_argument("--max_steps", type=int, default=800)
+    intensity_train.add_argument("--batch_size", type=int, default=32)
+    intensity_train.add_argument("--learning_rate", type=float, default=1e-3)
+    intensity_train.add_argument("--seed", type=int, default=0)
+    intensity_score = intensity_commands.add_parser("score", help="frame intensities of audio files")
+    intensity_score.add_argument("model_dir")
+    intensity_score.add_argument("inputs", nargs="+", help="audio files and folders")
+    intensity_score.add_argument("--plot", default=None, help="PNG of the frame scores over time")
+
     args = parser.parse_args(argv)
     if args.command == "predict" and args.int8 and not args.onnx:
         parser.error("--int8 needs --onnx")
     from .inference import BadAudioError
 
     commands = {"predict": run_predict, "explain": run_explain, "tsne": run_tsne, "enhance": run_enhance,
-                "export": run_export}
+                "export": run_export, "intensity": run_intensity}
     try:
         return commands[args.command](args)
     except BadAudioError as error:
@@ -212,6 +245,56 @@ def run_export(args) -> int:
     for path in export(args.model_dir, args.output, quantize=args.quantize, opset=args.opset):
         print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
     return 0
+
+
+def run_intensity(args) -> int:
+    from .intensity import MSEmoBoostIntensityModel, train_intensity
+
+    if args.intensity_command == "train":
+        report = train_intensity(args.dataset_name, args.output_dir, args.eval_speakers, args.max_steps,
+                                 args.batch_size, args.learning_rate, args.seed)
+        for line in report["skipped_files"]:
+            print(f"skipped {line}", file=sys.stderr)
+        print(json.dumps({"ranking_accuracy": report["ranking_accuracy"], "skipped": len(report["skipped_files"])}, indent=2))
+        print(f"Saved the intensity model to {args.output_dir}")
+        return EXIT_SOME_FILES_FAILED if report["skipped_files"] else 0
+    import torch
+
+    from .inference import BadAudioError, find_audio_files, read_audio
+    from .intensity import pad_batch
+
+    if not (Path(args.model_dir) / "config.json").is_file():
+        raise ValueError(f"{args.model_dir}: not an intensity model folder (it has no config.json).")
+    model = MSEmoBoostIntensityModel.from_pretrained(args.model_dir).eval()
+    rows, failures = [], []
+    for path in find_audio_files(args.inputs):
+        try:
+            waveform = read_audio(path, model.config.sampling_rate, str(path), model.config.n_fft)
+        except BadAudioError as error:
+            failures.append(str(error))
+            print(f"skipped {error}", file=sys.stderr)
+            continue
+        with torch.no_grad():
+            frames = model(**pad_batch([waveform])).frame_scores[0].numpy()
+        rows.append((str(path), frames))
+        print(f"{path}: mean {frames.mean():.3f}  max {frames.max():.3f}  frames above 0.5 {(frames > 0.5).mean():.0%}")
+    if args.plot and rows:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        figure, axis = plt.subplots(figsize=(10, 3 + 0.2 * len(rows)), dpi=100)
+        for name, frames in rows:
+            axis.plot(np.arange(len(frames)) * model.config.hop_length / model.config.sampling_rate, frames,
+                      label=Path(name).name)
+        axis.set(xlabel="time (s)", ylabel="emotion intensity", ylim=(0, 1))
+        axis.legend(fontsize=7)
+        figure.tight_layout()
+        write_atomically(Path(args.plot), lambda path: figure.savefig(path))
+        plt.close(figure)
+        print(f"Wrote {args.plot}")
+    return EXIT_SOME_FILES_FAILED if failures else 0
 
 
 def write_predictions(predictions, labels: list[str], output: str | None, timeline: bool) -> None:

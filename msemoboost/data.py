@@ -322,3 +322,39 @@ def combine_corpora(
     num_skipped = evaluated.num_skipped + sum(extra.num_skipped for _, extra in extras)
     combined = EmotionCorpus(dataset=dataset, label_names=label_names, sampling_rate=evaluated.sampling_rate, num_skipped=num_skipped)
     return CombinedCorpus(combined, np.flatnonzero(sources > 0), report)
+
+
+def read_corpus_audio(dataset_name: str, sampling_rate: int, min_samples: int) -> tuple[list[dict], list[np.ndarray], list[str]]:
+    """Every row of a corpus (an audiofolder path or a dataset id, all splits) with its decoded waveform, for the
+    commands that read whole corpora into memory (`msemoboost intensity train`, `msemoboost pretrain`).
+
+    Returns the rows (without their audio), their mono float32 waveforms at `sampling_rate`, and one line per
+    skipped file naming it and why: undecodable, non-finite, shorter than `min_samples`, or digitally silent.
+    Raises `ValueError` for a path or id that holds no audio.
+    """
+    try:
+        source = datasets.load_dataset(dataset_name)
+    except (FileNotFoundError, ValueError, datasets.exceptions.DatasetNotFoundError) as error:
+        raise ValueError(f"{dataset_name}: no audio dataset there ({' '.join(str(error).split())[:200]}).") from None
+    tables = list(source.values()) if isinstance(source, datasets.DatasetDict) else [source]
+    table = datasets.concatenate_datasets(tables) if tables else None
+    if table is None or len(table) == 0 or "audio" not in table.column_names:
+        raise ValueError(f"{dataset_name}: no audio files found.")
+    table = table.cast_column("audio", datasets.Audio(decode=False))
+    rows, waveforms, skipped = [], [], []
+    for row in table:
+        name = row["audio"].get("path") or f"row {len(rows) + len(skipped)}"
+        try:
+            waveform = decode_audio(row["audio"], sampling_rate)
+        except Exception as error:  # the decoders raise many types; all mean "unreadable"
+            skipped.append(f"{name}: cannot be decoded: {decoding_error_reason(error, row['audio'])}")
+            continue
+        problem = audio_problem(waveform, min_samples) or ("digitally silent" if not np.abs(waveform).max() else "")
+        if problem:
+            skipped.append(f"{name}: {problem}")
+            continue
+        rows.append({key: value for key, value in row.items() if key != "audio"})
+        waveforms.append(waveform)
+    if not waveforms:
+        raise ValueError(f"{dataset_name}: no usable audio; all {len(skipped)} file(s) were skipped ({skipped[0]}).")
+    return rows, waveforms, skipped

@@ -1,5 +1,5 @@
-"""Pieces of `train.py` that other scripts reuse: the WA/UA metric, model construction, the Trainer and the staged
-unfreezing callback."""
+"""Pieces of `train.py` that other scripts reuse: arguments from a YAML file, the WA/UA metric, model construction,
+the Trainer and the staged unfreezing callback."""
 
 import json
 import logging
@@ -38,6 +38,28 @@ class WaUaMetrics:
     def __call__(self, evaluation) -> dict[str, float]:
         predictions = np.argmax(evaluation.predictions, axis=-1)
         return self.metric.compute(predictions=predictions, references=evaluation.label_ids)
+
+
+def arguments_from_file(path: str) -> list[str]:
+    """A YAML or JSON file of arguments as command-line words, so that later words override it."""
+    text = Path(path).read_text()
+    if path.endswith(".json"):
+        values = json.loads(text)
+    else:
+        import yaml
+
+        values = yaml.safe_load(text) or {}
+    words = []
+    for key, value in values.items():
+        if value is None:
+            continue
+        if isinstance(value, (dict, list)) and key in ("backbone_config", "model_config_overrides"):
+            value = json.dumps(value)
+        if isinstance(value, list):
+            words += [f"--{key}", *map(str, value)]
+        else:
+            words += [f"--{key}", str(value)]
+    return words
 
 
 def read_json_argument(value: str | None) -> dict:

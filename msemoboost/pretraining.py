@@ -1,0 +1,499 @@
+"""Self-supervised pretraining of an SSL speech backbone by masked reconstruction, with random or EMS masking.
+
+Masked acoustic modelling as in Mockingjay, on the backbone's own frames (Liu & Ma's EMS builds on it):
+
+- runs of `mask_span` (7) consecutive backbone frames are chosen until `mask_ratio` (15 %) of the frames are covered;
+- `masking="random"` draws the runs at random; `masking="ems"` takes first the runs whose start frame has an emotion
+  intensity above `intensity_threshold` (0.5), in random order, and fills the rest at random;
+- a chosen run is masked 80 % of the time (the backbone's `mask_time_indices`: its learned mask embedding replaces
+  the frames), replaced by another run of the same utterance 10 % (in the waveform, so the backbone sees other
+  audio there) and left unchanged 10 %;
+- the loss is the L1 distance between the reconstruction head's output and the log-mel spectrogram of the original
+  audio, over the chosen frames; the log-mel frames are the backbone's frames (window = its receptive field,
+  hop = its stride), normalised per utterance and band.
+
+With `masking="ems"` the frame intensity (from [`~msemoboost.intensity.MSEmoBoostIntensityModel`], aligned linearly to
+the backbone's frames) is also an input, added to the projected features through a learned projection (masked frames
+get the mask embedding instead, so their intensity is hidden), and a second head reconstructs it under its own L1
+loss, weighted by `intensity_loss_weight`.
+
+Only the backbone is kept: `msemoboost pretrain` saves it as a plain model of its own type, which
+`AutoModel.from_pretrained` loads with no remote code; the heads live only in the training checkpoints.
+"""
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel, TrainerCallback
+from transformers import initialization as init
+from transformers.audio_utils import mel_filter_bank, window_function
+from transformers.utils import ModelOutput
+
+from .acoustic_features import MSEmoBoostPowerSpectrogram
+from .configuration_msemoboost import MSEmoBoostConfig, _as_audio_ssl_config
+
+MASKINGS = ("random", "ems")
+logger = logging.getLogger(__name__)
+
+
+class MSEmoBoostPretrainingConfig(PretrainedConfig):
+    r"""
+    Configuration of [`MSEmoBoostForPretraining`].
+
+    Args:
+        backbone_config (`dict` or `PreTrainedConfig`, *optional*): the SSL backbone (wav2vec2, HuBERT, WavLM,
+            data2vec-audio); wav2vec2-base when omitted.
+        masking (`str`, *optional*, defaults to `"random"`): `"random"` or `"ems"`.
+        mask_ratio (`float`, *optional*, defaults to 0.15): share of each utterance's frames in chosen runs.
+        mask_span (`int`, *optional*, defaults to 7): frames per run.
+        intensity_threshold (`float`, *optional*, defaults to 0.5): EMS takes runs starting above it first.
+        mask_probability (`float`, *optional*, defaults to 0.8): share of runs given the mask embedding.
+        replace_probability (`float`, *optional*, defaults to 0.1): share of runs replaced by other audio; the rest
+            stay unchanged.
+        num_mel_bins (`int`, *optional*, defaults to 80): bands of the log-mel target.
+        intensity_loss_weight (`float`, *optional*, defaults to 1.0): weight of the intensity reconstruction (EMS).
+    """
+
+    model_type = "msemoboost_pretraining"
+    sub_configs = {"backbone_config": AutoConfig}
+
+    def __init__(
+        self,
+        backbone_config=None,
+        masking: str = "random",
+        mask_ratio: float = 0.15,
+        mask_span: int = 7,
+        intensity_threshold: float = 0.5,
+        mask_probability: float = 0.8,
+        replace_probability: float = 0.1,
+        num_mel_bins: int = 80,
+        intensity_loss_weight: float = 1.0,
+        sampling_rate: int = 16000,
+        **kwargs,
+    ):
+        self.backbone_config = _as_audio_ssl_config(backbone_config)
+        if masking not in MASKINGS:
+            raise ValueError(f"masking must be one of {list(MASKINGS)}, got {masking!r}.")
+        if not 0 < mask_ratio < 1 or mask_span < 1:
+            raise ValueError(f"mask_ratio must be in (0, 1) and mask_span at least 1; got {mask_ratio} and {mask_span}.")
+        if mask_probability < 0 or replace_probability < 0 or mask_probability + replace_probability > 1:
+            raise ValueError("mask_probability and replace_probability must be non-negative and sum to at most 1; got "
+                             f"{mask_probability} and {replace_probability}.")
+        self.masking = masking
+        self.mask_ratio = mask_ratio
+        self.mask_span = mask_span
+        self.intensity_threshold = intensity_threshold
+        self.mask_probability = mask_probability
+        self.replace_probability = replace_probability
+        self.num_mel_bins = num_mel_bins
+        self.intensity_loss_weight = intensity_loss_weight
+        self.sampling_rate = sampling_rate
+        super().__init__(**kwargs)
+
+    def to_dict(self):
+        output = super().to_dict()
+        output["backbone_config"] = self.backbone_config.to_dict()
+        return output
+
+    @property
+    def frame_geometry(self) -> MSEmoBoostConfig:
+        """The backbone's frame arithmetic (frames per length, receptive field, stride), shared with MS-EmoBoost."""
+        return MSEmoBoostConfig(backbone_config=self.backbone_config)
+
+
+@dataclass
+class MSEmoBoostPretrainingOutput(ModelOutput):
+    """
+    Args:
+        loss (`torch.FloatTensor` of shape `()`): reconstruction loss (+ the weighted intensity loss with EMS).
+        reconstruction_loss (`torch.FloatTensor` of shape `()`), intensity_loss (`torch.FloatTensor` of shape `()`,
+            *optional*): the two terms.
+        reconstruction (`torch.FloatTensor` of shape `(batch_size, num_frames, num_mel_bins)`): predicted log-mel.
+    """
+
+    loss: torch.FloatTensor | None = None
+    reconstruction_loss: torch.FloatTensor | None = None
+    intensity_loss: torch.FloatTensor | None = None
+    reconstruction: torch.FloatTensor | None = None
+
+
+def choose_runs(num_frames: int, config: MSEmoBoostPretrainingConfig, generator: torch.Generator,
+                intensity: torch.Tensor | None = None) -> torch.LongTensor:
+    """Start frames of the runs to mask in one utterance of `num_frames` frames, `(num_runs,)`.
+
+    Runs are disjoint: candidate starts are `0, span, 2 span, …` (every whole run inside the utterance), and
+    `round(mask_ratio * num_frames / span)` of them are taken (at least one). With `intensity` `(num_frames,)`
+    (EMS), the candidates whose start frame's intensity exceeds the threshold come first, in random order, and
+    random other candidates fill the rest.
+    """
+    span = config.mask_span
+    candidates = torch.arange(0, num_frames - span + 1, span)
+    if len(candidates) == 0:
+        return candidates
+    wanted = min(len(candidates), max(1, round(config.mask_ratio * num_frames / span)))
+    order = candidates[torch.randperm(len(candidates), generator=generator)]
+    if intensity is not None:
+        strong = intensity[order] > config.intensity_threshold
+        order = torch.cat([order[strong], order[~strong]])
+    return order[:wanted].sort().values
+
+
+def assign_runs(runs: torch.LongTensor, config: MSEmoBoostPretrainingConfig, generator: torch.Generator) -> torch.LongTensor:
+    """What happens to each run, `(num_runs,)`: 0 masked (mask embedding), 1 replaced by other audio, 2 unchanged,
+    with probabilities `mask_probability`, `replace_probability` and the rest."""
+    draw = torch.rand(len(runs), generator=generator)
+    return (draw >= config.mask_probability).long() + (draw >= config.mask_probability + config.replace_probability).long()
+
+
+class MSEmoBoostMaskingCollator:
+    """Crops (to `max_samples`, at random) and pads waveforms and draws each utterance's runs.
+
+    Its randomness comes from `seed` and the number of the batch only (`batches_drawn`, which [`MaskingSchedule`]
+    sets from the Trainer's step when training starts or resumes), so a resumed run draws exactly the crops and
+    masks an uninterrupted one would, whatever the global RNG did meanwhile. Batches must be collated in the main
+    process (`dataloader_num_workers=0`), where that count lives.
+
+    Returns `input_values` (with replaced runs), `target_values` (the original audio), `attention_mask`,
+    `mask_time_indices` and `loss_mask` `(batch_size, num_frames)`, and with EMS `intensity` `(batch_size,
+    num_frames)`.
+    """
+
+    def __init__(self, config: MSEmoBoostPretrainingConfig, intensity_model=None, max_samples: int | None = None,
+                 seed: int = 0):
+        if config.masking == "ems" and intensity_model is None:
+            raise ValueError("masking='ems' needs an intensity model (msemoboost intensity train; --intensity_model DIR).")
+        if intensity_model is not None and intensity_model.config.sampling_rate != config.sampling_rate:
+            raise ValueError(f"The intensity model works at {intensity_model.config.sampling_rate} Hz but the backbone "
+                             f"is pretrained at {config.sampling_rate} Hz: train an intensity model at that rate.")
+        self.config = config
+        self.geometry = config.frame_geometry
+        self.intensity_model = intensity_model.eval() if intensity_model is not None else None
+        self.max_samples = max_samples
+        self.seed = seed
+        self.batches_drawn = 0  # set from the Trainer's step on (re)start by MaskingSchedule
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        from .intensity import align_to_frames, pad_batch
+
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.batches_drawn)
+        self.batches_drawn += 1
+        waveforms = [np.asarray(row["waveform"], dtype=np.float32) for row in rows]
+        if self.max_samples:  # a random crop of each long utterance
+            starts = [int(torch.randint(0, max(1, len(w) - self.max_samples + 1), (1,), generator=generator))
+                      for w in waveforms]
+            waveforms = [w[start : start + self.max_samples] for w, start in zip(waveforms, starts)]
+        batch = pad_batch(waveforms)
+        num_frames = self.geometry.num_backbone_frames(batch["input_values"].shape[1])
+        stride, field, span = self.geometry.backbone_frame_stride, self.geometry.min_input_samples, self.config.mask_span
+        intensity = None
+        if self.intensity_model is not None:
+            with torch.no_grad():
+                scores = self.intensity_model(**batch).frame_scores  # (batch_size, intensity frames)
+            intensity = torch.zeros(len(rows), num_frames)
+            for row, waveform in enumerate(waveforms):  # each utterance's own frames, aligned linearly
+                own = scores[row : row + 1, : len(waveform) // self.intensity_model.config.hop_length + 1]
+                frames = self.geometry.num_backbone_frames(len(waveform))
+                intensity[row, :frames] = align_to_frames(own, frames)[0]
+        mask_time_indices = torch.zeros(len(rows), num_frames, dtype=torch.bool)
+        loss_mask = torch.zeros(len(rows), num_frames, dtype=torch.bool)
+        input_values = batch["input_values"].clone()
+        for row, waveform in enumerate(waveforms):
+            frames = self.geometry.num_backbone_frames(len(waveform))
+            runs = choose_runs(frames, self.config, generator, None if intensity is None else intensity[row, :frames])
+            for start, kind in zip(runs.tolist(), assign_runs(runs, self.config, generator).tolist()):
+                loss_mask[row, start : start + span] = True
+                if kind == 0:
+                    mask_time_indices[row, start : start + span] = True
+                elif kind == 1:  # the samples this run's frames see, taken from another place in the utterance
+                    first, last = start * stride, (start + span - 1) * stride + field
+                    source = int(torch.randint(0, max(1, len(waveform) - (last - first)), (1,), generator=generator))
+                    input_values[row, first:last] = torch.from_numpy(waveform[source : source + last - first])
+        output = {"input_values": input_values, "target_values": batch["input_values"],
+                  "attention_mask": batch["attention_mask"], "mask_time_indices": mask_time_indices,
+                  "loss_mask": loss_mask}
+        if intensity is not None:
+            output["intensity"] = intensity
+        return output
+
+
+class MaskingSchedule(TrainerCallback):
+    """Keeps [`MSEmoBoostMaskingCollator`]'s batch count in step with the Trainer's, also after a resume."""
+
+    def __init__(self, collator: MSEmoBoostMaskingCollator):
+        self.collator = collator
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.collator.batches_drawn = state.global_step * args.gradient_accumulation_steps
+
+
+class MSEmoBoostFrameLogMel(MSEmoBoostPowerSpectrogram):
+    """Log-mel spectrogram on the backbone's frames: window = its receptive field (Hann), hop = its stride, no
+    centring, so frame `t` covers the samples SSL frame `t` sees. `(batch_size, num_samples)` →
+    `(batch_size, num_frames, num_mel_bins)`."""
+
+    def __init__(self, config: MSEmoBoostPretrainingConfig):
+        super().__init__()
+        geometry = config.frame_geometry
+        self.n_fft, self.hop_length = geometry.min_input_samples, geometry.backbone_frame_stride
+        self.sampling_rate, self.num_mel_bins = config.sampling_rate, config.num_mel_bins
+        self.register_feature_buffers()
+
+    def compute_buffers(self) -> dict[str, torch.Tensor]:
+        mel_filters = mel_filter_bank(num_frequency_bins=self.n_fft // 2 + 1, num_mel_filters=self.num_mel_bins,
+                                      min_frequency=0.0, max_frequency=self.sampling_rate / 2,
+                                      sampling_rate=self.sampling_rate, norm="slaney", mel_scale="slaney",
+                                      dtype=np.float32)
+        return {"window": torch.tensor(window_function(self.n_fft, "hann", periodic=True), dtype=torch.float32),
+                "mel_filters": torch.tensor(mel_filters, dtype=torch.float32)}
+
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        stft = torch.stft(waveform.float(), n_fft=self.n_fft, hop_length=self.hop_length, window=self.window.float(),
+                          center=False, return_complex=True)
+        power = torch.addcmul(stft.real * stft.real, stft.imag, stft.imag).transpose(1, 2)
+        return torch.log(power @ self.mel_filters.float() + 1e-6)
+
+
+class MSEmoBoostForPretraining(PreTrainedModel):
+    """An SSL backbone with a log-mel reconstruction head (and, for EMS, an intensity input and head)."""
+
+    config_class = MSEmoBoostPretrainingConfig
+    base_model_prefix = "pretraining"
+    main_input_name = "input_values"
+
+    def __init__(self, config: MSEmoBoostPretrainingConfig, backbone: PreTrainedModel | None = None):
+        super().__init__(config)
+        self.backbone = backbone if backbone is not None else AutoModel.from_config(config.backbone_config)
+        hidden_size = config.backbone_config.hidden_size
+        self.log_mel = MSEmoBoostFrameLogMel(config)
+        self.reconstruction_head = nn.Linear(hidden_size, config.num_mel_bins)
+        if config.masking == "ems":
+            self.intensity_projection = nn.Linear(1, config.backbone_config.hidden_size)
+            self.intensity_head = nn.Linear(hidden_size, 1)
+            self.backbone.feature_projection.register_forward_hook(self._add_intensity)
+        else:
+            self.intensity_projection = self.intensity_head = None
+        self._intensity_input = None
+        self.post_init()
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        if isinstance(module, MSEmoBoostPowerSpectrogram):
+            for name, value in module.compute_buffers().items():
+                init.copy_(getattr(module, name), value)
+        elif module is self.intensity_projection:
+            init.zeros_(module.weight)  # the backbone starts as without the intensity input
+            init.zeros_(module.bias)
+        else:
+            super()._init_weights(module)
+
+    def _add_intensity(self, module, inputs, output):
+        """Adds the projected intensity to the feature projection's output (before the mask embedding)."""
+        if self._intensity_input is None:
+            return output
+        added = self.intensity_projection(self._intensity_input[..., None].to(self.intensity_projection.weight.dtype))
+        if isinstance(output, tuple):  # wav2vec2 returns (projected, normalised)
+            return (output[0] + added, *output[1:])
+        return output + added
+
+    def forward(
+        self,
+        input_values: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        mask_time_indices: torch.Tensor | None = None,
+        loss_mask: torch.Tensor | None = None,
+        target_values: torch.Tensor | None = None,
+        intensity: torch.Tensor | None = None,
+        **kwargs,
+    ) -> MSEmoBoostPretrainingOutput:
+        r"""
+        Args:
+            input_values (`torch.FloatTensor` of shape `(batch_size, num_samples)`): waveforms, replaced runs included.
+            attention_mask (`torch.LongTensor` of shape `(batch_size, num_samples)`, *optional*): 1 on audio.
+            mask_time_indices (`torch.BoolTensor` of shape `(batch_size, num_frames)`, *optional*): frames given the
+                backbone's mask embedding.
+            loss_mask (`torch.BoolTensor` of shape `(batch_size, num_frames)`, *optional*): frames whose
+                reconstruction is scored (masked, replaced and unchanged runs); gives the loss.
+            target_values (`torch.FloatTensor` of shape `(batch_size, num_samples)`, *optional*): the original audio
+                whose log-mel is the target; `input_values` when not given.
+            intensity (`torch.FloatTensor` of shape `(batch_size, num_frames)`, *optional*): frame intensity (EMS).
+        """
+        if self.config.masking == "ems" and intensity is None:
+            raise ValueError("This model was configured with masking='ems': give the frame intensity.")
+        self._intensity_input = intensity
+        try:
+            hidden = self.backbone(input_values, attention_mask=attention_mask, mask_time_indices=mask_time_indices,
+                                   return_dict=True).last_hidden_state  # (batch_size, num_frames, hidden_size)
+        finally:
+            self._intensity_input = None
+        reconstruction = self.reconstruction_head(hidden)
+        if loss_mask is None:
+            return MSEmoBoostPretrainingOutput(reconstruction=reconstruction)
+        target = self.log_mel(target_values if target_values is not None else input_values)
+        frames = min(target.shape[1], hidden.shape[1])
+        target, reconstruction, loss_mask = target[:, :frames], reconstruction[:, :frames], loss_mask[:, :frames]
+        valid = self.frame_mask(attention_mask, input_values, frames)
+        target = self.normalize(target, valid)
+        selected = loss_mask & valid
+        reconstruction_loss = F.l1_loss(reconstruction[selected].float(), target[selected])
+        loss, intensity_loss = reconstruction_loss, None
+        if self.intensity_head is not None:
+            predicted = self.intensity_head(hidden[:, :frames])[..., 0]
+            intensity_loss = F.l1_loss(predicted[selected].float(), intensity[:, :frames][selected].float())
+            loss = loss + self.config.intensity_loss_weight * intensity_loss
+        return MSEmoBoostPretrainingOutput(loss=loss, reconstruction_loss=reconstruction_loss,
+                                           intensity_loss=intensity_loss, reconstruction=reconstruction)
+
+    def frame_mask(self, attention_mask: torch.Tensor | None, input_values: torch.Tensor, num_frames: int) -> torch.Tensor:
+        """`(batch_size, num_frames)`: frames whose whole window holds audio."""
+        if attention_mask is None:
+            return torch.ones(input_values.shape[0], num_frames, dtype=torch.bool, device=input_values.device)
+        lengths = self.backbone._get_feat_extract_output_lengths(attention_mask.long().sum(-1))
+        return torch.arange(num_frames, device=input_values.device) < lengths[:, None]
+
+    @staticmethod
+    def normalize(log_mel: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Zero mean, unit variance per utterance and band over the frames holding audio."""
+        weight = valid[..., None].to(log_mel.dtype)
+        count = weight.sum(1, keepdim=True).clamp(min=1)
+        mean = (log_mel * weight).sum(1, keepdim=True) / count
+        variance = ((log_mel - mean).square() * weight).sum(1, keepdim=True) / count
+        return (log_mel - mean) / torch.sqrt(variance + 1e-5)
+
+
+__all__ = ["MASKINGS", "MSEmoBoostForPretraining", "MSEmoBoostMaskingCollator", "MSEmoBoostPretrainingConfig",
+           "assign_runs", "choose_runs"]
+
+
+# --- `msemoboost pretrain` -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class PretrainingArguments:
+    """What to pretrain, on what, and how to mask (`msemoboost pretrain --help`)."""
+
+    dataset_name: list[str] = field(metadata={"help": "One or more audiofolders or dataset ids (every split is used)."})
+    masking: str = field(default="random", metadata={"help": "random (the baseline) or ems (intensity-guided)."})
+    intensity_model: str | None = field(default=None, metadata={"help": "With --masking ems: msemoboost intensity "
+                                                                         "train's output folder."})
+    model_name_or_path: str | None = field(default=None, metadata={"help": "Continue pretraining this backbone "
+                                                                           "(a folder or Hub id of an SSL model)."})
+    backbone_config: str | None = field(default=None, metadata={"help": "Or pretrain from scratch: a backbone config "
+                                                                        "as JSON, e.g. {\"model_type\": \"wav2vec2\"}."})
+    mask_ratio: float = field(default=0.15, metadata={"help": "Share of frames in chosen runs."})
+    mask_span: int = field(default=7, metadata={"help": "Frames per run."})
+    intensity_threshold: float = field(default=0.5, metadata={"help": "EMS takes runs starting above it first."})
+    mask_probability: float = field(default=0.8, metadata={"help": "Share of runs given the mask embedding."})
+    replace_probability: float = field(default=0.1, metadata={"help": "Share of runs replaced by other audio."})
+    num_mel_bins: int = field(default=80, metadata={"help": "Bands of the log-mel target."})
+    intensity_loss_weight: float = field(default=1.0, metadata={"help": "Weight of the intensity reconstruction."})
+    max_seconds: float = field(default=4.0, metadata={"help": "Random crop of each utterance per step."})
+
+
+def pretrain(argv: list[str]) -> int:
+    """`msemoboost pretrain [CONFIG.yaml] --dataset_name … --output_dir OUT [...]`: see the module docstring."""
+    import json
+    from pathlib import Path
+
+    from torch.utils.data import Dataset
+    from transformers import HfArgumentParser, Trainer, TrainingArguments, set_seed
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from .data import read_corpus_audio
+    from .training import arguments_from_file
+
+    if argv and argv[0].endswith((".yaml", ".yml", ".json")):
+        argv = arguments_from_file(argv[0]) + argv[1:]
+    parser = HfArgumentParser((PretrainingArguments, TrainingArguments))
+    parser.prog = "msemoboost pretrain"
+    args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    if args.masking not in MASKINGS:
+        parser.error(f"--masking must be one of {list(MASKINGS)}, got {args.masking!r}")
+    if args.masking == "ems" and not args.intensity_model:
+        parser.error("--masking ems needs --intensity_model DIR (train one with: msemoboost intensity train)")
+    if args.model_name_or_path and args.backbone_config:
+        parser.error("give --model_name_or_path (continued pretraining) or --backbone_config (from scratch), not both")
+    set_seed(training_args.seed)
+
+    backbone = None
+    if args.model_name_or_path:
+        backbone = AutoModel.from_pretrained(args.model_name_or_path)
+        backbone_config = backbone.config
+    else:
+        backbone_config = json.loads(args.backbone_config) if args.backbone_config else None
+    config = MSEmoBoostPretrainingConfig(
+        backbone_config=backbone_config, masking=args.masking, mask_ratio=args.mask_ratio, mask_span=args.mask_span,
+        intensity_threshold=args.intensity_threshold, mask_probability=args.mask_probability,
+        replace_probability=args.replace_probability, num_mel_bins=args.num_mel_bins,
+        intensity_loss_weight=args.intensity_loss_weight)
+    intensity_model = None
+    if args.intensity_model:
+        from .intensity import MSEmoBoostIntensityModel
+
+        if not (Path(args.intensity_model) / "config.json").is_file():
+            raise ValueError(f"--intensity_model {args.intensity_model}: not an intensity model folder (no config.json).")
+        intensity_model = MSEmoBoostIntensityModel.from_pretrained(args.intensity_model)
+    collator = MSEmoBoostMaskingCollator(config, intensity_model, max_samples=int(args.max_seconds * config.sampling_rate),
+                                         seed=training_args.seed)
+
+    min_samples = config.frame_geometry.min_input_samples * config.mask_span  # room for at least one run
+    waveforms, skipped = [], []
+    for name in args.dataset_name:
+        _, found, missed = read_corpus_audio(name, config.sampling_rate, min_samples)
+        waveforms += found
+        skipped += missed
+    for line in skipped:
+        logger.warning(f"skipped {line}")
+    logger.warning(f"Pretraining on {len(waveforms)} utterances ({sum(map(len, waveforms)) / config.sampling_rate / 3600:.2f} h) "
+                   f"of {', '.join(args.dataset_name)}; {len(skipped)} file(s) skipped.")
+
+    class Audio(Dataset):
+        def __len__(self):
+            return len(waveforms)
+
+        def __getitem__(self, index):
+            return {"waveform": waveforms[index]}
+
+    output = Path(training_args.output_dir)
+    if training_args.dataloader_num_workers:
+        logger.warning("Pretraining collates in the main process (the masks' batch count lives there): "
+                       "--dataloader_num_workers is set to 0.")
+    training_args = dataclasses.replace(training_args, output_dir=str(output / "checkpoints"),
+                                        remove_unused_columns=False, dataloader_num_workers=0)
+    model = MSEmoBoostForPretraining(config, backbone=backbone)
+    trainer = Trainer(model=model, args=training_args, train_dataset=Audio(), data_collator=collator,
+                      callbacks=[MaskingSchedule(collator)])
+    resume = training_args.resume_from_checkpoint
+    if resume in ("true", "True", True):
+        resume = get_last_checkpoint(training_args.output_dir)
+    trainer.train(resume_from_checkpoint=resume or None)
+
+    model.backbone.save_pretrained(output)  # a plain model of the backbone's own type: no heads, no remote code
+    history = [entry for entry in trainer.state.log_history if "loss" in entry]
+    (output / "pretraining_args.json").write_text(json.dumps({
+        **dataclasses.asdict(args), "pretraining_config": config.to_dict(), "seed": training_args.seed,
+        "max_steps": training_args.max_steps, "utterances": len(waveforms), "skipped_files": skipped,
+        "loss_history": history}, indent=2, default=str) + "\n")
+    plot_loss(history, output / "loss_curve.png", f"{args.masking} masking")
+    print(f"Saved the pretrained {config.backbone_config.model_type} backbone to {output} "
+          f"({len(skipped)} file(s) skipped)")
+    return 0
+
+
+def plot_loss(history: list[dict], path, title: str) -> None:
+    """The training loss against the step, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 3.5), dpi=100)
+    axis.plot([entry["step"] for entry in history], [entry["loss"] for entry in history], "o-", markersize=3)
+    axis.set(xlabel="step", ylabel="training loss", title=f"Pretraining loss ({title})")
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)

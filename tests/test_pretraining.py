@@ -1,0 +1,248 @@
+"""EMS pretraining (`msemoboost pretrain`) and the emotion-intensity model (`msemoboost intensity`)."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModel, Wav2Vec2Model
+
+from msemoboost import MSEmoBoostForSequenceClassification
+from msemoboost.cli import main
+from msemoboost.intensity import (
+    MSEmoBoostIntensityConfig,
+    MSEmoBoostIntensityModel,
+    align_to_frames,
+    intensity_rank,
+    train_intensity,
+)
+from msemoboost.pretraining import (
+    MSEmoBoostForPretraining,
+    MSEmoBoostMaskingCollator,
+    MSEmoBoostPretrainingConfig,
+    assign_runs,
+    choose_runs,
+)
+from tiny import TINY_BACKBONE, speech_like
+
+BACKBONE = {"model_type": "wav2vec2", **TINY_BACKBONE}
+PRETRAIN = ["--backbone_config", json.dumps(BACKBONE), "--per_device_train_batch_size", "4", "--learning_rate",
+            "5e-3", "--logging_steps", "1", "--report_to", "none", "--disable_tqdm", "true", "--seed", "0",
+            "--dataloader_pin_memory", "false", "--max_seconds", "2"]
+
+
+def config(**overrides) -> MSEmoBoostPretrainingConfig:
+    return MSEmoBoostPretrainingConfig(backbone_config=BACKBONE, **overrides)
+
+
+# --- Masking statistics on fixed inputs ------------------------------------------------------------------------
+
+
+def test_random_runs_cover_the_ratio_in_disjoint_runs_of_the_span():
+    runs = choose_runs(700, config(), torch.Generator().manual_seed(0))
+    assert len(runs) == 15  # round(0.15 * 700 / 7)
+    assert (runs % 7 == 0).all() and (runs.diff() >= 7).all() and runs.max() + 7 <= 700
+    covered = torch.zeros(700, dtype=torch.bool)
+    for start in runs:
+        covered[start : start + 7] = True
+    assert covered.sum() == 105  # exactly 15 % of the frames
+    assert choose_runs(6, config(), torch.Generator()).numel() == 0  # shorter than one run: nothing to mask
+
+
+def test_ems_takes_the_runs_above_the_threshold_first_and_fills_with_random_ones():
+    intensity = torch.full((700,), 0.2)
+    strong = torch.arange(0, 700, 7)[torch.randperm(100, generator=torch.Generator().manual_seed(1))[:20]]
+    intensity[strong] = 0.9
+    for seed in range(5):  # more strong starts than runs: every run starts on a strong frame
+        runs = choose_runs(700, config(masking="random"), torch.Generator().manual_seed(seed), intensity)
+        assert len(runs) == 15 and set(runs.tolist()) <= set(strong.tolist())
+    few = strong[:5]
+    intensity = torch.full((700,), 0.2)
+    intensity[few] = 0.51
+    runs = choose_runs(700, config(), torch.Generator().manual_seed(0), intensity)
+    assert len(runs) == 15 and set(few.tolist()) <= set(runs.tolist())  # all 5 strong ones, and 10 random others
+    intensity[few] = 0.5  # not above the threshold: no preference
+    counts = sum(len(set(choose_runs(700, config(), torch.Generator().manual_seed(s), intensity).tolist())
+                     & set(few.tolist())) for s in range(40))
+    assert counts < 40 * 5 * 0.4  # about 15 % of 5 per draw by chance, far from all 5
+
+
+def test_runs_are_masked_replaced_and_kept_80_10_10():
+    kinds = assign_runs(torch.zeros(100_000), config(), torch.Generator().manual_seed(0))
+    shares = torch.bincount(kinds, minlength=3).float() / len(kinds)
+    torch.testing.assert_close(shares, torch.tensor([0.8, 0.1, 0.1]), atol=0.005, rtol=0)
+    assert torch.bincount(assign_runs(torch.zeros(1000), config(mask_probability=1.0, replace_probability=0.0),
+                                      torch.Generator()), minlength=3).tolist() == [1000, 0, 0]
+
+
+def test_the_collator_masks_replaces_and_scores_exactly_the_chosen_runs():
+    torch.manual_seed(0)
+    collator = MSEmoBoostMaskingCollator(config(mask_probability=0.4, replace_probability=0.4))
+    waveforms = [speech_like(64_000, seed) for seed in range(6)]
+    batch = collator([{"waveform": waveform} for waveform in waveforms])
+    geometry = collator.geometry
+    assert batch["loss_mask"].shape == (6, geometry.num_backbone_frames(64_000))
+    assert not (batch["mask_time_indices"] & ~batch["loss_mask"]).any()
+    torch.testing.assert_close(batch["target_values"][:, :64_000], torch.from_numpy(np.stack(waveforms)))
+    changed = (batch["input_values"] != batch["target_values"])
+    replaced_frames = 0
+    for row in range(6):
+        starts = [t for t in range(batch["loss_mask"].shape[1]) if batch["loss_mask"][row, t]
+                  and (t == 0 or not batch["loss_mask"][row, t - 1])]
+        for start in starts:  # blocks of whole 7-frame runs on the 7-frame grid (adjacent runs join)
+            length = int(batch["loss_mask"][row, start:].long().cumprod(0).sum())
+            assert start % 7 == 0 and length % 7 == 0
+        starts = [t for t in range(0, batch["loss_mask"].shape[1], 7) if batch["loss_mask"][row, t]]
+        allowed = torch.zeros(changed.shape[1], dtype=torch.bool)
+        for start in starts:  # the samples a run's frames see: [start * stride, (start + 6) * stride + field)
+            if not batch["mask_time_indices"][row, start]:
+                allowed[start * 320 : (start + 6) * 320 + 400] = True
+        assert not (changed[row] & ~allowed).any()  # audio is replaced only under runs not given the mask embedding
+        replaced_frames += int(changed[row].any())
+    assert replaced_frames > 0
+
+
+def test_ems_masking_needs_an_intensity_model_at_the_backbone_s_rate():
+    with pytest.raises(ValueError, match=r"^masking='ems' needs an intensity model"):
+        MSEmoBoostMaskingCollator(config(masking="ems"))
+    other_rate = MSEmoBoostIntensityModel(MSEmoBoostIntensityConfig(sampling_rate=8000))
+    with pytest.raises(ValueError, match=r"^The intensity model works at 8000 Hz but the backbone is pretrained at 16000 Hz"):
+        MSEmoBoostMaskingCollator(config(masking="ems"), other_rate)
+
+
+def test_ems_gives_the_intensity_aligned_to_the_backbone_frames_and_a_second_loss():
+    torch.manual_seed(0)
+    intensity_model = MSEmoBoostIntensityModel(MSEmoBoostIntensityConfig()).eval()
+    collator = MSEmoBoostMaskingCollator(config(masking="ems"), intensity_model)
+    waveforms = [speech_like(40_000, 0), speech_like(24_000, 1)]
+    batch = collator([{"waveform": waveform} for waveform in waveforms])
+    with torch.no_grad():
+        scores = intensity_model(**{"input_values": torch.from_numpy(waveforms[1])[None]}).frame_scores
+    frames = collator.geometry.num_backbone_frames(24_000)
+    torch.testing.assert_close(batch["intensity"][1, :frames], align_to_frames(scores, frames)[0])
+    assert (batch["intensity"][1, frames:] == 0).all()
+    model = MSEmoBoostForPretraining(config(masking="ems"))
+    output = model(**batch)
+    assert output.intensity_loss is not None
+    torch.testing.assert_close(output.loss, output.reconstruction_loss + output.intensity_loss)
+
+
+# --- Pretraining runs ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pretrained(corpus_dir, tmp_path_factory) -> Path:
+    output = tmp_path_factory.mktemp("pretrained")
+    assert main(["pretrain", "--dataset_name", str(corpus_dir), "--output_dir", str(output), "--max_steps", "40",
+                 *PRETRAIN]) == 0
+    return output
+
+
+def test_a_tiny_pretraining_run_lowers_its_loss(pretrained):
+    history = json.loads((pretrained / "pretraining_args.json").read_text())["loss_history"]
+    losses = [entry["loss"] for entry in history]
+    assert len(losses) == 40 and np.mean(losses[-4:]) < 0.9 * np.mean(losses[:4])
+    assert (pretrained / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_output_is_a_plain_backbone_that_automodel_and_msemoboost_load(pretrained):
+    config = json.loads((pretrained / "config.json").read_text())
+    assert config["model_type"] == "wav2vec2" and "auto_map" not in config
+    assert not list(pretrained.glob("*.py"))
+    backbone = AutoModel.from_pretrained(pretrained)  # no trust_remote_code
+    assert type(backbone) is Wav2Vec2Model
+    saved = load_file(pretrained / "model.safetensors")
+    assert not [name for name in saved if "head" in name or "intensity" in name or "log_mel" in name]
+    for name, value in backbone.state_dict().items():
+        if name in saved:
+            torch.testing.assert_close(value, saved[name])
+    model = MSEmoBoostForSequenceClassification.from_backbone(str(pretrained), num_labels=4)
+    for name, value in backbone.state_dict().items():
+        torch.testing.assert_close(model.msemoboost.backbone.state_dict()[name], value)
+
+
+def test_a_killed_and_resumed_run_ends_with_the_weights_of_a_straight_run(corpus_dir, tmp_path):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    arguments = ["pretrain", "--dataset_name", str(corpus_dir), "--max_steps", "6", "--save_steps", "3", *PRETRAIN]
+    assert main([*arguments, "--output_dir", str(straight)]) == 0
+    # What a run killed after step 4 leaves behind: its checkpoint of step 3.
+    (resumed / "checkpoints").mkdir(parents=True)
+    import shutil
+
+    shutil.copytree(straight / "checkpoints" / "checkpoint-3", resumed / "checkpoints" / "checkpoint-3")
+    assert main([*arguments, "--output_dir", str(resumed), "--resume_from_checkpoint", "true"]) == 0
+    expected, found = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert expected.keys() == found.keys()
+    for name in expected:
+        torch.testing.assert_close(found[name], expected[name], atol=0, rtol=0)
+
+
+def test_silent_and_too_short_files_are_skipped_and_counted(tmp_path):
+    folder = tmp_path / "corpus"
+    (folder / "audio").mkdir(parents=True)
+    rows = ["file_name,speaker,emotion"]
+    for index in range(4):
+        soundfile.write(folder / "audio" / f"good{index}.wav", speech_like(24_000, index), 16_000)
+        rows.append(f"audio/good{index}.wav,s{index},neutral")
+    soundfile.write(folder / "audio" / "silent.wav", np.zeros(24_000, np.float32), 16_000)
+    soundfile.write(folder / "audio" / "short.wav", speech_like(300), 16_000)
+    rows += ["audio/silent.wav,s9,neutral", "audio/short.wav,s9,neutral"]
+    (folder / "metadata.csv").write_text("\n".join(rows) + "\n")
+    output = tmp_path / "out"
+    assert main(["pretrain", "--dataset_name", str(folder), "--output_dir", str(output), "--max_steps", "1",
+                 *PRETRAIN]) == 0
+    report = json.loads((output / "pretraining_args.json").read_text())
+    assert report["utterances"] == 4
+    assert sorted(line.split(": ", 1)[1] for line in report["skipped_files"]) == [
+        "300 samples, shorter than one analysis frame (2800 samples)", "digitally silent"]
+    assert sorted(Path(line.split(": ")[0]).name for line in report["skipped_files"]) == ["short.wav", "silent.wav"]
+
+
+def test_pretrain_usage_errors(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["pretrain", "--dataset_name", str(tmp_path / "empty"), "--output_dir", str(tmp_path / "o"), *PRETRAIN]) == 2
+    assert f"msemoboost pretrain: error: {tmp_path / 'empty'}: no audio dataset there" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["pretrain", "--dataset_name", "x", "--output_dir", str(tmp_path / "o"), "--masking", "ems"])
+    assert "--masking ems needs --intensity_model DIR" in capsys.readouterr().err
+    assert main(["pretrain", "--dataset_name", "x", "--output_dir", str(tmp_path / "o"), "--masking", "ems",
+                 "--intensity_model", str(tmp_path / "empty")]) == 2
+    assert f"--intensity_model {tmp_path / 'empty'}: not an intensity model folder" in capsys.readouterr().err
+
+
+# --- The intensity model ---------------------------------------------------------------------------------------
+
+
+def test_intensity_ranks_and_the_ranking_loss():
+    assert [intensity_rank("neutral", "normal"), intensity_rank("anger", "normal"), intensity_rank("anger", "strong"),
+            intensity_rank("anger", "")] == [0, 1, 2, 1]
+    model = MSEmoBoostIntensityModel(MSEmoBoostIntensityConfig(calibration_weight=0.0))
+    scores = torch.tensor([0.2, 0.5, 0.8])
+    logit = torch.logit(scores)
+    pairs = [(1, 0), (2, 0), (2, 1)]
+    expected = torch.stack([torch.nn.functional.softplus(-(logit[i] - logit[j])) for i, j in pairs]).mean()
+    torch.testing.assert_close(model.ranking_loss(scores, torch.tensor([0, 1, 2])), expected)
+    # Ordered right, the loss falls as the margin grows; reversed, it is larger.
+    assert model.ranking_loss(torch.tensor([0.1, 0.5, 0.9]), torch.tensor([0, 1, 2])) < expected
+    assert model.ranking_loss(torch.tensor([0.8, 0.5, 0.2]), torch.tensor([0, 1, 2])) > expected
+
+
+def test_intensity_train_and_score(corpus_dir, tmp_path, capsys):
+    report = train_intensity([str(corpus_dir)], str(tmp_path / "intensity"), eval_speakers=["spk5", "spk6"],
+                             max_steps=4, batch_size=8)
+    assert report["eval_speakers"] == ["spk5", "spk6"] and report["eval_utterances"] == 24
+    assert report["train_utterances"] == 48 and len(report["loss_history"]) >= 1
+    assert report["ranking_accuracy"]["emotional_vs_neutral"]["pairs"] == 2 * 9 * 3  # per speaker: 9 emotional × 3 neutral
+    assert "strong_vs_normal" not in report["ranking_accuracy"]  # no intensity labels in this corpus
+    model = MSEmoBoostIntensityModel.from_pretrained(tmp_path / "intensity")
+    output = model(torch.from_numpy(speech_like(16_000))[None])
+    assert output.frame_scores.shape == (1, 101) and 0 <= output.frame_scores.min() <= output.frame_scores.max() <= 1
+    audio = sorted((corpus_dir / "audio").glob("*.wav"))[:2]
+    assert main(["intensity", "score", str(tmp_path / "intensity"), *map(str, audio), "--plot",
+                 str(tmp_path / "scores.png")]) == 0
+    out = capsys.readouterr().out
+    assert all(f"{path}: mean " in out for path in audio)
+    assert (tmp_path / "scores.png").read_bytes()[:4] == b"\x89PNG"
