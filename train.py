@@ -293,7 +293,12 @@ def parse_arguments(
         # The demo: bare, with --demo, or with only other options (e.g. --output_dir): all run configs/demo.yaml.
         argv = [str(DEMO_CONFIG), *argv]
     if argv[0].endswith((".yaml", ".yml", ".json")):
-        argv = arguments_from_file(argv[0]) + argv[1:]
+        from_file = arguments_from_file(argv[0])
+        if any(word == "--backbone" or word.startswith("--backbone=") for word in argv[1:]):
+            # A pretrained --backbone on the command line replaces the file's randomly initialised backbone_config.
+            at = from_file.index("--backbone_config") if "--backbone_config" in from_file else None
+            from_file = from_file if at is None else from_file[:at] + from_file[at + 2 :]
+        argv = from_file + argv[1:]
     model_args, data_args, noise_args, protocol_args, training_args, augmentation_args = (
         parser.parse_args_into_dataclasses(args=argv)
     )

@@ -246,3 +246,16 @@ def test_intensity_train_and_score(corpus_dir, tmp_path, capsys):
     out = capsys.readouterr().out
     assert all(f"{path}: mean " in out for path in audio)
     assert (tmp_path / "scores.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_train_py_takes_the_pretrained_backbone_in_place_of_the_preset_s_random_one(pretrained):
+    import train
+    from msemoboost.training import build_model
+
+    model_args, *_ = train.parse_arguments(["configs/emodb_cpu.yaml", "--dataset_name", "x", "--output_dir", "o",
+                                            "--backbone", str(pretrained)])
+    assert model_args.backbone == str(pretrained) and model_args.backbone_config is None
+    model = build_model(["anger", "neutral"], backbone=model_args.backbone, backbone_config=None,
+                        freeze_feature_encoder=False, freeze_backbone=False)
+    for name, value in AutoModel.from_pretrained(pretrained).state_dict().items():
+        torch.testing.assert_close(model.msemoboost.backbone.state_dict()[name], value)
