@@ -1,15 +1,27 @@
 """The WA/UA metric equals scikit-learn's accuracy and balanced accuracy, on imbalanced labels above all."""
 
+import importlib.util
+import sys
+
 import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, balanced_accuracy_score
 
-from msemoboost.training import WaUaMetrics, load_wa_ua
+from msemoboost.training import WA_UA_PATH, WaUaMetrics, load_wa_ua
 
 
-@pytest.fixture(scope="module")
-def metric():
-    return load_wa_ua()
+@pytest.fixture(scope="module", params=["evaluate.load", "module file"])
+def metric(request):
+    """The metric as train.py loads it (evaluate copies the file into its cache and imports the copy), and the
+    package's file imported in place, so that a change to that file (a mutation test's) reaches the tests too."""
+    if request.param == "evaluate.load":
+        return load_wa_ua()
+    name = "msemoboost.metrics.wa_ua.wa_ua"
+    spec = importlib.util.spec_from_file_location(name, WA_UA_PATH / "wa_ua.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module.WaUa()
 
 
 def check_against_sklearn(metric, references, predictions):

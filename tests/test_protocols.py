@@ -164,3 +164,70 @@ def test_cross_corpus_names_the_evaluated_speakers_and_unknown_protocols_are_ref
     assert fold.test_speakers == ["s0"] and fold.test.tolist() == list(range(20))
     with pytest.raises(ValueError, match=r"^protocol must be one of \['loso', 'kfold', 'splits', 'cross_corpus'\], got 'lolo'.$"):
         make_folds("lolo", labels, speakers, splits)
+
+
+from msemoboost.protocols import hold_out_validation  # noqa: E402
+
+
+@pytest.mark.parametrize("fraction", [0.0, 1.0, -0.1, 1.5])
+def test_the_validation_fraction_must_lie_strictly_between_0_and_1(fraction):
+    labels, speakers, _ = synthetic()
+    with pytest.raises(ValueError, match=rf"^validation_fraction must be in \(0, 1\), got {fraction}\.$"):
+        hold_out_validation(np.arange(len(labels)), labels, speakers, True, fraction, 0)
+
+
+def test_validation_by_speaker_holds_out_about_the_fraction_of_the_speakers():
+    labels, speakers, _ = synthetic(num_speakers=20, per_speaker=8)
+    rows = np.arange(len(labels))
+    for fraction, held_speakers in ((0.5, 10), (0.1, 2), (0.25, 5)):  # round(1 / fraction) speaker groups
+        train, validation = hold_out_validation(rows, labels, speakers, True, fraction, 0)
+        assert len(set(speakers[validation])) == held_speakers and not set(speakers[train]) & set(speakers[validation])
+        assert sorted([*train, *validation]) == rows.tolist()
+    with pytest.raises(ValueError, match=r"^Early stopping needs a validation speaker apart from the training speakers, "
+                                         r"but the training part has only 1 speaker\(s\)\.$"):
+        hold_out_validation(rows[:8], labels, speakers, True, 0.15, 0)
+
+
+def test_validation_without_speakers_is_stratified_and_falls_back_to_a_seeded_random_cut_for_rare_classes():
+    labels = np.array([0] * 40 + [1] * 40)
+    rows = np.arange(80)
+    train, validation = hold_out_validation(rows, labels, np.array([""] * 80), False, 0.25, 0)
+    assert len(validation) == 20 and np.bincount(labels[validation]).tolist() == [10, 10]  # stratified
+    rare = np.array([0] * 39 + [1] * 40 + [2])  # class 2 has one utterance: it cannot be stratified
+    train, validation = hold_out_validation(rows, rare, np.array([""] * 80), False, 0.25, 3)
+    assert len(validation) == 20 and len(train) == 60 and sorted([*train, *validation]) == rows.tolist()
+    again, _ = hold_out_validation(rows, rare, np.array([""] * 80), False, 0.25, 3)[::-1]
+    assert again.tolist() == validation.tolist()  # seeded
+    assert hold_out_validation(rows, rare, np.array([""] * 80), False, 0.25, 4)[1].tolist() != validation.tolist()
+    expected = np.sort(np.random.default_rng(3).permutation(80)[:20])
+    assert validation.tolist() == expected.tolist()  # the documented fallback: the seed's permutation, cut at 25 %
+    tiny = hold_out_validation(rows[:5], np.array([0, 0, 0, 1, 2]), np.array([""] * 5), False, 0.01, 0)[1]
+    assert len(tiny) == 1  # at least one validation utterance
+
+
+def test_cross_corpus_without_extra_corpora_and_loso_without_speakers_are_refused_with_their_messages():
+    labels, speakers, splits = synthetic()
+    with pytest.raises(ValueError, match=r"^protocol 'cross_corpus' trains on the extra corpora only: give "
+                                         r"--extra_train_datasets\.$"):
+        make_folds("cross_corpus", labels, speakers, splits)
+    with pytest.raises(ValueError, match=r"^protocol 'loso' needs a speaker column \(--speaker_column\)\.$"):
+        make_folds("loso", labels, np.array([""] * len(labels)), splits)
+
+
+def test_cross_corpus_without_speaker_columns_validates_on_utterances_and_names_no_test_speaker():
+    labels, speakers, splits = synthetic(num_speakers=4)
+    extra = np.arange(40, len(labels))
+    no_speakers = np.array([""] * len(labels))
+    (fold,) = make_folds("cross_corpus", labels, no_speakers, splits, extra_rows=extra)
+    assert fold.test_speakers == [] and fold.test.tolist() == list(range(40))
+    assert sorted([*fold.train, *fold.validation]) == extra.tolist() and len(fold.validation) == 6  # 15 % of 40
+    with_speakers = np.where(np.isin(np.arange(len(labels)), extra), speakers, "")
+    (fold,) = make_folds("cross_corpus", labels, with_speakers, splits, extra_rows=extra)
+    assert fold.test_speakers == [] and not set(speakers[fold.train]) & set(speakers[fold.validation])
+
+
+def test_splits_names_its_test_speakers_only_when_speakers_are_known():
+    labels, speakers, _ = synthetic()
+    splits = np.where(speakers == "s0", "test", "train")
+    assert make_folds("splits", labels, speakers, splits)[0].test_speakers == ["s0"]
+    assert make_folds("splits", labels, np.array([""] * len(labels)), splits)[0].test_speakers == []
