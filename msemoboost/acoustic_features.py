@@ -69,6 +69,7 @@ class MSEmoBoostPowerSpectrogram(nn.Module):
 
     n_fft: int
     hop_length: int
+    center: bool = True  # librosa's framing; False: frame t covers samples [t * hop, t * hop + n_fft)
 
     def register_feature_buffers(self):
         for name, value in self.compute_buffers().items():
@@ -105,8 +106,9 @@ class MSEmoBoostPowerSpectrogram(nn.Module):
         self.register_buffer("dft_basis", basis.float().to(self.window.device), persistent=False)
 
     def power_spectrogram(self, waveform: torch.Tensor) -> torch.Tensor:
-        """`(batch_size, num_samples)` → `(batch_size, n_fft // 2 + 1, num_samples // hop_length + 1)`, in float32."""
-        if getattr(self, "dft_basis", None) is not None:
+        """`(batch_size, num_samples)` → `(batch_size, n_fft // 2 + 1, num_frames)` in float32: `num_samples //
+        hop_length + 1` centred frames (or `(num_samples - n_fft) // hop_length + 1` without `center`)."""
+        if getattr(self, "dft_basis", None) is not None and self.center:
             start, end = self.window_span
             num_frames = waveform.shape[1] // self.hop_length + 1
             padded = F.pad(waveform.float(), (self.n_fft // 2, self.n_fft // 2))  # centred frames, zero padding
@@ -119,7 +121,7 @@ class MSEmoBoostPowerSpectrogram(nn.Module):
             n_fft=self.n_fft,
             hop_length=self.hop_length,
             window=self.window.float(),
-            center=True,
+            center=self.center,
             pad_mode="constant",
             return_complex=True,
         )
@@ -206,6 +208,35 @@ class MSEmoBoostSpectrogram(MSEmoBoostPowerSpectrogram):
         return image.flip(1)
 
 
+class MSEmoBoostLogMel(MSEmoBoostPowerSpectrogram):
+    """`log(mel power + 1e-6)` with a periodic Hann window of `n_fft` samples and Slaney mel filters, for the
+    emotion-intensity model (centred 10 ms frames) and the pretraining target (`center=False`: the backbone's
+    frames).
+
+    Forward input: `waveform` of shape `(batch_size, num_samples)`.
+    Forward output: `(batch_size, num_frames, num_mel_bins)`.
+    """
+
+    def __init__(self, n_fft: int, hop_length: int, sampling_rate: int, num_mel_bins: int, center: bool = True):
+        super().__init__()
+        self.n_fft, self.hop_length, self.center = n_fft, hop_length, center
+        self.sampling_rate, self.num_mel_bins = sampling_rate, num_mel_bins
+        self.register_feature_buffers()
+
+    def compute_buffers(self) -> dict[str, torch.Tensor]:
+        """The `window` `(n_fft,)` and `mel_filters` `(n_fft // 2 + 1, num_mel_bins)`."""
+        mel_filters = mel_filter_bank(num_frequency_bins=self.n_fft // 2 + 1, num_mel_filters=self.num_mel_bins,
+                                      min_frequency=0.0, max_frequency=self.sampling_rate / 2,
+                                      sampling_rate=self.sampling_rate, norm="slaney", mel_scale="slaney",
+                                      dtype=np.float32)
+        return {"window": torch.tensor(window_function(self.n_fft, "hann", periodic=True), dtype=torch.float32),
+                "mel_filters": torch.tensor(mel_filters, dtype=torch.float32)}
+
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        power = self.power_spectrogram(waveform).transpose(1, 2)  # (batch_size, num_frames, num_frequency_bins)
+        return torch.log(power @ self.mel_filters.float() + 1e-6)
+
+
 class MSEmoBoostFrameSTFT(MSEmoBoostPowerSpectrogram):
     """STFT whose frames are the backbone's frames, for the speech-enhancement head.
 
@@ -254,6 +285,7 @@ class MSEmoBoostFrameSTFT(MSEmoBoostPowerSpectrogram):
 
 __all__ = [
     "MSEmoBoostFrameSTFT",
+    "MSEmoBoostLogMel",
     "MSEmoBoostMFCC",
     "MSEmoBoostPowerSpectrogram",
     "MSEmoBoostSpectrogram",

@@ -25,10 +25,9 @@ from torch import nn
 from torch.nn import functional as F
 from transformers import PretrainedConfig, PreTrainedModel
 from transformers import initialization as init
-from transformers.audio_utils import mel_filter_bank, window_function
 from transformers.utils import ModelOutput
 
-from .acoustic_features import MSEmoBoostPowerSpectrogram
+from .acoustic_features import MSEmoBoostLogMel, MSEmoBoostPowerSpectrogram
 
 
 class MSEmoBoostIntensityConfig(PretrainedConfig):
@@ -91,28 +90,6 @@ class MSEmoBoostIntensityOutput(ModelOutput):
     frame_mask: torch.BoolTensor | None = None
 
 
-class MSEmoBoostIntensityLogMel(MSEmoBoostPowerSpectrogram):
-    """`log(mel power + 1e-6)`: `(batch_size, num_samples)` → `(batch_size, num_mel_bins, num_samples // hop + 1)`."""
-
-    def __init__(self, config: MSEmoBoostIntensityConfig):
-        super().__init__()
-        self.n_fft, self.hop_length = config.n_fft, config.hop_length
-        self.sampling_rate, self.num_mel_bins = config.sampling_rate, config.num_mel_bins
-        self.register_feature_buffers()
-
-    def compute_buffers(self) -> dict[str, torch.Tensor]:
-        mel_filters = mel_filter_bank(num_frequency_bins=self.n_fft // 2 + 1, num_mel_filters=self.num_mel_bins,
-                                      min_frequency=0.0, max_frequency=self.sampling_rate / 2,
-                                      sampling_rate=self.sampling_rate, norm="slaney", mel_scale="slaney",
-                                      dtype=np.float32)
-        return {"window": torch.tensor(window_function(self.n_fft, "hann", periodic=True), dtype=torch.float32),
-                "mel_filters": torch.tensor(mel_filters, dtype=torch.float32)}
-
-    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
-        power = self.power_spectrogram(waveform)  # (batch_size, num_frequency_bins, num_frames)
-        return torch.log(self.mel_filters.float().T @ power + 1e-6)
-
-
 class MSEmoBoostIntensityPreTrainedModel(PreTrainedModel):
     config_class = MSEmoBoostIntensityConfig
     base_model_prefix = "intensity"
@@ -132,7 +109,7 @@ class MSEmoBoostIntensityModel(MSEmoBoostIntensityPreTrainedModel):
 
     def __init__(self, config: MSEmoBoostIntensityConfig):
         super().__init__(config)
-        self.log_mel = MSEmoBoostIntensityLogMel(config)
+        self.log_mel = MSEmoBoostLogMel(config.n_fft, config.hop_length, config.sampling_rate, config.num_mel_bins)
         channels = config.conv_channels
         self.conv = nn.Sequential(
             nn.Conv2d(1, channels, kernel_size=3, padding=1), nn.BatchNorm2d(channels), nn.ReLU(),
@@ -168,7 +145,7 @@ class MSEmoBoostIntensityModel(MSEmoBoostIntensityPreTrainedModel):
         """
         if attention_mask is not None:
             input_values = input_values * attention_mask.to(input_values.dtype)
-        features = self.log_mel(input_values)  # (batch_size, num_mel_bins, num_frames)
+        features = self.log_mel(input_values).transpose(1, 2)  # (batch_size, num_mel_bins, num_frames)
         mask = self.frame_mask(attention_mask, input_values, features.shape[-1])
         mean = (features * mask[:, None]).sum(-1, keepdim=True) / mask.sum(-1)[:, None, None]
         features = (features - mean) * mask[:, None]  # per-utterance mean normalisation of each band

@@ -31,10 +31,9 @@ from torch import nn
 from torch.nn import functional as F
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel, TrainerCallback
 from transformers import initialization as init
-from transformers.audio_utils import mel_filter_bank, window_function
 from transformers.utils import ModelOutput
 
-from .acoustic_features import MSEmoBoostPowerSpectrogram
+from .acoustic_features import MSEmoBoostLogMel, MSEmoBoostPowerSpectrogram
 from .configuration_msemoboost import MSEmoBoostConfig, _as_audio_ssl_config
 
 MASKINGS = ("random", "ems")
@@ -231,33 +230,6 @@ class MaskingSchedule(TrainerCallback):
         self.collator.batches_drawn = state.global_step * args.gradient_accumulation_steps
 
 
-class MSEmoBoostFrameLogMel(MSEmoBoostPowerSpectrogram):
-    """Log-mel spectrogram on the backbone's frames: window = its receptive field (Hann), hop = its stride, no
-    centring, so frame `t` covers the samples SSL frame `t` sees. `(batch_size, num_samples)` →
-    `(batch_size, num_frames, num_mel_bins)`."""
-
-    def __init__(self, config: MSEmoBoostPretrainingConfig):
-        super().__init__()
-        geometry = config.frame_geometry
-        self.n_fft, self.hop_length = geometry.min_input_samples, geometry.backbone_frame_stride
-        self.sampling_rate, self.num_mel_bins = config.sampling_rate, config.num_mel_bins
-        self.register_feature_buffers()
-
-    def compute_buffers(self) -> dict[str, torch.Tensor]:
-        mel_filters = mel_filter_bank(num_frequency_bins=self.n_fft // 2 + 1, num_mel_filters=self.num_mel_bins,
-                                      min_frequency=0.0, max_frequency=self.sampling_rate / 2,
-                                      sampling_rate=self.sampling_rate, norm="slaney", mel_scale="slaney",
-                                      dtype=np.float32)
-        return {"window": torch.tensor(window_function(self.n_fft, "hann", periodic=True), dtype=torch.float32),
-                "mel_filters": torch.tensor(mel_filters, dtype=torch.float32)}
-
-    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
-        stft = torch.stft(waveform.float(), n_fft=self.n_fft, hop_length=self.hop_length, window=self.window.float(),
-                          center=False, return_complex=True)
-        power = torch.addcmul(stft.real * stft.real, stft.imag, stft.imag).transpose(1, 2)
-        return torch.log(power @ self.mel_filters.float() + 1e-6)
-
-
 class MSEmoBoostForPretraining(PreTrainedModel):
     """An SSL backbone with a log-mel reconstruction head (and, for EMS, an intensity input and head)."""
 
@@ -269,7 +241,9 @@ class MSEmoBoostForPretraining(PreTrainedModel):
         super().__init__(config)
         self.backbone = backbone if backbone is not None else AutoModel.from_config(config.backbone_config)
         hidden_size = config.backbone_config.hidden_size
-        self.log_mel = MSEmoBoostFrameLogMel(config)
+        geometry = config.frame_geometry  # frame t of the target covers the samples SSL frame t sees
+        self.log_mel = MSEmoBoostLogMel(geometry.min_input_samples, geometry.backbone_frame_stride, config.sampling_rate,
+                                        config.num_mel_bins, center=False)
         self.reconstruction_head = nn.Linear(hidden_size, config.num_mel_bins)
         if config.masking == "ems":
             self.intensity_projection = nn.Linear(1, config.backbone_config.hidden_size)

@@ -4,7 +4,6 @@ unfrozen, and that train.py runs the schedule by epoch."""
 import json
 import logging
 
-import numpy as np
 import pytest
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
