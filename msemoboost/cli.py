@@ -117,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     intensity_train.add_argument("--batch_size", type=int, default=32)
     intensity_train.add_argument("--learning_rate", type=float, default=1e-3)
     intensity_train.add_argument("--seed", type=int, default=0)
+    intensity_train.add_argument("--calibration_weight", type=float, default=1.0,
+                                 help="weight of the term that pulls utterance scores to rank / max_rank (default: 1)")
     intensity_score = intensity_commands.add_parser("score", help="frame intensities of audio files")
     intensity_score.add_argument("model_dir")
     intensity_score.add_argument("inputs", nargs="+", help="audio files and folders")
@@ -248,11 +250,12 @@ def run_export(args) -> int:
 
 
 def run_intensity(args) -> int:
-    from .intensity import MSEmoBoostIntensityModel, train_intensity
+    from .intensity import MSEmoBoostIntensityConfig, MSEmoBoostIntensityModel, train_intensity
 
     if args.intensity_command == "train":
         report = train_intensity(args.dataset_name, args.output_dir, args.eval_speakers, args.max_steps,
-                                 args.batch_size, args.learning_rate, args.seed)
+                                 args.batch_size, args.learning_rate, args.seed,
+                                 MSEmoBoostIntensityConfig(calibration_weight=args.calibration_weight))
         for line in report["skipped_files"]:
             print(f"skipped {line}", file=sys.stderr)
         print(json.dumps({"ranking_accuracy": report["ranking_accuracy"], "skipped": len(report["skipped_files"])}, indent=2))

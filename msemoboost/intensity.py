@@ -43,7 +43,9 @@ class MSEmoBoostIntensityConfig(PretrainedConfig):
         gru_hidden_size (`int`, *optional*, defaults to 64): hidden size of each GRU direction.
         dropout (`float`, *optional*, defaults to 0.1): dropout before the frame scores.
         max_rank (`int`, *optional*, defaults to 2): the highest intensity rank (strong).
-        calibration_weight (`float`, *optional*, defaults to 0.1): weight of the calibration term of the loss.
+        calibration_weight (`float`, *optional*, defaults to 1.0): weight of the calibration term of the loss. At 0.1
+            the scores still ranked well (86.6 % strong > normal on held-out actors) but sat high for every
+            utterance (neutral frames: median 0.93), so EMS's 0.5 threshold selected nearly every speech frame.
     """
 
     model_type = "msemoboost_intensity"
@@ -58,7 +60,7 @@ class MSEmoBoostIntensityConfig(PretrainedConfig):
         gru_hidden_size: int = 64,
         dropout: float = 0.1,
         max_rank: int = 2,
-        calibration_weight: float = 0.1,
+        calibration_weight: float = 1.0,
         **kwargs,
     ):
         self.sampling_rate = sampling_rate

@@ -241,6 +241,10 @@ class MSEmoBoostForPretraining(PreTrainedModel):
         super().__init__(config)
         self.backbone = backbone if backbone is not None else AutoModel.from_config(config.backbone_config)
         hidden_size = config.backbone_config.hidden_size
+        if getattr(self.backbone, "masked_spec_embed", None) is None:
+            # A backbone built with mask_time_prob = 0 (as for fine-tuning) has no mask embedding; the masks here
+            # are the collator's, so give it one without turning on the backbone's own SpecAugment.
+            self.backbone.masked_spec_embed = nn.Parameter(torch.empty(hidden_size).uniform_())
         geometry = config.frame_geometry  # frame t of the target covers the samples SSL frame t sees
         self.log_mel = MSEmoBoostLogMel(geometry.min_input_samples, geometry.backbone_frame_stride, config.sampling_rate,
                                         config.num_mel_bins, center=False)
@@ -446,7 +450,13 @@ def pretrain(argv: list[str]) -> int:
         resume = get_last_checkpoint(training_args.output_dir)
     trainer.train(resume_from_checkpoint=resume or None)
 
-    model.backbone.save_pretrained(output)  # a plain model of the backbone's own type: no heads, no remote code
+    # A plain model of the backbone's own type: no heads, no remote code, and no mask embedding its config would
+    # not create (mask_time_prob = 0 and mask_feature_prob = 0).
+    state = model.backbone.state_dict()
+    backbone_config = model.backbone.config
+    if not (getattr(backbone_config, "mask_time_prob", 0) or getattr(backbone_config, "mask_feature_prob", 0)):
+        state.pop("masked_spec_embed", None)
+    model.backbone.save_pretrained(output, state_dict=state)
     history = [entry for entry in trainer.state.log_history if "loss" in entry]
     (output / "pretraining_args.json").write_text(json.dumps({
         **dataclasses.asdict(args), "pretraining_config": config.to_dict(), "seed": training_args.seed,

@@ -28,7 +28,7 @@ from msemoboost.pretraining import (
 )
 from tiny import TINY_BACKBONE, speech_like
 
-BACKBONE = {"model_type": "wav2vec2", **TINY_BACKBONE}
+BACKBONE = {"model_type": "wav2vec2", **TINY_BACKBONE, "mask_time_prob": 0.0}  # as the recipes fine-tune it
 PRETRAIN = ["--backbone_config", json.dumps(BACKBONE), "--per_device_train_batch_size", "4", "--learning_rate",
             "5e-3", "--logging_steps", "1", "--report_to", "none", "--disable_tqdm", "true", "--seed", "0",
             "--dataloader_pin_memory", "false", "--max_seconds", "2"]
@@ -156,6 +156,8 @@ def test_the_output_is_a_plain_backbone_that_automodel_and_msemoboost_load(pretr
     assert type(backbone) is Wav2Vec2Model
     saved = load_file(pretrained / "model.safetensors")
     assert not [name for name in saved if "head" in name or "intensity" in name or "log_mel" in name]
+    assert config["mask_time_prob"] == 0.0 and "masked_spec_embed" not in saved  # as the config it will be tuned with
+    assert set(saved) == set(backbone.state_dict())
     for name, value in backbone.state_dict().items():
         if name in saved:
             torch.testing.assert_close(value, saved[name])
