@@ -5,7 +5,7 @@
     python benchmarks/pretraining.py --profile gpu                  # wav2vec2-base size, longer (needs a GPU)
 
 Data (issue #12's honest setting, cross-lingual): the intensity model learns on RAVDESS (+ TESS for emotional >
-neutral) with actors 21-24 held out; pretraining sees RAVDESS + TESS only (English, 3.1 h); everything is evaluated
+neutral) with 4 RAVDESS actors held out (the last 4 in sorted string order: 6, 7, 8, 9); pretraining sees RAVDESS + TESS only (English, 3.1 h); everything is evaluated
 on EMO-DB (German), 8-speaker leave-one-speaker-out, with train.py's folds. EMO-DB audio is never pretrained on.
 
 Backbones, same architecture (the profile's), same data, steps and seed:
@@ -173,7 +173,8 @@ def main() -> None:
             seconds = directory / "seconds.txt"
             report["pretraining"][name] = {
                 "loss_history": [(entry["step"], entry["loss"]) for entry in details["loss_history"]],
-                "minutes": float(seconds.read_text()) / 60 if seconds.exists() else None, "utterances": details["utterances"]}
+                "minutes": (float(seconds.read_text()) if seconds.exists() else details.get("train_runtime_seconds") or 0) / 60,
+                "utterances": details["utterances"]}
     plot_losses(report["pretraining"], REPO / "benchmarks" / f"pretraining_loss_{args.profile}.png")
 
     audio, labels, speakers, names = emodb()

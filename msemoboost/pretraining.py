@@ -448,7 +448,7 @@ def pretrain(argv: list[str]) -> int:
     resume = training_args.resume_from_checkpoint
     if resume in ("true", "True", True):
         resume = get_last_checkpoint(training_args.output_dir)
-    trainer.train(resume_from_checkpoint=resume or None)
+    metrics = trainer.train(resume_from_checkpoint=resume or None).metrics
 
     # A plain model of the backbone's own type: no heads, no remote code, and no mask embedding its config would
     # not create (mask_time_prob = 0 and mask_feature_prob = 0).
@@ -461,7 +461,7 @@ def pretrain(argv: list[str]) -> int:
     (output / "pretraining_args.json").write_text(json.dumps({
         **dataclasses.asdict(args), "pretraining_config": config.to_dict(), "seed": training_args.seed,
         "max_steps": training_args.max_steps, "utterances": len(waveforms), "skipped_files": skipped,
-        "loss_history": history}, indent=2, default=str) + "\n")
+        "train_runtime_seconds": metrics.get("train_runtime"), "loss_history": history}, indent=2, default=str) + "\n")
     plot_loss(history, output / "loss_curve.png", f"{args.masking} masking")
     print(f"Saved the pretrained {config.backbone_config.model_type} backbone to {output} "
           f"({len(skipped)} file(s) skipped)")

@@ -261,3 +261,13 @@ def test_train_py_takes_the_pretrained_backbone_in_place_of_the_preset_s_random_
                         freeze_feature_encoder=False, freeze_backbone=False)
     for name, value in AutoModel.from_pretrained(pretrained).state_dict().items():
         torch.testing.assert_close(model.msemoboost.backbone.state_dict()[name], value)
+
+
+def test_continued_pretraining_starts_from_the_checkpoint(pretrained, corpus_dir, tmp_path):
+    arguments = [word for word in PRETRAIN if word not in ("--backbone_config", json.dumps(BACKBONE))]
+    assert main(["pretrain", "--dataset_name", str(corpus_dir), "--output_dir", str(tmp_path / "continued"),
+                 "--model_name_or_path", str(pretrained), "--max_steps", "1", *arguments, "--learning_rate", "0"]) == 0
+    expected, found = load_file(pretrained / "model.safetensors"), load_file(tmp_path / "continued" / "model.safetensors")
+    assert expected.keys() == found.keys()
+    for name in expected:  # a zero learning rate: the weights are the checkpoint's
+        torch.testing.assert_close(found[name], expected[name], atol=0, rtol=0)
