@@ -231,3 +231,31 @@ def test_splits_names_its_test_speakers_only_when_speakers_are_known():
     splits = np.where(speakers == "s0", "test", "train")
     assert make_folds("splits", labels, speakers, splits)[0].test_speakers == ["s0"]
     assert make_folds("splits", labels, np.array([""] * len(labels)), splits)[0].test_speakers == []
+
+
+def test_kfold_folds_are_named_by_number_and_name_no_speaker_without_a_speaker_column():
+    labels, speakers, splits = synthetic(num_speakers=1)
+    folds = make_folds("kfold", labels, speakers, splits, num_folds=4)
+    assert [fold.name for fold in folds] == ["fold_00", "fold_01", "fold_02", "fold_03"]  # one speaker, still k-fold
+    assert all(fold.test_speakers == ["s0"] for fold in folds)
+    unnamed = make_folds("kfold", labels, np.array([""] * len(labels)), splits, num_folds=4)
+    assert all(fold.test_speakers == [] for fold in unnamed)
+
+
+def test_grouped_loso_makes_the_number_of_folds_asked():
+    labels, speakers, splits = synthetic(num_speakers=9)
+    folds = make_folds("loso", labels, speakers, splits, num_folds=3)
+    assert len(folds) == 3 and sorted(s for fold in folds for s in fold.test_speakers) == sorted(set(speakers))
+
+
+@pytest.mark.parametrize("protocol", ["cross_corpus", "splits"])
+def test_drawn_validation_sets_follow_the_seed(protocol):
+    labels, speakers, _ = synthetic(num_speakers=8)
+    splits = np.where(speakers == "s0", "test", "train")
+    extra = np.arange(20, len(labels)) if protocol == "cross_corpus" else None
+
+    def validation(seed):
+        return make_folds(protocol, labels, speakers, splits, seed=seed, extra_rows=extra)[0].validation.tolist()
+
+    assert validation(3) == validation(3)
+    assert len({tuple(validation(seed)) for seed in range(6)}) > 1  # the draw depends on the seed
