@@ -181,9 +181,10 @@ def main() -> None:
     folds = make_folds("loso", labels, speakers, np.array(["train"] * len(labels)), seed=0)
     if "probe" in args.rows:
         for name, directory in directories.items():
-            runs = []
+            runs, features = [], None
             for seed in args.seeds:
-                features = layer_features(backbone_for(name, directory, profile["recipe"], seed), audio)
+                if features is None or directory is None:  # a pretrained backbone's features do not depend on the seed
+                    features = layer_features(backbone_for(name, directory, profile["recipe"], seed), audio)
                 results = [probe_fold(features, labels, fold, len(names), seed) for fold in folds]
                 uas = [result["ua"] for result in results]
                 runs.append({"seed": seed, "ua": float(np.mean(uas)), "ua_fold_std": float(np.std(uas)),
