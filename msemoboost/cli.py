@@ -1,4 +1,4 @@
-"""`msemoboost` command line: use a trained model.
+"""`msemoboost` command line: use, export and deploy a trained model, and pretrain a backbone (EMS).
 
     msemoboost predict --model DIR_OR_HUB_ID FILES_OR_FOLDERS... [--timeline] [--output out.csv|out.json]
     msemoboost predict --onnx EXPORT_DIR FILES_OR_FOLDERS... [--int8]     (ONNX Runtime, see `msemoboost export`)
