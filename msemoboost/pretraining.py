@@ -372,16 +372,10 @@ class PretrainingArguments:
     max_seconds: float = field(default=4.0, metadata={"help": "Random crop of each utterance per step."})
 
 
-def pretrain(argv: list[str]) -> int:
-    """`msemoboost pretrain [CONFIG.yaml] --dataset_name … --output_dir OUT [...]`: see the module docstring."""
-    import json
-    from pathlib import Path
+def parse_pretraining_arguments(argv: list[str]):
+    """`[CONFIG.yaml] --flag value …` → (PretrainingArguments, TrainingArguments); usage errors exit with a message."""
+    from transformers import HfArgumentParser, TrainingArguments
 
-    from torch.utils.data import Dataset
-    from transformers import HfArgumentParser, Trainer, TrainingArguments, set_seed
-    from transformers.trainer_utils import get_last_checkpoint
-
-    from .data import read_corpus_audio
     from .training import arguments_from_file
 
     if argv and argv[0].endswith((".yaml", ".yml", ".json")):
@@ -395,6 +389,21 @@ def pretrain(argv: list[str]) -> int:
         parser.error("--masking ems needs --intensity_model DIR (train one with: msemoboost intensity train)")
     if args.model_name_or_path and args.backbone_config:
         parser.error("give --model_name_or_path (continued pretraining) or --backbone_config (from scratch), not both")
+    return args, training_args
+
+
+def pretrain(argv: list[str]) -> int:
+    """`msemoboost pretrain [CONFIG.yaml] --dataset_name … --output_dir OUT [...]`: see the module docstring."""
+    import json
+    from pathlib import Path
+
+    from torch.utils.data import Dataset
+    from transformers import Trainer, set_seed
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from .data import read_corpus_audio
+
+    args, training_args = parse_pretraining_arguments(argv)
     set_seed(training_args.seed)
 
     backbone = None
