@@ -531,10 +531,9 @@ class MSEmoBoostModel(MSEmoBoostPreTrainedModel):
     def segment_grid(
         self, input_values: torch.Tensor, lengths: torch.LongTensor
     ) -> tuple[torch.Tensor, torch.LongTensor, torch.LongTensor]:
-        """Cuts each utterance into the segments of [`segment_slots`], on `ceil(num_samples / S)`
-        slots per utterance (a number the input's shape alone fixes, so the ONNX graph computes it too). Samples
-        past an utterance's length are zero, so a segment is zero-padded only where its utterance is shorter than
-        one segment.
+        """Cuts each utterance into the segments of [`segment_slots`], on `ceil(num_samples / S)` slots per
+        utterance: a number the input's shape alone fixes, so the ONNX graph of `msemoboost.export` computes it too
+        (slots past an utterance's last segment hold silence there, and are masked out of the mean).
 
         Args:
             input_values (`torch.FloatTensor` of shape `(batch_size, num_samples)`)
@@ -548,17 +547,14 @@ class MSEmoBoostModel(MSEmoBoostPreTrainedModel):
         segment_samples = self.config.segment_samples
         num_slots = (input_values.shape[1] + segment_samples - 1) // segment_samples
         starts, segment_lengths, segments_per_utterance = segment_slots(lengths, num_slots, segment_samples)
-        waveforms = F.pad(input_values, (0, segment_samples))  # every slot's window lies inside
-        positions = torch.arange(waveforms.shape[1], device=input_values.device)
-        waveforms = torch.where(positions < lengths[:, None], waveforms, 0.0)
-        rows = torch.arange(lengths.shape[0], device=lengths.device)[:, None, None]
-        segments = waveforms[rows, starts[..., None] + positions[:segment_samples]]
-        return segments, segment_lengths, segments_per_utterance
+        rows = torch.arange(lengths.shape[0], device=lengths.device)[:, None].expand_as(starts)
+        return self.gather_segments(input_values, lengths, rows, starts), segment_lengths, segments_per_utterance
 
     def split_into_segments(
         self, input_values: torch.Tensor, lengths: torch.LongTensor
     ) -> tuple[torch.Tensor, torch.LongTensor, torch.LongTensor]:
-        """The segments of [`~MSEmoBoostModel.segment_grid`], utterance after utterance.
+        """The segments of [`segment_slots`], utterance after utterance: only the real ones are cut out, so a batch
+        that mixes a long recording with short ones holds no silent slots.
 
         Args:
             input_values (`torch.FloatTensor` of shape `(batch_size, num_samples)`)
@@ -569,9 +565,24 @@ class MSEmoBoostModel(MSEmoBoostPreTrainedModel):
             segment_lengths (`torch.LongTensor` of shape `(num_segments,)`): samples of audio in each segment;
             segments_per_utterance (`torch.LongTensor` of shape `(batch_size,)`).
         """
-        segments, segment_lengths, segments_per_utterance = self.segment_grid(input_values, lengths)
-        keep = torch.arange(segments.shape[1], device=lengths.device) < segments_per_utterance[:, None]
-        return segments[keep], segment_lengths[keep], segments_per_utterance
+        segment_samples = self.config.segment_samples
+        num_slots = (input_values.shape[1] + segment_samples - 1) // segment_samples
+        starts, segment_lengths, segments_per_utterance = segment_slots(lengths, num_slots, segment_samples)
+        keep = torch.arange(num_slots, device=lengths.device) < segments_per_utterance[:, None]
+        rows = torch.arange(lengths.shape[0], device=lengths.device)[:, None].expand_as(starts)[keep]
+        segments = self.gather_segments(input_values, lengths, rows, starts[keep])
+        return segments, segment_lengths[keep], segments_per_utterance
+
+    def gather_segments(
+        self, input_values: torch.Tensor, lengths: torch.LongTensor, rows: torch.LongTensor, starts: torch.LongTensor
+    ) -> torch.Tensor:
+        """The `segment_samples` samples from `starts` of utterances `rows` (both of any shape `S`), zero past each
+        utterance's length: `(*S, segment_samples)`."""
+        segment_samples = self.config.segment_samples
+        waveforms = F.pad(input_values, (0, segment_samples))  # every window lies inside
+        positions = torch.arange(waveforms.shape[1], device=input_values.device)
+        waveforms = torch.where(positions < lengths[:, None], waveforms, 0.0)
+        return waveforms[rows[..., None], starts[..., None] + positions[:segment_samples]]
 
     def encode_segments(
         self,
