@@ -36,10 +36,13 @@ from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
 from msemoboost import MSEmoBoostConfig, MSEmoBoostFeatureExtractor, MSEmoBoostForSequenceClassification  # noqa: E402
 from msemoboost.data import decode_audio  # noqa: E402
 from msemoboost.export import INT8_NAME, ONNX_NAME, ONNXClassifier, export  # noqa: E402
+
+from cost import median_seconds  # noqa: E402  (warm-up, then the median of repeats)
 
 SHARED = REPO.parent / "shared" / "data"
 TRAINED = REPO / "outputs" / "benchmarks" / "accuracy" / "cpu" / "cross_corpus_ravdess_tess___emo_db" / "seed0" / "model"
@@ -74,16 +77,6 @@ def disk_size(name: str, model_dir: Path, export_dir: Path) -> int:
             torch.save(model.state_dict(), Path(folder) / "int8.pt")
             return (Path(folder) / "int8.pt").stat().st_size
     return (export_dir / (INT8_NAME if name.endswith("int8") else ONNX_NAME)).stat().st_size
-
-
-def median_seconds(function, repeats: int) -> float:
-    function()  # warm-up
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
 
 
 def speech(seconds: float, offset: int = 0) -> np.ndarray:
@@ -145,8 +138,8 @@ def benchmark_size(label: str, model_dir: Path, export_dir: Path, args, evaluati
     for name in ENGINES:
         print(f"{label}: {name} …", flush=True)
         engine = load_engine(name, model_dir, export_dir, args.threads)
-        latency = median_seconds(lambda: engine(segments[:1]), args.repeats)
-        batch = median_seconds(lambda: engine(segments), max(3, args.repeats // 4))
+        latency = median_seconds(lambda: engine(segments[:1]), "cpu", args.repeats)
+        batch = median_seconds(lambda: engine(segments), "cpu", max(3, args.repeats // 4))
         row = {"latency_3s_seconds": latency, "batch_8x3s_seconds": batch, "throughput_audio_seconds_per_second": 24 / batch,
                "disk_bytes": disk_size(name, model_dir, export_dir)}
         if args.long_seconds:
@@ -226,7 +219,7 @@ def onnx_profile(path: Path, reference: Path, segments: list[np.ndarray], thread
     import onnx
     import onnxruntime
 
-    from msemoboost.export import pad
+    from msemoboost.inference import pad_batch
 
     known = {node.name: part_of(node) for node in onnx.load(str(reference), load_external_data=False).graph.node}
     options = onnxruntime.SessionOptions()
@@ -247,7 +240,7 @@ def onnx_profile(path: Path, reference: Path, segments: list[np.ndarray], thread
     options.enable_profiling = True
     options.intra_op_num_threads = threads
     session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    feed = dict(zip(("input_values", "attention_mask"), pad(segments)))
+    feed = {name: tensor.numpy() for name, tensor in pad_batch(segments).items()}
     session.run(None, feed)  # warm-up
     for _ in range(repeats):
         session.run(None, feed)

@@ -263,8 +263,7 @@ def run_intensity(args) -> int:
         return EXIT_SOME_FILES_FAILED if report["skipped_files"] else 0
     import torch
 
-    from .inference import BadAudioError, find_audio_files, read_audio
-    from .intensity import pad_batch
+    from .inference import BadAudioError, find_audio_files, pad_batch, read_audio
 
     if not (Path(args.model_dir) / "config.json").is_file():
         raise ValueError(f"{args.model_dir}: not an intensity model folder (it has no config.json).")

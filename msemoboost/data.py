@@ -324,13 +324,16 @@ def combine_corpora(
     return CombinedCorpus(combined, np.flatnonzero(sources > 0), report)
 
 
-def read_corpus_audio(dataset_name: str, sampling_rate: int, min_samples: int) -> tuple[list[dict], list[np.ndarray], list[str]]:
+def read_corpus_audio(
+    dataset_name: str, sampling_rate: int, min_samples: int, required_columns: tuple[str, ...] = ()
+) -> tuple[list[dict], list[np.ndarray], list[str]]:
     """Every row of a corpus (an audiofolder path or a dataset id, all splits) with its decoded waveform, for the
     commands that read whole corpora into memory (`msemoboost intensity train`, `msemoboost pretrain`).
 
     Returns the rows (without their audio), their mono float32 waveforms at `sampling_rate`, and one line per
     skipped file naming it and why: undecodable, non-finite, shorter than `min_samples`, or digitally silent.
-    Raises `ValueError` for a path or id that holds no audio.
+    Raises `ValueError` for a path or id that holds no audio, or lacks one of `required_columns` (checked before any
+    audio is decoded).
     """
     try:
         source = datasets.load_dataset(dataset_name)
@@ -340,6 +343,10 @@ def read_corpus_audio(dataset_name: str, sampling_rate: int, min_samples: int) -
     table = datasets.concatenate_datasets(tables) if tables else None
     if table is None or len(table) == 0 or "audio" not in table.column_names:
         raise ValueError(f"{dataset_name}: no audio files found.")
+    for column in required_columns:
+        if column not in table.column_names:
+            columns = sorted(set(table.column_names) - {"audio"})
+            raise ValueError(f"{dataset_name} has no {column!r} column; its columns are {columns}.")
     table = table.cast_column("audio", datasets.Audio(decode=False))
     rows, waveforms, skipped = [], [], []
     for row in table:

@@ -104,8 +104,8 @@ def export(model_dir: str | Path, output: str | Path, quantize: str | None = Non
         raise ValueError(f"{model_dir}: not a model folder (it has no config.json).")
     if quantize not in (None, "int8"):
         raise ValueError(f"--quantize takes int8, got {quantize!r}.")
-    config = MSEmoBoostConfig.from_pretrained(model_dir)
     model = MSEmoBoostForSequenceClassification.from_pretrained(model_dir, dtype=torch.float32).eval()
+    config = model.config
     extractor = MSEmoBoostFeatureExtractor.from_pretrained(model_dir)
     wrapper = MSEmoBoostForONNX(model, normalize=bool(extractor.do_normalize)).eval()
 
@@ -221,10 +221,10 @@ class ONNXClassifier:
     def __call__(self, waveforms: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
         """Raw mono waveforms at `sampling_rate` → utterance `logits` `(batch_size, num_labels)` and, per
         utterance, its segments' log-probabilities `(num_segments, num_labels)`."""
-        input_values, attention_mask = pad(waveforms)
-        logits, segment_logits, counts = self.session.run(
-            OUTPUT_NAMES, {"input_values": input_values, "attention_mask": attention_mask}
-        )
+        from .inference import pad_batch
+
+        feed = {name: tensor.numpy() for name, tensor in pad_batch(waveforms).items()}
+        logits, segment_logits, counts = self.session.run(OUTPUT_NAMES, feed)
         return logits, [rows[:count] for rows, count in zip(segment_logits, counts)]
 
     def predict(self, waveforms: list[np.ndarray], names: list[str]) -> list:
@@ -241,18 +241,6 @@ def require(module: str):
         return importlib.import_module(module)
     except ImportError:
         raise ImportError(f"ONNX export and inference need {module}: pip install 'msemoboost[onnx]'.") from None
-
-
-def pad(waveforms: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Right-pads raw waveforms with zeros: `input_values` float32 and `attention_mask` int64, `(batch_size,
-    longest)`."""
-    longest = max(len(waveform) for waveform in waveforms)
-    input_values = np.zeros((len(waveforms), longest), dtype=np.float32)
-    attention_mask = np.zeros((len(waveforms), longest), dtype=np.int64)
-    for row, waveform in enumerate(waveforms):
-        input_values[row, : len(waveform)] = waveform
-        attention_mask[row, : len(waveform)] = 1
-    return input_values, attention_mask
 
 
 __all__ = ["MSEmoBoostForONNX", "ONNXClassifier", "export"]

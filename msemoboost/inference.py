@@ -33,6 +33,19 @@ def load_classifier(model: str, device: str | None = None):
     return classifier.to(device or default_device()).eval(), extractor
 
 
+def pad_batch(waveforms: list[np.ndarray]) -> dict[str, torch.Tensor]:
+    """Right-pads raw waveforms with zeros, without normalising them: `input_values` (float32) and `attention_mask`
+    (int64, 1 on audio), each `(batch_size, longest)`. The intensity model, the pretraining collator and the ONNX
+    graph (which normalises inside) take this; the MS-EmoBoost PyTorch model takes its feature extractor's output."""
+    longest = max(len(waveform) for waveform in waveforms)
+    input_values = torch.zeros(len(waveforms), longest)
+    attention_mask = torch.zeros(len(waveforms), longest, dtype=torch.long)
+    for row, waveform in enumerate(waveforms):
+        input_values[row, : len(waveform)] = torch.from_numpy(waveform)
+        attention_mask[row, : len(waveform)] = 1
+    return {"input_values": input_values, "attention_mask": attention_mask}
+
+
 class BadAudioError(ValueError):
     """A recording that cannot be classified; the message names it and says why, in one line."""
 

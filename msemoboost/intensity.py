@@ -28,6 +28,7 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from .acoustic_features import MSEmoBoostLogMel, MSEmoBoostPowerSpectrogram
+from .inference import pad_batch
 
 
 class MSEmoBoostIntensityConfig(PretrainedConfig):
@@ -211,10 +212,8 @@ def load_ranked(dataset_name: str, sampling_rate: int, min_samples: int, label_c
     short, undecodable), one line each naming the file."""
     from .data import read_corpus_audio
 
-    rows, waveforms, skipped = read_corpus_audio(dataset_name, sampling_rate, min_samples)
-    for column in (label_column, speaker_column):
-        if column not in rows[0]:
-            raise ValueError(f"{dataset_name} has no {column!r} column; its columns are {sorted(rows[0])}.")
+    rows, waveforms, skipped = read_corpus_audio(dataset_name, sampling_rate, min_samples,
+                                                 required_columns=(label_column, speaker_column))
     utterances = [
         RankedUtterance(waveform, intensity_rank(str(row[label_column]), str(row.get("intensity") or "")),
                         str(row[speaker_column]), str(row[label_column]), str(row.get("intensity") or ""),
@@ -223,17 +222,6 @@ def load_ranked(dataset_name: str, sampling_rate: int, min_samples: int, label_c
         for row, waveform in zip(rows, waveforms)
     ]
     return utterances, skipped
-
-
-def pad_batch(waveforms: list[np.ndarray]) -> dict[str, torch.Tensor]:
-    """Right-pads waveforms: `input_values` `(batch_size, longest)` and `attention_mask`."""
-    longest = max(len(waveform) for waveform in waveforms)
-    input_values = torch.zeros(len(waveforms), longest)
-    attention_mask = torch.zeros(len(waveforms), longest, dtype=torch.long)
-    for row, waveform in enumerate(waveforms):
-        input_values[row, : len(waveform)] = torch.from_numpy(waveform)
-        attention_mask[row, : len(waveform)] = 1
-    return {"input_values": input_values, "attention_mask": attention_mask}
 
 
 @torch.no_grad()

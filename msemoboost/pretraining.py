@@ -177,7 +177,8 @@ class MSEmoBoostMaskingCollator:
         self.batches_drawn = 0  # set from the Trainer's step on (re)start by MaskingSchedule
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        from .intensity import align_to_frames, pad_batch
+        from .inference import pad_batch
+        from .intensity import align_to_frames
 
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.batches_drawn)
         self.batches_drawn += 1

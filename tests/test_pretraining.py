@@ -271,3 +271,15 @@ def test_continued_pretraining_starts_from_the_checkpoint(pretrained, corpus_dir
     assert expected.keys() == found.keys()
     for name in expected:  # a zero learning rate: the weights are the checkpoint's
         torch.testing.assert_close(found[name], expected[name], atol=0, rtol=0)
+
+
+def test_a_missing_label_column_is_named_before_any_audio_is_decoded(corpus_dir, monkeypatch):
+    import msemoboost.data
+    from msemoboost.intensity import load_ranked
+
+    def no_decoding(*args):
+        raise AssertionError("decoded audio before checking the columns")
+
+    monkeypatch.setattr(msemoboost.data, "decode_audio", no_decoding)
+    with pytest.raises(ValueError, match=rf"^{corpus_dir} has no 'mood' column; its columns are \['emotion', 'speaker'\]\.$"):
+        load_ranked(str(corpus_dir), 16_000, 400, label_column="mood")
