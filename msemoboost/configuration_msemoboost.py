@@ -120,6 +120,10 @@ class MSEmoBoostConfig(PreTrainedConfig):
             What the classifier reads for each segment: `"pooled"`, the weighted SSL feature `X'_w` (the paper), or
             `"pooled_and_guidance"`, `[X'_w ; guidance vectors]` (a recipe option that lets the classifier use what
             the guidance branches know directly). Without guidance branches both read `X'_w`, the masked mean.
+        use_weighted_layer_sum (`bool`, *optional*, defaults to `False`):
+            Pool a learned softmax-weighted sum of the backbone's hidden states (its embedding output and every
+            layer's, as `Wav2Vec2ForSequenceClassification` does) instead of its last layer alone. `False` is the
+            paper; a pretrained backbone's middle layers often carry more emotion than its last (SUPERB).
         loss_level (`str`, *optional*, defaults to `"segment"`):
             Where the single-label cross-entropy is computed. `"segment"` (the paper): every 3 s segment is scored
             against its utterance's label, and `loss` is the mean over segments. `"utterance"`: `loss` is the
@@ -198,6 +202,7 @@ class MSEmoBoostConfig(PreTrainedConfig):
     mfcc_normalization: str = "l2"
     mfcc_pool_frames: int | None = None
     classifier_input: str = "pooled"
+    use_weighted_layer_sum: bool = False
     loss_level: str = "segment"
     class_weights: list[float] | tuple[float, ...] | None = None
     use_se_head: bool = False
@@ -258,6 +263,8 @@ class MSEmoBoostConfig(PreTrainedConfig):
             )
         if self.use_se_head and not self.use_backbone_features:
             raise ValueError("use_se_head=True needs use_backbone_features=True: the SE head reads the SSL frames.")
+        if self.use_weighted_layer_sum and not self.use_backbone_features:
+            raise ValueError("use_weighted_layer_sum=True needs use_backbone_features=True: it weighs the SSL layers.")
         if self.se_target not in ("mask", "magnitude"):
             raise ValueError(f"se_target must be 'mask' or 'magnitude', got {self.se_target!r}.")
         if not self.se_loss_weight >= 0:

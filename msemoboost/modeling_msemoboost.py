@@ -45,7 +45,8 @@ class MSEmoBoostModelOutput(ModelOutput):
     Args:
         last_hidden_state (`torch.FloatTensor` of shape `(num_segments, num_frames, hidden_size)`, *optional*):
             The backbone's frame features `X_w` of every segment, utterance after utterance (`segments_per_utterance`
-            maps them to utterances). `None` without a backbone.
+            maps them to utterances): its last layer, or the weighted sum of its layers with
+            `config.use_weighted_layer_sum`. `None` without a backbone.
         pooler_output (`torch.FloatTensor` of shape `(batch_size, feature_size)`):
             The pooled utterance features (the same tensor as `utterance_features`).
         utterance_features (`torch.FloatTensor` of shape `(batch_size, feature_size)`):
@@ -385,6 +386,8 @@ class MSEmoBoostPreTrainedModel(PreTrainedModel):
             # Non-persistent buffers are not in the checkpoint: rebuild them from the config after loading.
             for name, value in module.compute_buffers().items():
                 init.copy_(getattr(module, name), value)
+        elif isinstance(module, MSEmoBoostModel) and module.layer_weights is not None:
+            init.constant_(module.layer_weights, 1.0 / module.layer_weights.numel())  # an equal mean of the layers
         elif isinstance(module, nn.Linear) and getattr(module, "zero_init", False):
             init.zeros_(module.weight)
             init.zeros_(module.bias)
@@ -466,6 +469,11 @@ class MSEmoBoostModel(MSEmoBoostPreTrainedModel):
             self.enhancement = MSEmoBoostEnhancement(config, num_branches, self.num_frames)
         else:
             self.enhancement = None
+        if config.use_weighted_layer_sum and config.use_backbone_features:
+            num_layers = config.backbone_config.num_hidden_layers + 1  # the embedding output and every layer's
+            self.layer_weights = nn.Parameter(torch.full((num_layers,), 1.0 / num_layers))
+        else:
+            self.layer_weights = None
         self.classify_guidance = num_branches > 0 and (
             config.classifier_input == "pooled_and_guidance" or not config.use_backbone_features
         )
@@ -618,11 +626,15 @@ class MSEmoBoostModel(MSEmoBoostPreTrainedModel):
         backbone_outputs = self.backbone(
             segments.to(self.backbone.dtype),
             attention_mask=sample_mask.long(),
-            output_hidden_states=output_hidden_states,
+            output_hidden_states=output_hidden_states or self.layer_weights is not None,
             output_attentions=output_attentions,
             return_dict=True,
         )
-        frames = backbone_outputs.last_hidden_state  # X_w: (num_segments, num_frames, hidden_size)
+        if self.layer_weights is None:
+            frames = backbone_outputs.last_hidden_state  # X_w: (num_segments, num_frames, hidden_size)
+        else:  # (num_segments, num_layers, num_frames, hidden_size) → X_w, their softmax-weighted sum
+            layers = torch.stack(backbone_outputs.hidden_states, dim=1)
+            frames = (layers * self.layer_weights.softmax(-1).to(layers.dtype)[:, None, None]).sum(1)
         frame_lengths = self.backbone._get_feat_extract_output_lengths(segment_lengths)
         frame_mask = torch.arange(frames.shape[1], device=frames.device) < frame_lengths[:, None]
         if self.enhancement is None:
@@ -635,7 +647,8 @@ class MSEmoBoostModel(MSEmoBoostPreTrainedModel):
         if self.classify_guidance:
             features = torch.cat([features, guidance.to(features.dtype)], dim=-1)  # [X'_w ; guidance]
         attentions = backbone_outputs.attentions if output_attentions else None
-        return features, weights, frame_mask, frames, backbone_outputs.hidden_states, attentions
+        hidden_states = backbone_outputs.hidden_states if output_hidden_states else None
+        return features, weights, frame_mask, frames, hidden_states, attentions
 
     def forward(
         self,

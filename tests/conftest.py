@@ -6,7 +6,10 @@ import pytest
 
 from msemoboost.demo import make_demo_corpus
 
-EMODB = Path(__file__).resolve().parents[2] / "shared" / "data" / "emodb"
+# `../shared` beside the repository; mutation testing runs these tests from `mutants/tests`, one level deeper.
+EMODB = next((parent / "shared" / "data" / "emodb" for parent in Path(__file__).resolve().parents[2:4]
+              if (parent / "shared" / "data" / "emodb" / "metadata.csv").is_file()),
+             Path(__file__).resolve().parents[2] / "shared" / "data" / "emodb")
 
 
 @pytest.fixture(scope="session")

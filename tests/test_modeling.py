@@ -64,6 +64,21 @@ def test_only_an_utterance_shorter_than_a_segment_is_zero_padded():
     assert torch.equal(segments[0, :30_000], waveform[0]) and not segments[0, 30_000:].any()
 
 
+def test_the_graph_s_slot_grid_holds_the_eager_segments_then_silent_slots():
+    # The ONNX graph cuts `ceil(num_samples / S)` slots per row; its real slots are the eager path's segments.
+    model = tiny_model().msemoboost
+    lengths = torch.tensor([120_000, 30_000, 48_100])
+    waveforms = torch.from_numpy(np.stack([speech_like(120_000, seed) for seed in range(3)]))
+    waveforms[1, 30_000:] = 7.0  # padding, never seen
+    grid, grid_lengths, grid_per_utterance = model.segment_grid(waveforms, lengths)
+    segments, segment_lengths, per_utterance = model.split_into_segments(waveforms, lengths)
+    assert grid.shape == (3, 3, 48_000) and torch.equal(grid_per_utterance, per_utterance)
+    real = torch.arange(3)[None] < per_utterance[:, None]
+    assert per_utterance.tolist() == [3, 1, 2]
+    assert torch.equal(grid[real], segments) and torch.equal(grid_lengths[real], segment_lengths)
+    assert not grid[~real].any() and grid_lengths[~real].tolist() == [48_000] * 3  # silent slots, masked by the graph
+
+
 def test_padding_values_never_reach_the_model():
     model = tiny_model()
     inputs = batch([speech_like(20_000), speech_like(60_000, 1)])
@@ -295,6 +310,27 @@ def test_output_hidden_states_are_the_backbone_layers_of_every_segment():
         own = model.msemoboost.backbone(segments, output_hidden_states=True).hidden_states
     for state, reference in zip(outputs.hidden_states, own, strict=True):
         torch.testing.assert_close(state, reference, rtol=0, atol=1e-6)
+
+
+def test_weighted_layer_sum_pools_the_softmax_weighted_backbone_layers():
+    plain = tiny_model()
+    weighted = tiny_model(use_weighted_layer_sum=True)
+    missing = weighted.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert missing == ["msemoboost.layer_weights"]
+    num_layers = TINY_BACKBONE["num_hidden_layers"] + 1
+    assert torch.equal(weighted.msemoboost.layer_weights, torch.full((num_layers,), 1 / num_layers))  # the mean
+    inputs = batch([speech_like(60_000), speech_like(20_000, 1)])
+    with torch.no_grad():
+        weighted.msemoboost.layer_weights.copy_(torch.tensor([-1e4] * (num_layers - 1) + [0.0]))  # the last layer
+        torch.testing.assert_close(weighted(**inputs).logits, plain(**inputs).logits, rtol=0, atol=1e-6)
+        logits = torch.arange(num_layers, dtype=torch.float32) / 2
+        weighted.msemoboost.layer_weights.copy_(logits)
+        outputs = weighted.msemoboost(**inputs, output_hidden_states=True)
+        expected = sum(w * layer for w, layer in zip(logits.softmax(0), outputs.hidden_states, strict=True))
+        torch.testing.assert_close(outputs.last_hidden_state, expected, rtol=0, atol=1e-6)
+        assert weighted.msemoboost(**inputs).hidden_states is None  # only given when asked for
+    with pytest.raises(ValueError, match="use_weighted_layer_sum=True needs use_backbone_features=True"):
+        tiny_config(use_weighted_layer_sum=True, use_backbone_features=False)
 
 
 def test_return_dict_false_gives_a_tuple():
