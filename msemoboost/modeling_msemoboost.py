@@ -433,14 +433,15 @@ class MSEmoBoostPreTrainedModel(PreTrainedModel):
                 Other keyword arguments of `AutoModel.from_pretrained` for the backbone.
             dtype, attn_implementation, revision, token, cache_dir:
                 Passed to `AutoModel.from_pretrained` of the backbone; `dtype` also applies to the guidance branches
-                and the classifier (the feature buffers stay float32).
+                and the classifier (the feature buffers stay float32). Without `dtype` the whole model is float32,
+                also from a checkpoint saved in half precision (which transformers would load in its own dtype).
             config_overrides:
                 Any [`MSEmoBoostConfig`] argument, e.g. `num_labels=7` or `use_spectrogram=False`.
 
         The guidance branches and the classifier are newly initialised; the backbone's weights are kept unchanged.
         """
-        loading = {"revision": revision, "token": token, "cache_dir": cache_dir, "dtype": dtype,
-                   "attn_implementation": attn_implementation}
+        loading = {"revision": revision, "token": token, "cache_dir": cache_dir,
+                   "dtype": dtype if dtype is not None else torch.float32, "attn_implementation": attn_implementation}
         loading = {**{key: value for key, value in loading.items() if value is not None}, **(backbone_kwargs or {})}
         if config_overrides.get("use_backbone_features") is False:
             raise ValueError("from_backbone needs use_backbone_features=True: the guidance-only model has no backbone.")
@@ -449,7 +450,7 @@ class MSEmoBoostPreTrainedModel(PreTrainedModel):
         config_overrides.setdefault("attn_implementation", pretrained.config._attn_implementation)
         config = MSEmoBoostConfig(backbone_config=pretrained.config, **config_overrides)
         model = cls(config, backbone=pretrained)
-        return model.to(pretrained.dtype) if dtype is not None else model
+        return model.to(pretrained.dtype)
 
 
 class MSEmoBoostModel(MSEmoBoostPreTrainedModel):

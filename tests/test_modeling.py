@@ -73,6 +73,9 @@ def test_the_graph_s_slot_grid_holds_the_eager_segments_then_silent_slots():
     grid, grid_lengths, grid_per_utterance = model.segment_grid(waveforms, lengths)
     segments, segment_lengths, per_utterance = model.split_into_segments(waveforms, lengths)
     assert grid.shape == (3, 3, 48_000) and torch.equal(grid_per_utterance, per_utterance)
+    # ceil(num_samples / S) slots: a row of exactly 2 S samples has 2, one sample more makes 3
+    assert model.segment_grid(waveforms[:, :96_000], lengths.clamp(max=96_000))[0].shape == (3, 2, 48_000)
+    assert model.segment_grid(waveforms[:, :96_001], lengths.clamp(max=96_001))[0].shape == (3, 3, 48_000)
     real = torch.arange(3)[None] < per_utterance[:, None]
     assert per_utterance.tolist() == [3, 1, 2]
     assert torch.equal(grid[real], segments) and torch.equal(grid_lengths[real], segment_lengths)
@@ -350,6 +353,8 @@ def test_freeze_feature_encoder_and_base_model():
     assert all(p.requires_grad for n, p in model.named_parameters() if ".backbone." not in n)
     with pytest.raises(ValueError, match=r"freeze_base_model\(\) needs a backbone"):
         tiny_model(use_backbone_features=False).freeze_base_model()
+    with pytest.raises(ValueError, match=r"^freeze_feature_encoder\(\) needs a backbone"):
+        tiny_model(use_backbone_features=False).freeze_feature_encoder()
 
 
 def test_activation_checkpointing_is_passed_to_the_backbone():
@@ -378,12 +383,27 @@ def test_from_backbone_keeps_the_pretrained_ssl_weights(tmp_path):
     model = MSEmoBoostForSequenceClassification.from_backbone(tmp_path / "ssl", num_labels=7, use_spectrogram=False, lstm_hidden_size=8)
     assert model.config.num_labels == 7 and model.config.use_spectrogram is False
     assert model.msemoboost.spectrogram_encoder is None
+    backbone_config = model.config.backbone_config
+    assert {key: getattr(backbone_config, key) for key in TINY_BACKBONE} == {**TINY_BACKBONE, "conv_dim": [16] * 7}
+    with torch.no_grad():
+        assert model(**batch([speech_like(20_000)])).logits.shape == (1, 7)
     for name, tensor in pretrained.state_dict().items():
         assert torch.equal(model.msemoboost.backbone.state_dict()[name], tensor), name
     bare = MSEmoBoostModel.from_backbone(tmp_path / "ssl", use_mfcc=False, spectrogram_image_size=64)
     assert torch.equal(bare.backbone.encoder.layers[0].attention.q_proj.weight, pretrained.encoder.layers[0].attention.q_proj.weight)
-    with pytest.raises(ValueError, match="needs use_backbone_features=True"):
+    with pytest.raises(ValueError, match=r"^from_backbone needs use_backbone_features=True: the guidance-only model has no backbone\.$"):
         MSEmoBoostForSequenceClassification.from_backbone(tmp_path / "ssl", use_backbone_features=False)
+
+
+def test_from_backbone_trains_in_float32_from_a_half_precision_checkpoint(tmp_path):
+    # Hub checkpoints are often saved in half precision, and transformers loads a checkpoint in its own dtype.
+    torch.manual_seed(1)
+    Wav2Vec2Model(Wav2Vec2Config(**TINY_BACKBONE)).to(torch.bfloat16).save_pretrained(tmp_path / "ssl")
+    model = MSEmoBoostForSequenceClassification.from_backbone(tmp_path / "ssl", num_labels=3, lstm_hidden_size=8,
+                                                              spectrogram_image_size=64)
+    assert {parameter.dtype for parameter in model.parameters()} == {torch.float32}
+    with torch.no_grad():
+        assert model(**batch([speech_like(20_000)])).logits.dtype == torch.float32
 
 
 def test_alexnet_parameter_names_match_torchvision():
@@ -532,10 +552,19 @@ def test_from_backbone_loads_the_backbone_once_and_passes_the_loading_options(tm
         raise AssertionError("from_backbone built a second, random backbone")
 
     monkeypatch.setattr(transformers.AutoModel, "from_config", no_second_copy)
+    loaded_with, from_pretrained = [], transformers.AutoModel.from_pretrained
+
+    def recorded(*args, **kwargs):
+        loaded_with.append(kwargs)
+        return from_pretrained(*args, **kwargs)
+
+    monkeypatch.setattr(transformers.AutoModel, "from_pretrained", recorded)
     model = MSEmoBoostForSequenceClassification.from_backbone(
         tmp_path / "ssl", num_labels=3, dtype=torch.bfloat16, attn_implementation="eager", revision="main",
-        lstm_hidden_size=8, spectrogram_image_size=64,
+        token="hf_unused", cache_dir=tmp_path / "cache", lstm_hidden_size=8, spectrogram_image_size=64,
     )
+    assert loaded_with == [{"revision": "main", "token": "hf_unused", "cache_dir": tmp_path / "cache",
+                            "dtype": torch.bfloat16, "attn_implementation": "eager"}]
     assert model.msemoboost.backbone.config._attn_implementation == "eager"
     assert model.msemoboost.backbone.encoder.layers[0].attention.q_proj.weight.dtype == torch.bfloat16
     assert model.classifier.weight.dtype == torch.bfloat16

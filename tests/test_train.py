@@ -325,6 +325,10 @@ def test_the_cpu_recipe_runs_unchanged_on_an_audiofolder_with_train_and_test_spl
     assert [fold["fold"] for fold in summary["folds"]] == ["splits"] and summary["folds"][0]["num_test"] == 12
     assert summary["folds"][0]["num_train"] + summary["folds"][0]["num_validation"] == 48
     assert (tmp_path / "out" / "model" / "model.safetensors").exists()
+    card = (tmp_path / "out" / "model" / "README.md").read_text()
+    assert ("Architecture options: frame weighting `mean_residual`, classifier input `pooled_and_guidance`, MFCC "
+            "normalisation `standardize`, MFCC pooled to 30 steps (the paper: `linear`, `pooled`, `l2`, no pooling, "
+            "the last layer).") in card
 
 
 def test_noisy_evaluation_augmentation_and_se_head_through_train_py(corpus_dir, tmp_path):
