@@ -14,7 +14,7 @@ import torch
 
 from msemoboost import MSEmoBoostFeatureExtractor
 from msemoboost.cli import main
-from msemoboost.inference import enhancement_curve, load_classifier, read_audio
+from msemoboost.inference import default_device, enhancement_curve, load_classifier, predictions, read_audio
 from tiny import read_csv, speech_like, tiny_model
 
 LABELS = ["angry", "happy", "neutral", "sad"]
@@ -222,3 +222,21 @@ def test_tsne_plots_the_models_pooled_features_in_a_png_of_the_stated_size(model
     assert plotted["labels"] == [corpus.label_names[corpus.labels[r]] for r in rows]
     np.testing.assert_allclose(plotted["features"]["MS-EmoBoost pooled features"], expected["msemoboost"], rtol=0, atol=1e-5)
     np.testing.assert_allclose(plotted["features"]["backbone masked mean (baseline)"], expected["baseline"], rtol=0, atol=1e-5)
+
+
+def test_utterance_probabilities_stay_finite_when_confident_segments_disagree():
+    # Two segments, each sure of its own class: the mean log-probabilities are about -1000 for both classes.
+    segments = np.array([[0.0, -2000.0], [-2000.0, -0.5]])
+    config = tiny_model().config
+    found = predictions(["a.wav"], [np.zeros(96_000)], segments.mean(0, keepdims=True), [segments], config)
+    np.testing.assert_allclose(found[0].probabilities, [1 / (1 + np.exp(-0.25)), 1 / (1 + np.exp(0.25))], rtol=1e-12)
+    np.testing.assert_array_equal(found[0].segment_bounds, [[0.0, 3.0], [3.0, 6.0]])
+    with pytest.raises(ValueError, match="zip"):  # one name per recording, or an error
+        predictions(["a.wav", "b.wav"], [np.zeros(96_000)], segments.mean(0, keepdims=True), [segments], config)
+
+
+def test_the_default_device_is_the_gpu_when_there_is_one(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert default_device() == "cuda"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert default_device() == "cpu"

@@ -75,6 +75,21 @@ def test_se_head_gets_gradients_and_its_loss_goes_down(target):
     assert losses[-1] < 0.6 * losses[0]
 
 
+def test_se_loss_is_the_compressed_magnitude_error_over_the_frames_that_hold_audio():
+    model = tiny_model(use_se_head=True, se_target="magnitude", se_compression=0.3)
+    noisy, clean, mask = noisy_batch()
+    with torch.no_grad():
+        loss = model(noisy, attention_mask=mask, labels=torch.tensor([0, 1]), clean_input_values=clean).se_loss
+        base = model.msemoboost(noisy, attention_mask=mask)
+        noisy_spectra, clean_spectra = (model._segment_spectra(values, mask)[1] for values in (noisy, clean))
+        estimate = model.se_head(base.last_hidden_state, noisy_spectra.abs())
+    # 2 + 1 segments of 149 frames (201 bins); the 2.5 s utterance's last 25 frames hold only padding
+    assert estimate.shape == clean_spectra.shape == (3, 149, 201) and base.frame_mask.sum().item() == 3 * 149 - 25
+    squared = (estimate.clamp(min=1e-8).double() ** 0.3 - clean_spectra.abs().clamp(min=1e-8).double() ** 0.3) ** 2
+    expected = squared.mean(-1)[base.frame_mask].mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
 def test_without_clean_targets_or_head_the_model_is_the_classifier():
     noisy, clean, mask = noisy_batch()
     plain = tiny_model()

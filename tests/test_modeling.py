@@ -541,6 +541,17 @@ def test_multi_label_and_regression_use_transformers_losses_on_the_mean_segment_
         model(**inputs, labels=torch.zeros(2) if problem_type != "regression" else torch.zeros(2))
 
 
+def test_regression_with_one_output_takes_a_label_per_utterance():
+    model = tiny_model(problem_type="regression", num_labels=1)
+    inputs = batch([speech_like(120_000), speech_like(30_000, 1)])
+    labels = torch.tensor([0.25, -1.5])
+    with torch.no_grad():
+        outputs = model(**inputs, labels=labels)
+        assert outputs.logits.shape == (2, 1)
+        torch.testing.assert_close(outputs.loss, F.mse_loss(outputs.logits[:, 0], labels))
+        torch.testing.assert_close(model(**inputs, labels=labels[:, None]).loss, outputs.loss)
+
+
 def test_from_backbone_loads_the_backbone_once_and_passes_the_loading_options(tmp_path, monkeypatch):
     import transformers
 
