@@ -186,6 +186,13 @@ def test_class_weights_weight_the_segment_cross_entropy():
         segment_logits = model.classifier(model.msemoboost(**inputs).segment_features)
     expected = F.cross_entropy(segment_logits, torch.tensor([2, 2, 2, 1]), weight=torch.tensor([1.0, 3.0, 0.5, 1.0]))
     torch.testing.assert_close(outputs.loss, expected)
+    model.config.loss_level = "utterance"  # weighted too, on the utterance logits
+    with torch.no_grad():
+        expected = F.cross_entropy(outputs.logits, labels, weight=torch.tensor([1.0, 3.0, 0.5, 1.0]))
+        torch.testing.assert_close(model(**inputs, labels=labels).loss, expected)
+        model.config.class_weights = [1, 3, 1, 1]  # whole numbers, as a JSON file may give them
+        expected = F.cross_entropy(outputs.logits, labels, weight=torch.tensor([1.0, 3.0, 1.0, 1.0]))
+        torch.testing.assert_close(model(**inputs, labels=labels).loss, expected)
     with pytest.raises(ValueError, match=r"class_weights needs one weight per label \(4\), got 2."):
         tiny_config(class_weights=[1.0, 2.0])
 
