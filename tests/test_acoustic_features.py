@@ -77,3 +77,18 @@ def test_digital_silence_gives_finite_features():
     image = MSEmoBoostSpectrogram(CONFIG)(pre_emphasis(silence, 0.97))
     assert torch.isfinite(mfcc).all()
     assert torch.equal(image, torch.zeros_like(image))
+
+
+@pytest.mark.parametrize("center, n_fft, hop_length, num_mel_bins", [(True, 400, 160, 64), (False, 400, 320, 80)])
+def test_log_mel_matches_librosa_on_emodb(segments, center, n_fft, hop_length, num_mel_bins):
+    # The intensity model's input (centred 10 ms frames) and the pretraining target (the backbone's frames).
+    from msemoboost.acoustic_features import MSEmoBoostLogMel
+
+    log_mel = MSEmoBoostLogMel(n_fft, hop_length, 16000, num_mel_bins, center=center)
+    output = log_mel(torch.from_numpy(np.stack(segments))).numpy()
+    for features, segment in zip(output, segments):
+        mel = librosa.feature.melspectrogram(y=segment, sr=16000, n_fft=n_fft, hop_length=hop_length, window="hann",
+                                             center=center, pad_mode="constant", power=2.0, n_mels=num_mel_bins,
+                                             fmin=0.0, fmax=8000.0, htk=False, norm="slaney")
+        assert features.shape == mel.T.shape
+        assert relative_error(np.exp(features.T), mel + 1e-6) <= 1e-5

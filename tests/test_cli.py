@@ -14,7 +14,9 @@ import torch
 
 from msemoboost import MSEmoBoostFeatureExtractor
 from msemoboost.cli import main
-from msemoboost.inference import default_device, enhancement_curve, load_classifier, predictions, read_audio
+from msemoboost.inference import (
+    default_device, enhancement_curve, load_classifier, pad_batch, predictions, read_audio,
+)
 from tiny import read_csv, speech_like, tiny_model
 
 LABELS = ["angry", "happy", "neutral", "sad"]
@@ -240,3 +242,10 @@ def test_the_default_device_is_the_gpu_when_there_is_one(monkeypatch):
     assert default_device() == "cuda"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert default_device() == "cpu"
+
+
+def test_pad_batch_right_pads_with_zeros_and_an_int64_mask():
+    padded = pad_batch([np.array([0.5, -0.25, 1.0], dtype=np.float32), np.array([2.0], dtype=np.float32)])
+    assert padded["input_values"].tolist() == [[0.5, -0.25, 1.0], [2.0, 0.0, 0.0]]
+    assert padded["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert padded["input_values"].dtype == torch.float32 and padded["attention_mask"].dtype == torch.long
