@@ -398,13 +398,11 @@ class MSEmoBoostPreTrainedModel(PreTrainedModel):
             super()._init_weights(module)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
-        # `save_pretrained` names only the saved class in `auto_map`. Name all of them, so that `AutoConfig`,
+        # `save_pretrained` names only the saved class (and the config) in `auto_map`. Name both models, so that
         # `AutoModel` and `AutoModelForAudioClassification` each load any MS-EmoBoost checkpoint with remote code.
         modeling = self.__class__.__module__.split(".")[-1]
-        configuration = self.config.__class__.__module__.split(".")[-1]
         self.config.auto_map = {
             **(getattr(self.config, "auto_map", None) or {}),
-            "AutoConfig": f"{configuration}.MSEmoBoostConfig",
             "AutoModel": f"{modeling}.MSEmoBoostModel",
             "AutoModelForAudioClassification": f"{modeling}.MSEmoBoostForSequenceClassification",
         }

@@ -49,6 +49,18 @@ def test_frame_stft_is_aligned_with_the_backbone_and_inverts_exactly():
     spectrum = stft(waveform)
     assert spectrum.shape == (2, config.num_backbone_frames(48000), 201) == (2, 149, 201)
     torch.testing.assert_close(stft.inverse(spectrum, waveform), waveform, atol=1e-5, rtol=0)
+    # Samples that no frame covers with weight keep the fallback's values: sample 0, where the Hann window is 0,
+    # and the tail after the last whole frame (148 * 320 + 400 = 47,760 samples are covered).
+    fallback = torch.full_like(waveform, 5.0)
+    rebuilt = stft.inverse(spectrum, fallback)
+    window = np.sin(np.pi * np.arange(400) / 400) ** 2  # periodic Hann
+    weight = np.zeros(48000)
+    for frame in range(149):
+        weight[frame * 320 : frame * 320 + 400] += window**2
+    covered = torch.from_numpy(weight > 1e-3)
+    assert covered.sum().item() > 0.99 * 47_760 and not covered[0] and not covered[47_760:].any()
+    torch.testing.assert_close(rebuilt[:, covered], waveform[:, covered], atol=1e-5, rtol=0)
+    assert (rebuilt[:, ~covered] == 5.0).all()
 
 
 @pytest.mark.parametrize("target", ["mask", "magnitude"])

@@ -346,8 +346,18 @@ def test_weighted_layer_sum_pools_the_softmax_weighted_backbone_layers():
 def test_return_dict_false_gives_a_tuple():
     model = tiny_model()
     with torch.no_grad():
-        logits = model(**batch([speech_like(20_000)]), return_dict=False)[0]
-        assert torch.equal(logits, model(**batch([speech_like(20_000)])).logits)
+        outputs = model(**batch([speech_like(20_000)]), return_dict=False)
+        assert type(outputs) is tuple
+        assert torch.equal(outputs[0], model(**batch([speech_like(20_000)])).logits)
+
+
+def test_single_label_classification_named_is_the_default():
+    inputs = batch([speech_like(120_000), speech_like(30_000, 1)])
+    with torch.no_grad():
+        named = tiny_model(problem_type="single_label_classification")(**inputs, labels=torch.tensor([0, 3]))
+        default = tiny_model()(**inputs, labels=torch.tensor([0, 3]))
+    torch.testing.assert_close(named.logits, default.logits, rtol=0, atol=0)
+    torch.testing.assert_close(named.loss, default.loss, rtol=0, atol=0)
 
 
 def test_freeze_feature_encoder_and_base_model():
@@ -447,6 +457,12 @@ def test_save_pretrained_writes_config_code_and_safetensors_only(tmp_path):
         "AutoModel": "modeling_msemoboost.MSEmoBoostModel",
         "AutoModelForAudioClassification": "modeling_msemoboost.MSEmoBoostForSequenceClassification",
     }
+    model.config.auto_map["AutoModelForCTC"] = "elsewhere.Model"  # entries of others are kept
+    model.save_pretrained(tmp_path / "sharded", max_shard_size="100KB")  # transformers' own options pass through
+    assert json.loads((tmp_path / "sharded" / "config.json").read_text())["auto_map"]["AutoModelForCTC"] == "elsewhere.Model"
+    assert (tmp_path / "sharded" / "model.safetensors.index.json").is_file()
+    model.save_pretrained(tmp_path / "not_main", False)  # is_main_process, by position
+    assert not (tmp_path / "not_main").exists() or not any((tmp_path / "not_main").iterdir())
 
 
 def test_reloaded_model_rebuilds_its_feature_buffers(tmp_path):
