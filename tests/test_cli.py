@@ -15,7 +15,8 @@ import torch
 from msemoboost import MSEmoBoostFeatureExtractor
 from msemoboost.cli import main
 from msemoboost.inference import (
-    default_device, enhancement_curve, load_classifier, pad_batch, predictions, read_audio,
+    AUDIO_EXTENSIONS, default_device, enhancement_curve, find_audio_files, load_classifier, pad_batch, predictions,
+    read_audio,
 )
 from tiny import read_csv, speech_like, tiny_model
 
@@ -249,3 +250,18 @@ def test_pad_batch_right_pads_with_zeros_and_an_int64_mask():
     assert padded["input_values"].tolist() == [[0.5, -0.25, 1.0], [2.0, 0.0, 0.0]]
     assert padded["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
     assert padded["input_values"].dtype == torch.float32 and padded["attention_mask"].dtype == torch.long
+
+
+def test_find_audio_files_takes_files_as_given_and_audio_under_folders_sorted(tmp_path):
+    for name in ("one/b.wav", "one/a.FLAC", "one/notes.txt", "one/take.wav/c.mp3", "two/d.ogg", "given.txt"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    found = find_audio_files([str(tmp_path / "one"), str(tmp_path / "given.txt"), str(tmp_path / "two")])
+    assert found == [tmp_path / "one/a.FLAC", tmp_path / "one/b.wav", tmp_path / "one/take.wav/c.mp3",
+                     tmp_path / "given.txt", tmp_path / "two/d.ogg"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match=rf"^No audio files in folder {tmp_path / 'empty'} \(looked for "
+                                         rf"{', '.join(AUDIO_EXTENSIONS)}\)\.$"):
+        find_audio_files([str(tmp_path / "empty")])
+    with pytest.raises(ValueError, match=rf"^{tmp_path / 'missing.wav'}: no such file or folder\.$"):
+        find_audio_files([str(tmp_path / "missing.wav")])

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import soundfile
 import torch
+from torch.nn import functional as F
 from transformers import AutoModelForAudioClassification
 
 from msemoboost import MSEmoBoostConfig, MSEmoBoostFeatureExtractor
@@ -85,6 +86,20 @@ def test_se_head_gets_gradients_and_its_loss_goes_down(target):
         optimizer.step()
     assert np.isfinite(losses).all()
     assert losses[-1] < 0.6 * losses[0]
+
+
+@pytest.mark.parametrize("target", ["mask", "magnitude"])
+def test_se_head_estimates_a_masked_or_a_decompressed_magnitude(target):
+    model = tiny_model(use_se_head=True, se_target=target, se_compression=0.3)
+    head = model.se_head
+    with torch.no_grad():
+        head.output.weight.zero_()
+        head.output.bias.copy_(torch.linspace(-2.0, 2.0, 201))
+        noisy = torch.rand(3, 149, 201)
+        estimate = head(torch.randn(3, 149, 32), noisy)
+    bias = torch.linspace(-2.0, 2.0, 201)
+    expected = torch.sigmoid(bias) * noisy if target == "mask" else (F.softplus(bias) ** (1 / 0.3)).expand(3, 149, 201)
+    torch.testing.assert_close(estimate, expected, rtol=1e-6, atol=1e-7)
 
 
 def test_se_loss_is_the_compressed_magnitude_error_over_the_frames_that_hold_audio():
