@@ -25,7 +25,7 @@ from torch import nn
 from torch.nn import functional as F
 from transformers import AutoModel, PreTrainedModel
 from transformers import initialization as init
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, logging
 
 from .acoustic_features import (
     MSEmoBoostFrameSTFT,
@@ -35,6 +35,9 @@ from .acoustic_features import (
     pre_emphasis,
 )
 from .configuration_msemoboost import MSEmoBoostConfig
+
+
+logger = logging.get_logger(__name__)
 
 
 @dataclass
@@ -471,6 +474,12 @@ class MSEmoBoostModel(MSEmoBoostPreTrainedModel):
         if config.use_weighted_layer_sum and config.use_backbone_features:
             num_layers = config.backbone_config.num_hidden_layers + 1  # the embedding output and every layer's
             self.layer_weights = nn.Parameter(torch.full((num_layers,), 1.0 / num_layers))
+            if getattr(self.backbone.config, "layerdrop", 0.0):
+                # transformers records no hidden state for a layer that LayerDrop skips, so the layers of a training
+                # step could not be matched with their weights.
+                logger.warning("use_weighted_layer_sum turns the backbone's LayerDrop off (layerdrop was %s).",
+                               self.backbone.config.layerdrop)
+                self.backbone.config.layerdrop = config.backbone_config.layerdrop = 0.0
         else:
             self.layer_weights = None
         self.classify_guidance = num_branches > 0 and (

@@ -339,6 +339,12 @@ def test_weighted_layer_sum_pools_the_softmax_weighted_backbone_layers():
         expected = sum(w * layer for w, layer in zip(logits.softmax(0), outputs.hidden_states, strict=True))
         torch.testing.assert_close(outputs.last_hidden_state, expected, rtol=0, atol=1e-6)
         assert weighted.msemoboost(**inputs).hidden_states is None  # only given when asked for
+    # LayerDrop would leave a training step with fewer hidden states than weights: it is turned off.
+    dropping = MSEmoBoostForSequenceClassification(tiny_config(
+        use_weighted_layer_sum=True, backbone_config={"model_type": "wav2vec2", **TINY_BACKBONE, "layerdrop": 0.99}))
+    assert dropping.config.backbone_config.layerdrop == dropping.msemoboost.backbone.config.layerdrop == 0.0
+    dropping.train()(**inputs, labels=torch.tensor([0, 1])).loss.backward()
+    assert dropping.msemoboost.layer_weights.grad.abs().min() > 0
     with pytest.raises(ValueError, match="use_weighted_layer_sum=True needs use_backbone_features=True"):
         tiny_config(use_weighted_layer_sum=True, use_backbone_features=False)
 
