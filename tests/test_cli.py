@@ -148,11 +148,20 @@ def test_a_missing_or_non_model_model_is_a_usage_error(recordings, tmp_path, cap
     wav = str(recordings / "a_8k_mono.wav")
     assert main(["predict", wav, "--model", str(tmp_path / "nowhere")]) == 2
     error = capsys.readouterr().err
-    assert f"msemoboost predict: error: --model {tmp_path / 'nowhere'}: cannot load an audio classifier" in error
+    assert (f"msemoboost predict: error: --model {tmp_path / 'nowhere'}: cannot load an audio classifier from this model "
+            "folder or reachable Hub model id (") in error
     assert "Traceback" not in error
     (tmp_path / "folder").mkdir()
     assert main(["predict", wav, "--model", str(tmp_path / "folder")]) == 2
     assert f"--model {tmp_path / 'folder'}: not a model folder (it has no config.json)." in capsys.readouterr().err
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "config.json").write_text('{"model_type": "not_a_model_type"}')
+    assert main(["predict", wav, "--model", str(tmp_path / "other")]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    prefix = f"msemoboost predict: error: --model {tmp_path / 'other'}: cannot load an audio classifier from this model folder ("
+    assert error.startswith(prefix) and error.endswith(")")
+    reason = error[len(prefix) : -1]  # transformers' own reason, on one line, at most 300 characters
+    assert "`not_a_model_type`" in reason and "  " not in reason and len(reason) == 300
 
 
 def test_explain_and_enhance_skip_a_bad_file_and_write_nothing_for_it(model_dir, tmp_path, capsys):
@@ -265,3 +274,10 @@ def test_find_audio_files_takes_files_as_given_and_audio_under_folders_sorted(tm
         find_audio_files([str(tmp_path / "empty")])
     with pytest.raises(ValueError, match=rf"^{tmp_path / 'missing.wav'}: no such file or folder\.$"):
         find_audio_files([str(tmp_path / "missing.wav")])
+
+
+def test_read_audio_takes_any_non_empty_recording_unless_told_a_minimum(tmp_path):
+    soundfile.write(tmp_path / "one.wav", np.array([0.25], dtype=np.float32), 16000, subtype="FLOAT")
+    np.testing.assert_array_equal(read_audio(tmp_path / "one.wav", 16000), [0.25])
+    with pytest.raises(ValueError, match=r"one\.wav: 1 samples, shorter than one analysis frame \(400 samples\)$"):
+        read_audio(tmp_path / "one.wav", 16000, min_samples=400)

@@ -49,12 +49,14 @@ def test_frame_stft_is_aligned_with_the_backbone_and_inverts_exactly():
     waveform = torch.from_numpy(np.stack([speech_like(48000, 0), speech_like(48000, 1)]))
     spectrum = stft(waveform)
     assert spectrum.shape == (2, config.num_backbone_frames(48000), 201) == (2, 149, 201)
+    window = np.sin(np.pi * np.arange(400) / 400) ** 2  # periodic Hann
+    frames = np.stack([waveform[:, t * 320 : t * 320 + 400].numpy() * window for t in range(149)], axis=1)
+    np.testing.assert_allclose(spectrum.numpy(), np.fft.rfft(frames, axis=-1), rtol=0, atol=2e-5)
     torch.testing.assert_close(stft.inverse(spectrum, waveform), waveform, atol=1e-5, rtol=0)
     # Samples that no frame covers with weight keep the fallback's values: sample 0, where the Hann window is 0,
     # and the tail after the last whole frame (148 * 320 + 400 = 47,760 samples are covered).
     fallback = torch.full_like(waveform, 5.0)
     rebuilt = stft.inverse(spectrum, fallback)
-    window = np.sin(np.pi * np.arange(400) / 400) ** 2  # periodic Hann
     weight = np.zeros(48000)
     for frame in range(149):
         weight[frame * 320 : frame * 320 + 400] += window**2
