@@ -198,9 +198,10 @@ class MSEmoBoostSpectrogram(MSEmoBoostPowerSpectrogram):
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
         power = self.power_spectrogram(waveform)  # (batch_size, num_frequency_bins, num_frames)
-        # amplitude_to_db(ref=np.max) is power_to_db of the squared amplitude with amin 1e-5 ** 2.
-        reference = power.amax(dim=(-2, -1), keepdim=True)
-        log_spec = power_to_db(power, reference=reference, amin=1e-10, top_db=self.top_db)[:, : self.num_bins]
+        # amplitude_to_db(ref=np.max) is power_to_db of the squared amplitude with amin 1e-5 ** 2. Its reference only
+        # shifts each image by a constant (the floor is top_db below the image's own peak), which the min-max scaling
+        # below removes: the image is the same with any reference, so none is computed.
+        log_spec = power_to_db(power, reference=1.0, amin=1e-10, top_db=self.top_db)[:, : self.num_bins]
         low = log_spec.amin(dim=(-2, -1), keepdim=True)
         span = log_spec.amax(dim=(-2, -1), keepdim=True) - low
         # A segment with no dynamic range (digital silence) becomes an all-zero image rather than 0 / 0.

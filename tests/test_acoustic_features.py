@@ -92,3 +92,25 @@ def test_log_mel_matches_librosa_on_emodb(segments, center, n_fft, hop_length, n
                                              fmin=0.0, fmax=8000.0, htk=False, norm="slaney")
         assert features.shape == mel.T.shape
         assert relative_error(np.exp(features.T), mel + 1e-6) <= 1e-5
+
+
+def test_each_spectrogram_image_is_scaled_on_its_own_whatever_its_level(segments):
+    spectrogram = MSEmoBoostSpectrogram(CONFIG)
+    quiet_and_loud = torch.from_numpy(np.stack([segments[0] * 1e-3, segments[1], segments[2] * 30]))
+    images = spectrogram(quiet_and_loud)
+    for image, segment in zip(images, quiet_and_loud):
+        torch.testing.assert_close(image, spectrogram(segment[None])[0], rtol=0, atol=1e-6)
+        assert image.min().item() == 0.0 and image.max().item() == 1.0
+
+
+def test_a_spectrogram_of_small_dynamic_range_still_spans_zero_to_one(monkeypatch):
+    spectrogram = MSEmoBoostSpectrogram(CONFIG)
+    power = 1.0 + 0.1 * torch.rand(1, 401, 301, generator=torch.Generator().manual_seed(0))  # under 0.5 dB of range
+    monkeypatch.setattr(spectrogram, "power_spectrogram", lambda waveform: power)
+    image = spectrogram(torch.zeros(1, 48_000))
+    expected = 10 * torch.log10(power[:, :200])
+    expected = ((expected - expected.amin()) / (expected.amax() - expected.amin())).flip(1)
+    torch.testing.assert_close(image, expected, rtol=0, atol=1e-5)
+    silent = torch.ones(1, 401, 301)  # no range at all: an all-zero image, not 0 / 0
+    monkeypatch.setattr(spectrogram, "power_spectrogram", lambda waveform: silent)
+    assert torch.equal(spectrogram(torch.zeros(1, 48_000)), torch.zeros(1, 200, 301))
