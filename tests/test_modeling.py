@@ -626,3 +626,15 @@ def test_bare_model_returns_last_hidden_state_and_pooler_output_like_transformer
     torch.testing.assert_close(outputs.last_hidden_state, frames, rtol=0, atol=1e-6)
     assert outputs.pooler_output is outputs.utterance_features and outputs.pooler_output.shape == (2, 32)
     assert outputs.segments_per_utterance.tolist() == [2, 1]
+
+
+@pytest.mark.parametrize("segment_length_s", [3.0, 1.0])  # 301 frames x 200 bins, and 101 frames: taller than wide
+def test_the_image_is_resized_like_torchvision_resize_of_its_short_side(segment_length_s):
+    import torchvision.transforms.functional as TF
+
+    from msemoboost.modeling_msemoboost import MSEmoBoostSpectrogramEncoder
+
+    config = tiny_config(segment_length_s=segment_length_s, spectrogram_image_size=64)
+    height, width = config.spectrogram_num_bins, config.num_spectrogram_frames
+    expected = TF.resize(torch.zeros(1, height, width), 64, antialias=True).shape[1:]
+    assert MSEmoBoostSpectrogramEncoder(config).image_size == tuple(expected)
