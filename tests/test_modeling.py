@@ -439,6 +439,10 @@ def test_alexnet_parameter_names_match_torchvision():
     load_imagenet_alexnet(model, alexnet)
     for name, tensor in alexnet.features.state_dict().items():
         assert torch.equal(model.msemoboost.spectrogram_encoder.features.state_dict()[name], tensor)
+    image = torch.rand(2, 3, 96, 144, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():  # the same network: layers, strides, paddings, activations and pools
+        torch.testing.assert_close(model.msemoboost.spectrogram_encoder.features(image), alexnet.features(image),
+                                   rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match=r"does not have AlexNet's shape \(0.weight: \(8, 3, 11, 11\)\)"):
         load_imagenet_alexnet(tiny_model(), alexnet)
     with pytest.raises(ValueError, match="no spectrogram branch"):
