@@ -638,7 +638,11 @@ def test_the_image_is_resized_like_torchvision_resize_of_its_short_side(segment_
 
     from msemoboost.modeling_msemoboost import MSEmoBoostSpectrogramEncoder
 
-    config = tiny_config(segment_length_s=segment_length_s, spectrogram_image_size=64)
+    config = tiny_config(segment_length_s=segment_length_s, spectrogram_image_size=64, spectrogram_pool_size=3)
     height, width = config.spectrogram_num_bins, config.num_spectrogram_frames
     expected = TF.resize(torch.zeros(1, height, width), 64, antialias=True).shape[1:]
-    assert MSEmoBoostSpectrogramEncoder(config).image_size == tuple(expected)
+    encoder = MSEmoBoostSpectrogramEncoder(config).eval()
+    assert encoder.image_size == tuple(expected)
+    with torch.no_grad():  # 3 x 3 pooled cells of 16 channels are projected to the guidance vector
+        assert encoder(torch.from_numpy(speech_like(config.segment_samples))[None]).shape == (1, 8)
+    assert encoder.projection.in_features == 9 * 16
