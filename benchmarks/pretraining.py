@@ -163,7 +163,7 @@ def main() -> None:
                    "(c) EMS masking": pretrained(root, profile, "ems", steps)}
     report = {"profile": args.profile, "date": date.today().isoformat(), "machine": platform.processor() or platform.machine(),
               "pretraining_steps": steps, "seeds": args.seeds, "rows": {},
-              "command": " ".join(["python", "benchmarks/pretraining.py", *sys.argv[1:]])}
+              "commands": [" ".join(["python", "benchmarks/pretraining.py", *sys.argv[1:]])]}
     intensity = json.loads((intensity_model(root, profile) / "intensity_results.json").read_text())
     report["intensity_ranking_accuracy"] = intensity["ranking_accuracy"]
     report["pretraining"] = {}
@@ -208,12 +208,17 @@ def main() -> None:
                 result = json.loads((output / "results.json").read_text())
                 runs.append({"seed": seed, "ua": result["ua"]["mean"], "ua_fold_std": result["ua"]["std"],
                              "wa": result["wa"]["mean"]})
-            report["rows"][f"MS-EmoBoost {name}"] = {"ua_mean": float(np.mean([r["ua"] for r in runs])), "runs": runs}
+            report["rows"][f"MS-EmoBoost {name}"] = {
+                "ua_mean": float(np.mean([r["ua"] for r in runs])), "ua_seed_std": float(np.std([r["ua"] for r in runs])),
+                "ua_fold_std": float(np.mean([r["ua_fold_std"] for r in runs])),
+                "wa_mean": float(np.mean([r["wa"] for r in runs])), "runs": runs}
 
     destination = REPO / "benchmarks" / "results" / f"pretraining_{args.profile}.json"
     if destination.exists():
         previous = json.loads(destination.read_text())
-        report["rows"] = {**previous.get("rows", {}), **report["rows"]}
+        report["rows"] = {**previous.get("rows", {}), **report["rows"]}  # each row keeps its own seeds
+        earlier = previous.get("commands", [previous["command"]] if "command" in previous else [])
+        report["commands"] = [*earlier, *[c for c in report["commands"] if c not in earlier]]
     destination.write_text(json.dumps(report, indent=2) + "\n")
     print("\n| row | UA % (mean over seeds) | fold std | seed std | WA % |\n|---|---|---|---|---|")
     for name, row in report["rows"].items():
