@@ -77,5 +77,30 @@ def test_labels_outside_num_labels_are_refused(model):
 def test_left_padding_mask_is_refused(model):
     mask = torch.ones(1, 16_000, dtype=torch.long)
     mask[0, :1000] = 0
-    with pytest.raises(ValueError, match=r"right padding"):
+    with pytest.raises(ValueError) as error:
         model(torch.randn(1, 16_000), attention_mask=mask)
+    assert str(error.value) == ("attention_mask must mark one block of audio at the start of each row (right padding), "
+                                "as MSEmoBoostFeatureExtractor pads.")
+    with pytest.raises(ValueError) as error:
+        model(torch.randn(2, 16_000), attention_mask=torch.ones(2, 8_000, dtype=torch.long))
+    assert str(error.value) == "attention_mask has shape (2, 8000) but input_values has shape (2, 16000)."
+
+
+@pytest.mark.parametrize("shape, hint", [
+    ((16_000,), " Add a batch dimension: input_values[None]."),
+    ((1, 2, 16_000), " Downmix multi-channel audio to mono first."),
+    ((1, 1, 2, 16_000), ""),
+])
+def test_the_model_names_the_shape_it_needs(model, shape, hint):
+    with pytest.raises(ValueError) as error:
+        model(torch.zeros(shape))
+    assert str(error.value) == ("input_values must be a batch of mono waveforms of shape (batch_size, num_samples), "
+                                f"got shape {shape}.{hint}")
+
+
+def test_nan_in_the_padding_is_never_read(model):
+    inputs = EXTRACTOR([speech_like(16_000), speech_like(8_000, 1)], sampling_rate=16_000, return_tensors="pt")
+    with torch.no_grad():
+        reference = model(**inputs).logits
+        inputs["input_values"][1, 8_000:] = float("nan")  # from the first padded sample on
+        torch.testing.assert_close(model(**inputs).logits, reference, rtol=0, atol=0)
