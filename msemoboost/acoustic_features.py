@@ -40,13 +40,10 @@ def pre_emphasis(waveform: torch.Tensor, coefficient: float) -> torch.Tensor:
     return torch.cat([first, waveform[:, 1:] - coefficient * waveform[:, :-1]], dim=1)
 
 
-def power_to_db(power: torch.Tensor, reference: torch.Tensor | float, amin: float, top_db: float) -> torch.Tensor:
-    """`librosa.power_to_db` over the last two dimensions of `power` (one spectrogram per leading index)."""
+def power_to_db(power: torch.Tensor, amin: float, top_db: float) -> torch.Tensor:
+    """`librosa.power_to_db` with `ref=1.0` over the last two dimensions of `power` (one spectrogram per leading
+    index): `10 log10(max(power, amin))`, floored `top_db` below each spectrogram's peak."""
     log_spec = 10.0 * torch.log10(power.clamp(min=amin))
-    if isinstance(reference, torch.Tensor):
-        log_spec = log_spec - 10.0 * torch.log10(reference.clamp(min=amin))
-    else:
-        log_spec = log_spec - 10.0 * math.log10(max(amin, reference))
     floor = log_spec.amax(dim=(-2, -1), keepdim=True) - top_db
     return torch.maximum(log_spec, floor)
 
@@ -170,7 +167,7 @@ class MSEmoBoostMFCC(MSEmoBoostPowerSpectrogram):
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
         power = self.power_spectrogram(waveform).transpose(1, 2)  # (batch_size, num_frames, num_frequency_bins)
-        log_mel = power_to_db(power @ self.mel_filters.float(), reference=1.0, amin=1e-10, top_db=self.top_db)
+        log_mel = power_to_db(power @ self.mel_filters.float(), amin=1e-10, top_db=self.top_db)
         return log_mel @ self.dct.float()
 
 
@@ -201,7 +198,7 @@ class MSEmoBoostSpectrogram(MSEmoBoostPowerSpectrogram):
         # amplitude_to_db(ref=np.max) is power_to_db of the squared amplitude with amin 1e-5 ** 2. Its reference only
         # shifts each image by a constant (the floor is top_db below the image's own peak), which the min-max scaling
         # below removes: the image is the same with any reference, so none is computed.
-        log_spec = power_to_db(power, reference=1.0, amin=1e-10, top_db=self.top_db)[:, : self.num_bins]
+        log_spec = power_to_db(power, amin=1e-10, top_db=self.top_db)[:, : self.num_bins]
         low = log_spec.amin(dim=(-2, -1), keepdim=True)
         span = log_spec.amax(dim=(-2, -1), keepdim=True) - low
         # A segment with no dynamic range (digital silence) becomes an all-zero image rather than 0 / 0.

@@ -29,6 +29,8 @@ def test_audio_shorter_than_one_analysis_frame_is_refused(model):
         model(**inputs)
     with pytest.raises(ValueError, match=r"\[0\] samples"):
         model(torch.zeros(1, 800), attention_mask=torch.zeros(1, 800, dtype=torch.long))
+    with torch.no_grad():  # exactly one analysis frame is enough
+        assert model(torch.from_numpy(speech_like(400))[None]).logits.shape == (1, 4)
 
 
 @pytest.mark.parametrize("bad_value", [np.nan, np.inf, -np.inf])

@@ -357,6 +357,16 @@ def test_return_dict_false_gives_a_tuple():
         assert torch.equal(outputs[0], model(**batch([speech_like(20_000)])).logits)
 
 
+def test_the_bare_model_follows_the_config_s_output_defaults_unless_told():
+    model = tiny_model(output_hidden_states=True).msemoboost
+    inputs = batch([speech_like(20_000)])
+    with torch.no_grad():
+        assert len(model(**inputs).hidden_states) == TINY_BACKBONE["num_hidden_layers"] + 1
+        assert model(**inputs, output_hidden_states=False).hidden_states is None
+        outputs = model(**inputs, return_dict=False)
+    assert type(outputs) is tuple and torch.equal(outputs[0], model(**inputs).last_hidden_state)
+
+
 def test_single_label_classification_named_is_the_default():
     inputs = batch([speech_like(120_000), speech_like(30_000, 1)])
     with torch.no_grad():
