@@ -358,10 +358,12 @@ def test_return_dict_false_gives_a_tuple():
 
 
 def test_the_bare_model_follows_the_config_s_output_defaults_unless_told():
-    model = tiny_model(output_hidden_states=True).msemoboost
+    model = tiny_model(output_hidden_states=True, output_attentions=True, attn_implementation="eager").msemoboost
     inputs = batch([speech_like(20_000)])
     with torch.no_grad():
         assert len(model(**inputs).hidden_states) == TINY_BACKBONE["num_hidden_layers"] + 1
+        assert len(model(**inputs).attentions) == TINY_BACKBONE["num_hidden_layers"]
+        assert model(**inputs, output_attentions=False).attentions is None
         assert model(**inputs, output_hidden_states=False).hidden_states is None
         outputs = model(**inputs, return_dict=False)
     assert type(outputs) is tuple and torch.equal(outputs[0], model(**inputs).last_hidden_state)
@@ -656,3 +658,28 @@ def test_the_image_is_resized_like_torchvision_resize_of_its_short_side(segment_
     with torch.no_grad():  # 3 x 3 pooled cells of 16 channels are projected to the guidance vector
         assert encoder(torch.from_numpy(speech_like(config.segment_samples))[None]).shape == (1, 8)
     assert encoder.projection.in_features == 9 * 16
+
+
+def test_the_pooled_mfcc_branch_projects_time_averages_of_the_bilstm_output():
+    # mfcc_pool_frames=10: the 301 Bi-LSTM steps are averaged over 10 spans (adaptive pooling) before the projection.
+    model = tiny_model(mfcc_pool_frames=10, use_spectrogram=False)
+    encoder = model.msemoboost.mfcc_encoder
+    seen = []
+    encoder.projection.register_forward_hook(lambda module, args, output: seen.append(args[0]))
+    segment = torch.from_numpy(speech_like(48_000))[None]
+    with torch.no_grad():
+        encoder(segment, torch.tensor([48_000]))
+        steps = encoder.attention(encoder.lstm(encoder.normalize(encoder.mfcc(segment), torch.tensor([48_000])))[0])
+    assert steps.shape == (1, 301, 32) and encoder.projection.in_features == 10 * 32
+    spans = [(i * 301 // 10, -(-(i + 1) * 301 // 10)) for i in range(10)]  # floor(i L / n) to ceil((i + 1) L / n)
+    expected = torch.stack([steps[0, start:end].mean(0) for start, end in spans])
+    torch.testing.assert_close(seen[0].view(10, 32), expected, rtol=0, atol=1e-6)
+
+
+def test_standardised_mfccs_of_digital_silence_stay_finite():
+    # Every coefficient is constant over silent frames: a variance of 0, guarded by its epsilon.
+    model = tiny_model(mfcc_normalization="standardize")
+    with torch.no_grad():
+        normalized = model.msemoboost.mfcc_encoder.normalize(torch.ones(1, 301, 40), torch.tensor([48_000]))
+        assert torch.equal(normalized, torch.zeros(1, 301, 40))
+        assert torch.isfinite(model(torch.zeros(1, 48_000)).logits).all()
