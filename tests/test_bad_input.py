@@ -74,6 +74,9 @@ def test_labels_outside_num_labels_are_refused(model):
         model(**inputs, labels=torch.tensor([-1, 2]))
     with pytest.raises(ValueError, match=r"one class index per utterance, shape \(2,\), got shape \(2, 4\)"):
         model(**inputs, labels=torch.zeros(2, 4))
+    with pytest.raises(ValueError, match=r"one class index per utterance, shape \(2,\), got shape \(2,\) of dtype "
+                                         r"torch.float32\.$"):
+        model(**inputs, labels=torch.tensor([0.0, 1.0]))  # the right shape, but not class indices
 
 
 def test_left_padding_mask_is_refused(model):
