@@ -76,6 +76,9 @@ def test_the_graph_s_slot_grid_holds_the_eager_segments_then_silent_slots():
     # ceil(num_samples / S) slots: a row of exactly 2 S samples has 2, one sample more makes 3
     assert model.segment_grid(waveforms[:, :96_000], lengths.clamp(max=96_000))[0].shape == (3, 2, 48_000)
     assert model.segment_grid(waveforms[:, :96_001], lengths.clamp(max=96_001))[0].shape == (3, 3, 48_000)
+    # the eager cut counts its slots the same way: a row of 2 S + 1 samples gives 3 segments
+    segments, _, per_utterance = model.split_into_segments(waveforms[:1, :96_001], torch.tensor([96_001]))
+    assert per_utterance.tolist() == [3] and torch.equal(segments[2], waveforms[0, 48_001:96_001])
     real = torch.arange(3)[None] < per_utterance[:, None]
     assert per_utterance.tolist() == [3, 1, 2]
     assert torch.equal(grid[real], segments) and torch.equal(grid_lengths[real], segment_lengths)
@@ -683,3 +686,46 @@ def test_standardised_mfccs_of_digital_silence_stay_finite():
         normalized = model.msemoboost.mfcc_encoder.normalize(torch.ones(1, 301, 40), torch.tensor([48_000]))
         assert torch.equal(normalized, torch.zeros(1, 301, 40))
         assert torch.isfinite(model(torch.zeros(1, 48_000)).logits).all()
+
+
+def test_guidance_self_attention_is_residual_scaled_dot_product_attention():
+    from msemoboost.modeling_msemoboost import MSEmoBoostSelfAttention
+
+    torch.manual_seed(0)
+    attention = MSEmoBoostSelfAttention(16)
+    tokens = torch.randn(2, 5, 16)
+    with torch.no_grad():
+        query, key, value = attention.query(tokens), attention.key(tokens), attention.value(tokens)
+        expected = tokens + (query @ key.transpose(1, 2) / 16**0.5).softmax(-1) @ value  # X + softmax(Q K^T / sqrt(d)) V
+        torch.testing.assert_close(attention(tokens), expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("frame_weighting", ["linear", "relu", "softmax", "mean_residual"])
+def test_frame_weights_follow_their_formula_from_the_guidance(frame_weighting):
+    enhancement = tiny_model(frame_weighting=frame_weighting).msemoboost.enhancement
+    torch.manual_seed(0)
+    with torch.no_grad():
+        enhancement.projection.weight.normal_()  # away from mean_residual's zero start
+        enhancement.projection.bias.normal_()
+        guidance = torch.randn(2, enhancement.projection.in_features)
+        mask = torch.arange(149)[None] < torch.tensor([[149], [62]])
+        weights = enhancement(guidance, mask)
+        scores = guidance @ enhancement.projection.weight.T + enhancement.projection.bias
+    expected = {
+        "linear": scores * mask,
+        "relu": scores.clamp(min=0) * mask,
+        "softmax": scores.masked_fill(~mask, -torch.inf).softmax(-1),
+        "mean_residual": (1 + scores) * mask / torch.tensor([[149.0], [62.0]]),
+    }[frame_weighting]
+    torch.testing.assert_close(weights, expected, rtol=0, atol=1e-6)
+
+
+def test_the_backbone_sees_exactly_each_segment_s_samples_as_audio():
+    model = tiny_model()
+    masks = []
+    model.msemoboost.backbone.register_forward_hook(
+        lambda module, args, kwargs, output: masks.append(kwargs["attention_mask"]), with_kwargs=True)
+    with torch.no_grad():
+        model(**batch([speech_like(60_000), speech_like(20_001, 1)]))
+    assert masks[0].sum(-1).tolist() == [48_000, 48_000, 20_001]
+    assert masks[0][2, :20_001].all() and not masks[0][2, 20_001:].any()
