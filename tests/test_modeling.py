@@ -77,8 +77,8 @@ def test_the_graph_s_slot_grid_holds_the_eager_segments_then_silent_slots():
     assert model.segment_grid(waveforms[:, :96_000], lengths.clamp(max=96_000))[0].shape == (3, 2, 48_000)
     assert model.segment_grid(waveforms[:, :96_001], lengths.clamp(max=96_001))[0].shape == (3, 3, 48_000)
     # the eager cut counts its slots the same way: a row of 2 S + 1 samples gives 3 segments
-    segments, _, per_utterance = model.split_into_segments(waveforms[:1, :96_001], torch.tensor([96_001]))
-    assert per_utterance.tolist() == [3] and torch.equal(segments[2], waveforms[0, 48_001:96_001])
+    longer, _, longer_count = model.split_into_segments(waveforms[:1, :96_001], torch.tensor([96_001]))
+    assert longer_count.tolist() == [3] and torch.equal(longer[2], waveforms[0, 48_001:96_001])
     real = torch.arange(3)[None] < per_utterance[:, None]
     assert per_utterance.tolist() == [3, 1, 2]
     assert torch.equal(grid[real], segments) and torch.equal(grid_lengths[real], segment_lengths)
