@@ -729,3 +729,8 @@ def test_the_backbone_sees_exactly_each_segment_s_samples_as_audio():
         model(**batch([speech_like(60_000), speech_like(20_001, 1)]))
     assert masks[0].sum(-1).tolist() == [48_000, 48_000, 20_001]
     assert masks[0][2, :20_001].all() and not masks[0][2, 20_001:].any()
+
+
+def test_bilstm_dropout_applies_between_layers_only():
+    assert tiny_model(lstm_num_layers=2, lstm_dropout=0.3).msemoboost.mfcc_encoder.lstm.dropout == 0.3
+    assert tiny_model(lstm_num_layers=1, lstm_dropout=0.3).msemoboost.mfcc_encoder.lstm.dropout == 0.0  # no warning
