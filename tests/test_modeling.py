@@ -734,3 +734,13 @@ def test_the_backbone_sees_exactly_each_segment_s_samples_as_audio():
 def test_bilstm_dropout_applies_between_layers_only():
     assert tiny_model(lstm_num_layers=2, lstm_dropout=0.3).msemoboost.mfcc_encoder.lstm.dropout == 0.3
     assert tiny_model(lstm_num_layers=1, lstm_dropout=0.3).msemoboost.mfcc_encoder.lstm.dropout == 0.0  # no warning
+
+
+@pytest.mark.parametrize("frame_weighting", ["linear", "relu", "softmax", "mean_residual"])
+def test_only_the_reference_code_s_relu_weighting_has_dropout_on_the_guidance(frame_weighting):
+    # ReLU(Linear(Dropout(g))) is CA-MSER's; eq. 11 and the recipe options have no dropout there.
+    dropout = tiny_model(frame_weighting=frame_weighting, guidance_dropout=0.2).msemoboost.enhancement.dropout
+    if frame_weighting == "relu":
+        assert isinstance(dropout, torch.nn.Dropout) and dropout.p == 0.2
+    else:
+        assert isinstance(dropout, torch.nn.Identity)
