@@ -744,3 +744,20 @@ def test_only_the_reference_code_s_relu_weighting_has_dropout_on_the_guidance(fr
         assert isinstance(dropout, torch.nn.Dropout) and dropout.p == 0.2
     else:
         assert isinstance(dropout, torch.nn.Identity)
+
+
+@pytest.mark.parametrize("branches, feature_size", [({}, 32 + 2 * 8), ({"use_spectrogram": False}, 32 + 8),
+                                                     ({"use_spectrogram": False, "use_mfcc": False}, 32)])
+def test_the_classifier_reads_x_w_and_each_guidance_vector_there_is(branches, feature_size):
+    model = tiny_model(classifier_input="pooled_and_guidance", **branches)
+    with torch.no_grad():
+        outputs = model.msemoboost(**batch([speech_like(20_000)]))
+    assert model.msemoboost.feature_size == feature_size == outputs.segment_features.shape[-1]
+
+
+def test_use_weighted_layer_sum_says_that_it_turns_layerdrop_off(caplog):
+    with caplog.at_level("WARNING"):
+        config = tiny_config(use_weighted_layer_sum=True,
+                             backbone_config={"model_type": "wav2vec2", **TINY_BACKBONE, "layerdrop": 0.05})
+        MSEmoBoostForSequenceClassification(config)
+    assert "use_weighted_layer_sum turns the backbone's LayerDrop off (layerdrop was 0.05)." in caplog.messages
