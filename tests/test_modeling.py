@@ -761,3 +761,12 @@ def test_use_weighted_layer_sum_says_that_it_turns_layerdrop_off(caplog):
                              backbone_config={"model_type": "wav2vec2", **TINY_BACKBONE, "layerdrop": 0.05})
         MSEmoBoostForSequenceClassification(config)
     assert "use_weighted_layer_sum turns the backbone's LayerDrop off (layerdrop was 0.05)." in caplog.messages
+
+
+def test_the_feature_buffers_are_rebuilt_from_the_config_not_saved():
+    from msemoboost.acoustic_features import MSEmoBoostPowerSpectrogram
+
+    model = tiny_model(use_se_head=True)
+    buffers = {f"{name}.{buffer}" for name, module in model.named_modules()
+               if isinstance(module, MSEmoBoostPowerSpectrogram) for buffer, _ in module.named_buffers()}
+    assert len(buffers) >= 6 and not buffers & set(model.state_dict())  # windows, filter banks, DCT
