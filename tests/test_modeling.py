@@ -732,7 +732,8 @@ def test_the_backbone_sees_exactly_each_segment_s_samples_as_audio():
 
 
 def test_bilstm_dropout_applies_between_layers_only():
-    assert tiny_model(lstm_num_layers=2, lstm_dropout=0.3).msemoboost.mfcc_encoder.lstm.dropout == 0.3
+    two_layers = tiny_model(lstm_num_layers=2, lstm_dropout=0.3).msemoboost.mfcc_encoder.lstm
+    assert two_layers.num_layers == 2 and two_layers.dropout == 0.3 and two_layers.bidirectional
     assert tiny_model(lstm_num_layers=1, lstm_dropout=0.3).msemoboost.mfcc_encoder.lstm.dropout == 0.0  # no warning
 
 
