@@ -161,7 +161,11 @@ def test_a_missing_or_non_model_model_is_a_usage_error(recordings, tmp_path, cap
     prefix = f"msemoboost predict: error: --model {tmp_path / 'other'}: cannot load an audio classifier from this model folder ("
     assert error.startswith(prefix) and error.endswith(")")
     reason = error[len(prefix) : -1]  # transformers' own reason, on one line, at most 300 characters
-    assert "`not_a_model_type`" in reason and "  " not in reason and len(reason) == 300
+    from transformers import AutoModelForAudioClassification
+
+    with pytest.raises(ValueError) as raised:
+        AutoModelForAudioClassification.from_pretrained(tmp_path / "other")
+    assert reason == " ".join(str(raised.value).split())[:300] and "`not_a_model_type`" in reason
 
 
 def test_explain_and_enhance_skip_a_bad_file_and_write_nothing_for_it(model_dir, tmp_path, capsys):
