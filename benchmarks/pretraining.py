@@ -217,6 +217,7 @@ def main() -> None:
     if destination.exists():
         previous = json.loads(destination.read_text())
         report["rows"] = {**previous.get("rows", {}), **report["rows"]}  # each row keeps its own seeds
+        report["seeds"] = sorted({*previous.get("seeds", []), *report["seeds"]})
         earlier = previous.get("commands", [previous["command"]] if "command" in previous else [])
         report["commands"] = [*earlier, *[c for c in report["commands"] if c not in earlier]]
     destination.write_text(json.dumps(report, indent=2) + "\n")
