@@ -560,10 +560,7 @@ class MSEmoBoostModel(MSEmoBoostPreTrainedModel):
             segment_lengths (`torch.LongTensor` of shape `(batch_size, num_slots)`);
             segments_per_utterance (`torch.LongTensor` of shape `(batch_size,)`).
         """
-        segment_samples = self.config.segment_samples
-        num_slots = (input_values.shape[1] + segment_samples - 1) // segment_samples
-        starts, segment_lengths, segments_per_utterance = segment_slots(lengths, num_slots, segment_samples)
-        rows = torch.arange(lengths.shape[0], device=lengths.device)[:, None].expand_as(starts)
+        rows, starts, segment_lengths, segments_per_utterance = self.slot_grid(input_values, lengths)
         return self.gather_segments(input_values, lengths, rows, starts), segment_lengths, segments_per_utterance
 
     def split_into_segments(
@@ -581,13 +578,21 @@ class MSEmoBoostModel(MSEmoBoostPreTrainedModel):
             segment_lengths (`torch.LongTensor` of shape `(num_segments,)`): samples of audio in each segment;
             segments_per_utterance (`torch.LongTensor` of shape `(batch_size,)`).
         """
+        rows, starts, segment_lengths, segments_per_utterance = self.slot_grid(input_values, lengths)
+        keep = torch.arange(starts.shape[1], device=lengths.device) < segments_per_utterance[:, None]
+        segments = self.gather_segments(input_values, lengths, rows[keep], starts[keep])
+        return segments, segment_lengths[keep], segments_per_utterance
+
+    def slot_grid(
+        self, input_values: torch.Tensor, lengths: torch.LongTensor
+    ) -> tuple[torch.LongTensor, torch.LongTensor, torch.LongTensor, torch.LongTensor]:
+        """[`segment_slots`] on `ceil(num_samples / S)` slots per row: the row index `(batch_size, num_slots)` of
+        each slot, its start and its length `(batch_size, num_slots)`, and segments per utterance `(batch_size,)`."""
         segment_samples = self.config.segment_samples
         num_slots = (input_values.shape[1] + segment_samples - 1) // segment_samples
         starts, segment_lengths, segments_per_utterance = segment_slots(lengths, num_slots, segment_samples)
-        keep = torch.arange(num_slots, device=lengths.device) < segments_per_utterance[:, None]
-        rows = torch.arange(lengths.shape[0], device=lengths.device)[:, None].expand_as(starts)[keep]
-        segments = self.gather_segments(input_values, lengths, rows, starts[keep])
-        return segments, segment_lengths[keep], segments_per_utterance
+        rows = torch.arange(lengths.shape[0], device=lengths.device)[:, None].expand_as(starts)
+        return rows, starts, segment_lengths, segments_per_utterance
 
     def gather_segments(
         self, input_values: torch.Tensor, lengths: torch.LongTensor, rows: torch.LongTensor, starts: torch.LongTensor
