@@ -56,6 +56,7 @@ from msemoboost.noise import (
     check_snrs,
     fold_noise_bank,
 )
+from msemoboost.pretraining import pretrain_if_missing
 from msemoboost.protocols import PROTOCOLS, Fold, hold_out_validation, make_folds
 from msemoboost.reporting import (
     confusion_matrix,
@@ -103,6 +104,13 @@ class ModelArguments:
         default=None,
         metadata={"help": "Instead of --backbone: a randomly initialised backbone from this config, a JSON object "
                   "inline or in a .json file, e.g. '{\"model_type\": \"wav2vec2\", \"hidden_size\": 64, ...}'."},
+    )
+    backbone_pretraining: str | None = field(
+        default=None,
+        metadata={"help": "When --backbone is a folder that holds no model yet: the `msemoboost pretrain` arguments "
+                  "(a config file and flags, in one string) that pretrain it there first, e.g. "
+                  "'configs/pretrain_cpu.yaml --dataset_name ../shared/data/ravdess --max_steps 1500'. A folder that "
+                  "holds a model is used as it is."},
     )
     use_mfcc: bool = field(default=True, metadata={"help": "Use the MFCC guidance branch."})
     use_spectrogram: bool = field(default=True, metadata={"help": "Use the spectrogram guidance branch."})
@@ -294,10 +302,9 @@ def parse_arguments(
         argv = [str(DEMO_CONFIG), *argv]
     if argv[0].endswith((".yaml", ".yml", ".json")):
         from_file = arguments_from_file(argv[0])
-        if any(word == "--backbone" or word.startswith("--backbone=") for word in argv[1:]):
-            # A pretrained --backbone on the command line replaces the file's randomly initialised backbone_config.
-            at = from_file.index("--backbone_config") if "--backbone_config" in from_file else None
-            from_file = from_file if at is None else from_file[:at] + from_file[at + 2 :]
+        if any(word.split("=")[0] in ("--backbone", "--backbone_config") for word in argv[1:]):
+            # A backbone named on the command line replaces the file's: pretrained, pretrained first, or random.
+            from_file = without_options(from_file, BACKBONE_OPTIONS)
         argv = from_file + argv[1:]
     model_args, data_args, noise_args, protocol_args, training_args, augmentation_args = (
         parser.parse_args_into_dataclasses(args=argv)
@@ -312,9 +319,30 @@ def parse_arguments(
         StagedUnfreezing(model_args.unfreeze_stages)  # a malformed schedule fails here, before any data is read
         if model_args.freeze_backbone:
             parser.error("--unfreeze_stages unfreezes the backbone; it cannot be combined with --freeze_backbone true")
+    if model_args.backbone_pretraining and not model_args.backbone:
+        parser.error("--backbone_pretraining pretrains the folder that --backbone names: give --backbone")
+    to_pretrain = model_args.backbone_pretraining and not model_args.model_name_or_path
+    if to_pretrain and training_args.world_size > 1 and not (Path(model_args.backbone) / "config.json").is_file():
+        parser.error(f"--backbone {model_args.backbone} is not pretrained yet, and pretraining cannot start inside this "
+                     f"{training_args.world_size}-process run. Pretrain it first: msemoboost pretrain "
+                     f"{model_args.backbone_pretraining} --output_dir {model_args.backbone}")
     if protocol_args.protocol == "cross_corpus" and not data_args.extra_train_datasets:
         parser.error("--protocol cross_corpus trains on --extra_train_datasets only: name at least one")
     return model_args, data_args, noise_args, protocol_args, training_args, augmentation_args
+
+
+BACKBONE_OPTIONS = ("--backbone", "--backbone_config", "--backbone_pretraining")
+
+
+def without_options(words: list[str], options: tuple[str, ...]) -> list[str]:
+    """Command-line `words` without the given options and their values."""
+    kept, skipping = [], False
+    for word in words:
+        if word.startswith("--"):
+            skipping = word in options
+        if not skipping:
+            kept.append(word)
+    return kept
 
 
 def fold_training_arguments(training_args: TrainingArguments, output_dir: Path, patience: int | None) -> TrainingArguments:
@@ -751,6 +779,8 @@ def main(argv: list[str] | None = None, callbacks=()) -> dict:
     if data_args.demo:
         with training_args.main_process_first():
             data_args.dataset_name = str(make_demo_corpus(output_dir / "demo_corpus"))
+    if model_args.backbone_pretraining and not model_args.model_name_or_path:  # a checkpoint brings its backbone
+        pretrain_if_missing(model_args.backbone, model_args.backbone_pretraining)
     config = model_config(model_args)
     feature_extractor = build_feature_extractor(model_args.backbone, config.sampling_rate, model_args.do_normalize)
     with training_args.main_process_first():

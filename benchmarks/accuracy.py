@@ -3,11 +3,13 @@
 
     python benchmarks/accuracy.py --profile cpu --rows anchors recipe "backbone only"   # what BENCHMARKS.md needs first
     python benchmarks/accuracy.py --profile cpu --seeds 0 1 2 --rows recipe            # the headline row, 3 seeds
+    python benchmarks/accuracy.py --profile cpu_scratch --rows "guidance only"         # rows of the from-scratch recipe
     python benchmarks/accuracy.py --profile cpu                                         # every row (many hours on 2 cores)
     python benchmarks/accuracy.py --profile gpu --seeds 0 1 2                           # full-size wav2vec2-base on a GPU
 
-Every model row is one train.py run of the profile's config (`configs/emodb_cpu.yaml` for `cpu`) with the row's
-changes, on the same data, folds and seed; the anchors (benchmarks/anchors.py) use exactly those folds. Each run goes
+Every model row is one train.py run of the profile's config (`configs/emodb_cpu.yaml` for `cpu`, the best CPU recipe,
+whose backbone is pretrained on RAVDESS + TESS on its first run; `configs/emodb_cpu_scratch.yaml` for `cpu_scratch`,
+the same recipe with a randomly initialised backbone) with the row's changes, on the same data, folds and seed; the anchors (benchmarks/anchors.py) use exactly those folds. Each run goes
 to outputs/benchmarks/accuracy/<profile>/<row>/seed<seed>; a finished run is reused, so an interrupted benchmark
 continues where it stopped, and rows can be run in separate processes (set OMP_NUM_THREADS=1 for each of two
 processes on a 2-core machine). The table goes to benchmarks/results/accuracy_<profile>.json and is printed as
@@ -23,13 +25,13 @@ from datetime import date
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import train  # noqa: E402
+from msemoboost.training import read_arguments_file  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
 # Rows: changes to the profile's recipe. "model": MSEmoBoostConfig overrides merged into model_config_overrides;
@@ -66,7 +68,8 @@ OTHER_CORPUS_ROWS = {
 WAV2VEC2_BASE = {"model_type": "wav2vec2", "mask_time_prob": 0.0}  # Wav2Vec2Config() defaults are wav2vec2-base
 PROFILES = {
     "cpu": [str(REPO / "configs" / "emodb_cpu.yaml")],
-    "gpu": [str(REPO / "configs" / "emodb_cpu.yaml"), "--backbone_config", json.dumps(WAV2VEC2_BASE),
+    "cpu_scratch": [str(REPO / "configs" / "emodb_cpu_scratch.yaml")],
+    "gpu": [str(REPO / "configs" / "emodb_cpu_scratch.yaml"), "--backbone_config", json.dumps(WAV2VEC2_BASE),
             "--num_train_epochs", "40", "--learning_rate", "1e-4", "--bf16", "true"],
 }
 
@@ -94,7 +97,7 @@ def row_arguments(profile: str, row: str, seed: int, dataset_name: str) -> list[
     change = ROWS[row]
     arguments = list(change.get("args", []))
     if "model" in change:
-        recipe = yaml.safe_load(Path(PROFILES[profile][0]).read_text())
+        recipe = read_arguments_file(PROFILES[profile][0])
         overrides = {**recipe.get("model_config_overrides", {}), **change["model"]}
         arguments += ["--model_config_overrides", json.dumps({k: v for k, v in overrides.items() if v is not None})]
     if change.get("transfer"):

@@ -10,7 +10,8 @@ For each engine: latency of one 3 s segment (batch 1), throughput on a batch of 
 speech and agreement with torch fp32's predictions.
 
 - torch int8 is `torch.ao.quantization.quantize_dynamic` of every `nn.Linear` and `nn.LSTM`;
-- ONNX Runtime int8 is `msemoboost export --quantize int8` (dynamic quantisation of MatMul, Gemm and LSTM).
+- ONNX Runtime int8 is `msemoboost export --quantize int8` (dynamic quantisation of MatMul, Gemm and LSTM);
+- ONNX Runtime int8, static conv adds `--calibration` with 32 RAVDESS utterances: the convolutions as QLinearConv.
 
 The default trained model is the CPU recipe trained on RAVDESS + TESS only (benchmarks/accuracy.py's
 "cross-corpus RAVDESS+TESS → EMO-DB" row), so all of EMO-DB is held out; it is scored on EMO-DB's utterances of
@@ -45,15 +46,39 @@ from msemoboost.export import INT8_NAME, ONNX_NAME, ONNXClassifier, export  # no
 from cost import median_seconds  # noqa: E402  (warm-up, then the median of repeats)
 
 SHARED = REPO.parent / "shared" / "data"
-TRAINED = REPO / "outputs" / "benchmarks" / "accuracy" / "cpu" / "cross_corpus_ravdess_tess___emo_db" / "seed0" / "model"
-ENGINES = ["torch fp32", "torch int8", "onnxruntime fp32", "onnxruntime int8"]
+STATIC = "onnxruntime int8, static conv"
+TRAINED = REPO / "outputs" / "benchmarks" / "accuracy" / "cpu_scratch" / "cross_corpus_ravdess_tess___emo_db" / "seed0" / "model"
+ENGINES = ["torch fp32", "torch int8", "onnxruntime fp32", "onnxruntime int8", STATIC]
+
+
+def engine_folder(name: str, export_dir: Path) -> Path:
+    """The export an ONNX Runtime engine runs: the static-convolution int8 graph has its own folder."""
+    return export_dir.with_name(export_dir.name + "-static") if name == STATIC else export_dir
+
+
+def calibration_audio() -> list[np.ndarray]:
+    """The static int8 convolutions' calibration recordings: 32 RAVDESS utterances (every 45th), never EMO-DB, on
+    which every model here is evaluated."""
+    with open(SHARED / "ravdess" / "metadata.csv", newline="") as file:
+        rows = list(csv.DictReader(file))[::45]
+    return [decode_audio({"path": str(SHARED / "ravdess" / row["file_name"]), "bytes": None}, 16_000) for row in rows]
+
+
+def export_all(model_dir: Path, export_dir: Path) -> float:
+    """`msemoboost export --quantize int8` into `export_dir`, and with `--calibration` (32 RAVDESS utterances) into
+    its static-convolution folder. Returns the seconds of the first export."""
+    started = time.perf_counter()
+    export(model_dir, export_dir, quantize="int8")
+    seconds = time.perf_counter() - started
+    export(model_dir, engine_folder(STATIC, export_dir), quantize="int8", calibration=calibration_audio())
+    return seconds
 
 
 def load_engine(name: str, model_dir: Path, export_dir: Path, threads: int):
     """A function from a list of raw 16 kHz waveforms to utterance logits `(batch_size, num_labels)`."""
     torch.set_num_threads(threads)
     if name.startswith("onnxruntime"):
-        engine = ONNXClassifier(export_dir, int8=name.endswith("int8"), threads=threads)
+        engine = ONNXClassifier(engine_folder(name, export_dir), int8="int8" in name, threads=threads)
         return lambda waveforms: engine(waveforms)[0]
     model = MSEmoBoostForSequenceClassification.from_pretrained(model_dir).eval()
     if name == "torch int8":
@@ -76,7 +101,7 @@ def disk_size(name: str, model_dir: Path, export_dir: Path) -> int:
         with tempfile.TemporaryDirectory() as folder:
             torch.save(model.state_dict(), Path(folder) / "int8.pt")
             return (Path(folder) / "int8.pt").stat().st_size
-    return (export_dir / (INT8_NAME if name.endswith("int8") else ONNX_NAME)).stat().st_size
+    return (engine_folder(name, export_dir) / (INT8_NAME if "int8" in name else ONNX_NAME)).stat().st_size
 
 
 def speech(seconds: float, offset: int = 0) -> np.ndarray:
@@ -289,7 +314,7 @@ def main() -> None:
     for size in args.sizes:
         if size == "recipe":
             if not (args.model / "config.json").is_file():
-                sys.exit(f"{args.model}: no trained model. Run: python benchmarks/accuracy.py --rows "
+                sys.exit(f"{args.model}: no trained model. Run: python benchmarks/accuracy.py --profile cpu_scratch --rows "
                          "'cross-corpus RAVDESS+TESS → EMO-DB', or pass --model.")
             model_dir = args.model
             labels = [MSEmoBoostConfig.from_pretrained(model_dir).id2label[i]
@@ -300,9 +325,7 @@ def main() -> None:
             model_dir = paper_size_model(work / "paper")
             evaluation, long_seconds = None, 0
         export_dir = work / f"{size}-onnx"
-        started = time.perf_counter()
-        export(model_dir, export_dir, quantize="int8")
-        export_seconds = time.perf_counter() - started
+        export_seconds = export_all(model_dir, export_dir)
         size_args = argparse.Namespace(**{**vars(args), "long_seconds": long_seconds})
         report["sizes"][size] = {**benchmark_size(size, model_dir, export_dir, size_args, evaluation),
                                  "export_seconds": export_seconds,
@@ -337,18 +360,20 @@ def profile_main(args, report: dict, work: Path) -> None:
     """Where an inference of 8 × 3 s spends its time, per part, in torch fp32 and ONNX Runtime fp32/int8."""
     torch.set_num_threads(args.threads)
     model_dir = paper_size_model(work / "paper")
-    export(model_dir, work / "onnx", quantize="int8")
+    export_all(model_dir, work / "onnx")
     segments = [speech(3.0, offset) for offset in range(8)]
     repeats = max(3, args.repeats // 4)
     profile = {"batch": "8 x 3 s", "torch fp32": torch_profile(model_dir, segments, repeats),
                "onnxruntime fp32": onnx_profile(work / "onnx" / ONNX_NAME, work / "onnx" / ONNX_NAME, segments,
                                                 args.threads, repeats),
                "onnxruntime int8": onnx_profile(work / "onnx" / INT8_NAME, work / "onnx" / ONNX_NAME, segments,
-                                                args.threads, repeats)}
+                                                args.threads, repeats),
+               STATIC: onnx_profile(engine_folder(STATIC, work / "onnx") / INT8_NAME, work / "onnx" / ONNX_NAME,
+                                    segments, args.threads, repeats)}
     destination = args.results.with_name(args.results.stem + "_profile.json")
     destination.write_text(json.dumps({**report, "profile": profile}, indent=2) + "\n")
-    engines = ["torch fp32", "onnxruntime fp32", "onnxruntime int8"]
-    print("| part | " + " | ".join(f"{engine} ms" for engine in engines) + " |\n|---|---|---|---|")
+    engines = ["torch fp32", "onnxruntime fp32", "onnxruntime int8", STATIC]
+    print("| part | " + " | ".join(f"{engine} ms" for engine in engines) + " |\n|---|---|---|---|---|")
     for part in [*PARTS, "rest", "total"]:
         print(f"| {PART_NAMES.get(part, part)} | " + " | ".join(f"{profile[e].get(part, 0.0):.1f}" for e in engines) + " |")
     print(f"\nWrote {destination}")

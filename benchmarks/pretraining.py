@@ -44,9 +44,9 @@ from msemoboost.protocols import make_folds  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
 PROFILES = {
-    "cpu": {"config": REPO / "configs" / "pretrain_cpu.yaml", "recipe": REPO / "configs" / "emodb_cpu.yaml",
+    "cpu": {"config": REPO / "configs" / "pretrain_cpu.yaml", "recipe": REPO / "configs" / "emodb_cpu_scratch.yaml",
             "max_steps": 3000, "intensity_steps": 300},
-    "gpu": {"config": REPO / "configs" / "pretrain_cpu.yaml", "recipe": REPO / "configs" / "emodb_cpu.yaml",
+    "gpu": {"config": REPO / "configs" / "pretrain_cpu.yaml", "recipe": REPO / "configs" / "emodb_cpu_scratch.yaml",
             "max_steps": 20000, "intensity_steps": 1000,
             "extra": ["--backbone_config", json.dumps({"model_type": "wav2vec2", "mask_time_prob": 0.0}),
                       "--learning_rate", "5e-4", "--bf16", "true", "--per_device_train_batch_size", "32"]},

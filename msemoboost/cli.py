@@ -5,7 +5,7 @@
     msemoboost explain FILE --model DIR_OR_HUB_ID [--output explain.png]
     msemoboost tsne --model DIR_OR_HUB_ID --dataset NAME_OR_PATH [--compare-baseline] [--output tsne.png]
     msemoboost enhance FILES_OR_FOLDERS... --model DIR_OR_HUB_ID --output_dir DIR [--noise white --snr 5]
-    msemoboost export MODEL_DIR --output EXPORT_DIR [--quantize int8] [--opset 18]
+    msemoboost export MODEL_DIR --output EXPORT_DIR [--quantize int8 [--calibration FILES_OR_FOLDERS...]] [--opset 18]
     msemoboost intensity train --dataset_name CORPUS [MORE ...] --output_dir DIR [--max_steps N]
     msemoboost intensity score DIR FILES... [--plot scores.png]
     msemoboost pretrain [CONFIG.yaml] --dataset_name CORPUS [MORE ...] --output_dir OUT [--masking ems
@@ -102,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     export.add_argument("--output", required=True, help="folder for model.onnx, config.json, preprocessor_config.json")
     export.add_argument("--quantize", choices=["int8"], default=None,
                         help="also write model.int8.onnx (dynamic int8 quantisation of MatMul, Gemm and LSTM)")
+    export.add_argument("--calibration", nargs="+", default=None, metavar="FILE_OR_FOLDER",
+                        help="with --quantize int8: also quantise the convolutions, statically, with activation ranges "
+                             "measured on these recordings (speech like the deployment's, not a test set)")
     export.add_argument("--opset", type=int, default=18, help="ONNX opset (default: 18, the lowest that works)")
 
     intensity = commands.add_parser("intensity", help="the emotion-intensity model that guides EMS pretraining")
@@ -127,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "predict" and args.int8 and not args.onnx:
         parser.error("--int8 needs --onnx")
+    if args.command == "export" and args.calibration and args.quantize != "int8":
+        parser.error("--calibration sets the int8 convolutions' activation ranges: it needs --quantize int8")
     from .inference import BadAudioError
 
     commands = {"predict": run_predict, "explain": run_explain, "tsne": run_tsne, "enhance": run_enhance,
@@ -242,9 +247,16 @@ def run_predict(args) -> int:
 
 
 def run_export(args) -> int:
+    from .configuration_msemoboost import MSEmoBoostConfig
     from .export import export
+    from .inference import find_audio_files, read_audio
 
-    for path in export(args.model_dir, args.output, quantize=args.quantize, opset=args.opset):
+    calibration = None
+    if args.calibration is not None:
+        config = MSEmoBoostConfig.from_pretrained(args.model_dir)
+        calibration = [read_audio(path, config.sampling_rate, min_samples=config.min_input_samples)
+                       for path in find_audio_files(args.calibration)]
+    for path in export(args.model_dir, args.output, quantize=args.quantize, opset=args.opset, calibration=calibration):
         print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
     return 0
 

@@ -17,6 +17,10 @@ therefore costs the graph the silence slots of its short utterances; classify lo
 
 `--quantize int8` adds `model.int8.onnx`: ONNX Runtime's dynamic quantisation (int8 weights, activations quantised
 per batch at run time) of the MatMul, Gemm and LSTM nodes. The feature front end (STFT, filter banks) stays float.
+With `--calibration FILES_OR_FOLDERS`, the convolutions (the backbone's feature encoder and positional convolution,
+AlexNet) are quantised too, statically: int8 weights per output channel, and activation ranges fixed from those
+recordings (the 99.999th percentile of each activation's magnitude), as `QLinearConv`. Calibrate on speech like the
+speech the model will hear, and not on a test set.
 
 This module needs `onnx`, `onnxscript` and `onnxruntime` (`pip install msemoboost[onnx]`); the modeling files
 never import it.
@@ -91,9 +95,13 @@ class MSEmoBoostForONNX(nn.Module):
         return logits, segment_logits, segments_per_utterance
 
 
-def export(model_dir: str | Path, output: str | Path, quantize: str | None = None, opset: int = DEFAULT_OPSET) -> list[Path]:
+def export(model_dir: str | Path, output: str | Path, quantize: str | None = None, opset: int = DEFAULT_OPSET,
+           calibration: list[np.ndarray] | None = None) -> list[Path]:
     """Exports the classifier saved in `model_dir` to `output/model.onnx` (and `model.int8.onnx` with
     `quantize="int8"`), with `config.json` and `preprocessor_config.json` beside it. Returns the ONNX files written.
+
+    `calibration`: raw waveforms at the model's sampling rate; with `quantize="int8"`, the convolutions are quantised
+    statically with activation ranges measured on them (see the module docstring).
 
     Raises `ValueError` naming the backbone type and the operator when the exporter cannot translate the model.
     """
@@ -104,6 +112,10 @@ def export(model_dir: str | Path, output: str | Path, quantize: str | None = Non
         raise ValueError(f"{model_dir}: not a model folder (it has no config.json).")
     if quantize not in (None, "int8"):
         raise ValueError(f"--quantize takes int8, got {quantize!r}.")
+    if calibration is not None and quantize != "int8":
+        raise ValueError("--calibration sets the int8 convolutions' activation ranges: it needs --quantize int8.")
+    if calibration is not None and not len(calibration):
+        raise ValueError("--calibration: no recordings to calibrate on.")
     model = MSEmoBoostForSequenceClassification.from_pretrained(model_dir, dtype=torch.float32).eval()
     config = model.config
     extractor = MSEmoBoostFeatureExtractor.from_pretrained(model_dir)
@@ -138,11 +150,13 @@ def export(model_dir: str | Path, output: str | Path, quantize: str | None = Non
     for name in ("config.json", "preprocessor_config.json"):  # labels, rates and segmenting, as trained
         shutil.copyfile(model_dir / name, output / name)
     if quantize == "int8":
-        written.append(quantize_int8(written[0], output / INT8_NAME))
+        written.append(quantize_int8(written[0], output / INT8_NAME, calibration, config.segment_samples))
     (output / "export.json").write_text(json.dumps({
         "source": str(model_dir), "opset": opset, "torch": torch.__version__, "onnx": onnx.__version__,
         "files": [path.name for path in written], "inputs": INPUT_NAMES, "outputs": OUTPUT_NAMES,
         "normalizes_input": bool(extractor.do_normalize),
+        "int8_convolutions": None if quantize != "int8" else
+        "float" if calibration is None else f"static, calibrated on {len(calibration)} recording(s)",
     }, indent=2) + "\n")
     return written
 
@@ -174,25 +188,52 @@ def export_failure(error: Exception) -> str:
     return f"operator {operator.group(1)} cannot be translated ({detail})" if operator else detail
 
 
-def quantize_int8(source: Path, destination: Path) -> Path:
+def quantize_int8(source: Path, destination: Path, calibration: list[np.ndarray] | None = None,
+                  segment_samples: int = 48_000) -> Path:
     """Dynamic int8 quantisation of the MatMul, Gemm and LSTM nodes with ONNX Runtime, except the feature front end:
-    the mel filter bank and DCT products stay float, as int8 activations cannot hold a power spectrum's range."""
+    the mel filter bank and DCT products stay float, as int8 activations cannot hold a power spectrum's range.
+    With `calibration` waveforms, first static int8 quantisation of the Conv nodes (`QLinearConv`, weights per
+    output channel, activation ranges from the 99.999th percentile over the calibration recordings)."""
     onnx = require("onnx")
     require("onnxruntime")
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     front_end = {".mfcc.mel_filters", ".mfcc.dct"}
     graph = onnx.load(str(source), load_external_data=False).graph
     excluded = [node.name for node in graph.node if any(name.endswith(tuple(front_end)) for name in node.input)]
     prepared = destination.with_name(destination.stem + ".prepared.onnx")
+    convolutions = destination.with_name(destination.stem + ".conv.onnx")
     try:
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+        if calibration is not None:
+            quantize_static(str(prepared), str(convolutions), CalibrationReader(calibration, segment_samples),
+                            quant_format=QuantFormat.QOperator, op_types_to_quantize=["Conv"], per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=CalibrationMethod.Percentile)
+            prepared.unlink()
+            convolutions.rename(prepared)
         quantize_dynamic(str(prepared), str(destination), op_types_to_quantize=["MatMul", "Gemm", "LSTM"],
                          weight_type=QuantType.QInt8, nodes_to_exclude=excluded)
     finally:
         prepared.unlink(missing_ok=True)
+        convolutions.unlink(missing_ok=True)
     return destination
+
+
+class CalibrationReader:
+    """ONNX Runtime's calibration data reader protocol over raw waveforms: each recording's consecutive whole
+    segments (a recording shorter than one segment, whole), one per batch, so that every batch has the activation
+    shapes of one slot (ONNX Runtime's histogram calibrators need equal shapes) and no padding enters the ranges."""
+
+    def __init__(self, waveforms: list[np.ndarray], segment_samples: int):
+        segments = [np.asarray(waveform, dtype=np.float32)[start : start + segment_samples]
+                    for waveform in waveforms for start in range(0, max(1, len(waveform) - segment_samples + 1), segment_samples)]
+        self.feeds = iter([{"input_values": segment[None], "attention_mask": np.ones((1, len(segment)), dtype=np.int64)}
+                           for segment in segments])
+
+    def get_next(self) -> dict | None:
+        return next(self.feeds, None)
 
 
 class ONNXClassifier:

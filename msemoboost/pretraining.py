@@ -478,6 +478,23 @@ def pretrain(argv: list[str]) -> int:
     return 0
 
 
+def pretrain_if_missing(output_dir: str, arguments: str) -> bool:
+    """Runs `msemoboost pretrain ARGUMENTS --output_dir output_dir` unless `output_dir` already holds a model (its
+    `config.json`); `arguments` is one string, split as a shell would. Returns whether it pretrained. A recipe that
+    names a pretrained backbone by its folder (`train.py --backbone DIR --backbone_pretraining ARGUMENTS`) thus
+    pretrains it on its first run and reuses it on every later one."""
+    import shlex
+    from pathlib import Path
+
+    if (Path(output_dir) / "config.json").is_file():
+        logger.warning(f"Using the pretrained backbone in {output_dir} (delete the folder to pretrain it again).")
+        return False
+    command = [*shlex.split(arguments), "--output_dir", str(output_dir)]
+    logger.warning(f"{output_dir} holds no backbone yet; pretraining it first: msemoboost pretrain {shlex.join(command)}")
+    pretrain(command)
+    return True
+
+
 def plot_loss(history: list[dict], path, title: str) -> None:
     """The training loss against the step, as a PNG."""
     import matplotlib

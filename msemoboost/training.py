@@ -40,17 +40,36 @@ class WaUaMetrics:
         return self.metric.compute(predictions=predictions, references=evaluation.label_ids)
 
 
-def arguments_from_file(path: str) -> list[str]:
-    """A YAML or JSON file of arguments as command-line words, so that later words override it."""
-    text = Path(path).read_text()
-    if path.endswith(".json"):
-        values = json.loads(text)
+def read_arguments_file(path: str | Path) -> dict:
+    """The arguments in a YAML or JSON file, as a mapping. A file may build on another with `base: OTHER.yaml` (a path
+    relative to the file): its own values replace the base's, mappings (`model_config_overrides`) are merged key by
+    key, and a top-level `null` removes the base's value."""
+    path = Path(path)
+    if path.suffix == ".json":
+        values = json.loads(path.read_text())
     else:
         import yaml
 
-        values = yaml.safe_load(text) or {}
-    words = []
+        values = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: expected a mapping of argument names to values, got {type(values).__name__}.")
+    base = values.pop("base", None)
+    if base is None:
+        return values
+    if not (path.parent / base).is_file():
+        raise ValueError(f"{path}: its base {base} is not a file (looked for {path.parent / base}).")
+    merged = read_arguments_file(path.parent / base)
     for key, value in values.items():
+        both_mappings = isinstance(value, dict) and isinstance(merged.get(key), dict)
+        merged[key] = {**merged[key], **value} if both_mappings else value
+    return merged
+
+
+def arguments_from_file(path: str) -> list[str]:
+    """A YAML or JSON file of arguments (see [`read_arguments_file`]) as command-line words, so that later words
+    override it."""
+    words = []
+    for key, value in read_arguments_file(path).items():
         if value is None:
             continue
         if isinstance(value, (dict, list)) and key in ("backbone_config", "model_config_overrides"):

@@ -126,6 +126,27 @@ def test_int8_quantizes_the_matmuls_and_the_lstm_and_stays_close_to_fp32(exporte
     assert 0 < np.abs(quantized - reference).max() < 0.05
 
 
+def test_calibrated_int8_quantizes_every_convolution_statically(exported, emodb, emodb_utterances, tmp_path, capsys):
+    model_dir, output = exported
+    calibration = [str(path) for path in sorted((emodb / "audio").glob("*.flac"))[1::100]]  # not the test utterances
+    assert main(["export", str(model_dir), "--output", str(tmp_path), "--quantize", "int8", "--calibration", *calibration]) == 0
+    assert f"wrote {tmp_path / INT8_NAME}" in capsys.readouterr().out
+    fp32, dynamic, static = (onnx.load(str(folder / name)) for folder, name in
+                             ((output, ONNX_NAME), (output, INT8_NAME), (tmp_path, INT8_NAME)))
+    count = lambda graph, op: sum(node.op_type == op for node in graph.graph.node)  # noqa: E731
+    model = MSEmoBoostForSequenceClassification.from_pretrained(model_dir)
+    convolutions = sum(isinstance(module, (torch.nn.Conv1d, torch.nn.Conv2d)) for module in model.modules())
+    assert count(fp32, "Conv") == count(dynamic, "Conv") == count(static, "QLinearConv") == convolutions > 5
+    assert count(static, "Conv") == 0 and count(static, "MatMulInteger") == count(dynamic, "MatMulInteger") > 0
+    assert json.loads((tmp_path / "export.json").read_text())["int8_convolutions"] == "static, calibrated on 5 recording(s)"
+    assert json.loads((output / "export.json").read_text())["int8_convolutions"] == "float"
+    assert (tmp_path / INT8_NAME).stat().st_size < (output / INT8_NAME).stat().st_size
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(path.name for path in output.iterdir())
+    reference, _ = ONNXClassifier(output)(emodb_utterances)
+    quantized, _ = ONNXClassifier(tmp_path, int8=True)(emodb_utterances)
+    assert 0 < np.abs(quantized - reference).max() < 0.1
+
+
 @pytest.mark.parametrize("variant", [{"model_type": "hubert"}, {"model_type": "wavlm"}, {"model_type": "data2vec-audio"},
                                      {"use_backbone_features": False}, {"use_mfcc": False, "use_spectrogram": False}],
                          ids=["hubert", "wavlm", "data2vec-audio", "guidance only", "backbone only"])
@@ -164,3 +185,12 @@ def test_export_and_predict_onnx_usage_errors(exported, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["predict", "x.wav", "--model", str(model_dir), "--int8"])
     assert "--int8 needs --onnx" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["export", str(model_dir), "--output", str(tmp_path / "out"), "--calibration", str(model_dir)])
+    assert "--calibration sets the int8 convolutions' activation ranges: it needs --quantize int8" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"^--calibration sets the int8 convolutions' activation ranges: it needs "
+                                         r"--quantize int8\.$"):
+        export(model_dir, tmp_path / "out", calibration=[np.zeros(16000, np.float32)])
+    with pytest.raises(ValueError, match=r"^--calibration: no recordings to calibrate on\.$"):
+        export(model_dir, tmp_path / "out", quantize="int8", calibration=[])
+    assert not (tmp_path / "out").exists()

@@ -1,6 +1,7 @@
 """EMS pretraining (`msemoboost pretrain`) and the emotion-intensity model (`msemoboost intensity`)."""
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -254,13 +255,23 @@ def test_train_py_takes_the_pretrained_backbone_in_place_of_the_preset_s_random_
     import train
     from msemoboost.training import build_model
 
-    model_args, *_ = train.parse_arguments(["configs/emodb_cpu.yaml", "--dataset_name", "x", "--output_dir", "o",
+    model_args, *_ = train.parse_arguments(["configs/emodb_cpu_scratch.yaml", "--dataset_name", "x", "--output_dir", "o",
                                             "--backbone", str(pretrained)])
     assert model_args.backbone == str(pretrained) and model_args.backbone_config is None
     model = build_model(["anger", "neutral"], backbone=model_args.backbone, backbone_config=None,
                         freeze_feature_encoder=False, freeze_backbone=False)
     for name, value in AutoModel.from_pretrained(pretrained).state_dict().items():
         torch.testing.assert_close(model.msemoboost.backbone.state_dict()[name], value)
+
+
+def test_a_recipe_s_backbone_is_pretrained_once_and_then_reused(pretrained, caplog):
+    from msemoboost.pretraining import pretrain_if_missing
+
+    before = (pretrained / "model.safetensors").read_bytes()
+    with caplog.at_level(logging.WARNING, logger="msemoboost.pretraining"):
+        assert pretrain_if_missing(str(pretrained), "no-such-config.yaml --dataset_name nowhere") is False
+    assert f"Using the pretrained backbone in {pretrained} (delete the folder to pretrain it again)." in caplog.text
+    assert (pretrained / "model.safetensors").read_bytes() == before
 
 
 def test_continued_pretraining_starts_from_the_checkpoint(pretrained, corpus_dir, tmp_path):

@@ -219,6 +219,43 @@ def test_arguments_come_from_a_yaml_file_and_the_command_line_overrides_it(tmp_p
     assert noise_args.eval_snr is None and noise_args.noise_augmentation_probability == 0.0  # both off by default
 
 
+def test_a_preset_builds_on_its_base_file(tmp_path):
+    from msemoboost.training import read_arguments_file
+
+    scratch, pretrained = (read_arguments_file(REPO / "configs" / name) for name in ("emodb_cpu_scratch.yaml", "emodb_cpu.yaml"))
+    changes = {"backbone_config": None, "backbone": "outputs/pretrained/emodb_cpu", "backbone_learning_rate": 1e-4,
+               "backbone_pretraining": "configs/pretrain_cpu.yaml --dataset_name ../shared/data/ravdess "
+                                       "../shared/data/tess --max_steps 1500",
+               "model_config_overrides": {**scratch["model_config_overrides"], "use_weighted_layer_sum": True},
+               "output_dir": "outputs/emodb_cpu"}
+    assert pretrained == {**scratch, **changes}
+    (tmp_path / "child.yaml").write_text("base: missing.yaml\nlearning_rate: 0.1\n")
+    with pytest.raises(ValueError, match=rf"^{tmp_path / 'child.yaml'}: its base missing.yaml is not a file "
+                                         rf"\(looked for {tmp_path / 'missing.yaml'}\)\.$"):
+        read_arguments_file(tmp_path / "child.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(ValueError, match=r"list.yaml: expected a mapping of argument names to values, got list\.$"):
+        read_arguments_file(tmp_path / "list.yaml")
+
+
+def test_a_backbone_on_the_command_line_replaces_the_preset_s(capsys):
+    preset = str(REPO / "configs" / "emodb_cpu.yaml")
+    model_args = train.parse_arguments([preset, "--dataset_name", "x"])[0]
+    assert (model_args.backbone, model_args.backbone_config) == ("outputs/pretrained/emodb_cpu", None)
+    assert model_args.backbone_pretraining.startswith("configs/pretrain_cpu.yaml --dataset_name")
+    model_args = train.parse_arguments([preset, "--dataset_name", "x", "--backbone", "facebook/wav2vec2-base"])[0]
+    assert (model_args.backbone, model_args.backbone_config, model_args.backbone_pretraining) == (
+        "facebook/wav2vec2-base", None, None)
+    model_args = train.parse_arguments([preset, "--dataset_name", "x", "--backbone_config={\"model_type\": \"hubert\"}"])[0]
+    assert (model_args.backbone, model_args.backbone_config, model_args.backbone_pretraining) == (
+        None, '{"model_type": "hubert"}', None)
+    model_args = train.parse_arguments([preset, "--dataset_name", "x", "--backbone_pretraining", "other.yaml"])[0]
+    assert (model_args.backbone, model_args.backbone_pretraining) == ("outputs/pretrained/emodb_cpu", "other.yaml")
+    with pytest.raises(SystemExit):
+        train.parse_arguments(["--dataset_name", "x", "--backbone_pretraining", "configs/pretrain_cpu.yaml"])
+    assert "--backbone_pretraining pretrains the folder that --backbone names: give --backbone" in capsys.readouterr().err
+
+
 def test_help_explains_how_validation_is_drawn():
     result = subprocess.run([sys.executable, str(REPO / "train.py"), "--help"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0
@@ -229,7 +266,9 @@ def test_help_explains_how_validation_is_drawn():
 
 @pytest.mark.parametrize("preset", sorted((REPO / "configs").glob("*.yaml")), ids=lambda path: path.stem)
 def test_every_preset_parses_into_its_values(preset):
-    values = yaml.safe_load(preset.read_text())
+    from msemoboost.training import read_arguments_file
+
+    values = read_arguments_file(preset)  # with its base file's values, if it builds on one
     if preset.stem.startswith("pretrain"):  # a msemoboost pretrain preset
         from msemoboost.pretraining import MSEmoBoostPretrainingConfig, parse_pretraining_arguments
 
@@ -249,7 +288,9 @@ def test_every_preset_parses_into_its_values(preset):
     parsed = train.parse_arguments([str(preset), "--dataset_name", "x"])
     fields = {name: value for arguments in parsed for name, value in vars(arguments).items()}
     for key, value in values.items():
-        if key in ("backbone_config", "model_config_overrides"):
+        if value is None:  # a base file's value removed
+            assert fields[key] is None, key
+        elif key in ("backbone_config", "model_config_overrides"):
             assert json.loads(fields[key]) == value, key
         elif key == "lr_scheduler_type":
             assert fields[key] == value, key
@@ -259,8 +300,8 @@ def test_every_preset_parses_into_its_values(preset):
             assert fields[key] in ([], "none", ["none"]), key
         else:
             assert fields[key] == (value if not isinstance(value, list) else list(value)), key
-    if "model_config_overrides" in values or "backbone_config" in values:
-        train.model_config(parsed[0])  # the preset's model configuration is valid
+    if ("model_config_overrides" in values or "backbone_config" in values) and not values.get("backbone_pretraining"):
+        train.model_config(parsed[0])  # the preset's model configuration is valid (a backbone to pretrain: below)
 
 
 def test_classlabel_folders_kfold_and_a_pretrained_backbone_directory(corpus_dir, tmp_path):
@@ -309,7 +350,7 @@ def test_splits_protocol_uses_the_dataset_splits_and_publishes_that_model(corpus
     assert (output / "model" / "model.safetensors").read_bytes() == (output / "folds" / "splits" / "model" / "model.safetensors").read_bytes()
 
 
-def test_the_cpu_recipe_runs_unchanged_on_an_audiofolder_with_train_and_test_splits(corpus_dir, tmp_path):
+def test_the_cpu_recipe_runs_unchanged_on_an_audiofolder_with_train_and_test_splits(corpus_dir, tmp_path, monkeypatch):
     splits = tmp_path / "splits"
     for split, speakers in (("train", {"spk1", "spk2", "spk3", "spk4"}), ("test", {"spk6"})):
         rows = [row for row in read_csv(corpus_dir / "metadata.csv") if row["speaker"] in speakers]
@@ -320,15 +361,41 @@ def test_the_cpu_recipe_runs_unchanged_on_an_audiofolder_with_train_and_test_spl
             for row in rows:
                 shutil.copy(corpus_dir / row["file_name"], splits / split / row["file_name"])
                 writer.writerow({"file_name": row["file_name"], "emotion": row["emotion"]})
+    # The recipe's paths are relative to the project root; its backbone is pretrained on the first run (here for 2
+    # steps on the generated corpus, in place of RAVDESS and TESS) into outputs/pretrained/emodb_cpu and used.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "configs").symlink_to(REPO / "configs")
+    pretraining = f"configs/pretrain_cpu.yaml --dataset_name {corpus_dir} --max_steps 2 --per_device_train_batch_size 4"
     summary = train.main([str(REPO / "configs" / "emodb_cpu.yaml"), "--dataset_name", str(splits), "--protocol", "splits",
-                          "--output_dir", str(tmp_path / "out"), "--num_train_epochs", "1", "--disable_tqdm", "true"])
+                          "--output_dir", str(tmp_path / "out"), "--num_train_epochs", "1", "--disable_tqdm", "true",
+                          "--backbone_pretraining", pretraining])
+    backbone = tmp_path / "outputs" / "pretrained" / "emodb_cpu"
+    assert json.loads((backbone / "pretraining_args.json").read_text())["max_steps"] == 2
+    assert summary["model"]["backbone"] == "outputs/pretrained/emodb_cpu" and summary["model"]["backbone_pretraining"] == pretraining
+    assert summary["model"]["backbone_learning_rate"] == 1e-4 and summary["architecture"]["use_weighted_layer_sum"]
     assert [fold["fold"] for fold in summary["folds"]] == ["splits"] and summary["folds"][0]["num_test"] == 12
     assert summary["folds"][0]["num_train"] + summary["folds"][0]["num_validation"] == 48
     assert (tmp_path / "out" / "model" / "model.safetensors").exists()
     card = (tmp_path / "out" / "model" / "README.md").read_text()
     assert ("Architecture options: frame weighting `mean_residual`, classifier input `pooled_and_guidance`, MFCC "
-            "normalisation `standardize`, MFCC pooled to 30 steps (the paper: `linear`, `pooled`, `l2`, no pooling, "
-            "the last layer).") in card
+            "normalisation `standardize`, MFCC pooled to 30 steps, a learned weighted sum of the backbone's layers (the "
+            "paper: `linear`, `pooled`, `l2`, no pooling, the last layer).") in card
+
+
+def test_a_multi_process_run_asks_for_the_recipe_s_backbone_to_be_pretrained_first(tmp_path, monkeypatch, capsys):
+    import transformers
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(transformers.TrainingArguments, "world_size", property(lambda self: 2))
+    with pytest.raises(SystemExit):
+        train.parse_arguments([str(REPO / "configs" / "emodb_cpu.yaml"), "--dataset_name", "x"])
+    assert ("--backbone outputs/pretrained/emodb_cpu is not pretrained yet, and pretraining cannot start inside this "
+            "2-process run. Pretrain it first: msemoboost pretrain configs/pretrain_cpu.yaml --dataset_name "
+            "../shared/data/ravdess ../shared/data/tess --max_steps 1500 --output_dir outputs/pretrained/emodb_cpu"
+            ) in " ".join(capsys.readouterr().err.split())
+    (tmp_path / "outputs" / "pretrained" / "emodb_cpu").mkdir(parents=True)
+    (tmp_path / "outputs" / "pretrained" / "emodb_cpu" / "config.json").write_text("{}")
+    assert train.parse_arguments([str(REPO / "configs" / "emodb_cpu.yaml"), "--dataset_name", "x"])[0].backbone_pretraining
 
 
 def test_noisy_evaluation_augmentation_and_se_head_through_train_py(corpus_dir, tmp_path):
