@@ -380,6 +380,8 @@ def test_the_cpu_recipe_runs_unchanged_on_an_audiofolder_with_train_and_test_spl
     assert ("Architecture options: frame weighting `mean_residual`, classifier input `pooled_and_guidance`, MFCC "
             "normalisation `standardize`, MFCC pooled to 30 steps, a learned weighted sum of the backbone's layers (the "
             "paper: `linear`, `pooled`, `l2`, no pooling, the last layer).") in card
+    assert (f"- Backbone: `outputs/pretrained/emodb_cpu` (pretrained by the training recipe itself, self-supervised, on "
+            f"unlabelled audio: `msemoboost pretrain {pretraining}`)") in card
 
 
 def test_a_multi_process_run_asks_for_the_recipe_s_backbone_to_be_pretrained_first(tmp_path, monkeypatch, capsys):
