@@ -72,12 +72,13 @@ from msemoboost.training import (
     MSEmoBoostTrainer,
     StagedUnfreezing,
     WaUaMetrics,
-    arguments_from_file,
+    argument_words,
     build_feature_extractor,
     build_model,
     class_balanced_weights,
     load_for_transfer,
     load_wa_ua,
+    read_arguments_file,
     read_json_argument,
 )
 
@@ -301,11 +302,11 @@ def parse_arguments(
         # The demo: bare, with --demo, or with only other options (e.g. --output_dir): all run configs/demo.yaml.
         argv = [str(DEMO_CONFIG), *argv]
     if argv[0].endswith((".yaml", ".yml", ".json")):
-        from_file = arguments_from_file(argv[0])
+        from_file = read_arguments_file(argv[0])
         if any(word.split("=")[0] in ("--backbone", "--backbone_config") for word in argv[1:]):
             # A backbone named on the command line replaces the file's: pretrained, pretrained first, or random.
-            from_file = without_options(from_file, BACKBONE_OPTIONS)
-        argv = from_file + argv[1:]
+            from_file = {key: value for key, value in from_file.items() if key not in BACKBONE_ARGUMENTS}
+        argv = argument_words(from_file) + argv[1:]
     model_args, data_args, noise_args, protocol_args, training_args, augmentation_args = (
         parser.parse_args_into_dataclasses(args=argv)
     )
@@ -331,18 +332,7 @@ def parse_arguments(
     return model_args, data_args, noise_args, protocol_args, training_args, augmentation_args
 
 
-BACKBONE_OPTIONS = ("--backbone", "--backbone_config", "--backbone_pretraining")
-
-
-def without_options(words: list[str], options: tuple[str, ...]) -> list[str]:
-    """Command-line `words` without the given options and their values."""
-    kept, skipping = [], False
-    for word in words:
-        if word.startswith("--"):
-            skipping = word in options
-        if not skipping:
-            kept.append(word)
-    return kept
+BACKBONE_ARGUMENTS = ("backbone", "backbone_config", "backbone_pretraining")
 
 
 def fold_training_arguments(training_args: TrainingArguments, output_dir: Path, patience: int | None) -> TrainingArguments:

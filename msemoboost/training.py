@@ -68,8 +68,13 @@ def read_arguments_file(path: str | Path) -> dict:
 def arguments_from_file(path: str) -> list[str]:
     """A YAML or JSON file of arguments (see [`read_arguments_file`]) as command-line words, so that later words
     override it."""
+    return argument_words(read_arguments_file(path))
+
+
+def argument_words(values: dict) -> list[str]:
+    """A mapping of arguments as command-line words; `None` values are left out."""
     words = []
-    for key, value in read_arguments_file(path).items():
+    for key, value in values.items():
         if value is None:
             continue
         if isinstance(value, (dict, list)) and key in ("backbone_config", "model_config_overrides"):

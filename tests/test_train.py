@@ -238,7 +238,7 @@ def test_a_preset_builds_on_its_base_file(tmp_path):
         read_arguments_file(tmp_path / "list.yaml")
 
 
-def test_a_backbone_on_the_command_line_replaces_the_preset_s(capsys):
+def test_a_backbone_on_the_command_line_replaces_the_preset_s(tmp_path, capsys):
     preset = str(REPO / "configs" / "emodb_cpu.yaml")
     model_args = train.parse_arguments([preset, "--dataset_name", "x"])[0]
     assert (model_args.backbone, model_args.backbone_config) == ("outputs/pretrained/emodb_cpu", None)
@@ -249,6 +249,9 @@ def test_a_backbone_on_the_command_line_replaces_the_preset_s(capsys):
     model_args = train.parse_arguments([preset, "--dataset_name", "x", "--backbone_config={\"model_type\": \"hubert\"}"])[0]
     assert (model_args.backbone, model_args.backbone_config, model_args.backbone_pretraining) == (
         None, '{"model_type": "hubert"}', None)
+    (tmp_path / "flags.yaml").write_text(f"base: {preset}\nbackbone_pretraining: --dataset_name corpus --max_steps 3\n")
+    model_args = train.parse_arguments([str(tmp_path / "flags.yaml"), "--dataset_name", "x", "--backbone", "b"])[0]
+    assert (model_args.backbone, model_args.backbone_pretraining) == ("b", None)
     model_args = train.parse_arguments([preset, "--dataset_name", "x", "--backbone_pretraining", "other.yaml"])[0]
     assert (model_args.backbone, model_args.backbone_pretraining) == ("outputs/pretrained/emodb_cpu", "other.yaml")
     with pytest.raises(SystemExit):
