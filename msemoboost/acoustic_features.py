@@ -109,7 +109,12 @@ class MSEmoBoostPowerSpectrogram(nn.Module):
             start, end = self.window_span
             num_frames = waveform.shape[1] // self.hop_length + 1
             padded = F.pad(waveform.float(), (self.n_fft // 2, self.n_fft // 2))  # centred frames, zero padding
-            frames = padded[:, start:].unfold(1, end - start, self.hop_length)[:, :num_frames]
+            width, hop = end - start, self.hop_length
+            if width % hop == 0:  # frames as hop-long chunks side by side: slices, no index table in the graph
+                chunks = padded[:, start : start + (num_frames + width // hop - 1) * hop].unflatten(1, (-1, hop))
+                frames = torch.cat([chunks[:, i : i + num_frames] for i in range(width // hop)], dim=-1)
+            else:
+                frames = padded[:, start:].unfold(1, width, hop)[:, :num_frames]
             spectrum = frames @ self.dft_basis.float()  # (batch_size, num_frames, 2 * num_bins): real, imaginary
             real, imaginary = spectrum.chunk(2, dim=-1)
             return torch.addcmul(real * real, imaginary, imaginary).transpose(1, 2)

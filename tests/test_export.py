@@ -51,18 +51,22 @@ def exported(tmp_path_factory) -> tuple[Path, Path]:
     return model_dir, output
 
 
+@pytest.mark.parametrize("hop", [160, 150], ids=["hop 160", "hop 150"])
 @pytest.mark.parametrize("features", [MSEmoBoostSpectrogram, MSEmoBoostMFCC])
-def test_the_graph_s_dft_by_matrix_product_equals_torch_stft(features, emodb_utterances, monkeypatch):
+def test_the_graph_s_dft_by_matrix_product_equals_torch_stft(features, hop, emodb_utterances, monkeypatch):
     length = min(len(utterance) for utterance in emodb_utterances)
     waveform = pre_emphasis(torch.from_numpy(np.stack([u[:length] for u in emodb_utterances])), 0.97)
-    by_fft, by_product = features(MSEmoBoostConfig()), features(MSEmoBoostConfig())
+    config = MSEmoBoostConfig(mfcc_hop_length=hop, spectrogram_hop_length=hop)
+    by_fft, by_product = features(config), features(config)
     by_product.use_dft_matmul()
     assert by_product.state_dict().keys() == by_fft.state_dict().keys()  # the basis is not saved with the model
     expected = by_fft.power_spectrogram(waveform)
     with monkeypatch.context() as patched:  # the product, not the FFT, computes it
         patched.setattr(torch, "stft", lambda *args, **kwargs: pytest.fail("torch.stft ran"))
         found = by_product.power_spectrogram(waveform)
-    assert found.shape == expected.shape == (len(emodb_utterances), by_fft.n_fft // 2 + 1, length // 160 + 1)
+    assert found.shape == expected.shape == (len(emodb_utterances), by_fft.n_fft // 2 + 1, length // hop + 1)
+    width = by_product.window_span[1] - by_product.window_span[0]  # the spectrogram's 640 at hop 160: framed by slices
+    assert (width % hop == 0) == (features is MSEmoBoostSpectrogram and hop == 160)  # the others by unfold
     assert ((found - expected).abs().amax() / expected.amax()).item() < 1e-5
     expected, found = by_fft(waveform), by_product(waveform)
     assert ((found - expected).abs().amax() / expected.abs().amax()).item() < 1e-4  # dB of the weakest bins
@@ -80,6 +84,9 @@ def test_export_writes_the_graph_with_config_and_preprocessor_beside_it(exported
     operators = {node.op_type for node in graph.graph.node}
     assert {"LSTM", "Conv", "Resize"} <= operators  # the guidance branches are inside the graph
     assert json.loads((output / "export.json").read_text())["normalizes_input"] is True
+    index_tables = [tuple(tensor.dims) for tensor in graph.graph.initializer if tensor.data_type == onnx.TensorProto.INT64
+                    and len(tensor.dims) > 1 and np.prod(tensor.dims) > 10_000]
+    assert index_tables == []  # the spectrogram's frames are slices: no (frames × window) table of sample indices
 
 
 def test_onnx_logits_match_pytorch_on_real_speech_batched_and_one_at_a_time(exported, emodb_utterances):
