@@ -101,10 +101,9 @@ def row_arguments(profile: str, row: str, seed: int, dataset_name: str) -> list[
         overrides = {**recipe.get("model_config_overrides", {}), **change["model"]}
         arguments += ["--model_config_overrides", json.dumps({k: v for k, v in overrides.items() if v is not None})]
     if change.get("transfer"):
-        pretrained = run_train(profile, cross_corpus_arguments(), output_root(profile) / slug(PRETRAINED) / f"seed{seed}",
-                               seed, dataset_name)
-        arguments += ["--model_name_or_path", str(output_root(profile) / slug(PRETRAINED) / f"seed{seed}" / "model")]
-        del pretrained
+        source = output_root(profile) / slug(PRETRAINED) / f"seed{seed}"
+        run_train(profile, cross_corpus_arguments(), source, seed, dataset_name)  # trained once, reused per seed
+        arguments += ["--model_name_or_path", str(source / "model")]
     return arguments
 
 
