@@ -13,8 +13,8 @@ speech and agreement with torch fp32's predictions.
 - ONNX Runtime int8 is `msemoboost export --quantize int8` (dynamic quantisation of MatMul, Gemm and LSTM);
 - ONNX Runtime int8, static conv adds `--calibration` with 32 RAVDESS utterances: the convolutions as QLinearConv.
 
-The default trained model is the CPU recipe trained on RAVDESS + TESS only (benchmarks/accuracy.py's
-"cross-corpus RAVDESS+TESS → EMO-DB" row), so all of EMO-DB is held out; it is scored on EMO-DB's utterances of
+The default trained model is the from-scratch CPU recipe trained on RAVDESS + TESS only (benchmarks/accuracy.py
+--profile cpu_scratch, row "cross-corpus RAVDESS+TESS → EMO-DB"), so all of EMO-DB is held out; it is scored on EMO-DB's utterances of
 the labels it knows. The paper-size model (wav2vec2-base backbone, the paper's guidance) is randomly initialised:
 timings only. Threads: 2 for every engine (`--threads`). Results: benchmarks/results/deploy_cpu.json.
 """
