@@ -56,7 +56,7 @@ from msemoboost.noise import (
     check_snrs,
     fold_noise_bank,
 )
-from msemoboost.pretraining import pretrain_if_missing
+from msemoboost.pretraining import holds_model, pretrain_if_missing
 from msemoboost.protocols import PROTOCOLS, Fold, hold_out_validation, make_folds
 from msemoboost.reporting import (
     confusion_matrix,
@@ -323,7 +323,7 @@ def parse_arguments(
     if model_args.backbone_pretraining and not model_args.backbone:
         parser.error("--backbone_pretraining pretrains the folder that --backbone names: give --backbone")
     to_pretrain = model_args.backbone_pretraining and not model_args.model_name_or_path
-    if to_pretrain and training_args.world_size > 1 and not (Path(model_args.backbone) / "config.json").is_file():
+    if to_pretrain and training_args.world_size > 1 and not holds_model(model_args.backbone):
         parser.error(f"--backbone {model_args.backbone} is not pretrained yet, and pretraining cannot start inside this "
                      f"{training_args.world_size}-process run. Pretrain it first: msemoboost pretrain "
                      f"{model_args.backbone_pretraining} --output_dir {model_args.backbone}")

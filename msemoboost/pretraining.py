@@ -478,15 +478,21 @@ def pretrain(argv: list[str]) -> int:
     return 0
 
 
+def holds_model(folder: str) -> bool:
+    """Whether `folder` holds a saved model (its `config.json`): what [`pretrain_if_missing`] reuses."""
+    from pathlib import Path
+
+    return (Path(folder) / "config.json").is_file()
+
+
 def pretrain_if_missing(output_dir: str, arguments: str) -> bool:
     """Runs `msemoboost pretrain ARGUMENTS --output_dir output_dir` unless `output_dir` already holds a model (its
     `config.json`); `arguments` is one string, split as a shell would. Returns whether it pretrained. A recipe that
     names a pretrained backbone by its folder (`train.py --backbone DIR --backbone_pretraining ARGUMENTS`) thus
     pretrains it on its first run and reuses it on every later one."""
     import shlex
-    from pathlib import Path
 
-    if (Path(output_dir) / "config.json").is_file():
+    if holds_model(output_dir):
         logger.warning(f"Using the pretrained backbone in {output_dir} (delete the folder to pretrain it again).")
         return False
     command = [*shlex.split(arguments), "--output_dir", str(output_dir)]
