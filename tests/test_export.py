@@ -51,25 +51,35 @@ def exported(tmp_path_factory) -> tuple[Path, Path]:
     return model_dir, output
 
 
-@pytest.mark.parametrize("hop", [160, 150], ids=["hop 160", "hop 150"])
+@pytest.mark.parametrize("hop", [160, 150, 512], ids=["hop 160", "hop 150", "hop 512"])
 @pytest.mark.parametrize("features", [MSEmoBoostSpectrogram, MSEmoBoostMFCC])
-def test_the_graph_s_dft_by_matrix_product_equals_torch_stft(features, hop, emodb_utterances, monkeypatch):
+def test_the_graph_s_fft_by_matrix_products_equals_torch_stft(features, hop, emodb_utterances, monkeypatch):
     length = min(len(utterance) for utterance in emodb_utterances)
     waveform = pre_emphasis(torch.from_numpy(np.stack([u[:length] for u in emodb_utterances])), 0.97)
     config = MSEmoBoostConfig(mfcc_hop_length=hop, spectrogram_hop_length=hop)
     by_fft, by_product = features(config), features(config)
-    by_product.use_dft_matmul()
-    assert by_product.state_dict().keys() == by_fft.state_dict().keys()  # the basis is not saved with the model
+    by_product.use_matmul_fft()
+    assert by_product.state_dict().keys() == by_fft.state_dict().keys()  # the bases are not saved with the model
+    assert by_product.fft_factors == {MSEmoBoostSpectrogram: (25, 32), MSEmoBoostMFCC: (32, 64)}[features]
     expected = by_fft.power_spectrogram(waveform)
-    with monkeypatch.context() as patched:  # the product, not the FFT, computes it
+    with monkeypatch.context() as patched:  # the products, not the FFT, compute it
         patched.setattr(torch, "stft", lambda *args, **kwargs: pytest.fail("torch.stft ran"))
         found = by_product.power_spectrogram(waveform)
     assert found.shape == expected.shape == (len(emodb_utterances), by_fft.n_fft // 2 + 1, length // hop + 1)
-    width = by_product.window_span[1] - by_product.window_span[0]  # the spectrogram's 640 at hop 160: framed by slices
-    assert (width % hop == 0) == (features is MSEmoBoostSpectrogram and hop == 160)  # the others by unfold
     assert ((found - expected).abs().amax() / expected.amax()).item() < 1e-5
     expected, found = by_fft(waveform), by_product(waveform)
     assert ((found - expected).abs().amax() / expected.abs().amax()).item() < 1e-4  # dB of the weakest bins
+
+
+@pytest.mark.parametrize("n_fft", [2048, 800, 97], ids=["2048 = 32 x 64", "800 = 25 x 32", "97, a prime"])
+def test_the_four_step_fft_holds_for_any_frame_size(n_fft):
+    config = MSEmoBoostConfig(spectrogram_n_fft=n_fft, spectrogram_win_length=n_fft, spectrogram_hop_length=40,
+                              spectrogram_num_bins=n_fft // 2 + 1)
+    by_fft, by_product = MSEmoBoostSpectrogram(config), MSEmoBoostSpectrogram(config)
+    by_product.use_matmul_fft()
+    waveform = torch.randn(3, 4001, generator=torch.Generator().manual_seed(0))
+    expected = by_fft.power_spectrogram(waveform)
+    assert ((by_product.power_spectrogram(waveform) - expected).abs().amax() / expected.amax()).item() < 1e-5
 
 
 def test_export_writes_the_graph_with_config_and_preprocessor_beside_it(exported):
@@ -127,7 +137,9 @@ def test_int8_quantizes_the_matmuls_and_the_lstm_and_stays_close_to_fp32(exporte
     constants = {initializer.name for initializer in int8.graph.initializer}
     float_weights = {name for node in int8.graph.node if node.op_type in ("MatMul", "Gemm", "LSTM")
                      for name in node.input if name in constants}
-    assert float_weights == {"model.msemoboost.mfcc_encoder.mfcc.mel_filters", "model.msemoboost.mfcc_encoder.mfcc.dct"}
+    front_end = {f"model.msemoboost.{encoder}.{name}" for encoder in ("mfcc_encoder.mfcc", "spectrogram_encoder.spectrogram")
+                 for name in ("fft_first", "fft_second")}  # the FFT's bases stay float too
+    assert float_weights == front_end | {"model.msemoboost.mfcc_encoder.mfcc.mel_filters", "model.msemoboost.mfcc_encoder.mfcc.dct"}
     reference, _ = ONNXClassifier(output)(emodb_utterances)
     quantized, _ = ONNXClassifier(output, int8=True)(emodb_utterances)
     assert 0 < np.abs(quantized - reference).max() < 0.05
