@@ -15,7 +15,8 @@ Masked acoustic modelling as in Mockingjay, on the backbone's own frames (Liu & 
 With `masking="ems"` the frame intensity (from [`~msemoboost.intensity.MSEmoBoostIntensityModel`], aligned linearly to
 the backbone's frames) is also an input, added to the projected features through a learned projection (masked frames
 get the mask embedding instead, so their intensity is hidden), and a second head reconstructs it under its own L1
-loss, weighted by `intensity_loss_weight`.
+loss, weighted by `intensity_loss_weight`. `intensity_conditioning=False` drops that input and head and keeps only
+the intensity-guided masking (an ablation).
 
 Only the backbone is kept: `msemoboost pretrain` saves it as a plain model of its own type, which
 `AutoModel.from_pretrained` loads with no remote code; the heads live only in the training checkpoints.
@@ -56,6 +57,9 @@ class MSEmoBoostPretrainingConfig(PretrainedConfig):
             stay unchanged.
         num_mel_bins (`int`, *optional*, defaults to 80): bands of the log-mel target.
         intensity_loss_weight (`float`, *optional*, defaults to 1.0): weight of the intensity reconstruction (EMS).
+        intensity_conditioning (`bool`, *optional*, defaults to `True`): EMS gives the frame intensity to the backbone
+            as an input and reconstructs it with a second head, as the paper does; `False` keeps only the
+            intensity-guided masking (an ablation).
     """
 
     model_type = "msemoboost_pretraining"
@@ -72,6 +76,7 @@ class MSEmoBoostPretrainingConfig(PretrainedConfig):
         replace_probability: float = 0.1,
         num_mel_bins: int = 80,
         intensity_loss_weight: float = 1.0,
+        intensity_conditioning: bool = True,
         sampling_rate: int = 16000,
         **kwargs,
     ):
@@ -91,6 +96,7 @@ class MSEmoBoostPretrainingConfig(PretrainedConfig):
         self.replace_probability = replace_probability
         self.num_mel_bins = num_mel_bins
         self.intensity_loss_weight = intensity_loss_weight
+        self.intensity_conditioning = intensity_conditioning
         self.sampling_rate = sampling_rate
         super().__init__(**kwargs)
 
@@ -250,7 +256,7 @@ class MSEmoBoostForPretraining(PreTrainedModel):
         self.log_mel = MSEmoBoostLogMel(geometry.min_input_samples, geometry.backbone_frame_stride, config.sampling_rate,
                                         config.num_mel_bins, center=False)
         self.reconstruction_head = nn.Linear(hidden_size, config.num_mel_bins)
-        if config.masking == "ems":
+        if config.masking == "ems" and config.intensity_conditioning:
             self.intensity_projection = nn.Linear(1, config.backbone_config.hidden_size)
             self.intensity_head = nn.Linear(hidden_size, 1)
             self.backbone.feature_projection.register_forward_hook(self._add_intensity)
@@ -301,9 +307,9 @@ class MSEmoBoostForPretraining(PreTrainedModel):
                 whose log-mel is the target; `input_values` when not given.
             intensity (`torch.FloatTensor` of shape `(batch_size, num_frames)`, *optional*): frame intensity (EMS).
         """
-        if self.config.masking == "ems" and intensity is None:
+        if self.intensity_head is not None and intensity is None:
             raise ValueError("This model was configured with masking='ems': give the frame intensity.")
-        self._intensity_input = intensity
+        self._intensity_input = intensity if self.intensity_projection is not None else None
         try:
             hidden = self.backbone(input_values, attention_mask=attention_mask, mask_time_indices=mask_time_indices,
                                    return_dict=True).last_hidden_state  # (batch_size, num_frames, hidden_size)
@@ -370,6 +376,8 @@ class PretrainingArguments:
     replace_probability: float = field(default=0.1, metadata={"help": "Share of runs replaced by other audio."})
     num_mel_bins: int = field(default=80, metadata={"help": "Bands of the log-mel target."})
     intensity_loss_weight: float = field(default=1.0, metadata={"help": "Weight of the intensity reconstruction."})
+    intensity_conditioning: bool = field(default=True, metadata={"help": "EMS: give the intensity as an input and "
+                                         "reconstruct it (the paper); false keeps only the guided masking."})
     max_seconds: float = field(default=4.0, metadata={"help": "Random crop of each utterance per step."})
 
 
@@ -417,7 +425,7 @@ def pretrain(argv: list[str]) -> int:
         backbone_config=backbone_config, masking=args.masking, mask_ratio=args.mask_ratio, mask_span=args.mask_span,
         intensity_threshold=args.intensity_threshold, mask_probability=args.mask_probability,
         replace_probability=args.replace_probability, num_mel_bins=args.num_mel_bins,
-        intensity_loss_weight=args.intensity_loss_weight)
+        intensity_loss_weight=args.intensity_loss_weight, intensity_conditioning=args.intensity_conditioning)
     intensity_model = None
     if args.intensity_model:
         from .intensity import MSEmoBoostIntensityModel

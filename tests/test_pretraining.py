@@ -131,6 +131,26 @@ def test_ems_gives_the_intensity_aligned_to_the_backbone_frames_and_a_second_los
     torch.testing.assert_close(output.loss, output.reconstruction_loss + output.intensity_loss)
 
 
+def test_ems_without_intensity_conditioning_keeps_only_the_guided_masking():
+    torch.manual_seed(0)
+    collator = MSEmoBoostMaskingCollator(config(masking="ems"), MSEmoBoostIntensityModel(MSEmoBoostIntensityConfig()).eval())
+    batch = collator([{"waveform": speech_like(40_000, 0)}, {"waveform": speech_like(24_000, 1)}])
+    conditioned = MSEmoBoostForPretraining(config(masking="ems"))
+    masking_only = MSEmoBoostForPretraining(config(masking="ems", intensity_conditioning=False))
+    random = MSEmoBoostForPretraining(config(masking="random"))
+    assert masking_only.state_dict().keys() == random.state_dict().keys() < conditioned.state_dict().keys()
+    masking_only.load_state_dict(conditioned.state_dict(), strict=False)
+    conditioned.eval(), masking_only.eval()  # no dropout: the outputs are compared exactly
+    with torch.no_grad():
+        conditioned.intensity_projection.weight.fill_(1.0)  # the intensity input now changes the backbone's output
+        output = masking_only(**batch)
+        reference = conditioned(**batch)
+        without_intensity = masking_only(**{name: value for name, value in batch.items() if name != "intensity"})
+    assert output.intensity_loss is None and output.loss == output.reconstruction_loss
+    assert not torch.equal(output.reconstruction, reference.reconstruction)  # the intensity is not an input
+    torch.testing.assert_close(output.reconstruction, without_intensity.reconstruction, rtol=0, atol=0)
+
+
 # --- Pretraining runs ------------------------------------------------------------------------------------------
 
 
