@@ -154,6 +154,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--rows", nargs="+", choices=["probe", "msemoboost"], default=["probe"])
     parser.add_argument("--max_steps", type=int, default=None, help="pretraining steps (default: the profile's)")
+    parser.add_argument("--probe_backbone", nargs=2, action="append", metavar=("LABEL", "DIR"),
+                        help="probe this backbone (a pretraining output, e.g. an ablation's) instead of (a)-(c), as "
+                             "row 'probe (LABEL)'; repeatable")
     args = parser.parse_args()
     profile = PROFILES[args.profile]
     root = REPO / "outputs" / "benchmarks" / "pretraining" / args.profile
@@ -167,7 +170,8 @@ def main() -> None:
     intensity = json.loads((intensity_model(root, profile) / "intensity_results.json").read_text())
     report["intensity_ranking_accuracy"] = intensity["ranking_accuracy"]
     report["pretraining"] = {}
-    for name, directory in directories.items():
+    probed = {f"({label})": Path(folder) for label, folder in args.probe_backbone} if args.probe_backbone else directories
+    for name, directory in {**directories, **probed}.items():
         if directory is not None:
             details = json.loads((directory / "pretraining_args.json").read_text())
             seconds = directory / "seconds.txt"
@@ -180,7 +184,7 @@ def main() -> None:
     audio, labels, speakers, names = emodb()
     folds = make_folds("loso", labels, speakers, np.array(["train"] * len(labels)), seed=0)
     if "probe" in args.rows:
-        for name, directory in directories.items():
+        for name, directory in probed.items():
             runs, features = [], None
             for seed in args.seeds:
                 if features is None or directory is None:  # a pretrained backbone's features do not depend on the seed
@@ -217,6 +221,7 @@ def main() -> None:
     if destination.exists():
         previous = json.loads(destination.read_text())
         report["rows"] = {**previous.get("rows", {}), **report["rows"]}  # each row keeps its own seeds
+        report["pretraining"] = {**previous.get("pretraining", {}), **report["pretraining"]}
         report["seeds"] = sorted({*previous.get("seeds", []), *report["seeds"]})
         earlier = previous.get("commands", [previous["command"]] if "command" in previous else [])
         report["commands"] = [*earlier, *[c for c in report["commands"] if c not in earlier]]

@@ -120,6 +120,11 @@ class MSEmoBoostConfig(PreTrainedConfig):
             What the classifier reads for each segment: `"pooled"`, the weighted SSL feature `X'_w` (the paper), or
             `"pooled_and_guidance"`, `[X'_w ; guidance vectors]` (a recipe option that lets the classifier use what
             the guidance branches know directly). Without guidance branches both read `X'_w`, the masked mean.
+        pooled_normalization (`str`, *optional*, defaults to `"none"`):
+            `"none"`: the classifier reads `X'_w` as pooled (the paper). `"batch_norm"`: each dimension of `X'_w` is
+            standardised, with the statistics of the training segments (batch statistics while training, their
+            running averages at inference; no learned scale), as a SUPERB-style probe standardises its features. A
+            recipe option.
         use_weighted_layer_sum (`bool`, *optional*, defaults to `False`):
             Pool a learned softmax-weighted sum of the backbone's hidden states (its embedding output and every
             layer's, as `Wav2Vec2ForSequenceClassification` does) instead of its last layer alone. `False` is the
@@ -202,6 +207,7 @@ class MSEmoBoostConfig(PreTrainedConfig):
     mfcc_normalization: str = "l2"
     mfcc_pool_frames: int | None = None
     classifier_input: str = "pooled"
+    pooled_normalization: str = "none"
     use_weighted_layer_sum: bool = False
     loss_level: str = "segment"
     class_weights: list[float] | tuple[float, ...] | None = None
@@ -275,6 +281,7 @@ class MSEmoBoostConfig(PreTrainedConfig):
             ("frame_weighting", FRAME_WEIGHTINGS),
             ("mfcc_normalization", ("l2", "standardize")),
             ("classifier_input", ("pooled", "pooled_and_guidance")),
+            ("pooled_normalization", ("none", "batch_norm")),
             ("loss_level", ("segment", "utterance")),
         ):
             if getattr(self, name) not in allowed:

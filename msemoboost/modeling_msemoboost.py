@@ -285,6 +285,22 @@ class MSEmoBoostEnhancement(nn.Module):
         return scores * frame_mask
 
 
+class MSEmoBoostPooledNormalization(nn.BatchNorm1d):
+    """Standardises each dimension of the pooled SSL feature `X'_w` (`config.pooled_normalization="batch_norm"`):
+    batch statistics while training, their running averages at inference, no learned scale or shift.
+
+    Forward input and output: `(num_segments, hidden_size)`.
+    """
+
+    def __init__(self, hidden_size: int):
+        super().__init__(hidden_size, affine=False)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        if self.training and pooled.shape[0] < 2:  # one segment has no batch statistics: use the running ones
+            return F.batch_norm(pooled, self.running_mean, self.running_var, training=False, eps=self.eps)
+        return super().forward(pooled)
+
+
 def average_over_segments(values: torch.Tensor, segments_per_utterance: torch.Tensor) -> torch.Tensor:
     """Mean of consecutive rows per utterance: `(num_segments, ...)` → `(batch_size, ...)`."""
     utterance_index = torch.repeat_interleave(
@@ -482,6 +498,9 @@ class MSEmoBoostModel(MSEmoBoostPreTrainedModel):
                 self.backbone.config.layerdrop = config.backbone_config.layerdrop = 0.0
         else:
             self.layer_weights = None
+        use_normalization = config.pooled_normalization == "batch_norm" and config.use_backbone_features
+        hidden_size = config.backbone_config.hidden_size if config.use_backbone_features else 0
+        self.pooled_normalization = MSEmoBoostPooledNormalization(hidden_size) if use_normalization else None
         self.classify_guidance = num_branches > 0 and (
             config.classifier_input == "pooled_and_guidance" or not config.use_backbone_features
         )
@@ -657,6 +676,8 @@ class MSEmoBoostModel(MSEmoBoostPreTrainedModel):
         else:
             weights = self.enhancement(guidance, frame_mask)  # X_enh
             features = torch.bmm(weights[:, None].to(frames.dtype), frames)[:, 0]  # X'_w = X_enh · X_w
+        if self.pooled_normalization is not None:
+            features = self.pooled_normalization(features)
         if self.classify_guidance:
             features = torch.cat([features, guidance.to(features.dtype)], dim=-1)  # [X'_w ; guidance]
         attentions = backbone_outputs.attentions if output_attentions else None

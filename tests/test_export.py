@@ -22,7 +22,7 @@ LABELS = ["angry", "happy", "neutral", "sad"]
 # The CPU recipe's options, so the graph covers standardised and pooled MFCC, mean-residual frame weights and the
 # classifier on [X'_w ; guidance].
 RECIPE = {"frame_weighting": "mean_residual", "classifier_input": "pooled_and_guidance",
-          "mfcc_normalization": "standardize", "mfcc_pool_frames": 10}
+          "mfcc_normalization": "standardize", "mfcc_pool_frames": 10, "pooled_normalization": "batch_norm"}
 
 
 def save_model(directory: Path, **overrides) -> Path:

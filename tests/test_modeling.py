@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from torch.nn import functional as F
-from transformers import AutoModel, Wav2Vec2Config, Wav2Vec2Model
+from transformers import AutoModel, Wav2Vec2Config, Wav2Vec2Model, set_seed
 
 from msemoboost import (
     SUPPORTED_BACKBONE_TYPES,
@@ -178,6 +178,37 @@ def test_classifier_on_pooled_and_guidance_reads_both():
     torch.testing.assert_close(outputs.segment_features[:, :hidden], pooled, rtol=0, atol=1e-5)
     torch.testing.assert_close(outputs.segment_features[:, hidden:], guidance, rtol=0, atol=1e-6)
     assert model.classifier.in_features == hidden + 16
+
+
+def test_batch_norm_standardises_the_pooled_feature_with_training_statistics():
+    reference = MSEmoBoostForSequenceClassification(tiny_config(classifier_input="pooled_and_guidance"))
+    model = MSEmoBoostForSequenceClassification(tiny_config(classifier_input="pooled_and_guidance",
+                                                            pooled_normalization="batch_norm"))
+    assert model.load_state_dict(reference.state_dict(), strict=False).missing_keys == [
+        f"msemoboost.pooled_normalization.{name}" for name in ("running_mean", "running_var")]
+    model.train(), reference.train()
+    inputs = batch([speech_like(60_000, seed) for seed in range(3)])  # 6 segments
+    hidden = model.config.backbone_config.hidden_size
+    set_seed(0)  # the same dropout and SpecAugment masks (numpy) in both
+    found = model.msemoboost(**inputs).segment_features
+    set_seed(0)
+    pooled = reference.msemoboost(**inputs).segment_features
+    mean, variance = pooled[:, :hidden].mean(0), pooled[:, :hidden].var(0, unbiased=False)
+    torch.testing.assert_close(found[:, :hidden], (pooled[:, :hidden] - mean) / torch.sqrt(variance + 1e-5))
+    torch.testing.assert_close(found[:, hidden:], pooled[:, hidden:], rtol=0, atol=0)  # the guidance vectors as they were
+    normalization = model.msemoboost.pooled_normalization
+    torch.testing.assert_close(normalization.running_mean, 0.1 * mean.detach())  # momentum 0.1 from zero
+    model.eval()
+    with torch.no_grad():  # inference: the running statistics, whatever the batch
+        alone = model.msemoboost(**batch([speech_like(60_000, 0)])).segment_features[:, :hidden]
+        plain = reference.eval().msemoboost(**batch([speech_like(60_000, 0)])).segment_features[:, :hidden]
+    expected = (plain - normalization.running_mean) / torch.sqrt(normalization.running_var + 1e-5)
+    torch.testing.assert_close(alone, expected)
+    model.train()
+    one_segment = model.msemoboost(**batch([speech_like(30_000, 0)])).segment_features  # no batch statistics
+    assert torch.isfinite(one_segment).all()
+    with pytest.raises(ValueError, match=r"^pooled_normalization must be one of \['none', 'batch_norm'\], got 'layer'"):
+        tiny_config(pooled_normalization="layer")
 
 
 def test_class_weights_weight_the_segment_cross_entropy():
