@@ -26,6 +26,7 @@ benchmarks/results/pretraining_<profile>.json and loss curves to benchmarks/pret
 import argparse
 import json
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -166,7 +167,7 @@ def main() -> None:
                    "(c) EMS masking": pretrained(root, profile, "ems", steps)}
     report = {"profile": args.profile, "date": date.today().isoformat(), "machine": platform.processor() or platform.machine(),
               "pretraining_steps": steps, "seeds": args.seeds, "rows": {},
-              "commands": [" ".join(["python", "benchmarks/pretraining.py", *sys.argv[1:]])]}
+              "commands": [shlex.join(["python", "benchmarks/pretraining.py", *sys.argv[1:]])]}
     intensity = json.loads((intensity_model(root, profile) / "intensity_results.json").read_text())
     report["intensity_ranking_accuracy"] = intensity["ranking_accuracy"]
     report["pretraining"] = {}
