@@ -812,7 +812,7 @@ def main(argv: list[str] | None = None, callbacks=()) -> dict:
         summary["augmentation"] = dataclasses.asdict(augmentation_args)
         summary["architecture"] = {key: getattr(config, key) for key in (
             "frame_weighting", "classifier_input", "mfcc_normalization", "mfcc_pool_frames", "use_weighted_layer_sum",
-            "segment_length_s")}
+            "pooled_normalization", "segment_length_s")}
     model_dir = output_dir / "model"
     if protocol_args.protocol in ("splits", "cross_corpus") and protocol_args.save_fold_models:
         if training_args.process_index == 0 and not (model_dir / "README.md").exists():

@@ -382,7 +382,7 @@ def test_the_cpu_recipe_runs_unchanged_on_an_audiofolder_with_train_and_test_spl
     card = (tmp_path / "out" / "model" / "README.md").read_text()
     assert ("Architecture options: frame weighting `mean_residual`, classifier input `pooled_and_guidance`, MFCC "
             "normalisation `standardize`, MFCC pooled to 30 steps, a learned weighted sum of the backbone's layers (the "
-            "paper: `linear`, `pooled`, `l2`, no pooling, the last layer).") in card
+            "paper: `linear`, `pooled`, `l2`, no pooling, the last layer, no normalisation).") in card
     assert (f"- Backbone: `outputs/pretrained/emodb_cpu` (pretrained by the training recipe itself, self-supervised, on "
             f"unlabelled audio: `msemoboost pretrain {pretraining}`)") in card
 
