@@ -180,7 +180,7 @@ def test_classifier_on_pooled_and_guidance_reads_both():
     assert model.classifier.in_features == hidden + 16
 
 
-def test_batch_norm_standardises_the_pooled_feature_with_training_statistics():
+def test_batch_norm_standardises_the_pooled_feature_with_training_statistics(tmp_path):
     reference = MSEmoBoostForSequenceClassification(tiny_config(classifier_input="pooled_and_guidance"))
     model = MSEmoBoostForSequenceClassification(tiny_config(classifier_input="pooled_and_guidance",
                                                             pooled_normalization="batch_norm"))
@@ -207,6 +207,9 @@ def test_batch_norm_standardises_the_pooled_feature_with_training_statistics():
     model.train()
     one_segment = model.msemoboost(**batch([speech_like(30_000, 0)])).segment_features  # no batch statistics
     assert torch.isfinite(one_segment).all()
+    model.save_pretrained(tmp_path)  # the running statistics are part of the checkpoint
+    reloaded = MSEmoBoostForSequenceClassification.from_pretrained(tmp_path).msemoboost.pooled_normalization
+    torch.testing.assert_close(reloaded.running_var, normalization.running_var, rtol=0, atol=0)
     with pytest.raises(ValueError, match=r"^pooled_normalization must be one of \['none', 'batch_norm'\], got 'layer'"):
         tiny_config(pooled_normalization="layer")
 
