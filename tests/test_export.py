@@ -93,6 +93,7 @@ def test_export_writes_the_graph_with_config_and_preprocessor_beside_it(exported
         assert [dim.dim_param != "" for dim in value.type.tensor_type.shape.dim] == [True, True]
     operators = {node.op_type for node in graph.graph.node}
     assert {"LSTM", "Conv", "Resize"} <= operators  # the guidance branches are inside the graph
+    assert not {"STFT", "DFT"} & operators  # both STFTs are the four-step FFT's matrix products
     assert json.loads((output / "export.json").read_text())["normalizes_input"] is True
     index_tables = [tuple(tensor.dims) for tensor in graph.graph.initializer if tensor.data_type == onnx.TensorProto.INT64
                     and len(tensor.dims) > 1 and np.prod(tensor.dims) > 10_000]
