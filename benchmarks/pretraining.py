@@ -180,7 +180,6 @@ def main() -> None:
                 "loss_history": [(entry["step"], entry["loss"]) for entry in details["loss_history"]],
                 "minutes": (float(seconds.read_text()) if seconds.exists() else details.get("train_runtime_seconds") or 0) / 60,
                 "utterances": details["utterances"]}
-    plot_losses(report["pretraining"], REPO / "benchmarks" / f"pretraining_loss_{args.profile}.png")
 
     audio, labels, speakers, names = emodb()
     folds = make_folds("loso", labels, speakers, np.array(["train"] * len(labels)), seed=0)
@@ -227,6 +226,7 @@ def main() -> None:
         earlier = previous.get("commands", [previous["command"]] if "command" in previous else [])
         report["commands"] = [*earlier, *[c for c in report["commands"] if c not in earlier]]
     destination.write_text(json.dumps(report, indent=2) + "\n")
+    plot_losses(report["pretraining"], REPO / "benchmarks" / f"pretraining_loss_{args.profile}.png")
     print("\n| row | UA % (mean over seeds) | fold std | seed std | WA % |\n|---|---|---|---|---|")
     for name, row in report["rows"].items():
         print(f"| {name} | {100 * row['ua_mean']:.1f} | {100 * row.get('ua_fold_std', 0):.1f} | "
@@ -244,7 +244,7 @@ def plot_losses(pretraining: dict, path: Path) -> None:
     for name, details in pretraining.items():
         steps, losses = zip(*details["loss_history"])
         axis.plot(steps, losses, label=name)
-    axis.set(xlabel="step", ylabel="training loss (L1 of normalised log-mel; + intensity L1 for EMS)",
+    axis.set(xlabel="step", ylabel="training loss (log-mel L1; EMS + intensity L1)",
              title="Pretraining on RAVDESS + TESS")
     axis.legend()
     figure.tight_layout()
