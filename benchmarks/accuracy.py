@@ -54,6 +54,11 @@ ROWS = {
     "− warmup and cosine decay": {"args": ["--lr_scheduler_type", "constant", "--warmup_steps", "0"]},
     "+ per-part learning rates (backbone 3e-4)": {"args": ["--backbone_learning_rate", "3e-4"]},
     "+ longer training (40 epochs)": {"args": ["--num_train_epochs", "40", "--early_stopping_patience", "10"]},
+    "+ pooled batch norm": {"model": {"pooled_normalization": "batch_norm"}},
+    # The CPU recipe's pretrained backbone: replaced by the from-scratch recipe's random one, or frozen.
+    "− pretrained backbone (random, same fine-tuning)": {"args": [
+        "--backbone_config", json.dumps(read_arguments_file(REPO / "configs" / "emodb_cpu_scratch.yaml")["backbone_config"])]},
+    "frozen backbone": {"args": ["--freeze_backbone", "true"]},
     # Extra corpora.
     "+ RAVDESS and TESS in every fold": {
         "args": ["--extra_train_datasets", str(SHARED / "ravdess"), str(SHARED / "tess")]},
