@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .acoustic_features import MSEmoBoostMFCC, MSEmoBoostSpectrogram
 from .configuration_msemoboost import MSEmoBoostConfig
 from .feature_extraction_msemoboost import MSEmoBoostFeatureExtractor
 from .modeling_msemoboost import MSEmoBoostForSequenceClassification
@@ -69,9 +70,9 @@ class MSEmoBoostForONNX(nn.Module):
         super().__init__()
         self.model = model
         self.normalize = normalize
-        for encoder, features in (("mfcc_encoder", "mfcc"), ("spectrogram_encoder", "spectrogram")):
-            if getattr(model.msemoboost, encoder) is not None:  # ONNX Runtime's STFT is ten times slower than torch's
-                getattr(getattr(model.msemoboost, encoder), features).use_matmul_fft()
+        for module in model.modules():  # ONNX Runtime's STFT is ten times slower than torch's
+            if isinstance(module, (MSEmoBoostMFCC, MSEmoBoostSpectrogram)):
+                module.use_matmul_fft()
         self.single_label = model.config.problem_type in (None, "single_label_classification")
 
     def forward(self, input_values: torch.Tensor, attention_mask: torch.Tensor):

@@ -499,8 +499,9 @@ class MSEmoBoostModel(MSEmoBoostPreTrainedModel):
         else:
             self.layer_weights = None
         use_normalization = config.pooled_normalization == "batch_norm" and config.use_backbone_features
-        hidden_size = config.backbone_config.hidden_size if config.use_backbone_features else 0
-        self.pooled_normalization = MSEmoBoostPooledNormalization(hidden_size) if use_normalization else None
+        self.pooled_normalization = (
+            MSEmoBoostPooledNormalization(config.backbone_config.hidden_size) if use_normalization else None
+        )
         self.classify_guidance = num_branches > 0 and (
             config.classifier_input == "pooled_and_guidance" or not config.use_backbone_features
         )

@@ -20,7 +20,7 @@ pytest.importorskip("onnxruntime")
 
 LABELS = ["angry", "happy", "neutral", "sad"]
 # The CPU recipe's options, so the graph covers standardised and pooled MFCC, mean-residual frame weights and the
-# classifier on [X'_w ; guidance].
+# classifier on [X'_w ; guidance]; and the recipe option pooled_normalization (batch norm at inference).
 RECIPE = {"frame_weighting": "mean_residual", "classifier_input": "pooled_and_guidance",
           "mfcc_normalization": "standardize", "mfcc_pool_frames": 10, "pooled_normalization": "batch_norm"}
 
