@@ -179,7 +179,7 @@ def main() -> None:
             report["pretraining"][name] = {
                 "loss_history": [(entry["step"], entry["loss"]) for entry in details["loss_history"]],
                 "minutes": (float(seconds.read_text()) if seconds.exists() else details.get("train_runtime_seconds") or 0) / 60,
-                "utterances": details["utterances"]}
+                "utterances": details["utterances"], "target": details.get("target", "log_mel")}
 
     audio, labels, speakers, names = emodb()
     folds = make_folds("loso", labels, speakers, np.array(["train"] * len(labels)), seed=0)
@@ -240,13 +240,17 @@ def plot_losses(pretraining: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(7, 4), dpi=100)
-    for name, details in pretraining.items():
-        steps, losses = zip(*details["loss_history"])
-        axis.plot(steps, losses, label=name)
-    axis.set(xlabel="step", ylabel="training loss (log-mel L1; EMS + intensity L1)",
-             title="Pretraining on RAVDESS + TESS")
-    axis.legend()
+    labels = {"log_mel": "training loss (log-mel L1; EMS + intensity L1)",
+              "clusters": "training loss (cluster cross-entropy; EMS + intensity L1)"}
+    targets = [target for target in labels if any(d.get("target", "log_mel") == target for d in pretraining.values())]
+    figure, axes = plt.subplots(1, len(targets), figsize=(7 * len(targets), 4), dpi=100, squeeze=False)
+    for axis, target in zip(axes[0], targets):  # the two targets' losses are on different scales
+        for name, details in pretraining.items():
+            if details.get("target", "log_mel") == target:
+                steps, losses = zip(*details["loss_history"])
+                axis.plot(steps, losses, label=name)
+        axis.set(xlabel="step", ylabel=labels[target], title="Pretraining on RAVDESS + TESS")
+        axis.legend()
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)

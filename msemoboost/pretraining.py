@@ -12,6 +12,11 @@ Masked acoustic modelling as in Mockingjay, on the backbone's own frames (Liu & 
   audio, over the chosen frames; the log-mel frames are the backbone's frames (window = its receptive field,
   hop = its stride), normalised per utterance and band.
 
+`target="clusters"` predicts HuBERT's first-iteration targets instead: each frame's cluster among `num_clusters`
+k-means centroids of 39-dimensional MFCC features (13 cepstra of that normalised log-mel, with deltas and
+delta-deltas), under a cross-entropy loss over the same chosen frames. `msemoboost pretrain` fits the centroids on
+the pretraining audio before the first step ([`fit_kmeans`]).
+
 With `masking="ems"` the frame intensity (from [`~msemoboost.intensity.MSEmoBoostIntensityModel`], aligned linearly to
 the backbone's frames) is also an input, added to the projected features through a learned projection (masked frames
 get the mask embedding instead, so their intensity is hidden), and a second head reconstructs it under its own L1
@@ -34,10 +39,11 @@ from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedMode
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from .acoustic_features import MSEmoBoostLogMel, MSEmoBoostPowerSpectrogram
+from .acoustic_features import MSEmoBoostLogMel, MSEmoBoostPowerSpectrogram, dct_matrix
 from .configuration_msemoboost import MSEmoBoostConfig, _as_audio_ssl_config
 
 MASKINGS = ("random", "ems")
+TARGETS = ("log_mel", "clusters")
 logger = logging.getLogger(__name__)
 
 
@@ -52,6 +58,9 @@ class MSEmoBoostPretrainingConfig(PretrainedConfig):
         mask_ratio (`float`, *optional*, defaults to 0.15): share of each utterance's frames in chosen runs.
         mask_span (`int`, *optional*, defaults to 7): frames per run.
         intensity_threshold (`float`, *optional*, defaults to 0.5): EMS takes runs starting above it first.
+        intensity_threshold_quantile (`float`, *optional*): instead of `intensity_threshold`, each utterance's own
+            quantile of its frame intensities (0.85: the most intense 15 % of its frames qualify), so that EMS
+            prefers the most intense runs within every utterance however the intensity model is calibrated.
         mask_probability (`float`, *optional*, defaults to 0.8): share of runs given the mask embedding.
         replace_probability (`float`, *optional*, defaults to 0.1): share of runs replaced by other audio; the rest
             stay unchanged.
@@ -60,6 +69,11 @@ class MSEmoBoostPretrainingConfig(PretrainedConfig):
         intensity_conditioning (`bool`, *optional*, defaults to `True`): EMS gives the frame intensity to the backbone
             as an input and reconstructs it with a second head, as the paper does; `False` keeps only the
             intensity-guided masking (an ablation).
+        target (`str`, *optional*, defaults to `"log_mel"`): `"log_mel"` (L1 reconstruction, Mockingjay/EMS) or
+            `"clusters"` (cross-entropy over k-means clusters of MFCC features, HuBERT's first iteration).
+        num_clusters (`int`, *optional*, defaults to 100): k-means centroids with `target="clusters"`.
+        num_mfcc (`int`, *optional*, defaults to 13): cepstra of the cluster features (with their deltas and
+            delta-deltas: `3 * num_mfcc` dimensions).
     """
 
     model_type = "msemoboost_pretraining"
@@ -72,11 +86,15 @@ class MSEmoBoostPretrainingConfig(PretrainedConfig):
         mask_ratio: float = 0.15,
         mask_span: int = 7,
         intensity_threshold: float = 0.5,
+        intensity_threshold_quantile: float | None = None,
         mask_probability: float = 0.8,
         replace_probability: float = 0.1,
         num_mel_bins: int = 80,
         intensity_loss_weight: float = 1.0,
         intensity_conditioning: bool = True,
+        target: str = "log_mel",
+        num_clusters: int = 100,
+        num_mfcc: int = 13,
         sampling_rate: int = 16000,
         **kwargs,
     ):
@@ -85,6 +103,13 @@ class MSEmoBoostPretrainingConfig(PretrainedConfig):
             raise ValueError(f"masking must be one of {list(MASKINGS)}, got {masking!r}.")
         if not 0 < mask_ratio < 1 or mask_span < 1:
             raise ValueError(f"mask_ratio must be in (0, 1) and mask_span at least 1; got {mask_ratio} and {mask_span}.")
+        if intensity_threshold_quantile is not None and not 0 < intensity_threshold_quantile < 1:
+            raise ValueError(f"intensity_threshold_quantile must be in (0, 1), got {intensity_threshold_quantile}.")
+        if target not in TARGETS:
+            raise ValueError(f"target must be one of {list(TARGETS)}, got {target!r}.")
+        if num_clusters < 2 or not 0 < num_mfcc <= num_mel_bins:
+            raise ValueError(f"num_clusters must be at least 2 and num_mfcc in [1, num_mel_bins = {num_mel_bins}]; got "
+                             f"{num_clusters} and {num_mfcc}.")
         if mask_probability < 0 or replace_probability < 0 or mask_probability + replace_probability > 1:
             raise ValueError("mask_probability and replace_probability must be non-negative and sum to at most 1; got "
                              f"{mask_probability} and {replace_probability}.")
@@ -92,11 +117,15 @@ class MSEmoBoostPretrainingConfig(PretrainedConfig):
         self.mask_ratio = mask_ratio
         self.mask_span = mask_span
         self.intensity_threshold = intensity_threshold
+        self.intensity_threshold_quantile = intensity_threshold_quantile
         self.mask_probability = mask_probability
         self.replace_probability = replace_probability
         self.num_mel_bins = num_mel_bins
         self.intensity_loss_weight = intensity_loss_weight
         self.intensity_conditioning = intensity_conditioning
+        self.target = target
+        self.num_clusters = num_clusters
+        self.num_mfcc = num_mfcc
         self.sampling_rate = sampling_rate
         super().__init__(**kwargs)
 
@@ -117,14 +146,55 @@ class MSEmoBoostPretrainingOutput(ModelOutput):
     Args:
         loss (`torch.FloatTensor` of shape `()`): reconstruction loss (+ the weighted intensity loss with EMS).
         reconstruction_loss (`torch.FloatTensor` of shape `()`), intensity_loss (`torch.FloatTensor` of shape `()`,
-            *optional*): the two terms.
-        reconstruction (`torch.FloatTensor` of shape `(batch_size, num_frames, num_mel_bins)`): predicted log-mel.
+            *optional*): the two terms (with `target="clusters"` the first is the cluster cross-entropy).
+        reconstruction (`torch.FloatTensor` of shape `(batch_size, num_frames, num_mel_bins)`, *optional*): predicted
+            log-mel (`target="log_mel"`).
+        cluster_logits (`torch.FloatTensor` of shape `(batch_size, num_frames, num_clusters)`, *optional*): predicted
+            clusters (`target="clusters"`).
     """
 
     loss: torch.FloatTensor | None = None
     reconstruction_loss: torch.FloatTensor | None = None
     intensity_loss: torch.FloatTensor | None = None
     reconstruction: torch.FloatTensor | None = None
+    cluster_logits: torch.FloatTensor | None = None
+
+
+def deltas(features: torch.Tensor, width: int = 2) -> torch.Tensor:
+    """Regression deltas over time (HTK/Kaldi, the edges repeated): `(batch_size, num_frames, dim)` → same shape."""
+    padded = torch.cat([features[:, :1].expand(-1, width, -1), features, features[:, -1:].expand(-1, width, -1)], 1)
+    frames = features.shape[1]
+    total = sum(n * (padded[:, width + n : width + n + frames] - padded[:, width - n : width - n + frames])
+                for n in range(1, width + 1))
+    return total / (2 * sum(n * n for n in range(1, width + 1)))
+
+
+def fit_kmeans(features: torch.Tensor, num_clusters: int, generator: torch.Generator, iterations: int = 50) -> torch.Tensor:
+    """Centroids `(num_clusters, dim)` of `features` `(num_points, dim)`: k-means++ seeding, then Lloyd iterations
+    (a centroid left with no points is moved to the point farthest from its own centroid)."""
+    if len(features) < num_clusters:
+        raise ValueError(f"k-means needs at least num_clusters = {num_clusters} frames; the audio gave {len(features)}.")
+    features = features.double()
+    centroids = features[torch.randint(len(features), (1,), generator=generator)]
+    closest = torch.cdist(features, centroids).square()[:, 0]
+    for _ in range(1, num_clusters):  # k-means++: each next centroid drawn in proportion to its squared distance
+        chosen = features[torch.multinomial(closest / closest.sum(), 1, generator=generator)]
+        centroids = torch.cat([centroids, chosen])
+        closest = torch.minimum(closest, torch.cdist(features, chosen).square()[:, 0])
+    for _ in range(iterations):
+        distances = torch.cdist(features, centroids)
+        assignment = distances.argmin(1)
+        counts = torch.bincount(assignment, minlength=num_clusters)
+        sums = torch.zeros_like(centroids).index_add_(0, assignment, features)
+        updated = sums / counts.clamp(min=1)[:, None]
+        for empty in torch.nonzero(counts == 0)[:, 0].tolist():
+            farthest = distances.gather(1, assignment[:, None])[:, 0].argmax()
+            updated[empty] = features[farthest]
+            distances[farthest] = 0
+        if torch.equal(updated, centroids):
+            break
+        centroids = updated
+    return centroids.float()
 
 
 def choose_runs(num_frames: int, config: MSEmoBoostPretrainingConfig, generator: torch.Generator,
@@ -133,8 +203,9 @@ def choose_runs(num_frames: int, config: MSEmoBoostPretrainingConfig, generator:
 
     Runs are disjoint: candidate starts are `0, span, 2 span, …` (every whole run inside the utterance), and
     `round(mask_ratio * num_frames / span)` of them are taken (at least one). With `intensity` `(num_frames,)`
-    (EMS), the candidates whose start frame's intensity exceeds the threshold come first, in random order, and
-    random other candidates fill the rest.
+    (EMS), the candidates whose start frame's intensity exceeds the threshold (`intensity_threshold`, or the
+    utterance's `intensity_threshold_quantile` of `intensity`) come first, in random order, and random other
+    candidates fill the rest.
     """
     span = config.mask_span
     candidates = torch.arange(0, num_frames - span + 1, span)
@@ -143,7 +214,10 @@ def choose_runs(num_frames: int, config: MSEmoBoostPretrainingConfig, generator:
     wanted = min(len(candidates), max(1, round(config.mask_ratio * num_frames / span)))
     order = candidates[torch.randperm(len(candidates), generator=generator)]
     if intensity is not None:
-        strong = intensity[order] > config.intensity_threshold
+        threshold = config.intensity_threshold
+        if config.intensity_threshold_quantile is not None:
+            threshold = torch.quantile(intensity.float(), config.intensity_threshold_quantile)
+        strong = intensity[order] > threshold
         order = torch.cat([order[strong], order[~strong]])
     return order[:wanted].sort().values
 
@@ -238,7 +312,8 @@ class MaskingSchedule(TrainerCallback):
 
 
 class MSEmoBoostForPretraining(PreTrainedModel):
-    """An SSL backbone with a log-mel reconstruction head (and, for EMS, an intensity input and head)."""
+    """An SSL backbone with a log-mel reconstruction head or a cluster head (and, for EMS, an intensity input and
+    head)."""
 
     config_class = MSEmoBoostPretrainingConfig
     base_model_prefix = "pretraining"
@@ -255,7 +330,13 @@ class MSEmoBoostForPretraining(PreTrainedModel):
         geometry = config.frame_geometry  # frame t of the target covers the samples SSL frame t sees
         self.log_mel = MSEmoBoostLogMel(geometry.min_input_samples, geometry.backbone_frame_stride, config.sampling_rate,
                                         config.num_mel_bins, center=False)
-        self.reconstruction_head = nn.Linear(hidden_size, config.num_mel_bins)
+        if config.target == "clusters":
+            self.cluster_head = nn.Linear(hidden_size, config.num_clusters)
+            self.register_buffer("cluster_centroids", torch.zeros(config.num_clusters, 3 * config.num_mfcc))
+            self.reconstruction_head = None
+        else:
+            self.reconstruction_head = nn.Linear(hidden_size, config.num_mel_bins)
+            self.cluster_head = self.cluster_centroids = None
         if config.masking == "ems" and config.intensity_conditioning:
             self.intensity_projection = nn.Linear(1, config.backbone_config.hidden_size)
             self.intensity_head = nn.Linear(hidden_size, 1)
@@ -270,6 +351,8 @@ class MSEmoBoostForPretraining(PreTrainedModel):
         if isinstance(module, MSEmoBoostPowerSpectrogram):
             for name, value in module.compute_buffers().items():
                 init.copy_(getattr(module, name), value)
+        elif module is self and self.cluster_centroids is not None:
+            init.zeros_(self.cluster_centroids)  # fitted on the pretraining audio by fit_cluster_targets
         elif module is self.intensity_projection:
             init.zeros_(module.weight)  # the backbone starts as without the intensity input
             init.zeros_(module.bias)
@@ -315,23 +398,57 @@ class MSEmoBoostForPretraining(PreTrainedModel):
                                    return_dict=True).last_hidden_state  # (batch_size, num_frames, hidden_size)
         finally:
             self._intensity_input = None
-        reconstruction = self.reconstruction_head(hidden)
+        clusters = self.cluster_head is not None
+        prediction = self.cluster_head(hidden) if clusters else self.reconstruction_head(hidden)
+        outputs = {"cluster_logits" if clusters else "reconstruction": prediction}
         if loss_mask is None:
-            return MSEmoBoostPretrainingOutput(reconstruction=reconstruction)
+            return MSEmoBoostPretrainingOutput(**outputs)
         target = self.log_mel(target_values if target_values is not None else input_values)
         frames = min(target.shape[1], hidden.shape[1])
-        target, reconstruction, loss_mask = target[:, :frames], reconstruction[:, :frames], loss_mask[:, :frames]
+        target, prediction, loss_mask = target[:, :frames], prediction[:, :frames], loss_mask[:, :frames]
         valid = self.frame_mask(attention_mask, input_values, frames)
         target = self.normalize(target, valid)
         selected = loss_mask & valid
-        reconstruction_loss = F.l1_loss(reconstruction[selected].float(), target[selected])
+        if clusters:
+            reconstruction_loss = F.cross_entropy(prediction[selected].float(), self.assign_clusters(target)[selected])
+        else:
+            reconstruction_loss = F.l1_loss(prediction[selected].float(), target[selected])
         loss, intensity_loss = reconstruction_loss, None
         if self.intensity_head is not None:
             predicted = self.intensity_head(hidden[:, :frames])[..., 0]
             intensity_loss = F.l1_loss(predicted[selected].float(), intensity[:, :frames][selected].float())
             loss = loss + self.config.intensity_loss_weight * intensity_loss
         return MSEmoBoostPretrainingOutput(loss=loss, reconstruction_loss=reconstruction_loss,
-                                           intensity_loss=intensity_loss, reconstruction=reconstruction)
+                                           intensity_loss=intensity_loss, **outputs)
+
+    def cluster_features(self, log_mel: torch.Tensor) -> torch.Tensor:
+        """MFCC with deltas and delta-deltas of a normalised log-mel `(batch_size, num_frames, num_mel_bins)`:
+        `(batch_size, num_frames, 3 * num_mfcc)`."""
+        dct = torch.from_numpy(dct_matrix(self.config.num_mel_bins, self.config.num_mfcc)).to(log_mel)
+        cepstra = log_mel @ dct
+        velocity = deltas(cepstra)
+        return torch.cat([cepstra, velocity, deltas(velocity)], dim=-1)
+
+    def assign_clusters(self, log_mel: torch.Tensor) -> torch.LongTensor:
+        """The nearest centroid of each frame's cluster features: `(batch_size, num_frames)`."""
+        features = self.cluster_features(log_mel.float())
+        return torch.cdist(features, self.cluster_centroids.float()[None].expand(len(features), -1, -1)).argmin(-1)
+
+    @torch.no_grad()
+    def fit_cluster_targets(self, waveforms: list[np.ndarray], seed: int = 0, max_frames: int = 200_000) -> None:
+        """Fits `cluster_centroids` by k-means on the cluster features of `waveforms` (each a 1-D array at the
+        config's sampling rate), at most `max_frames` frames drawn at random; the same audio and seed give the same
+        centroids."""
+        generator = torch.Generator().manual_seed(seed)
+        features = []
+        for waveform in waveforms:
+            log_mel = self.log_mel(torch.as_tensor(waveform, dtype=torch.float32)[None].to(self.device))
+            valid = torch.ones(log_mel.shape[:2], dtype=torch.bool, device=log_mel.device)
+            features.append(self.cluster_features(self.normalize(log_mel, valid))[0].cpu())
+        features = torch.cat(features)
+        if len(features) > max_frames:
+            features = features[torch.randperm(len(features), generator=generator)[:max_frames]]
+        self.cluster_centroids.copy_(fit_kmeans(features, self.config.num_clusters, generator))
 
     def frame_mask(self, attention_mask: torch.Tensor | None, input_values: torch.Tensor, num_frames: int) -> torch.Tensor:
         """`(batch_size, num_frames)`: frames whose whole window holds audio."""
@@ -350,8 +467,8 @@ class MSEmoBoostForPretraining(PreTrainedModel):
         return (log_mel - mean) / torch.sqrt(variance + 1e-5)
 
 
-__all__ = ["MASKINGS", "MSEmoBoostForPretraining", "MSEmoBoostMaskingCollator", "MSEmoBoostPretrainingConfig",
-           "assign_runs", "choose_runs"]
+__all__ = ["MASKINGS", "TARGETS", "MSEmoBoostForPretraining", "MSEmoBoostMaskingCollator",
+           "MSEmoBoostPretrainingConfig", "assign_runs", "choose_runs", "deltas", "fit_kmeans"]
 
 
 # --- `msemoboost pretrain` -----------------------------------------------------------------------------------------
@@ -372,6 +489,9 @@ class PretrainingArguments:
     mask_ratio: float = field(default=0.15, metadata={"help": "Share of frames in chosen runs."})
     mask_span: int = field(default=7, metadata={"help": "Frames per run."})
     intensity_threshold: float = field(default=0.5, metadata={"help": "EMS takes runs starting above it first."})
+    intensity_threshold_quantile: float | None = field(default=None, metadata={
+        "help": "Instead of --intensity_threshold: each utterance's own quantile of its frame intensities (0.85: its "
+                "most intense 15 %% of frames qualify)."})
     mask_probability: float = field(default=0.8, metadata={"help": "Share of runs given the mask embedding."})
     replace_probability: float = field(default=0.1, metadata={"help": "Share of runs replaced by other audio."})
     num_mel_bins: int = field(default=80, metadata={"help": "Bands of the log-mel target."})
@@ -379,6 +499,11 @@ class PretrainingArguments:
     intensity_conditioning: bool = field(default=True, metadata={"help": "EMS: give the intensity as an input and "
                                          "reconstruct it (the paper); false keeps only the guided masking."})
     max_seconds: float = field(default=4.0, metadata={"help": "Random crop of each utterance per step."})
+    target: str = field(default="log_mel", metadata={"help": "log_mel (L1 reconstruction, Mockingjay/EMS) or clusters "
+                                                              "(k-means on MFCC, HuBERT's first iteration)."})
+    num_clusters: int = field(default=100, metadata={"help": "With --target clusters: k-means centroids."})
+    kmeans_max_frames: int = field(default=200_000, metadata={"help": "With --target clusters: frames k-means is fitted "
+                                                                      "on, drawn at random from the pretraining audio."})
 
 
 def parse_pretraining_arguments(argv: list[str]):
@@ -394,6 +519,8 @@ def parse_pretraining_arguments(argv: list[str]):
     args, training_args = parser.parse_args_into_dataclasses(args=argv)
     if args.masking not in MASKINGS:
         parser.error(f"--masking must be one of {list(MASKINGS)}, got {args.masking!r}")
+    if args.target not in TARGETS:
+        parser.error(f"--target must be one of {list(TARGETS)}, got {args.target!r}")
     if args.masking == "ems" and not args.intensity_model:
         parser.error("--masking ems needs --intensity_model DIR (train one with: msemoboost intensity train)")
     if args.model_name_or_path and args.backbone_config:
@@ -423,9 +550,11 @@ def pretrain(argv: list[str]) -> int:
         backbone_config = json.loads(args.backbone_config) if args.backbone_config else None
     config = MSEmoBoostPretrainingConfig(
         backbone_config=backbone_config, masking=args.masking, mask_ratio=args.mask_ratio, mask_span=args.mask_span,
-        intensity_threshold=args.intensity_threshold, mask_probability=args.mask_probability,
+        intensity_threshold=args.intensity_threshold, intensity_threshold_quantile=args.intensity_threshold_quantile,
+        mask_probability=args.mask_probability,
         replace_probability=args.replace_probability, num_mel_bins=args.num_mel_bins,
-        intensity_loss_weight=args.intensity_loss_weight, intensity_conditioning=args.intensity_conditioning)
+        intensity_loss_weight=args.intensity_loss_weight, intensity_conditioning=args.intensity_conditioning,
+        target=args.target, num_clusters=args.num_clusters)
     intensity_model = None
     if args.intensity_model:
         from .intensity import MSEmoBoostIntensityModel
@@ -461,6 +590,9 @@ def pretrain(argv: list[str]) -> int:
     training_args = dataclasses.replace(training_args, output_dir=str(output / "checkpoints"),
                                         remove_unused_columns=False, dataloader_num_workers=0)
     model = MSEmoBoostForPretraining(config, backbone=backbone)
+    if config.target == "clusters":  # the same audio and seed give the same centroids, also on a resume
+        model.fit_cluster_targets(waveforms, seed=training_args.seed, max_frames=args.kmeans_max_frames)
+        logger.warning(f"Fitted {config.num_clusters} k-means clusters of MFCC features as the targets.")
     trainer = Trainer(model=model, args=training_args, train_dataset=Audio(), data_collator=collator,
                       callbacks=[MaskingSchedule(collator)])
     resume = training_args.resume_from_checkpoint

@@ -26,6 +26,8 @@ from msemoboost.pretraining import (
     MSEmoBoostPretrainingConfig,
     assign_runs,
     choose_runs,
+    deltas,
+    fit_kmeans,
 )
 from tiny import TINY_BACKBONE, speech_like
 
@@ -69,6 +71,23 @@ def test_ems_takes_the_runs_above_the_threshold_first_and_fills_with_random_ones
     counts = sum(len(set(choose_runs(700, config(), torch.Generator().manual_seed(s), intensity).tolist())
                      & set(few.tolist())) for s in range(40))
     assert counts < 40 * 5 * 0.4  # about 15 % of 5 per draw by chance, far from all 5
+
+
+def test_a_threshold_quantile_prefers_each_utterance_s_own_most_intense_runs():
+    with pytest.raises(ValueError, match=r"^intensity_threshold_quantile must be in \(0, 1\), got 1\.5\.$"):
+        config(intensity_threshold_quantile=1.5)
+    # Every frame is above the fixed threshold 0.5, so only the quantile tells the runs apart: with 0.85 the frames
+    # of the top 15 % (ranks 595-699, intensity above the 0.85 quantile 0.6 + 0.3 * 594.15 / 699) come first.
+    intensity = 0.6 + 0.3 * torch.arange(700.0) / 699
+    intensity = intensity[torch.randperm(700, generator=torch.Generator().manual_seed(2))]
+    threshold = torch.quantile(intensity, 0.85)
+    above = set(torch.nonzero(intensity > threshold)[:, 0].tolist())
+    candidates_above = [start for start in range(0, 694, 7) if start in above]
+    for seed in range(5):
+        runs = choose_runs(700, config(intensity_threshold_quantile=0.85), torch.Generator().manual_seed(seed), intensity)
+        assert len(runs) == 15 and set(candidates_above) <= set(runs.tolist())
+        fixed = choose_runs(700, config(), torch.Generator().manual_seed(seed), intensity)
+        assert torch.equal(fixed, choose_runs(700, config(), torch.Generator().manual_seed(seed)))  # all "strong"
 
 
 def test_runs_are_masked_replaced_and_kept_80_10_10():
@@ -151,6 +170,62 @@ def test_ems_without_intensity_conditioning_keeps_only_the_guided_masking():
     torch.testing.assert_close(output.reconstruction, without_intensity.reconstruction, rtol=0, atol=0)
 
 
+# --- HuBERT-style cluster targets ------------------------------------------------------------------------------
+
+
+def test_deltas_are_the_regression_slope_with_the_edges_repeated():
+    ramp = torch.arange(10.0)[None, :, None] * torch.tensor([1.0, -3.0])  # (1, 10, 2): slopes 1 and -3
+    velocity = deltas(ramp)
+    torch.testing.assert_close(velocity[0, 2:-2], torch.tensor([1.0, -3.0]).expand(6, 2))
+    # Frame 0 sees frames (0, 0, 0, 1, 2): (1 * (1 - 0) + 2 * (2 - 0)) / 10 = 0.5 of the slope.
+    torch.testing.assert_close(velocity[0, 0], torch.tensor([0.5, -1.5]))
+    torch.testing.assert_close(velocity[0, -1], torch.tensor([0.5, -1.5]))
+
+
+def test_kmeans_finds_separated_clusters_and_is_seeded():
+    generator = torch.Generator().manual_seed(0)
+    truth = torch.arange(3).repeat_interleave(50)
+    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    points = centres[truth] + 0.1 * torch.randn(150, 2, generator=generator)
+    centroids = fit_kmeans(points, 3, torch.Generator().manual_seed(1))
+    assignment = torch.cdist(points, centroids).argmin(1)
+    assert len(set(zip(truth.tolist(), assignment.tolist()))) == 3  # the same partition, up to the labels' order
+    for label in range(3):
+        torch.testing.assert_close(centroids[assignment[truth == label][0]], points[truth == label].mean(0))
+    torch.testing.assert_close(fit_kmeans(points, 3, torch.Generator().manual_seed(1)), centroids, rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"^k-means needs at least num_clusters = 200 frames; the audio gave 150\.$"):
+        fit_kmeans(points, 200, generator)
+
+
+def test_cluster_targets_replace_the_log_mel_head_and_score_the_chosen_frames_by_cross_entropy():
+    with pytest.raises(ValueError, match=r"^target must be one of \['log_mel', 'clusters'\], got 'mfcc'\.$"):
+        config(target="mfcc")
+    torch.manual_seed(0)
+    model = MSEmoBoostForPretraining(config(target="clusters", num_clusters=8)).eval()
+    assert "cluster_centroids" in model.state_dict() and model.reconstruction_head is None
+    assert not model.cluster_centroids.any()  # fitted on the pretraining audio, not at construction
+    waveforms = [speech_like(40_000, 0), speech_like(24_000, 1)]
+    model.fit_cluster_targets(waveforms, seed=0)
+    assert model.cluster_centroids.shape == (8, 39) and model.cluster_centroids.any()
+    refitted = MSEmoBoostForPretraining(config(target="clusters", num_clusters=8))
+    refitted.fit_cluster_targets(waveforms, seed=0)
+    torch.testing.assert_close(refitted.cluster_centroids, model.cluster_centroids, rtol=0, atol=0)
+
+    batch = MSEmoBoostMaskingCollator(model.config)([{"waveform": waveform} for waveform in waveforms])
+    with torch.no_grad():
+        output = model(**batch)
+        frames = output.cluster_logits.shape[1]
+        log_mel = model.log_mel(batch["target_values"])[:, :frames]
+        valid = model.frame_mask(batch["attention_mask"], batch["input_values"], frames)
+        targets = model.assign_clusters(model.normalize(log_mel, valid))
+    assert output.reconstruction is None and output.cluster_logits.shape == (2, frames, 8)
+    assert len(targets.unique()) > 1
+    selected = batch["loss_mask"][:, :frames] & valid
+    expected = torch.nn.functional.cross_entropy(output.cluster_logits[selected], targets[selected])
+    torch.testing.assert_close(output.loss, expected)
+    torch.testing.assert_close(output.loss, output.reconstruction_loss)
+
+
 # --- Pretraining runs ------------------------------------------------------------------------------------------
 
 
@@ -167,6 +242,16 @@ def test_a_tiny_pretraining_run_lowers_its_loss(pretrained):
     losses = [entry["loss"] for entry in history]
     assert len(losses) == 40 and np.mean(losses[-4:]) < 0.9 * np.mean(losses[:4])
     assert (pretrained / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_tiny_cluster_target_run_lowers_its_loss_and_saves_a_plain_backbone(corpus_dir, tmp_path):
+    assert main(["pretrain", "--dataset_name", str(corpus_dir), "--output_dir", str(tmp_path), "--max_steps", "30",
+                 "--target", "clusters", "--num_clusters", "8", *PRETRAIN]) == 0
+    details = json.loads((tmp_path / "pretraining_args.json").read_text())
+    assert details["pretraining_config"]["target"] == "clusters"
+    losses = [entry["loss"] for entry in details["loss_history"]]
+    assert losses[0] > 1.5 and np.mean(losses[-4:]) < 0.9 * np.mean(losses[:4])  # from about ln 8 = 2.08
+    assert set(load_file(tmp_path / "model.safetensors")) == set(AutoModel.from_pretrained(tmp_path).state_dict())
 
 
 def test_the_output_is_a_plain_backbone_that_automodel_and_msemoboost_load(pretrained):
@@ -231,6 +316,9 @@ def test_pretrain_usage_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["pretrain", "--dataset_name", "x", "--output_dir", str(tmp_path / "o"), "--masking", "ems"])
     assert "--masking ems needs --intensity_model DIR" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["pretrain", "--dataset_name", "x", "--output_dir", str(tmp_path / "o"), "--target", "mfcc"])
+    assert "--target must be one of ['log_mel', 'clusters'], got 'mfcc'" in capsys.readouterr().err
     assert main(["pretrain", "--dataset_name", "x", "--output_dir", str(tmp_path / "o"), "--masking", "ems",
                  "--intensity_model", str(tmp_path / "empty")]) == 2
     assert f"--intensity_model {tmp_path / 'empty'}: not an intensity model folder" in capsys.readouterr().err
