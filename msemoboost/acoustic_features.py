@@ -67,6 +67,7 @@ class MSEmoBoostPowerSpectrogram(nn.Module):
     n_fft: int
     hop_length: int
     center: bool = True  # librosa's framing; False: frame t covers samples [t * hop, t * hop + n_fft)
+    rows_per_step: int | None = None  # set by use_matmul_fft: `forward` computes the rows in groups of this many
 
     def register_feature_buffers(self):
         for name, value in self.compute_buffers().items():
@@ -85,7 +86,26 @@ class MSEmoBoostPowerSpectrogram(nn.Module):
                 self._buffers[name] = value.to(buffer.device)
         return self
 
-    def use_matmul_fft(self):
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        """The subclass's `features` of each row of `waveform` `(batch_size, num_samples)`, each row on its own.
+
+        After `use_matmul_fft(rows_per_step)`, the rows go through in groups of `rows_per_step` (zero rows pad the
+        last group), one `scan` step each (a `Scan` node in an exported graph): the FFT's intermediates then never
+        exist for all the segments of a long recording at once. The same numbers either way.
+        """
+        if self.rows_per_step is None:
+            return self.features(waveform)
+        from torch._higher_order_ops.scan import scan
+
+        rows, step = waveform.shape[0], self.rows_per_step
+        groups = F.pad(waveform, (0, 0, 0, (-rows) % step)).unflatten(0, (-1, step))  # (num_groups, step, num_samples)
+        _, features = scan(lambda carry, group: (carry.clone(), self.features(group)), waveform.new_zeros(()), groups)
+        return features.flatten(0, 1)[:rows]
+
+    def features(self, waveform: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def use_matmul_fft(self, rows_per_step: int | None = None):
         """Computes `|STFT|^2` by matrix products instead of `torch.stft`: a four-step FFT.
 
         `n_fft = n1 * n2` (`n1` the largest factor up to its square root): each windowed frame, read as an `(n1, n2)`
@@ -95,8 +115,9 @@ class MSEmoBoostPowerSpectrogram(nn.Module):
         them), at about `2 * n1 * n2 * (n1 + n2)` multiply-adds per frame instead of a DFT's `n_fft ** 2`: 0.4 M at
         2048 points, 0.1 M at 800. `msemoboost.export` switches it on for the ONNX graph, where ONNX Runtime's STFT is
         about ten times slower than torch's FFT (and a direct DFT for a size that is not a power of two). PyTorch keeps
-        `torch.stft`.
+        `torch.stft`. With `rows_per_step`, `forward` also computes the rows in groups of that many.
         """
+        self.rows_per_step = rows_per_step
         n = self.n_fft
         n1 = max(factor for factor in range(1, math.isqrt(n) + 1) if n % factor == 0)
         n2, k2 = n // n1, n // 2 // n1 + 1  # output k = k1 + n1 * k2 for k1 < n1, k2 < k2: enough for k <= n // 2
@@ -195,7 +216,7 @@ class MSEmoBoostMFCC(MSEmoBoostPowerSpectrogram):
             "dct": torch.tensor(dct, dtype=torch.float32),
         }
 
-    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+    def features(self, waveform: torch.Tensor) -> torch.Tensor:
         power = self.power_spectrogram(waveform).transpose(1, 2)  # (batch_size, num_frames, num_frequency_bins)
         log_mel = power_to_db(power @ self.mel_filters.float(), amin=1e-10, top_db=self.top_db)
         return log_mel @ self.dct.float()
@@ -223,7 +244,7 @@ class MSEmoBoostSpectrogram(MSEmoBoostPowerSpectrogram):
         window = window_function(self.win_length, self.window_name, periodic=True, frame_length=self.n_fft)
         return {"window": torch.tensor(window, dtype=torch.float32)}
 
-    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+    def features(self, waveform: torch.Tensor) -> torch.Tensor:
         power = self.power_spectrogram(waveform)  # (batch_size, num_frequency_bins, num_frames)
         # amplitude_to_db(ref=np.max) is power_to_db of the squared amplitude with amin 1e-5 ** 2. Its reference only
         # shifts each image by a constant (the floor is top_db below the image's own peak), which the min-max scaling

@@ -55,7 +55,9 @@ class MSEmoBoostForONNX(nn.Module):
     """A trained [`MSEmoBoostForSequenceClassification`] as one graph from the raw waveform to logits.
 
     It computes both branches' STFTs by matrix products, a four-step FFT
-    ([`MSEmoBoostPowerSpectrogram.use_matmul_fft`]), switched on in `model`.
+    ([`MSEmoBoostPowerSpectrogram.use_matmul_fft`]), switched on in `model`, over `config.segment_chunk_size`
+    segments at a time (a `Scan` node), as PyTorch runs its segments: the FFT's intermediates for a long recording's
+    hundreds of segments never exist at once.
 
     Forward inputs: `input_values` `(batch_size, num_samples)`, raw float waveforms in [-1, 1], right-padded, and
     `attention_mask` `(batch_size, num_samples)`, 1 on audio and 0 on padding.
@@ -72,7 +74,7 @@ class MSEmoBoostForONNX(nn.Module):
         self.normalize = normalize
         for module in model.modules():  # ONNX Runtime's STFT is ten times slower than torch's
             if isinstance(module, (MSEmoBoostMFCC, MSEmoBoostSpectrogram)):
-                module.use_matmul_fft()
+                module.use_matmul_fft(rows_per_step=model.config.segment_chunk_size)
         self.single_label = model.config.problem_type in (None, "single_label_classification")
 
     def forward(self, input_values: torch.Tensor, attention_mask: torch.Tensor):
@@ -201,9 +203,9 @@ def quantize_int8(source: Path, destination: Path, calibration: list[np.ndarray]
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    front_end = {".mfcc.mel_filters", ".mfcc.dct", ".fft_first", ".fft_second"}
+    front_end = ("mel_filters", "dct", "fft_first", "fft_second")
     graph = onnx.load(str(source), load_external_data=False).graph
-    excluded = [node.name for node in graph.node if any(name.endswith(tuple(front_end)) for name in node.input)]
+    excluded = [node.name for node in graph_nodes(graph) if any(name.endswith(front_end) for name in node.input)]
     prepared = destination.with_name(destination.stem + ".prepared.onnx")
     convolutions = destination.with_name(destination.stem + ".conv.onnx")
     try:
@@ -221,6 +223,17 @@ def quantize_int8(source: Path, destination: Path, calibration: list[np.ndarray]
         prepared.unlink(missing_ok=True)
         convolutions.unlink(missing_ok=True)
     return destination
+
+
+def graph_nodes(graph) -> list:
+    """Every node of an ONNX graph, those of its subgraphs (the front end's `Scan` body) included."""
+    nodes = []
+    for node in graph.node:
+        nodes.append(node)
+        for attribute in node.attribute:
+            for subgraph in [attribute.g] if attribute.HasField("g") else list(attribute.graphs):
+                nodes += graph_nodes(subgraph)
+    return nodes
 
 
 class CalibrationReader:

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from msemoboost import MSEmoBoostConfig, MSEmoBoostFeatureExtractor, MSEmoBoostForSequenceClassification
 from msemoboost.acoustic_features import MSEmoBoostMFCC, MSEmoBoostSpectrogram, pre_emphasis
 from msemoboost.cli import main
-from msemoboost.export import INT8_NAME, ONNX_NAME, ONNXClassifier, export
+from msemoboost.export import INT8_NAME, ONNX_NAME, ONNXClassifier, export, graph_nodes
 from msemoboost.modeling_msemoboost import MSEmoBoostSelfAttention
 from tiny import tiny_model
 
@@ -20,9 +20,11 @@ pytest.importorskip("onnxruntime")
 
 LABELS = ["angry", "happy", "neutral", "sad"]
 # The CPU recipe's options, so the graph covers standardised and pooled MFCC, mean-residual frame weights and the
-# classifier on [X'_w ; guidance]; and the recipe option pooled_normalization (batch norm at inference).
+# classifier on [X'_w ; guidance]; and the recipe option pooled_normalization (batch norm at inference). Segments
+# go through 2 at a time, so the graph's front end takes several Scan steps, the last one padded.
 RECIPE = {"frame_weighting": "mean_residual", "classifier_input": "pooled_and_guidance",
-          "mfcc_normalization": "standardize", "mfcc_pool_frames": 10, "pooled_normalization": "batch_norm"}
+          "mfcc_normalization": "standardize", "mfcc_pool_frames": 10, "pooled_normalization": "batch_norm",
+          "segment_chunk_size": 2}
 
 
 def save_model(directory: Path, **overrides) -> Path:
@@ -82,6 +84,15 @@ def test_the_four_step_fft_holds_for_any_frame_size(n_fft):
     assert ((by_product.power_spectrogram(waveform) - expected).abs().amax() / expected.amax()).item() < 1e-5
 
 
+def test_the_front_end_in_groups_of_rows_gives_the_same_numbers():
+    spectrogram = MSEmoBoostSpectrogram(MSEmoBoostConfig())
+    spectrogram.use_matmul_fft()
+    waveform = 0.1 * torch.randn(5, 16_000, generator=torch.Generator().manual_seed(0))
+    expected = spectrogram(waveform)
+    spectrogram.use_matmul_fft(rows_per_step=2)  # groups of 2, 2 and 1 + a zero row
+    torch.testing.assert_close(spectrogram(waveform), expected, rtol=0, atol=0)
+
+
 def test_export_writes_the_graph_with_config_and_preprocessor_beside_it(exported):
     model_dir, output = exported
     for name in ("config.json", "preprocessor_config.json"):
@@ -91,9 +102,10 @@ def test_export_writes_the_graph_with_config_and_preprocessor_beside_it(exported
     assert [value.name for value in graph.graph.output] == ["logits", "segment_logits", "segments_per_utterance"]
     for value in graph.graph.input:  # batch and length are dynamic
         assert [dim.dim_param != "" for dim in value.type.tensor_type.shape.dim] == [True, True]
-    operators = {node.op_type for node in graph.graph.node}
+    operators = {node.op_type for node in graph_nodes(graph.graph)}
     assert {"LSTM", "Conv", "Resize"} <= operators  # the guidance branches are inside the graph
     assert not {"STFT", "DFT"} & operators  # both STFTs are the four-step FFT's matrix products
+    assert [node.op_type for node in graph.graph.node].count("Scan") == 2  # MFCC and spectrogram, in groups of rows
     assert json.loads((output / "export.json").read_text())["normalizes_input"] is True
     index_tables = [tuple(tensor.dims) for tensor in graph.graph.initializer if tensor.data_type == onnx.TensorProto.INT64
                     and len(tensor.dims) > 1 and np.prod(tensor.dims) > 10_000]
@@ -133,10 +145,11 @@ def test_int8_quantizes_the_matmuls_and_the_lstm_and_stays_close_to_fp32(exporte
     fp32, int8 = (onnx.load(str(output / name)) for name in (ONNX_NAME, INT8_NAME))
     assert {"MatMulInteger", "DynamicQuantizeLSTM"} <= {node.op_type for node in int8.graph.node}
     assert not {"MatMulInteger", "DynamicQuantizeLSTM"} & {node.op_type for node in fp32.graph.node}
-    front_end = [node.op_type for node in int8.graph.node if any(name.endswith((".mel_filters", ".dct")) for name in node.input)]
-    assert front_end == ["MatMul", "MatMul"]  # the mel filter bank and the DCT stay float
+    front_end = [node.op_type for node in graph_nodes(int8.graph)
+                 if any(name.endswith((".mel_filters", ".dct")) for name in node.input)]
+    assert front_end == ["MatMul", "MatMul"]  # the mel filter bank and the DCT stay float (in the Scan's body)
     constants = {initializer.name for initializer in int8.graph.initializer}
-    float_weights = {name for node in int8.graph.node if node.op_type in ("MatMul", "Gemm", "LSTM")
+    float_weights = {name for node in graph_nodes(int8.graph) if node.op_type in ("MatMul", "Gemm", "LSTM")
                      for name in node.input if name in constants}
     front_end = {f"model.msemoboost.{encoder}.{name}" for encoder in ("mfcc_encoder.mfcc", "spectrogram_encoder.spectrogram")
                  for name in ("fft_first", "fft_second")}  # the FFT's bases stay float too
