@@ -89,16 +89,19 @@ class MSEmoBoostPowerSpectrogram(nn.Module):
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
         """The subclass's `features` of each row of `waveform` `(batch_size, num_samples)`, each row on its own.
 
-        After `use_matmul_fft(rows_per_step)`, the rows go through in groups of `rows_per_step` (zero rows pad the
-        last group), one `scan` step each (a `Scan` node in an exported graph): the FFT's intermediates then never
-        exist for all the segments of a long recording at once. The same numbers either way.
+        After `use_matmul_fft(rows_per_step)`, the rows go through in `ceil(batch_size / rows_per_step)` equal groups
+        of at most `rows_per_step` rows (padded with fewer zero rows than there are groups), one `scan` step each (a
+        `Scan` node in an exported graph): the FFT's intermediates then never exist for all the segments of a long
+        recording at once, and a short input is not padded up to `rows_per_step`. The same numbers either way.
         """
         if self.rows_per_step is None:
             return self.features(waveform)
         from torch._higher_order_ops.scan import scan
 
-        rows, step = waveform.shape[0], self.rows_per_step
-        groups = F.pad(waveform, (0, 0, 0, (-rows) % step)).unflatten(0, (-1, step))  # (num_groups, step, num_samples)
+        rows = waveform.shape[0]
+        num_groups = (rows + self.rows_per_step - 1) // self.rows_per_step
+        step = (rows + num_groups - 1) // num_groups  # at most rows_per_step, and fewer than num_groups pad rows
+        groups = F.pad(waveform, (0, 0, 0, num_groups * step - rows)).reshape(num_groups, step, -1)
         _, features = scan(lambda carry, group: (carry.clone(), self.features(group)), waveform.new_zeros(()), groups)
         return features.flatten(0, 1)[:rows]
 
