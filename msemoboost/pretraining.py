@@ -15,7 +15,7 @@ Masked acoustic modelling as in Mockingjay, on the backbone's own frames (Liu & 
 `target="clusters"` predicts HuBERT's first-iteration targets instead: each frame's cluster among `num_clusters`
 k-means centroids of 39-dimensional MFCC features (13 cepstra of that normalised log-mel, with deltas and
 delta-deltas), under a cross-entropy loss over the same chosen frames. `msemoboost pretrain` fits the centroids on
-the pretraining audio before the first step ([`fit_kmeans`]).
+the pretraining audio before the first step ([`fit_kmeans`], scikit-learn's k-means).
 
 With `masking="ems"` the frame intensity (from [`~msemoboost.intensity.MSEmoBoostIntensityModel`], aligned linearly to
 the backbone's frames) is also an input, added to the projected features through a learned projection (masked frames
@@ -169,32 +169,16 @@ def deltas(features: torch.Tensor, width: int = 2) -> torch.Tensor:
     return total / (2 * sum(n * n for n in range(1, width + 1)))
 
 
-def fit_kmeans(features: torch.Tensor, num_clusters: int, generator: torch.Generator, iterations: int = 50) -> torch.Tensor:
-    """Centroids `(num_clusters, dim)` of `features` `(num_points, dim)`: k-means++ seeding, then Lloyd iterations
-    (a centroid left with no points is moved to the point farthest from its own centroid)."""
+def fit_kmeans(features: torch.Tensor, num_clusters: int, seed: int = 0, max_iter: int = 100) -> torch.Tensor:
+    """Centroids `(num_clusters, dim)` of `features` `(num_points, dim)`: scikit-learn's `KMeans` (k-means++
+    seeding, Lloyd iterations), seeded."""
+    from sklearn.cluster import KMeans
+
     if len(features) < num_clusters:
         raise ValueError(f"k-means needs at least num_clusters = {num_clusters} frames; the audio gave {len(features)}.")
-    features = features.double()
-    centroids = features[torch.randint(len(features), (1,), generator=generator)]
-    closest = torch.cdist(features, centroids).square()[:, 0]
-    for _ in range(1, num_clusters):  # k-means++: each next centroid drawn in proportion to its squared distance
-        chosen = features[torch.multinomial(closest / closest.sum(), 1, generator=generator)]
-        centroids = torch.cat([centroids, chosen])
-        closest = torch.minimum(closest, torch.cdist(features, chosen).square()[:, 0])
-    for _ in range(iterations):
-        distances = torch.cdist(features, centroids)
-        assignment = distances.argmin(1)
-        counts = torch.bincount(assignment, minlength=num_clusters)
-        sums = torch.zeros_like(centroids).index_add_(0, assignment, features)
-        updated = sums / counts.clamp(min=1)[:, None]
-        for empty in torch.nonzero(counts == 0)[:, 0].tolist():
-            farthest = distances.gather(1, assignment[:, None])[:, 0].argmax()
-            updated[empty] = features[farthest]
-            distances[farthest] = 0
-        if torch.equal(updated, centroids):
-            break
-        centroids = updated
-    return centroids.float()
+    kmeans = KMeans(n_clusters=num_clusters, init="k-means++", n_init=1, max_iter=max_iter, random_state=seed)
+    kmeans.fit(features.double().numpy())
+    return torch.from_numpy(kmeans.cluster_centers_).float()
 
 
 def choose_runs(num_frames: int, config: MSEmoBoostPretrainingConfig, generator: torch.Generator,
@@ -448,7 +432,7 @@ class MSEmoBoostForPretraining(PreTrainedModel):
         features = torch.cat(features)
         if len(features) > max_frames:
             features = features[torch.randperm(len(features), generator=generator)[:max_frames]]
-        self.cluster_centroids.copy_(fit_kmeans(features, self.config.num_clusters, generator))
+        self.cluster_centroids.copy_(fit_kmeans(features, self.config.num_clusters, seed))
 
     def frame_mask(self, attention_mask: torch.Tensor | None, input_values: torch.Tensor, num_frames: int) -> torch.Tensor:
         """`(batch_size, num_frames)`: frames whose whole window holds audio."""

@@ -187,14 +187,14 @@ def test_kmeans_finds_separated_clusters_and_is_seeded():
     truth = torch.arange(3).repeat_interleave(50)
     centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
     points = centres[truth] + 0.1 * torch.randn(150, 2, generator=generator)
-    centroids = fit_kmeans(points, 3, torch.Generator().manual_seed(1))
+    centroids = fit_kmeans(points, 3, seed=1)
     assignment = torch.cdist(points, centroids).argmin(1)
     assert len(set(zip(truth.tolist(), assignment.tolist()))) == 3  # the same partition, up to the labels' order
     for label in range(3):
         torch.testing.assert_close(centroids[assignment[truth == label][0]], points[truth == label].mean(0))
-    torch.testing.assert_close(fit_kmeans(points, 3, torch.Generator().manual_seed(1)), centroids, rtol=0, atol=0)
+    torch.testing.assert_close(fit_kmeans(points, 3, seed=1), centroids, rtol=0, atol=0)
     with pytest.raises(ValueError, match=r"^k-means needs at least num_clusters = 200 frames; the audio gave 150\.$"):
-        fit_kmeans(points, 200, generator)
+        fit_kmeans(points, 200)
 
 
 def test_cluster_targets_replace_the_log_mel_head_and_score_the_chosen_frames_by_cross_entropy():
