@@ -20,9 +20,11 @@ timings only. Threads: 2 for every engine (`--threads`). Results: benchmarks/res
 """
 
 import argparse
+import atexit
 import csv
 import json
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -309,6 +311,7 @@ def main() -> None:
 
     report["onnxruntime"] = onnxruntime.__version__
     work = Path(tempfile.mkdtemp(prefix="msemoboost-deploy-"))
+    atexit.register(shutil.rmtree, work, ignore_errors=True)  # the models and exports: 1.7 GB at the paper's size
     if args.profile:
         return profile_main(args, report, work)
     for size in args.sizes:
