@@ -203,7 +203,7 @@ def quantize_int8(source: Path, destination: Path, calibration: list[np.ndarray]
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    front_end = ("mel_filters", "dct", "fft_first", "fft_second")
+    front_end = (".mel_filters", ".dct", ".fft_first", ".fft_second")
     graph = onnx.load(str(source), load_external_data=False).graph
     excluded = [node.name for node in graph_nodes(graph) if any(name.endswith(front_end) for name in node.input)]
     prepared = destination.with_name(destination.stem + ".prepared.onnx")
