@@ -19,7 +19,9 @@ after it override the file. Protocols (`--protocol`):
 Early stopping and the choice of the best checkpoint use a validation part drawn from each fold's *training*
 speakers only (whole speakers, `--validation_fraction` of them, chosen with scikit-learn's `StratifiedGroupKFold`):
 the test speaker never takes part in model selection. Without a speaker column, a stratified random part of the
-training utterances is used instead.
+training utterances is used instead. `--validation_fraction 0` holds nothing out: each fold trains on all of its
+training speakers for the whole schedule and keeps its last weights, or the average of its last N epochs' weights
+(`--average_last_epochs N`).
 
 Training is at segment level: the model cuts each utterance into 3 s segments and scores every segment against its
 utterance's label. Evaluation is at utterance level: segment log-probabilities are averaged per utterance, and WA/UA
@@ -69,6 +71,7 @@ from msemoboost.reporting import (
     write_json,
 )
 from msemoboost.training import (
+    CheckpointAveraging,
     MSEmoBoostTrainer,
     StagedUnfreezing,
     WaUaMetrics,
@@ -271,10 +274,17 @@ class ProtocolArguments:
     )
     validation_fraction: float = field(
         default=0.15,
-        metadata={"help": "Share of each fold's training speakers (whole speakers) held out for early stopping."},
+        metadata={"help": "Share of each fold's training speakers (whole speakers) held out for early stopping. 0: "
+                  "none; every training utterance trains, for the whole schedule, without early stopping (a dataset's "
+                  "own validation split, under --protocol splits, is still used)."},
     )
     early_stopping_patience: int | None = field(
-        default=None, metadata={"help": "Stop a fold after this many evaluations without improvement."}
+        default=None, metadata={"help": "Stop a fold after this many evaluations without improvement (ignored when the "
+                                "fold has no validation part)."}
+    )
+    average_last_epochs: int | None = field(
+        default=None, metadata={"help": "Keep the average of the weights after each of the last N epochs instead of the "
+                                "best or last checkpoint (needs a fixed schedule: --validation_fraction 0)."}
     )
     folds: list[str] | None = field(default=None, metadata={"help": "Run only these folds (names or indices)."})
     final_model: bool = field(
@@ -327,6 +337,9 @@ def parse_arguments(
         parser.error(f"--backbone {model_args.backbone} is not pretrained yet, and pretraining cannot start inside this "
                      f"{training_args.world_size}-process run. Pretrain it first: msemoboost pretrain "
                      f"{model_args.backbone_pretraining} --output_dir {model_args.backbone}")
+    if protocol_args.average_last_epochs and protocol_args.validation_fraction > 0:
+        parser.error("--average_last_epochs averages the last epochs of a fixed schedule; early stopping on validation "
+                     "speakers chooses an epoch instead. Give --validation_fraction 0 with it.")
     if protocol_args.protocol == "cross_corpus" and not data_args.extra_train_datasets:
         parser.error("--protocol cross_corpus trains on --extra_train_datasets only: name at least one")
     return model_args, data_args, noise_args, protocol_args, training_args, augmentation_args
@@ -335,11 +348,15 @@ def parse_arguments(
 BACKBONE_ARGUMENTS = ("backbone", "backbone_config", "backbone_pretraining")
 
 
-def fold_training_arguments(training_args: TrainingArguments, output_dir: Path, patience: int | None) -> TrainingArguments:
+def fold_training_arguments(
+    training_args: TrainingArguments, output_dir: Path, patience: int | None, has_validation: bool = True
+) -> TrainingArguments:
     """The run's TrainingArguments for one fold: its own checkpoint folder, no Hub pushes mid-run, and best-model
-    selection on the validation speakers when early stopping is on."""
+    selection on the validation speakers when early stopping is on; no evaluation when there is nothing to validate on."""
     changes = {"output_dir": str(output_dir), "push_to_hub": False, "remove_unused_columns": False, "label_names": ["labels"]}
-    if patience is not None:
+    if not has_validation:
+        changes.update(eval_strategy="no", load_best_model_at_end=False)
+    elif patience is not None:
         strategy = training_args.eval_strategy if training_args.eval_strategy != "no" else "epoch"
         changes.update(
             eval_strategy=strategy,
@@ -480,13 +497,18 @@ def train_model(
             **freezing,
             **overrides,
         )
-    patience = protocol_args.early_stopping_patience
-    args = fold_training_arguments(training_args, checkpoint_dir, patience)
+    has_validation = len(rows_validation) > 0
+    patience = protocol_args.early_stopping_patience if has_validation else None
+    if protocol_args.early_stopping_patience is not None and not has_validation:
+        logger.info("No validation part (--validation_fraction 0): the model trains for the whole schedule, without "
+                    "early stopping.")
+    args = fold_training_arguments(training_args, checkpoint_dir, patience, has_validation)
+    averaging = protocol_args.average_last_epochs
     trainer = MSEmoBoostTrainer(
         model=model,
         args=args,
         train_dataset=corpus.dataset.select(rows_train),
-        eval_dataset=corpus.dataset.select(rows_validation),
+        eval_dataset=corpus.dataset.select(rows_validation) if has_validation else None,
         data_collator=AudioCollator(feature_extractor),
         train_data_collator=AudioCollator(feature_extractor, augmentation, return_clean=model_args.use_se_head)
         if augmentation else None,
@@ -496,6 +518,7 @@ def train_model(
         callbacks=[
             *([EarlyStoppingCallback(patience)] if patience is not None else []),
             *([StagedUnfreezing(model_args.unfreeze_stages)] if staged else []),
+            *([CheckpointAveraging(averaging)] if averaging else []),
             *callbacks,
         ],
     )
@@ -615,6 +638,7 @@ def run_fold(
         "validation_speakers": sorted(set(corpus.speakers[fold.validation])),
         "best_checkpoint": trainer.state.best_model_checkpoint,
         "epochs_trained": trainer.state.epoch,
+        "averaged_epochs": next((r["averaged_epochs"] for r in trainer.state.log_history if "averaged_epochs" in r), None),
         **noisy,
     }
     if trainer.is_world_process_zero():

@@ -1,6 +1,7 @@
 """Evaluation protocols: leave-one-speaker-out, stratified k-fold, the dataset's own splits, and cross-corpus.
 
-Every fold holds out a validation part for early stopping that is drawn from the fold's *training* utterances only.
+Every fold holds out a validation part for early stopping that is drawn from the fold's *training* utterances only
+(none with `validation_fraction=0`: every training utterance then trains, for a fixed schedule).
 Under `loso`, `splits` and `cross_corpus`, whole training speakers are held out (`StratifiedGroupKFold`), so neither
 the test speaker nor any validation speaker is seen in training; under `kfold` (which mixes speakers across folds
 by design), and whenever there are no speakers, a stratified random part of the fold's training utterances.
@@ -99,11 +100,10 @@ def _evaluated_folds(
         if not has_speakers:
             raise ValueError("protocol 'loso' needs a speaker column (--speaker_column).")
         unique = sorted(set(map(str, speakers)))
-        if len(unique) < 3:
-            raise ValueError(
-                "protocol 'loso' needs at least 3 speakers (one to test, one held out for validation, one to train "
-                f"on); the dataset has {len(unique)}: {unique}."
-            )
+        if len(unique) < (3 if validation_fraction > 0 else 2):
+            needs = "3 speakers (one to test, one held out for validation, one to train on)" if validation_fraction > 0 \
+                else "2 speakers (one to test, one to train on)"
+            raise ValueError(f"protocol 'loso' needs at least {needs}; the dataset has {len(unique)}: {unique}.")
         if num_folds is None or num_folds >= len(unique):
             splitter = LeaveOneGroupOut().split(rows, labels, groups=speakers)
         else:
@@ -129,9 +129,12 @@ def _evaluated_folds(
 def hold_out_validation(
     train: np.ndarray, labels: np.ndarray, speakers: np.ndarray, by_speaker: bool, fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Splits training rows into (train, validation). By speaker when speakers are known, else stratified."""
-    if not 0 < fraction < 1:
-        raise ValueError(f"validation_fraction must be in (0, 1), got {fraction}.")
+    """Splits training rows into (train, validation). By speaker when speakers are known, else stratified. A
+    `fraction` of 0 holds nothing out: the validation part is empty (training then runs a fixed schedule)."""
+    if not 0 <= fraction < 1:
+        raise ValueError(f"validation_fraction must be in [0, 1), got {fraction}.")
+    if fraction == 0:
+        return train, train[:0]
     if by_speaker:
         train_speakers = speakers[train]
         num_speakers = len(set(train_speakers))

@@ -394,3 +394,57 @@ class StagedUnfreezing(TrainerCallback):
                 f"Staged unfreezing, stage {self.num_applied}/{len(self.stages)} ({stage}) at epoch "
                 f"{record['epoch']}, step {state.global_step}: {trainable:,} of {total:,} backbone parameters train."
             )
+
+
+class CheckpointAveraging(TrainerCallback):
+    """Keeps the average of the weights at the end of the last `last_epochs` epochs instead of the last weights (a
+    uniform checkpoint average, as in stochastic weight averaging with the run's own schedule).
+
+    The average is taken in float64 over every floating-point parameter and buffer (batch-norm statistics included);
+    integer buffers keep their last value. It is loaded into the model when training ends, so `Trainer.predict` and
+    `save_model` see it. It needs a fixed schedule of whole epochs: no early stopping, no best-checkpoint selection.
+    The epochs it averaged are recorded in the Trainer's `log_history` as `averaged_epochs`.
+
+    Args:
+        last_epochs (`int`): how many final epochs to average, at least 2.
+    """
+
+    def __init__(self, last_epochs: int):
+        if last_epochs < 2:
+            raise ValueError(f"Checkpoint averaging needs at least 2 epochs to average, got {last_epochs}.")
+        self.last_epochs = last_epochs
+        self.sum: dict[str, torch.Tensor] = {}
+        self.epochs: list[int] = []
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if args.load_best_model_at_end:
+            raise ValueError("Checkpoint averaging keeps the average of the last epochs; it cannot be combined with "
+                             "best-checkpoint selection (load_best_model_at_end).")
+        if args.max_steps and args.max_steps > 0:
+            raise ValueError(f"Checkpoint averaging counts whole epochs; the run is set by max_steps={args.max_steps}.")
+        if self.last_epochs > args.num_train_epochs:
+            raise ValueError(f"Checkpoint averaging of the last {self.last_epochs} epochs needs at least as many "
+                             f"epochs of training; num_train_epochs is {args.num_train_epochs}.")
+        self.sum, self.epochs = {}, []
+
+    def on_epoch_end(self, args, state, control, model=None, **kwargs):
+        epoch = round(state.epoch or 0)
+        if epoch <= args.num_train_epochs - self.last_epochs:
+            return
+        for name, value in model.state_dict().items():
+            if value.is_floating_point():
+                value = value.detach().to("cpu", torch.float64)
+                self.sum[name] = self.sum[name] + value if name in self.sum else value.clone()
+        self.epochs.append(epoch)
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        if not self.epochs:
+            raise ValueError("Checkpoint averaging saw no epoch to average (was the run resumed past them?).")
+        if len(self.epochs) < self.last_epochs:
+            logger.warning(f"Checkpoint averaging: averaged epochs {self.epochs} only (a resumed run loses the epochs "
+                           "averaged before it stopped).")
+        current = model.state_dict()
+        averaged = {name: (total / len(self.epochs)).to(current[name].dtype) for name, total in self.sum.items()}
+        model.load_state_dict(averaged, strict=False)
+        state.log_history.append({"averaged_epochs": list(self.epochs), "step": state.global_step})
+        logger.info(f"Checkpoint averaging: the model now holds the average of its weights after epochs {self.epochs}.")

@@ -169,11 +169,24 @@ def test_cross_corpus_names_the_evaluated_speakers_and_unknown_protocols_are_ref
 from msemoboost.protocols import hold_out_validation  # noqa: E402
 
 
-@pytest.mark.parametrize("fraction", [0.0, 1.0, -0.1, 1.5])
-def test_the_validation_fraction_must_lie_strictly_between_0_and_1(fraction):
+@pytest.mark.parametrize("fraction", [1.0, -0.1, 1.5])
+def test_the_validation_fraction_must_lie_in_0_to_1(fraction):
     labels, speakers, _ = synthetic()
-    with pytest.raises(ValueError, match=rf"^validation_fraction must be in \(0, 1\), got {fraction}\.$"):
+    with pytest.raises(ValueError, match=rf"^validation_fraction must be in \[0, 1\), got {fraction}\.$"):
         hold_out_validation(np.arange(len(labels)), labels, speakers, True, fraction, 0)
+
+
+def test_a_validation_fraction_of_0_holds_nothing_out():
+    labels, speakers, splits = synthetic(num_speakers=2)
+    for by_speaker in (True, False):
+        train, validation = hold_out_validation(np.arange(5, 30), labels, speakers, by_speaker, 0.0, 0)
+        assert train.tolist() == list(range(5, 30)) and validation.tolist() == []
+    folds = make_folds("loso", labels, speakers, splits, validation_fraction=0.0)  # 2 speakers suffice without validation
+    assert [(fold.test_speakers, len(fold.validation)) for fold in folds] == [(["s0"], 0), (["s1"], 0)]
+    assert [sorted(set(speakers[fold.train])) for fold in folds] == [["s1"], ["s0"]]
+    with pytest.raises(ValueError, match=r"^protocol 'loso' needs at least 2 speakers \(one to test, one to train on\); "
+                       r"the dataset has 1: \['s0'\]\.$"):
+        make_folds("loso", *synthetic(num_speakers=1), validation_fraction=0.0)
 
 
 def test_validation_by_speaker_holds_out_about_the_fraction_of_the_speakers():

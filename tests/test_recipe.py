@@ -92,3 +92,47 @@ def test_transfer_keeps_everything_but_the_rows_of_unknown_labels(tmp_path):
     inputs = {"input_values": torch.from_numpy(speech_like(20_000))[None]}
     with torch.no_grad():
         assert model(**inputs).logits.shape == (1, 3)
+
+
+def test_checkpoint_averaging_keeps_the_mean_of_the_last_epochs_weights(tmp_path):
+    from transformers import TrainerControl, TrainerState
+
+    from msemoboost.training import CheckpointAveraging
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    args = TrainingArguments(output_dir=str(tmp_path), num_train_epochs=4, report_to="none")
+    state, control = TrainerState(), TrainerControl()
+    averaging = CheckpointAveraging(last_epochs=3)
+    averaging.on_train_begin(args, state, control)
+    for epoch in range(1, 5):  # the weights after epoch e are all e; batch norm counts e batches
+        with torch.no_grad():
+            for value in model.state_dict().values():
+                value.fill_(epoch)
+        state.epoch = float(epoch)
+        averaging.on_epoch_end(args, state, control, model=model)
+    averaging.on_train_end(args, state, control, model=model)
+    averaged = model.state_dict()
+    assert averaged["0.weight"].tolist() == [[3.0, 3.0], [3.0, 3.0]]  # (2 + 3 + 4) / 3
+    assert averaged["1.running_var"].tolist() == [3.0, 3.0]
+    assert averaged["1.num_batches_tracked"].item() == 4  # an integer buffer keeps its last value
+    assert state.log_history[-1]["averaged_epochs"] == [2, 3, 4]
+
+
+def test_checkpoint_averaging_refuses_what_it_cannot_average(tmp_path):
+    from transformers import TrainerControl, TrainerState
+
+    from msemoboost.training import CheckpointAveraging
+
+    with pytest.raises(ValueError, match=r"^Checkpoint averaging needs at least 2 epochs to average, got 1\.$"):
+        CheckpointAveraging(1)
+    state, control = TrainerState(), TrainerControl()
+    for arguments, message in (
+        (dict(num_train_epochs=2), r"^Checkpoint averaging of the last 3 epochs needs at least as many epochs of "
+                                   r"training; num_train_epochs is 2\.$"),
+        (dict(max_steps=10), r"^Checkpoint averaging counts whole epochs; the run is set by max_steps=10\.$"),
+        (dict(eval_strategy="epoch", save_strategy="epoch", load_best_model_at_end=True),
+         r"cannot be combined with best-checkpoint selection \(load_best_model_at_end\)\.$"),
+    ):
+        args = TrainingArguments(output_dir=str(tmp_path), report_to="none", **arguments)
+        with pytest.raises(ValueError, match=message):
+            CheckpointAveraging(3).on_train_begin(args, state, control)

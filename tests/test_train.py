@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
+import torch
 import yaml
 from transformers import TrainerCallback
 
@@ -189,6 +190,40 @@ def test_loso_with_one_speaker_is_refused(corpus_dir, tmp_path):
         writer.writerows({**row, "speaker": "only"} for row in rows)
     with pytest.raises(ValueError, match=r"protocol 'loso' needs at least 3 speakers .*; the dataset has 1: \['only'\]"):
         run(copy, tmp_path / "out")
+
+
+class RecordWeights(TrainerCallback):
+    """Keeps a copy of the model's weights at the end of every epoch."""
+
+    def __init__(self):
+        self.weights = []
+
+    def on_epoch_end(self, args, state, control, model=None, **kwargs):
+        self.weights.append({name: value.detach().clone() for name, value in model.state_dict().items()})
+
+
+def test_without_validation_a_fold_trains_on_every_training_speaker_and_averages_its_last_epochs(corpus_dir, tmp_path):
+    from transformers import AutoModelForAudioClassification
+
+    recorder = RecordWeights()
+    summary = run(corpus_dir, tmp_path / "out", "--folds", "0", "--final_model", "false", "--validation_fraction", "0",
+                  "--average_last_epochs", "2", "--num_train_epochs", "3", callbacks=[recorder])
+    (name,) = [fold["fold"] for fold in summary["folds"]]
+    fold = json.loads((tmp_path / "out" / "folds" / name / "results.json").read_text())
+    speakers = {row["speaker"] for row in read_csv(corpus_dir / "metadata.csv")}
+    assert fold["num_validation"] == 0 and fold["validation_speakers"] == [] and fold["best_checkpoint"] is None
+    assert fold["num_train"] + fold["num_test"] == len(read_csv(corpus_dir / "metadata.csv")) and len(speakers) > 2
+    assert fold["averaged_epochs"] == [2, 3] and fold["epochs_trained"] == 3.0 and len(recorder.weights) == 3
+    saved = AutoModelForAudioClassification.from_pretrained(tmp_path / "out" / "folds" / name / "model").state_dict()
+    weight = "classifier.weight"
+    expected = (recorder.weights[1][weight].double() + recorder.weights[2][weight].double()) / 2
+    assert torch.equal(saved[weight], expected.float()) and not torch.equal(saved[weight], recorder.weights[2][weight])
+
+
+def test_checkpoint_averaging_needs_a_fixed_schedule(corpus_dir, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        run(corpus_dir, tmp_path / "out", "--average_last_epochs", "2")
+    assert "--average_last_epochs averages the last epochs of a fixed schedule" in capsys.readouterr().err
 
 
 def test_label_merge_renames_classes(corpus_dir, tmp_path):
