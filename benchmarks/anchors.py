@@ -8,7 +8,9 @@
 Folds come from `msemoboost.protocols.make_folds` with train.py's corpus loading, so the test utterances of every
 fold are the model's. Each fold's SVM is standardised on its training part; its C is chosen on the fold's validation
 speakers (the part train.py uses for early stopping), from a fixed grid, by UA; the chosen SVM is then refitted on
-training + validation and tested once. Functionals are computed from the same decoded 16 kHz waveforms the model
+training + validation and tested once. When the model's run holds no validation part (`--validation_fraction 0`),
+the anchors still choose C on train.py's default share of validation speakers: the test utterances, and the
+utterances the final SVM is fitted on (training + validation), are the same either way. Functionals are computed from the same decoded 16 kHz waveforms the model
 reads, and cached in outputs/benchmarks/opensmile/.
 """
 
@@ -101,9 +103,11 @@ def run_anchors(argv: list[str], anchors=tuple(ANCHORS), corpus_normalization: b
     model_args, data_args, _, protocol_args, training_args, _ = train.parse_arguments(argv)
     config = train.model_config(model_args)
     corpus, extra_rows, report = train.load_corpora(data_args, config, protocol_args.protocol)
+    # An SVM's C needs a validation part; its final fit and its test utterances are the same with any share.
+    validation_fraction = protocol_args.validation_fraction or train.ProtocolArguments.validation_fraction
     folds = make_folds(
         protocol_args.protocol, corpus.labels, corpus.speakers, corpus.splits, protocol_args.num_folds,
-        protocol_args.validation_fraction, training_args.seed, protocol_args.train_split,
+        validation_fraction, training_args.seed, protocol_args.train_split,
         protocol_args.validation_split, protocol_args.test_split, extra_rows,
     )
     metric = load_wa_ua()
