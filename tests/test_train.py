@@ -262,7 +262,7 @@ def test_a_preset_builds_on_its_base_file(tmp_path):
                "backbone_pretraining": "configs/pretrain_cpu.yaml --dataset_name ../shared/data/ravdess "
                                        "../shared/data/tess --max_steps 1500",
                "model_config_overrides": {**scratch["model_config_overrides"], "use_weighted_layer_sum": True},
-               "output_dir": "outputs/emodb_cpu"}
+               "validation_fraction": 0, "output_dir": "outputs/emodb_cpu"}
     assert pretrained == {**scratch, **changes}
     (tmp_path / "child.yaml").write_text("base: missing.yaml\nlearning_rate: 0.1\n")
     with pytest.raises(ValueError, match=rf"^{tmp_path / 'child.yaml'}: its base missing.yaml is not a file "
