@@ -469,7 +469,8 @@ def train_model(
     augmentation=None,
 ) -> MSEmoBoostTrainer:
     """Trains one model on `rows_train` (with `augmentation` of the training waveforms, if any), choosing the best
-    checkpoint on `rows_validation` (clean)."""
+    checkpoint on `rows_validation` (clean) when early stopping is on; with no validation rows, for the whole
+    schedule."""
     set_seed(training_args.seed)
     overrides = model_overrides(model_args)
     if model_args.class_balanced_loss:

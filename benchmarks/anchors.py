@@ -10,8 +10,8 @@ fold are the model's. Each fold's SVM is standardised on its training part; its 
 speakers (the part train.py uses for early stopping), from a fixed grid, by UA; the chosen SVM is then refitted on
 training + validation and tested once. When the model's run holds no validation part (`--validation_fraction 0`),
 the anchors still choose C on train.py's default share of validation speakers: the test utterances, and the
-utterances the final SVM is fitted on (training + validation), are the same either way. Functionals are computed from the same decoded 16 kHz waveforms the model
-reads, and cached in outputs/benchmarks/opensmile/.
+utterances the final SVM is fitted on (training + validation), are the same either way. Functionals are computed
+from the same decoded 16 kHz waveforms the model reads, and cached in outputs/benchmarks/opensmile/.
 """
 
 import argparse

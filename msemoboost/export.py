@@ -50,7 +50,7 @@ INPUT_NAMES = ["input_values", "attention_mask"]
 OUTPUT_NAMES = ["logits", "segment_logits", "segments_per_utterance"]
 # Opset 23 gives ONNX Runtime whole Attention, Gelu and GroupNormalization nodes, where opset 18 (the first whose
 # Resize has the antialiasing the spectrogram image needs) spells them out in MatMul/Softmax/Erf/InstanceNorm pieces;
-# the fused kernels run the paper-size int8 graph about 15 % faster (BENCHMARKS.md section 4).
+# the fused kernels run the paper-size graph about 5 % faster, fp32 and int8 (BENCHMARKS.md section 4).
 DEFAULT_OPSET = 23
 
 
