@@ -90,6 +90,7 @@ def test_final_model_directory_has_a_card_and_loads_in_a_fresh_process(finished_
     metadata = yaml.safe_load(card.split("---")[1])
     assert metadata["library_name"] == "transformers" and metadata["pipeline_tag"] == "audio-classification"
     assert metadata["datasets"] == ["demo"]
+    assert "Early stopping and checkpoint selection use\n  validation speakers drawn from each fold's training speakers" in card
     metrics = metadata["model-index"][0]["results"][0]["metrics"]
     assert [m["type"] for m in metrics] == ["accuracy", "recall"]
     assert metrics[0]["value"] == round(100 * summary["wa"]["mean"], 2)
@@ -218,6 +219,13 @@ def test_without_validation_a_fold_trains_on_every_training_speaker_and_averages
     weight = "classifier.weight"
     expected = (recorder.weights[1][weight].double() + recorder.weights[2][weight].double()) / 2
     assert torch.equal(saved[weight], expected.float()) and not torch.equal(saved[weight], recorder.weights[2][weight])
+    from msemoboost.reporting import render_model_card
+
+    card = render_model_card(train.MODEL_CARD_TEMPLATE, json.loads((tmp_path / "out" / "results.json").read_text()),
+                             "corpus", None, "model")
+    assert ("No speaker was held out for model selection: each fold trained on all of its training speakers for the "
+            "whole schedule and kept the average of its weights after each of its last 2 epochs;") in card
+    assert "Early stopping and checkpoint selection use" not in card
 
 
 def test_checkpoint_averaging_needs_a_fixed_schedule(corpus_dir, tmp_path, capsys):
