@@ -100,10 +100,10 @@ def _evaluated_folds(
         if not has_speakers:
             raise ValueError("protocol 'loso' needs a speaker column (--speaker_column).")
         unique = sorted(set(map(str, speakers)))
-        if len(unique) < (3 if validation_fraction > 0 else 2):
-            needs = "3 speakers (one to test, one held out for validation, one to train on)" if validation_fraction > 0 \
-                else "2 speakers (one to test, one to train on)"
-            raise ValueError(f"protocol 'loso' needs at least {needs}; the dataset has {len(unique)}: {unique}.")
+        roles = ["one to test", *(["one held out for validation"] if validation_fraction > 0 else []), "one to train on"]
+        if len(unique) < len(roles):
+            raise ValueError(f"protocol 'loso' needs at least {len(roles)} speakers ({', '.join(roles)}); the dataset "
+                             f"has {len(unique)}: {unique}.")
         if num_folds is None or num_folds >= len(unique):
             splitter = LeaveOneGroupOut().split(rows, labels, groups=speakers)
         else:

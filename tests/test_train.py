@@ -423,6 +423,7 @@ def test_the_cpu_recipe_runs_unchanged_on_an_audiofolder_with_train_and_test_spl
     assert summary["folds"][0]["num_train"] + summary["folds"][0]["num_validation"] == 48
     assert (tmp_path / "out" / "model" / "model.safetensors").exists()
     card = (tmp_path / "out" / "model" / "README.md").read_text()
+    assert "No speaker was held out for model selection" in card  # no validation split, and the recipe holds none out
     assert ("Architecture options: frame weighting `mean_residual`, classifier input `pooled_and_guidance`, MFCC "
             "normalisation `standardize`, MFCC pooled to 30 steps, a learned weighted sum of the backbone's layers (the "
             "paper: `linear`, `pooled`, `l2`, no pooling, the last layer, no normalisation).") in card
