@@ -44,7 +44,7 @@ from transformers import EarlyStoppingCallback, HfArgumentParser, TrainingArgume
 from transformers.trainer_utils import get_last_checkpoint
 
 import msemoboost
-from msemoboost.augmentation import Chain, WaveformAugmentation, check_waveform_augmentation
+from msemoboost.augmentation import BatchMixup, Chain, WaveformAugmentation, check_waveform_augmentation
 from msemoboost.data import AudioCollator, combine_corpora, decode_audio, load_corpus, parse_label_merge
 from msemoboost.demo import make_demo_corpus
 from msemoboost.noise import (
@@ -209,11 +209,16 @@ class AugmentationArguments:
     )
     time_masks: int = field(default=0, metadata={"help": "SpecAugment-style zeroed spans per training utterance."})
     time_mask_max_s: float = field(default=0.1, metadata={"help": "Longest zeroed span, in seconds."})
+    mixup_alpha: float = field(
+        default=0.0, metadata={"help": "Mixup of training batches, weights drawn from Beta(alpha, alpha); 0 is off."}
+    )
 
     def __post_init__(self):
         check_waveform_augmentation(
             self.speed_perturbation, self.speed_perturbation_probability, self.time_masks, self.time_mask_max_s
         )
+        if not self.mixup_alpha >= 0:
+            raise ValueError(f"--mixup_alpha must be >= 0 (0 turns mixup off), got {self.mixup_alpha}.")
 
 
 @dataclass
@@ -353,7 +358,10 @@ def fold_training_arguments(
 ) -> TrainingArguments:
     """The run's TrainingArguments for one fold: its own checkpoint folder, no Hub pushes mid-run, and best-model
     selection on the validation speakers when early stopping is on; no evaluation when there is nothing to validate on."""
-    changes = {"output_dir": str(output_dir), "push_to_hub": False, "remove_unused_columns": False, "label_names": ["labels"]}
+    # Label smoothing is the model's own (config.label_smoothing, set in train_model), so that it keeps the class
+    # weights and the segment-level loss; the Trainer's label smoother would replace that loss.
+    changes = {"output_dir": str(output_dir), "push_to_hub": False, "remove_unused_columns": False, "label_names": ["labels"],
+               "label_smoothing_factor": 0.0}
     if not has_validation:
         changes.update(eval_strategy="no", load_best_model_at_end=False)
     elif patience is not None:
@@ -467,10 +475,11 @@ def train_model(
     checkpoint_dir: Path,
     callbacks,
     augmentation=None,
+    mixup_alpha: float = 0.0,
 ) -> MSEmoBoostTrainer:
-    """Trains one model on `rows_train` (with `augmentation` of the training waveforms, if any), choosing the best
-    checkpoint on `rows_validation` (clean) when early stopping is on; with no validation rows, for the whole
-    schedule."""
+    """Trains one model on `rows_train` (with `augmentation` of the training waveforms and mixup of the training
+    batches, if any), choosing the best checkpoint on `rows_validation` (clean) when early stopping is on; with no
+    validation rows, for the whole schedule."""
     set_seed(training_args.seed)
     overrides = model_overrides(model_args)
     if model_args.class_balanced_loss:
@@ -498,6 +507,9 @@ def train_model(
             **freezing,
             **overrides,
         )
+    if training_args.label_smoothing_factor:
+        model.config.label_smoothing = training_args.label_smoothing_factor
+    mixup = BatchMixup(mixup_alpha, len(corpus.label_names), training_args.seed) if mixup_alpha else None
     has_validation = len(rows_validation) > 0
     patience = protocol_args.early_stopping_patience if has_validation else None
     if protocol_args.early_stopping_patience is not None and not has_validation:
@@ -511,8 +523,8 @@ def train_model(
         train_dataset=corpus.dataset.select(rows_train),
         eval_dataset=corpus.dataset.select(rows_validation) if has_validation else None,
         data_collator=AudioCollator(feature_extractor),
-        train_data_collator=AudioCollator(feature_extractor, augmentation, return_clean=model_args.use_se_head)
-        if augmentation else None,
+        train_data_collator=AudioCollator(feature_extractor, augmentation, return_clean=model_args.use_se_head, mixup=mixup)
+        if augmentation or mixup else None,
         processing_class=feature_extractor,
         compute_metrics=WaUaMetrics(),
         part_learning_rates={"backbone": model_args.backbone_learning_rate, "guidance": model_args.guidance_learning_rate},
@@ -620,6 +632,7 @@ def run_fold(
         fold.train, fold.validation, corpus, model_args, protocol_args, training_args, feature_extractor,
         directory / "checkpoints", callbacks,
         augmentation(bank, noise_args, augmentation_args, training_args.seed, corpus.sampling_rate, min_samples),
+        augmentation_args.mixup_alpha,
     )
     prediction = trainer.predict(corpus.dataset.select(fold.test), metric_key_prefix="test")
     noisy = {}
@@ -698,7 +711,8 @@ def summarize(
         "protocol_arguments": dataclasses.asdict(protocol_args),
         "training": {key: getattr(training_args, key) for key in (
             "learning_rate", "per_device_train_batch_size", "num_train_epochs", "max_steps", "seed", "optim",
-            "weight_decay", "lr_scheduler_type", "warmup_steps", "gradient_accumulation_steps", "max_grad_norm")},
+            "weight_decay", "lr_scheduler_type", "warmup_steps", "gradient_accumulation_steps", "max_grad_norm",
+            "label_smoothing_factor")},
         "versions": {"msemoboost": msemoboost.__version__, "transformers": transformers.__version__, "torch": torch.__version__},
     }
     if noise_args.eval_snr:
@@ -854,6 +868,7 @@ def main(argv: list[str] | None = None, callbacks=()) -> dict:
             train_rows, validation_rows, corpus, model_args, protocol_args, training_args, feature_extractor, model_dir,
             callbacks,
             augmentation(bank, noise_args, augmentation_args, training_args.seed, corpus.sampling_rate, config.min_input_samples),
+            augmentation_args.mixup_alpha,
         )
         trainer.save_model(str(model_dir))
         if trainer.is_world_process_zero():

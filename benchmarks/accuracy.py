@@ -55,6 +55,8 @@ ROWS = {
     "+ per-part learning rates (backbone 3e-4)": {"args": ["--backbone_learning_rate", "3e-4"]},
     "+ longer training (40 epochs)": {"args": ["--num_train_epochs", "40", "--early_stopping_patience", "10"]},
     "+ pooled batch norm": {"model": {"pooled_normalization": "batch_norm"}},
+    "+ mixup (alpha 0.2)": {"args": ["--mixup_alpha", "0.2"]},
+    "+ label smoothing 0.1": {"args": ["--label_smoothing_factor", "0.1"]},
     # The CPU recipe's pretrained backbone: replaced by the from-scratch recipe's random one, or frozen.
     "− pretrained backbone (random, same fine-tuning)": {"args": [
         "--backbone_config", json.dumps(read_arguments_file(REPO / "configs" / "emodb_cpu_scratch.yaml")["backbone_config"])]},

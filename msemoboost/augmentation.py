@@ -1,16 +1,20 @@
-"""Waveform augmentation for training: speed perturbation and SpecAugment-style time masking.
+"""Augmentation for training: speed perturbation and SpecAugment-style time masking of each waveform, and mixup of
+whole batches.
 
-Both act on the decoded waveform before the feature extractor, so the backbone, the MFCC and the spectrogram all
-see the same perturbed audio. They are recipe options for small corpora, not part of the paper.
+All act on the waveform (mixup on the padded batch the feature extractor returns), so the backbone, the MFCC and the
+spectrogram all see the same augmented audio. They are recipe options for small corpora, not part of the paper.
 
 - **Speed perturbation** (Ko et al., Interspeech 2015, as Kaldi's 0.9/1.0/1.1 recipe): the utterance is resampled by a
   factor drawn uniformly from `speed_range`, which changes tempo and pitch together (`y(t) = x(factor * t)`, so the
   length becomes `length / factor`).
 - **Time masking** (SpecAugment's time masks, on the waveform): `num_time_masks` spans of up to `time_mask_max_s`
   seconds, each at a uniformly drawn place, are set to zero.
+- **Mixup** (Zhang et al., ICLR 2018): each utterance of a batch is mixed with another of the same batch, `λ x_i +
+  (1 - λ) x_j`, and so are their one-hot labels, with one `λ ~ Beta(alpha, alpha)` per batch.
 """
 
 import numpy as np
+import torch
 
 
 def check_waveform_augmentation(speed_range, speed_probability: float, num_time_masks: int, time_mask_max_s: float) -> None:
@@ -91,3 +95,44 @@ class Chain:
         for step in self.steps:
             waveform = step(waveform, row)
         return waveform
+
+
+class BatchMixup:
+    """Mixup of a padded training batch, for [`~msemoboost.data.AudioCollator`]: a callable `batch -> batch`.
+
+    One weight `λ ~ Beta(alpha, alpha)` and one permutation `π` of the batch are drawn per call. Then
+    `input_values` (and `clean_input_values`, the speech-enhancement target, so that it stays the clean part of the
+    mixture) become `λ x + (1 - λ) x[π]` `(batch_size, num_samples)`, the `attention_mask` the union of the two
+    utterances' masks, and `labels` the class probabilities `λ onehot(y) + (1 - λ) onehot(y[π])` `(batch_size,
+    num_labels)`, which the model's loss takes as soft targets.
+
+    Args:
+        alpha (`float`): the Beta distribution's parameter, > 0 (0.2–0.4 are usual; small values mix little).
+        num_labels (`int`): the number of classes.
+        seed (`int`): seeds the draws; the same seed gives the same mixed stream.
+    """
+
+    def __init__(self, alpha: float, num_labels: int, seed: int = 0):
+        if not alpha > 0:
+            raise ValueError(f"mixup needs alpha > 0 (0 turns it off), got {alpha}.")
+        if num_labels < 2:
+            raise ValueError(f"mixup needs at least 2 classes, got num_labels={num_labels}.")
+        self.alpha = alpha
+        self.num_labels = num_labels
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, batch: dict) -> dict:
+        labels = batch["labels"]
+        if labels.dim() != 1 or labels.is_floating_point():
+            raise ValueError(f"mixup mixes class indices of shape (batch_size,), got shape {tuple(labels.shape)} of dtype {labels.dtype}.")
+        weight = float(self.rng.beta(self.alpha, self.alpha))
+        permutation = torch.from_numpy(self.rng.permutation(len(labels)))
+        mixed = dict(batch)
+        for key in ("input_values", "clean_input_values"):
+            if key in batch:
+                mixed[key] = weight * batch[key] + (1 - weight) * batch[key][permutation]
+        if "attention_mask" in batch:
+            mixed["attention_mask"] = torch.maximum(batch["attention_mask"], batch["attention_mask"][permutation])
+        one_hot = torch.nn.functional.one_hot(labels, self.num_labels).float()
+        mixed["labels"] = weight * one_hot + (1 - weight) * one_hot[permutation]
+        return mixed

@@ -137,6 +137,11 @@ class MSEmoBoostConfig(PreTrainedConfig):
         class_weights (`list[float]`, *optional*):
             Weight of each class in the cross-entropy (one per label), e.g. inverse class frequencies for a
             class-balanced loss. `None` is the paper's unweighted loss.
+        label_smoothing (`float`, *optional*, defaults to 0.0):
+            Label smoothing of the single-label cross-entropy, in `[0, 1)`: the target puts `1 - label_smoothing`
+            on the utterance's class and spreads `label_smoothing` evenly over all classes (as
+            `torch.nn.functional.cross_entropy` does), together with `class_weights` and at `loss_level`. 0 is the
+            paper. (`train.py --label_smoothing_factor` sets it.)
         use_se_head (`bool`, *optional*, defaults to `False`):
             Add a light speech-enhancement (SE) head on the shared SSL frame features (`X_w`). Trained jointly when
             clean targets are given (`clean_input_values`): loss = SER cross-entropy + `se_loss_weight` × SE loss.
@@ -211,6 +216,7 @@ class MSEmoBoostConfig(PreTrainedConfig):
     use_weighted_layer_sum: bool = False
     loss_level: str = "segment"
     class_weights: list[float] | tuple[float, ...] | None = None
+    label_smoothing: float = 0.0
     use_se_head: bool = False
     se_target: str = "mask"
     se_hidden_size: int = 256
@@ -298,6 +304,8 @@ class MSEmoBoostConfig(PreTrainedConfig):
                 )
             if any(not weight >= 0 for weight in self.class_weights) or not sum(self.class_weights) > 0:
                 raise ValueError(f"class_weights must be non-negative and not all 0, got {list(self.class_weights)}.")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}.")
         if self.segment_chunk_size < 1:
             raise ValueError(f"segment_chunk_size must be at least 1, got {self.segment_chunk_size}.")
         if self.num_backbone_frames(self.segment_samples) < 1:

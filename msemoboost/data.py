@@ -219,15 +219,18 @@ class AudioCollator:
         return_clean (`bool`): also return `clean_input_values`, the utterances before `noise`, normalised with
             their noisy version's mean and variance (so clean and noisy share one scale): the target of the
             speech-enhancement head.
+        mixup (*optional*): a callable `batch -> batch` applied to the padded batch last, e.g.
+            [`~msemoboost.augmentation.BatchMixup`] (which makes `labels` class probabilities).
 
     Returns `input_values` `(batch_size, num_samples)`, `attention_mask`, `labels` `(batch_size,)`, and with
     `return_clean` `clean_input_values` `(batch_size, num_samples)`.
     """
 
-    def __init__(self, feature_extractor, noise=None, return_clean: bool = False):
+    def __init__(self, feature_extractor, noise=None, return_clean: bool = False, mixup=None):
         self.feature_extractor = feature_extractor
         self.noise = noise
         self.return_clean = return_clean
+        self.mixup = mixup
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         rate = self.feature_extractor.sampling_rate
@@ -244,7 +247,7 @@ class AudioCollator:
                     speech = ((speech - mixture.mean()) / torch.sqrt(mixture.var(correction=0) + 1e-7)).float()
                 targets[index, : len(speech)] = speech
             batch["clean_input_values"] = targets
-        return batch
+        return self.mixup(batch) if self.mixup else batch
 
 
 @dataclass

@@ -97,6 +97,9 @@ class MSEmoBoostIntensityPreTrainedModel(PreTrainedModel):
     config_class = MSEmoBoostIntensityConfig
     base_model_prefix = "intensity"
     main_input_name = "input_values"
+    # The loss is a mean over the batch, not normalised by `num_items_in_batch`: `Trainer` must divide it by the
+    # gradient accumulation steps (with `**kwargs` in `forward` it would otherwise assume the model had).
+    accepts_loss_kwargs = False
 
     @torch.no_grad()
     def _init_weights(self, module):

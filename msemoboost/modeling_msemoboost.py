@@ -392,6 +392,9 @@ class MSEmoBoostPreTrainedModel(PreTrainedModel):
     main_input_name = "input_values"
     input_modalities = "audio"
     supports_gradient_checkpointing = True
+    # The loss is a mean over the batch, not normalised by `num_items_in_batch`: `Trainer` must divide it by the
+    # gradient accumulation steps (with `**kwargs` in `forward` it would otherwise assume the model had).
+    accepts_loss_kwargs = False
     # The attention implementation is the backbone's (the guidance branches' attention is plain SDPA math): these
     # flags let the request through, and a backbone that lacks the implementation raises transformers' own error.
     _supports_sdpa = True
@@ -869,10 +872,14 @@ class MSEmoBoostForSequenceClassification(MSEmoBoostPreTrainedModel):
     ) -> torch.Tensor:
         """The loss of `config.problem_type`, at `config.loss_level`.
 
-        - single-label classification (the default): cross-entropy, weighted by `config.class_weights` if set. At
+        - single-label classification (the default): cross-entropy, weighted by `config.class_weights` and smoothed
+          by `config.label_smoothing` if set. `labels` are class indices `(batch_size,)`, or class probabilities
+          (float, `(batch_size, num_labels)`, rows summing to 1: soft targets such as mixup's, see
+          [`~msemoboost.augmentation.BatchMixup`]); one-hot probabilities give exactly the loss of their indices. At
           `loss_level="segment"` (the paper) every segment `(num_segments, num_labels)` is scored against its
           utterance's label; at `"utterance"` the utterance `logits` `(batch_size, num_labels)` are, which is then
-          exactly `cross_entropy(logits, labels)`.
+          exactly `cross_entropy(logits, labels)`. The mean is weighted: it divides by the summed class weights of
+          the targets, as `cross_entropy` does for class indices.
         - multi-label classification: binary cross-entropy with logits on the utterance `logits` (float `labels` of
           shape `(batch_size, num_labels)`).
         - regression: mean squared error on the utterance `logits` (`labels` `(batch_size,)` or `(batch_size,
@@ -891,24 +898,39 @@ class MSEmoBoostForSequenceClassification(MSEmoBoostPreTrainedModel):
             if targets.shape != (batch_size, num_labels):
                 raise ValueError(f"regression labels must have shape ({batch_size}, {num_labels}), got {tuple(labels.shape)}.")
             return F.mse_loss(logits.float(), targets)
-        if labels.shape != (batch_size,) or labels.is_floating_point():
-            raise ValueError(
-                f"labels must hold one class index per utterance, shape ({batch_size},), got shape "
-                f"{tuple(labels.shape)} of dtype {labels.dtype}."
-            )
-        outside = (labels < 0) | (labels >= num_labels)
-        if outside.any():
-            raise ValueError(
-                f"labels must be class indices in [0, {num_labels}) for num_labels={num_labels}, got "
-                f"{labels[outside].tolist()}."
-            )
+        soft = labels.is_floating_point() and labels.shape == (batch_size, num_labels)
+        if soft:
+            targets = labels.to(logits.device).float()
+            if (targets < 0).any() or not torch.allclose(targets.sum(-1), torch.ones_like(targets[:, 0]), atol=1e-4):
+                raise ValueError(
+                    f"soft labels of shape ({batch_size}, {num_labels}) must be class probabilities: non-negative, "
+                    f"each row summing to 1; got row sums {targets.sum(-1).tolist()} and minimum {targets.min().item()}."
+                )
+        else:
+            if labels.shape != (batch_size,) or labels.is_floating_point():
+                raise ValueError(
+                    f"labels must hold one class index per utterance, shape ({batch_size},), or class probabilities, "
+                    f"float of shape ({batch_size}, {num_labels}); got shape {tuple(labels.shape)} of dtype {labels.dtype}."
+                )
+            outside = (labels < 0) | (labels >= num_labels)
+            if outside.any():
+                raise ValueError(
+                    f"labels must be class indices in [0, {num_labels}) for num_labels={num_labels}, got "
+                    f"{labels[outside].tolist()}."
+                )
+            targets = labels.to(logits.device)
         weight = None
         if self.config.class_weights is not None:
             weight = torch.tensor(self.config.class_weights, dtype=torch.float32, device=logits.device)
-        if self.config.loss_level == "utterance":
-            return F.cross_entropy(logits.float(), labels.to(logits.device), weight=weight)
-        segment_labels = torch.repeat_interleave(labels.to(logits.device), segments_per_utterance)
-        return F.cross_entropy(segment_logits.float(), segment_labels, weight=weight)
+        scores = logits
+        if self.config.loss_level == "segment":
+            scores = segment_logits
+            targets = torch.repeat_interleave(targets, segments_per_utterance.to(targets.device), dim=0)
+        smoothing = self.config.label_smoothing
+        if not soft:
+            return F.cross_entropy(scores.float(), targets, weight=weight, label_smoothing=smoothing)
+        total = F.cross_entropy(scores.float(), targets, weight=weight, label_smoothing=smoothing, reduction="sum")
+        return total / (targets.sum() if weight is None else (targets @ weight).sum())
 
     def _segment_spectra(
         self, input_values: torch.Tensor, attention_mask: torch.Tensor | None

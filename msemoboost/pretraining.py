@@ -302,6 +302,8 @@ class MSEmoBoostForPretraining(PreTrainedModel):
     config_class = MSEmoBoostPretrainingConfig
     base_model_prefix = "pretraining"
     main_input_name = "input_values"
+    # A per-batch mean loss: `Trainer` divides it by the gradient accumulation steps (see MSEmoBoostPreTrainedModel).
+    accepts_loss_kwargs = False
 
     def __init__(self, config: MSEmoBoostPretrainingConfig, backbone: PreTrainedModel | None = None):
         super().__init__(config)

@@ -72,11 +72,17 @@ def test_labels_outside_num_labels_are_refused(model):
         model(**inputs, labels=torch.tensor([0, 4]))
     with pytest.raises(ValueError, match=r"got \[-1\]"):
         model(**inputs, labels=torch.tensor([-1, 2]))
-    with pytest.raises(ValueError, match=r"one class index per utterance, shape \(2,\), got shape \(2, 4\)"):
-        model(**inputs, labels=torch.zeros(2, 4))
-    with pytest.raises(ValueError, match=r"one class index per utterance, shape \(2,\), got shape \(2,\) of dtype "
-                                         r"torch.float32\.$"):
+    with pytest.raises(ValueError, match=r"one class index per utterance, shape \(2,\), or class probabilities, float "
+                                         r"of shape \(2, 4\); got shape \(2, 3\)"):
+        model(**inputs, labels=torch.full((2, 3), 1 / 3))  # probabilities over the wrong number of classes
+    with pytest.raises(ValueError, match=r"one class index per utterance, shape \(2,\), or class probabilities, float "
+                                         r"of shape \(2, 4\); got shape \(2,\) of dtype torch.float32\.$"):
         model(**inputs, labels=torch.tensor([0.0, 1.0]))  # the right shape, but not class indices
+    with pytest.raises(ValueError, match=r"soft labels of shape \(2, 4\) must be class probabilities: non-negative, "
+                                         r"each row summing to 1; got row sums \[0.0, 0.0\] and minimum 0.0\."):
+        model(**inputs, labels=torch.zeros(2, 4))
+    with pytest.raises(ValueError, match=r"got row sums \[1.0, 1.0\] and minimum -0.5\."):
+        model(**inputs, labels=torch.tensor([[1.5, -0.5, 0.0, 0.0], [0.25] * 4]))
 
 
 def test_left_padding_mask_is_refused(model):

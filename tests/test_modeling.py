@@ -234,6 +234,38 @@ def test_class_weights_weight_the_segment_cross_entropy():
         tiny_config(class_weights=[1.0, 2.0])
 
 
+
+def test_soft_labels_and_label_smoothing_in_the_cross_entropy():
+    weights = [1.0, 3.0, 0.5, 1.0]
+    model = MSEmoBoostForSequenceClassification(tiny_config(class_weights=weights, label_smoothing=0.1)).eval()
+    inputs = batch([speech_like(120_000), speech_like(30_000, 1)])  # 3 segments and 1
+    labels = torch.tensor([2, 1])
+    with torch.no_grad():
+        segment_logits = model.classifier(model.msemoboost(**inputs).segment_features)
+        outputs = model(**inputs, labels=labels)
+        one_hot = model(**inputs, labels=F.one_hot(labels, 4).float())
+        soft = torch.tensor([[0.0, 0.25, 0.75, 0.0], [0.0, 1.0, 0.0, 0.0]])
+        mixed = model(**inputs, labels=soft)
+    segment_labels = torch.tensor([2, 2, 2, 1])
+    expected = F.cross_entropy(segment_logits, segment_labels, weight=torch.tensor(weights), label_smoothing=0.1)
+    torch.testing.assert_close(outputs.loss, expected)
+    torch.testing.assert_close(one_hot.loss, expected)  # one-hot probabilities are their class indices
+    # Soft targets: the class-weighted sum of each segment's smoothed cross-entropy, over the targets' summed weights.
+    log_probs = segment_logits.log_softmax(-1)
+    targets = soft[[0, 0, 0, 1]] * 0.9 + 0.1 / 4
+    losses = -(targets * torch.tensor(weights) * log_probs).sum(-1)
+    denominator = (soft[[0, 0, 0, 1]] @ torch.tensor(weights)).sum()
+    torch.testing.assert_close(mixed.loss, losses.sum() / denominator)
+    model.config.loss_level = "utterance"
+    model.config.class_weights = None
+    with torch.no_grad():
+        utterance = model(**inputs, labels=soft).loss
+    expected = -((soft * 0.9 + 0.1 / 4) * outputs.logits.log_softmax(-1)).sum(-1).mean()
+    torch.testing.assert_close(utterance, expected)
+    with pytest.raises(ValueError, match=r"^label_smoothing must be in \[0, 1\), got 1.0.$"):
+        tiny_config(label_smoothing=1.0)
+
+
 def test_gradients_reach_every_branch():
     model = tiny_model().train()
     inputs = batch([speech_like(60_000), speech_like(20_000, 1)])

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 from tiny import speech_like, tiny_config, tiny_model
-from transformers import TrainingArguments
+from transformers import TrainingArguments, set_seed
 
 from msemoboost import MSEmoBoostForSequenceClassification
-from msemoboost.augmentation import Chain, WaveformAugmentation
+from msemoboost.augmentation import BatchMixup, Chain, WaveformAugmentation
 from msemoboost.training import MSEmoBoostTrainer, class_balanced_weights, load_for_transfer, model_part
 
 
@@ -50,6 +50,52 @@ def test_chain_applies_its_steps_in_order():
 def test_bad_augmentation_settings_are_refused(arguments, message):
     with pytest.raises(ValueError, match=message):
         WaveformAugmentation(16000, **arguments)
+
+
+
+def test_mixup_mixes_waveforms_masks_and_labels_with_one_seeded_draw():
+    values = torch.randn(3, 10)
+    mask = torch.tensor([[1] * 10, [1] * 6 + [0] * 4, [1] * 3 + [0] * 7])
+    batch = {"input_values": values * mask, "attention_mask": mask, "labels": torch.tensor([0, 2, 2]),
+             "clean_input_values": values}
+    mixed = BatchMixup(0.4, num_labels=4, seed=5)(batch)
+    rng = np.random.default_rng(5)  # the draws in their order: the weight, then the permutation
+    weight, permutation = rng.beta(0.4, 0.4), torch.from_numpy(rng.permutation(3))
+    assert not torch.equal(permutation, torch.arange(3))  # this seed pairs utterances with others
+    torch.testing.assert_close(mixed["input_values"], weight * values * mask + (1 - weight) * (values * mask)[permutation])
+    torch.testing.assert_close(mixed["clean_input_values"], weight * values + (1 - weight) * values[permutation])
+    assert torch.equal(mixed["attention_mask"], torch.maximum(mask, mask[permutation]))
+    one_hot = torch.eye(4)[[0, 2, 2]]
+    torch.testing.assert_close(mixed["labels"], weight * one_hot + (1 - weight) * one_hot[permutation])
+    assert torch.equal(batch["labels"], torch.tensor([0, 2, 2]))  # the batch given is left as it was
+    again = BatchMixup(0.4, num_labels=4, seed=5)(batch)
+    assert all(torch.equal(again[key], mixed[key]) for key in mixed)
+    with pytest.raises(ValueError, match=r"^mixup needs alpha > 0 \(0 turns it off\), got 0.$"):
+        BatchMixup(0, num_labels=4)
+    with pytest.raises(ValueError, match=r"^mixup mixes class indices of shape \(batch_size,\), got shape \(3, 4\)"):
+        BatchMixup(0.4, num_labels=4)({**batch, "labels": mixed["labels"]})
+
+
+def test_trainer_divides_each_models_loss_by_the_accumulation_steps(tmp_path):
+    from msemoboost.intensity import MSEmoBoostIntensityPreTrainedModel
+    from msemoboost.pretraining import MSEmoBoostForPretraining
+
+    # forward takes **kwargs, so without accepts_loss_kwargs = False the Trainer would take each per-batch mean loss
+    # for one already normalised over the accumulated batch, and sum the micro-batches' gradients.
+    assert MSEmoBoostIntensityPreTrainedModel.accepts_loss_kwargs is False
+    assert MSEmoBoostForPretraining.accepts_loss_kwargs is False
+    model = tiny_model()
+    args = TrainingArguments(output_dir=str(tmp_path), gradient_accumulation_steps=4, report_to="none", use_cpu=True)
+    trainer = MSEmoBoostTrainer(model=model, args=args)
+    assert trainer.model_accepts_loss_kwargs is False
+    inputs = {"input_values": torch.from_numpy(np.stack([speech_like(20_000), speech_like(20_000, 1)])),
+              "labels": torch.tensor([0, 3])}
+    trainer.current_gradient_accumulation_steps = 4
+    set_seed(0)  # the same dropout and SpecAugment masks in both
+    loss = trainer.training_step(model, dict(inputs), num_items_in_batch=torch.tensor(2))
+    set_seed(0)
+    expected = model.train()(**inputs).loss / 4
+    torch.testing.assert_close(loss, expected.detach())
 
 
 def test_class_balanced_weights_are_inverse_frequencies():

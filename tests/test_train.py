@@ -228,6 +228,39 @@ def test_without_validation_a_fold_trains_on_every_training_speaker_and_averages
     assert "Early stopping and checkpoint selection use" not in card
 
 
+
+class FirstTrainingBatch(TrainerCallback):
+    def on_train_begin(self, args, state, control, model=None, train_dataloader=None, **kwargs):
+        self.batch = next(iter(train_dataloader))
+        self.label_smoothing, self.trainer_smoothing = model.config.label_smoothing, args.label_smoothing_factor
+
+
+def test_mixup_and_label_smoothing_through_train_py(corpus_dir, tmp_path):
+    from transformers import AutoConfig
+
+    recorder = FirstTrainingBatch()
+    summary = run(corpus_dir, tmp_path / "out", "--folds", "0", "--final_model", "false", "--mixup_alpha", "0.4",
+                  "--label_smoothing_factor", "0.1", callbacks=[recorder])
+    labels = recorder.batch["labels"]
+    num_labels = len(summary["class_counts"])
+    assert labels.dtype == torch.float32 and labels.shape == (len(recorder.batch["input_values"]), num_labels)
+    torch.testing.assert_close(labels.sum(-1), torch.ones(len(labels)))
+    assert (labels.max(-1).values < 1).any()  # mixed, not one-hot
+    # The model's loss smooths (with its class weights and segments); the Trainer's label smoother stays off.
+    assert recorder.label_smoothing == 0.1 and recorder.trainer_smoothing == 0.0
+    (name,) = [fold["fold"] for fold in summary["folds"]]
+    assert AutoConfig.from_pretrained(tmp_path / "out" / "folds" / name / "model").label_smoothing == 0.1
+    assert summary["augmentation"]["mixup_alpha"] == 0.4 and summary["training"]["label_smoothing_factor"] == 0.1
+    from msemoboost.reporting import render_model_card
+
+    card = render_model_card(train.MODEL_CARD_TEMPLATE, json.loads((tmp_path / "out" / "results.json").read_text()),
+                             "corpus", None, "model")
+    assert ("- Mixup: each training batch's utterances were mixed in pairs, with labels mixed alike and weights drawn "
+            "from Beta(0.4, 0.4).\n- Label smoothing 0.1 in the cross-entropy.\n") in card
+    with pytest.raises(ValueError, match=r"^--mixup_alpha must be >= 0 \(0 turns mixup off\), got -1.0.$"):
+        run(corpus_dir, tmp_path / "refused", "--mixup_alpha", "-1")
+
+
 def test_checkpoint_averaging_needs_a_fixed_schedule(corpus_dir, tmp_path, capsys):
     with pytest.raises(SystemExit):
         run(corpus_dir, tmp_path / "out", "--average_last_epochs", "2")
