@@ -11,7 +11,8 @@ speech and agreement with torch fp32's predictions.
 
 - torch int8 is `torch.ao.quantization.quantize_dynamic` of every `nn.Linear` and `nn.LSTM`;
 - ONNX Runtime int8 is `msemoboost export --quantize int8` (dynamic quantisation of MatMul, Gemm and LSTM);
-- ONNX Runtime int8, static conv adds `--calibration` with 32 RAVDESS utterances: the convolutions as QLinearConv.
+- ONNX Runtime int8, static conv adds `--calibration` with 32 RAVDESS utterances: the convolutions but the backbone's
+  feature encoder as QLinearConv.
 
 The default trained model is the from-scratch CPU recipe trained on RAVDESS + TESS only (benchmarks/accuracy.py
 --profile cpu_scratch, row "cross-corpus RAVDESS+TESS → EMO-DB"), so all of EMO-DB is held out; it is scored on EMO-DB's utterances of
@@ -276,13 +277,20 @@ def onnx_profile(path: Path, reference: Path, segments: list[np.ndarray], thread
     trace = Path(session.end_profiling())
     events = json.loads(trace.read_text())
     trace.unlink()
-    result = {}
+    result, rest, nodes = {}, {}, {}
     for event in events:
         name = event["name"].removesuffix("_kernel_time")
         if event.get("cat") == "Node" and event["name"].endswith("_kernel_time") and name not in inside_subgraphs:
-            part = scopes.get(name, "rest")
-            result[part] = result.get(part, 0.0) + event["dur"] / 1000 / repeats
+            part, milliseconds = scopes.get(name, "rest"), event["dur"] / 1000 / repeats
+            result[part] = result.get(part, 0.0) + milliseconds
+            operator = event.get("args", {}).get("op_name", "?")
+            if part == "rest":  # what the profile cannot place, by operator; "not in the graph": made at session start
+                key = operator + ("" if name in scopes else " (not in the optimised graph)")
+                rest[key] = rest.get(key, 0.0) + milliseconds
+            nodes[name] = {"operator": operator, "part": part, "ms": nodes.get(name, {}).get("ms", 0.0) + milliseconds}
     result["total"] = sum(result.values())
+    result["rest_by_operator"] = dict(sorted(rest.items(), key=lambda item: -item[1]))
+    result["slowest_nodes"] = dict(sorted(nodes.items(), key=lambda item: -item[1]["ms"])[:25])
     return result
 
 
@@ -382,6 +390,9 @@ def profile_main(args, report: dict, work: Path) -> None:
     print("| part | " + " | ".join(f"{engine} ms" for engine in engines) + " |\n|---|---|---|---|---|")
     for part in [*PARTS, "rest", "total"]:
         print(f"| {PART_NAMES.get(part, part)} | " + " | ".join(f"{profile[e].get(part, 0.0):.1f}" for e in engines) + " |")
+    for engine in engines[1:]:
+        print(f"\n{engine}, the rest by operator (ms): " + ", ".join(
+            f"{operator} {ms:.1f}" for operator, ms in profile[engine]["rest_by_operator"].items() if ms >= 0.5))
     print(f"\nWrote {destination}")
 
 

@@ -103,10 +103,11 @@ def main(argv: list[str] | None = None) -> int:
     export.add_argument("--quantize", choices=["int8"], default=None,
                         help="also write model.int8.onnx (dynamic int8 quantisation of MatMul, Gemm and LSTM)")
     export.add_argument("--calibration", nargs="+", default=None, metavar="FILE_OR_FOLDER",
-                        help="with --quantize int8: also quantise the convolutions, statically, with activation ranges "
-                             "measured on these recordings (speech like the deployment's, not a test set)")
-    export.add_argument("--opset", type=int, default=None, help="ONNX opset (default: 23, whose fused Attention, Gelu "
-                        "and GroupNormalization run fastest; 18 is the lowest that works)")
+                        help="with --quantize int8: also quantise the convolutions (all but the backbone's feature "
+                             "encoder), statically, with activation ranges measured on these recordings (speech like "
+                             "the deployment's, not a test set)")
+    export.add_argument("--opset", type=int, default=None, help="ONNX opset (default: 23, whose fused Attention and Gelu "
+                        "run fastest; 18 is the lowest that works)")
 
     intensity = commands.add_parser("intensity", help="the emotion-intensity model that guides EMS pretraining")
     intensity_commands = intensity.add_subparsers(dest="intensity_command", required=True)

@@ -17,10 +17,11 @@ therefore costs the graph the silence slots of its short utterances; classify lo
 
 `--quantize int8` adds `model.int8.onnx`: ONNX Runtime's dynamic quantisation (int8 weights, activations quantised
 per batch at run time) of the MatMul, Gemm and LSTM nodes. The feature front end (STFT, filter banks) stays float.
-With `--calibration FILES_OR_FOLDERS`, the convolutions (the backbone's feature encoder and positional convolution,
-AlexNet) are quantised too, statically: int8 weights per output channel, and activation ranges fixed from those
-recordings (the 99.999th percentile of each activation's magnitude), as `QLinearConv`. Calibrate on speech like the
-speech the model will hear, and not on a test set.
+With `--calibration FILES_OR_FOLDERS`, the convolutions of the backbone's positional embedding and of AlexNet are
+quantised too, statically: int8 weights per output channel, and activation ranges fixed from those recordings (the
+99.999th percentile of each activation's magnitude), as `QLinearConv`. The backbone's convolutional feature encoder
+stays float: quantised so, it changed 13 % of a trained model's predictions. Calibrate on speech like the speech the
+model will hear, and not on a test set.
 
 This module needs `onnx`, `onnxscript` and `onnxruntime` (`pip install msemoboost[onnx]`); the modeling files
 never import it.
@@ -48,9 +49,10 @@ ONNX_NAME = "model.onnx"
 INT8_NAME = "model.int8.onnx"
 INPUT_NAMES = ["input_values", "attention_mask"]
 OUTPUT_NAMES = ["logits", "segment_logits", "segments_per_utterance"]
-# Opset 23 gives ONNX Runtime whole Attention, Gelu and GroupNormalization nodes, where opset 18 (the first whose
-# Resize has the antialiasing the spectrogram image needs) spells them out in MatMul/Softmax/Erf/InstanceNorm pieces;
-# the fused kernels run the paper-size graph about 5 % faster, fp32 and int8 (BENCHMARKS.md section 4).
+# Opset 23 gives ONNX Runtime whole Attention and Gelu nodes, where opset 18 (the first whose Resize has the
+# antialiasing the spectrogram image needs) spells them out in MatMul/Softmax/Erf pieces; the fused kernels run the
+# paper-size graph about 5 % faster, fp32 and int8 (BENCHMARKS.md section 4). Its GroupNormalization has no ONNX
+# Runtime kernel, though (ONNX Runtime expands it into its function body): see `group_norm_as_instance_norm`.
 DEFAULT_OPSET = 23
 
 
@@ -153,6 +155,10 @@ def export(model_dir: str | Path, output: str | Path, quantize: str | None = Non
     output.mkdir(parents=True, exist_ok=True)
     written = [output / ONNX_NAME]
     program.save(str(written[0]))
+    graph = onnx.load(str(written[0]))
+    if group_norm_as_instance_norm(graph.graph):
+        onnx.save(graph, str(written[0]))
+    del graph
     onnx.checker.check_model(str(written[0]))
     for name in ("config.json", "preprocessor_config.json"):  # labels, rates and segmenting, as trained
         shutil.copyfile(model_dir / name, output / name)
@@ -163,9 +169,44 @@ def export(model_dir: str | Path, output: str | Path, quantize: str | None = Non
         "files": [path.name for path in written], "inputs": INPUT_NAMES, "outputs": OUTPUT_NAMES,
         "normalizes_input": bool(extractor.do_normalize),
         "int8_convolutions": None if quantize != "int8" else
-        "float" if calibration is None else f"static, calibrated on {len(calibration)} recording(s)",
+        "float" if calibration is None else
+        f"static (the backbone's feature encoder float), calibrated on {len(calibration)} recording(s)",
     }, indent=2) + "\n")
     return written
+
+
+def group_norm_as_instance_norm(graph) -> int:
+    """Rewrites in place each `GroupNormalization` node of `graph` with one group per channel as the
+    `InstanceNormalization` it equals (the same statistics per channel, the same per-channel scale and bias, the same
+    epsilon). Returns how many it rewrote.
+
+    The wav2vec 2.0 family's feature encoder normalises its first convolution's output that way
+    (`feat_extract_norm="group"`: `GroupNorm(num_groups=channels)`), and the exporter writes it as opset 21+
+    `GroupNormalization`, for which ONNX Runtime has no CPU kernel: it runs the op's function body, about ten
+    element-wise passes over the largest activation of the graph (channels × 1/5 of the samples), each with its own
+    dequantisation in the int8 graph. `InstanceNormalization` is one kernel. Groups of several channels are left as
+    they are."""
+    from onnx import numpy_helper
+
+    sizes = {tensor.name: int(np.prod(tensor.dims)) for tensor in graph.initializer}
+    sizes.update({node.output[0]: int(np.prod(numpy_helper.to_array(node.attribute[0].t).shape))
+                  for node in graph.node if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value"})
+    rewritten = 0
+    for node in graph.node:
+        if node.op_type != "GroupNormalization" or node.domain not in ("", "ai.onnx"):
+            continue
+        attributes = {attribute.name: attribute for attribute in node.attribute}
+        groups = attributes["num_groups"].i
+        if len(node.input) < 3 or sizes.get(node.input[1]) != groups:  # a channel count that is not the group count
+            continue
+        if "stash_type" in attributes and attributes["stash_type"].i != 1:  # statistics in another precision than fp32
+            continue
+        node.op_type = "InstanceNormalization"
+        kept = [attribute for attribute in node.attribute if attribute.name == "epsilon"]
+        del node.attribute[:]
+        node.attribute.extend(kept)
+        rewritten += 1
+    return rewritten
 
 
 @contextlib.contextmanager
@@ -196,19 +237,24 @@ def export_failure(error: Exception) -> str:
 
 
 def quantize_int8(source: Path, destination: Path, calibration: list[np.ndarray] | None = None,
-                  segment_samples: int = 48_000) -> Path:
+                  segment_samples: int = 48_000, static_feature_encoder: bool = False) -> Path:
     """Dynamic int8 quantisation of the MatMul, Gemm and LSTM nodes with ONNX Runtime, except the feature front end:
     the FFT, mel filter bank and DCT products stay float, as int8 activations cannot hold a power spectrum's range.
     With `calibration` waveforms, first static int8 quantisation of the Conv nodes (`QLinearConv`, weights per
-    output channel, activation ranges from the 99.999th percentile over the calibration recordings)."""
+    output channel, activation ranges from the 99.999th percentile over the calibration recordings), except the
+    backbone's convolutional feature encoder: one uint8 range per activation cannot hold its channels, whose scales
+    differ by orders of magnitude, and quantising it changed 13 % of a trained model's predictions on held-out
+    speakers (BENCHMARKS.md section 4); it stays float unless `static_feature_encoder` (for that comparison)."""
     onnx = require("onnx")
     require("onnxruntime")
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     front_end = (".mel_filters", ".dct", ".fft_first", ".fft_second")
-    graph = onnx.load(str(source), load_external_data=False).graph
-    excluded = [node.name for node in graph_nodes(graph) if any(name.endswith(front_end) for name in node.input)]
+    nodes = graph_nodes(onnx.load(str(source), load_external_data=False).graph)
+    excluded = [node.name for node in nodes if any(name.endswith(front_end) for name in node.input)]
+    feature_encoder = [node.name for node in nodes if node.op_type == "Conv" and FEATURE_ENCODER in module_scopes(node)
+                       and not static_feature_encoder]
     prepared = destination.with_name(destination.stem + ".prepared.onnx")
     convolutions = destination.with_name(destination.stem + ".conv.onnx")
     try:
@@ -217,7 +263,7 @@ def quantize_int8(source: Path, destination: Path, calibration: list[np.ndarray]
             quantize_static(str(prepared), str(convolutions), CalibrationReader(calibration, segment_samples),
                             quant_format=QuantFormat.QOperator, op_types_to_quantize=["Conv"], per_channel=True,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=CalibrationMethod.Percentile)
+                            calibrate_method=CalibrationMethod.Percentile, nodes_to_exclude=feature_encoder)
             prepared.unlink()
             convolutions.rename(prepared)
         quantize_dynamic(str(prepared), str(destination), op_types_to_quantize=["MatMul", "Gemm", "LSTM"],
@@ -226,6 +272,15 @@ def quantize_int8(source: Path, destination: Path, calibration: list[np.ndarray]
         prepared.unlink(missing_ok=True)
         convolutions.unlink(missing_ok=True)
     return destination
+
+
+# The module path of the SSL backbones' convolutional feature encoder (wav2vec 2.0, HuBERT, WavLM, data2vec-audio).
+FEATURE_ENCODER = "backbone.feature_extractor.conv_layers."
+
+
+def module_scopes(node) -> str:
+    """The torch modules the exporter recorded for an ONNX node (`pkg.torch.onnx.name_scopes`), as one string."""
+    return next((prop.value for prop in node.metadata_props if prop.key == "pkg.torch.onnx.name_scopes"), "")
 
 
 def graph_nodes(graph) -> list:

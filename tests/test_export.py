@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from msemoboost import MSEmoBoostConfig, MSEmoBoostFeatureExtractor, MSEmoBoostForSequenceClassification
 from msemoboost.acoustic_features import MSEmoBoostMFCC, MSEmoBoostSpectrogram, pre_emphasis
 from msemoboost.cli import main
-from msemoboost.export import INT8_NAME, ONNX_NAME, ONNXClassifier, export, graph_nodes
+from msemoboost.export import (INT8_NAME, ONNX_NAME, ONNXClassifier, export, graph_nodes, group_norm_as_instance_norm,
+                               module_scopes)
 from msemoboost.modeling_msemoboost import MSEmoBoostSelfAttention
 from tiny import tiny_model
 
@@ -106,10 +107,42 @@ def test_export_writes_the_graph_with_config_and_preprocessor_beside_it(exported
     assert {"LSTM", "Conv", "Resize"} <= operators  # the guidance branches are inside the graph
     assert not {"STFT", "DFT"} & operators  # both STFTs are the four-step FFT's matrix products
     assert [node.op_type for node in graph.graph.node].count("Scan") == 2  # MFCC and spectrogram, in groups of rows
+    # The feature encoder's GroupNorm (one group per channel) as the InstanceNormalization kernel it equals.
+    assert "GroupNormalization" not in operators and [node.op_type for node in graph.graph.node].count("InstanceNormalization") == 1
     assert json.loads((output / "export.json").read_text())["normalizes_input"] is True
     index_tables = [tuple(tensor.dims) for tensor in graph.graph.initializer if tensor.data_type == onnx.TensorProto.INT64
                     and len(tensor.dims) > 1 and np.prod(tensor.dims) > 10_000]
     assert index_tables == []  # the spectrogram's frames are slices: no (frames × window) table of sample indices
+
+
+@pytest.mark.parametrize("groups", [6, 3])
+def test_group_norm_with_a_group_per_channel_becomes_the_instance_norm_it_equals(groups):
+    import onnxruntime
+    from onnx import TensorProto, helper, numpy_helper
+
+    generator = np.random.default_rng(0)
+    scale, bias = (numpy_helper.from_array(generator.normal(size=6).astype(np.float32), name) for name in ("scale", "bias"))
+    node = helper.make_node("GroupNormalization", ["x", "scale", "bias"], ["y"], num_groups=groups, epsilon=1e-3)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 6, 50])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 6, 50])], [scale, bias])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)])
+    x = (3.0 * generator.normal(size=(2, 6, 50)) + 1.0).astype(np.float32)
+
+    def run(model):
+        return onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+    before = run(model)
+    assert group_norm_as_instance_norm(model.graph) == (1 if groups == 6 else 0)
+    onnx.checker.check_model(model)
+    if groups == 6:
+        assert [(node.op_type, [(a.name, a.f) for a in node.attribute]) for node in model.graph.node] == [
+            ("InstanceNormalization", [("epsilon", pytest.approx(1e-3))])]
+    else:  # several channels per group: not an instance norm, left as it was
+        assert [node.op_type for node in model.graph.node] == ["GroupNormalization"]
+    reference = torch.nn.functional.group_norm(torch.from_numpy(x), groups, torch.from_numpy(numpy_helper.to_array(scale)),
+                                               torch.from_numpy(numpy_helper.to_array(bias)), eps=1e-3).numpy()
+    np.testing.assert_allclose(before, reference, atol=1e-5)
+    np.testing.assert_allclose(run(model), reference, atol=1e-5)
 
 
 def test_onnx_logits_match_pytorch_on_real_speech_batched_and_one_at_a_time(exported, emodb_utterances):
@@ -159,7 +192,8 @@ def test_int8_quantizes_the_matmuls_and_the_lstm_and_stays_close_to_fp32(exporte
     assert 0 < np.abs(quantized - reference).max() < 0.05
 
 
-def test_calibrated_int8_quantizes_every_convolution_statically(exported, emodb, emodb_utterances, tmp_path, capsys):
+def test_calibrated_int8_quantizes_the_convolutions_but_the_feature_encoder_statically(exported, emodb, emodb_utterances,
+                                                                                       tmp_path, capsys):
     model_dir, output = exported
     calibration = [str(path) for path in sorted((emodb / "audio").glob("*.flac"))[1::100]]  # not the test utterances
     assert main(["export", str(model_dir), "--output", str(tmp_path), "--quantize", "int8", "--calibration", *calibration]) == 0
@@ -169,9 +203,15 @@ def test_calibrated_int8_quantizes_every_convolution_statically(exported, emodb,
     count = lambda graph, op: sum(node.op_type == op for node in graph.graph.node)  # noqa: E731
     model = MSEmoBoostForSequenceClassification.from_pretrained(model_dir)
     convolutions = sum(isinstance(module, (torch.nn.Conv1d, torch.nn.Conv2d)) for module in model.modules())
-    assert count(fp32, "Conv") == count(dynamic, "Conv") == count(static, "QLinearConv") == convolutions > 5
-    assert count(static, "Conv") == 0 and count(static, "MatMulInteger") == count(dynamic, "MatMulInteger") > 0
-    assert json.loads((tmp_path / "export.json").read_text())["int8_convolutions"] == "static, calibrated on 5 recording(s)"
+    encoder = len(model.msemoboost.backbone.feature_extractor.conv_layers)
+    assert count(fp32, "Conv") == count(dynamic, "Conv") == convolutions > encoder > 0
+    assert count(static, "QLinearConv") == convolutions - encoder and count(static, "Conv") == encoder
+    float_convolutions = {node.name for node in static.graph.node if node.op_type == "Conv"}
+    assert float_convolutions == {node.name for node in fp32.graph.node if node.op_type == "Conv"
+                                  and "backbone.feature_extractor.conv_layers." in module_scopes(node)}
+    assert count(static, "MatMulInteger") == count(dynamic, "MatMulInteger") > 0
+    assert json.loads((tmp_path / "export.json").read_text())["int8_convolutions"] == (
+        "static (the backbone's feature encoder float), calibrated on 5 recording(s)")
     assert json.loads((output / "export.json").read_text())["int8_convolutions"] == "float"
     assert (tmp_path / INT8_NAME).stat().st_size < (output / INT8_NAME).stat().st_size
     assert sorted(path.name for path in tmp_path.iterdir()) == sorted(path.name for path in output.iterdir())
