@@ -77,8 +77,8 @@ def argument_words(values: dict) -> list[str]:
     for key, value in values.items():
         if value is None:
             continue
-        if isinstance(value, (dict, list)) and key in ("backbone_config", "model_config_overrides"):
-            value = json.dumps(value)
+        if isinstance(value, dict) or (isinstance(value, list) and key in ("backbone_config", "model_config_overrides")):
+            value = json.dumps(value)  # e.g. lr_scheduler_kwargs: {min_lr_rate: 0.25}, which the parser reads as JSON
         if isinstance(value, list):
             words += [f"--{key}", *map(str, value)]
         else:

@@ -287,10 +287,12 @@ def test_push_without_a_hub_says_so_and_keeps_the_model_directory(corpus_dir, tm
 def test_arguments_come_from_a_yaml_file_and_the_command_line_overrides_it(tmp_path):
     file = tmp_path / "args.yaml"
     file.write_text(yaml.safe_dump({"dataset_name": "x", "protocol": "kfold", "num_folds": 5, "learning_rate": 0.5,
-                                    "folds": ["1", "2"], "backbone_config": {"model_type": "hubert"}}))
+                                    "folds": ["1", "2"], "backbone_config": {"model_type": "hubert"},
+                                    "lr_scheduler_type": "cosine_with_min_lr", "lr_scheduler_kwargs": {"min_lr_rate": 0.25}}))
     model_args, data_args, noise_args, protocol_args, training_args, _ = train.parse_arguments([str(file), "--num_folds", "3"])
     assert (data_args.dataset_name, protocol_args.protocol, protocol_args.num_folds) == ("x", "kfold", 3)
     assert training_args.learning_rate == 0.5 and protocol_args.folds == ["1", "2"]
+    assert training_args.lr_scheduler_kwargs == {"min_lr_rate": 0.25}  # a mapping in the file reaches the parser as JSON
     assert json.loads(model_args.backbone_config) == {"model_type": "hubert"}
     assert noise_args.eval_snr is None and noise_args.noise_augmentation_probability == 0.0  # both off by default
 
