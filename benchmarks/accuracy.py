@@ -57,6 +57,10 @@ ROWS = {
     "+ pooled batch norm": {"model": {"pooled_normalization": "batch_norm"}},
     "+ mixup (alpha 0.2)": {"args": ["--mixup_alpha", "0.2"]},
     "+ label smoothing 0.1": {"args": ["--label_smoothing_factor", "0.1"]},
+    "+ 30 epochs": {"args": ["--num_train_epochs", "30"]},
+    "+ weight averaging (cosine to 25 %, last 8 epochs averaged)": {"args": [
+        "--lr_scheduler_type", "cosine_with_min_lr", "--lr_scheduler_kwargs", '{"min_lr_rate": 0.25}',
+        "--average_last_epochs", "8"]},
     # The CPU recipe's pretrained backbone: replaced by the from-scratch recipe's random one, or frozen.
     "− pretrained backbone (random, same fine-tuning)": {"args": [
         "--backbone_config", json.dumps(read_arguments_file(REPO / "configs" / "emodb_cpu_scratch.yaml")["backbone_config"])]},
