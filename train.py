@@ -289,7 +289,9 @@ class ProtocolArguments:
     )
     average_last_epochs: int | None = field(
         default=None, metadata={"help": "Keep the average of the weights after each of the last N epochs instead of the "
-                                "best or last checkpoint (needs a fixed schedule: --validation_fraction 0)."}
+                                "last checkpoint (needs a fixed schedule: --validation_fraction 0; not applied to a "
+                                "fold whose dataset brings its own validation split, where early stopping picks "
+                                "the checkpoint). 0 or unset: keep the last weights."}
     )
     folds: list[str] | None = field(default=None, metadata={"help": "Run only these folds (names or indices)."})
     final_model: bool = field(
@@ -345,6 +347,10 @@ def parse_arguments(
     if protocol_args.average_last_epochs and protocol_args.validation_fraction > 0:
         parser.error("--average_last_epochs averages the last epochs of a fixed schedule; early stopping on validation "
                      "speakers chooses an epoch instead. Give --validation_fraction 0 with it.")
+    if protocol_args.average_last_epochs and protocol_args.average_last_epochs > training_args.num_train_epochs:
+        parser.error(f"--average_last_epochs {protocol_args.average_last_epochs} averages more epochs than the run has "
+                     f"(--num_train_epochs {training_args.num_train_epochs:g}): lower it, or give 0 to keep the last "
+                     "weights.")
     if protocol_args.protocol == "cross_corpus" and not data_args.extra_train_datasets:
         parser.error("--protocol cross_corpus trains on --extra_train_datasets only: name at least one")
     return model_args, data_args, noise_args, protocol_args, training_args, augmentation_args
@@ -516,7 +522,10 @@ def train_model(
         logger.info("No validation part (--validation_fraction 0): the model trains for the whole schedule, without "
                     "early stopping.")
     args = fold_training_arguments(training_args, checkpoint_dir, patience, has_validation)
-    averaging = protocol_args.average_last_epochs
+    averaging = protocol_args.average_last_epochs if not has_validation else None
+    if protocol_args.average_last_epochs and has_validation:
+        logger.info("The fold has a validation part (the dataset's own validation split): early stopping on it picks "
+                    "the checkpoint, so --average_last_epochs is not applied.")
     trainer = MSEmoBoostTrainer(
         model=model,
         args=args,

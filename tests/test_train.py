@@ -265,6 +265,10 @@ def test_checkpoint_averaging_needs_a_fixed_schedule(corpus_dir, tmp_path, capsy
     with pytest.raises(SystemExit):
         run(corpus_dir, tmp_path / "out", "--average_last_epochs", "2")
     assert "--average_last_epochs averages the last epochs of a fixed schedule" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        run(corpus_dir, tmp_path / "out", "--average_last_epochs", "8", "--num_train_epochs", "3", "--validation_fraction", "0")
+    assert ("--average_last_epochs 8 averages more epochs than the run has (--num_train_epochs 3): lower it, or give 0 "
+            "to keep the last weights.") in " ".join(capsys.readouterr().err.split())
 
 
 def test_label_merge_renames_classes(corpus_dir, tmp_path):
@@ -305,7 +309,8 @@ def test_a_preset_builds_on_its_base_file(tmp_path):
                "backbone_pretraining": "configs/pretrain_cpu.yaml --dataset_name ../shared/data/ravdess "
                                        "../shared/data/tess --max_steps 1500",
                "model_config_overrides": {**scratch["model_config_overrides"], "use_weighted_layer_sum": True},
-               "validation_fraction": 0, "output_dir": "outputs/emodb_cpu"}
+               "validation_fraction": 0, "output_dir": "outputs/emodb_cpu", "lr_scheduler_type": "cosine_with_min_lr",
+               "lr_scheduler_kwargs": {"min_lr_rate": 0.25}, "average_last_epochs": 8}
     assert pretrained == {**scratch, **changes}
     (tmp_path / "child.yaml").write_text("base: missing.yaml\nlearning_rate: 0.1\n")
     with pytest.raises(ValueError, match=rf"^{tmp_path / 'child.yaml'}: its base missing.yaml is not a file "
@@ -448,8 +453,8 @@ def test_the_cpu_recipe_runs_unchanged_on_an_audiofolder_with_train_and_test_spl
     (tmp_path / "configs").symlink_to(REPO / "configs")
     pretraining = f"configs/pretrain_cpu.yaml --dataset_name {corpus_dir} --max_steps 2 --per_device_train_batch_size 4"
     summary = train.main([str(REPO / "configs" / "emodb_cpu.yaml"), "--dataset_name", str(splits), "--protocol", "splits",
-                          "--output_dir", str(tmp_path / "out"), "--num_train_epochs", "1", "--disable_tqdm", "true",
-                          "--backbone_pretraining", pretraining])
+                          "--output_dir", str(tmp_path / "out"), "--num_train_epochs", "2", "--average_last_epochs", "2",
+                          "--disable_tqdm", "true", "--backbone_pretraining", pretraining])
     backbone = tmp_path / "outputs" / "pretrained" / "emodb_cpu"
     assert json.loads((backbone / "pretraining_args.json").read_text())["max_steps"] == 2
     assert summary["model"]["backbone"] == "outputs/pretrained/emodb_cpu" and summary["model"]["backbone_pretraining"] == pretraining
