@@ -39,7 +39,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from msemoboost import MSEmoBoostConfig  # noqa: E402
 from msemoboost.data import decode_audio  # noqa: E402
-from msemoboost.export import INT8_NAME, ONNXClassifier, export, quantize_int8  # noqa: E402
+from msemoboost.export import INT8_NAME, ONNX_NAME, ONNXClassifier, export, quantize_int8  # noqa: E402
 
 from deploy import accuracy, calibration_audio, load_engine  # noqa: E402
 
@@ -66,13 +66,14 @@ def test_utterances(fold: Path, dataset: Path, labels: list[str]) -> tuple[list[
 
 def fold_logits(model_dir: Path, audio: list[np.ndarray], work: Path, calibration: list[np.ndarray]) -> dict:
     """Utterance logits `(num_utterances, num_labels)` of every engine for one fold's model."""
-    export(model_dir, work / "dynamic", quantize="int8")
-    export(model_dir, work / "static", quantize="int8", calibration=calibration)
-    (work / "static-all").mkdir()
-    for name in ("config.json", "preprocessor_config.json", "model.onnx"):
-        shutil.copyfile(work / "dynamic" / name, work / "static-all" / name)
-    quantize_int8(work / "dynamic" / "model.onnx", work / "static-all" / INT8_NAME, calibration,
-                  MSEmoBoostConfig.from_pretrained(model_dir).segment_samples, static_feature_encoder=True)
+    export(model_dir, work / "dynamic", quantize="int8")  # the one export; both static graphs quantise its model.onnx
+    segment_samples = MSEmoBoostConfig.from_pretrained(model_dir).segment_samples
+    for folder, static_feature_encoder in (("static", False), ("static-all", True)):
+        (work / folder).mkdir()
+        for name in ("config.json", "preprocessor_config.json"):
+            shutil.copyfile(work / "dynamic" / name, work / folder / name)
+        quantize_int8(work / "dynamic" / ONNX_NAME, work / folder / INT8_NAME, calibration, segment_samples,
+                      static_feature_encoder=static_feature_encoder)
     runners = {"torch fp32": load_engine("torch fp32", model_dir, work, threads=torch.get_num_threads())}
     for name, folder, int8 in [("onnxruntime fp32", "dynamic", False), ("onnxruntime int8", "dynamic", True),
                                (ENGINES[3], "static", True), (ENGINES[4], "static-all", True)]:

@@ -54,6 +54,9 @@ OUTPUT_NAMES = ["logits", "segment_logits", "segments_per_utterance"]
 # paper-size graph about 5 % faster, fp32 and int8 (BENCHMARKS.md section 4). Its GroupNormalization has no ONNX
 # Runtime kernel, though (ONNX Runtime expands it into its function body): see `group_norm_as_instance_norm`.
 DEFAULT_OPSET = 23
+# The module path of the SSL backbones' convolutional feature encoder (wav2vec 2.0, HuBERT, WavLM, data2vec-audio),
+# which static int8 leaves float (`quantize_int8`).
+FEATURE_ENCODER = "backbone.feature_extractor.conv_layers."
 
 
 class MSEmoBoostForONNX(nn.Module):
@@ -272,10 +275,6 @@ def quantize_int8(source: Path, destination: Path, calibration: list[np.ndarray]
         prepared.unlink(missing_ok=True)
         convolutions.unlink(missing_ok=True)
     return destination
-
-
-# The module path of the SSL backbones' convolutional feature encoder (wav2vec 2.0, HuBERT, WavLM, data2vec-audio).
-FEATURE_ENCODER = "backbone.feature_extractor.conv_layers."
 
 
 def module_scopes(node) -> str:
