@@ -436,6 +436,28 @@ def test_splits_protocol_uses_the_dataset_splits_and_publishes_that_model(corpus
     assert (output / "model" / "model.safetensors").read_bytes() == (output / "folds" / "splits" / "model" / "model.safetensors").read_bytes()
 
 
+def test_a_dataset_validation_split_picks_the_checkpoint_and_weight_averaging_is_not_applied(corpus_dir, tmp_path, caplog):
+    splits = tmp_path / "splits"
+    for split, speakers in (("train", {"spk1", "spk2", "spk3", "spk4"}), ("validation", {"spk5"}), ("test", {"spk6"})):
+        rows = [row for row in read_csv(corpus_dir / "metadata.csv") if row["speaker"] in speakers]
+        (splits / split / "audio").mkdir(parents=True)
+        with open(splits / split / "metadata.csv", "w", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=["file_name", "speaker", "emotion"])
+            writer.writeheader()
+            writer.writerows(rows)
+        for row in rows:
+            shutil.copy(corpus_dir / row["file_name"], splits / split / row["file_name"])
+    output = tmp_path / "out"
+    with caplog.at_level(logging.INFO, logger="msemoboost.train"):
+        summary = run(splits, output, "--protocol", "splits", "--validation_fraction", "0", "--num_train_epochs", "2",
+                      "--average_last_epochs", "2", "--final_model", "false")
+    fold = json.loads((output / "folds" / "splits" / "results.json").read_text())
+    assert summary["folds"][0]["num_validation"] == 12 and fold["validation_speakers"] == ["spk5"]
+    assert fold["averaged_epochs"] is None and fold["best_checkpoint"] is not None
+    assert ("The fold has a validation part (the dataset's own validation split): early stopping on it picks the "
+            "checkpoint, so --average_last_epochs is not applied.") in caplog.messages
+
+
 def test_the_cpu_recipe_runs_unchanged_on_an_audiofolder_with_train_and_test_splits(corpus_dir, tmp_path, monkeypatch):
     splits = tmp_path / "splits"
     for split, speakers in (("train", {"spk1", "spk2", "spk3", "spk4"}), ("test", {"spk6"})):
