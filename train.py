@@ -197,6 +197,12 @@ class DataArguments:
     keep_extra_labels: bool = field(
         default=False, metadata={"help": "Also train on extra corpora's classes that the evaluated corpus lacks."}
     )
+    mask_absent_classes: bool = field(
+        default=False,
+        metadata={"help": "With extra corpora: score each training utterance's loss over the classes its own corpus "
+                  "has, so that a class some corpora lack (EMO-DB's boredom, beside RAVDESS) is not learnt as the "
+                  "identity of the corpora that have it."},
+    )
 
 
 @dataclass
@@ -353,6 +359,12 @@ def parse_arguments(
                      "weights.")
     if protocol_args.protocol == "cross_corpus" and not data_args.extra_train_datasets:
         parser.error("--protocol cross_corpus trains on --extra_train_datasets only: name at least one")
+    if data_args.mask_absent_classes and not data_args.extra_train_datasets:
+        parser.error("--mask_absent_classes scores extra corpora's utterances over their own classes: name them with "
+                     "--extra_train_datasets")
+    if data_args.mask_absent_classes and training_args.label_smoothing_factor:
+        parser.error("--mask_absent_classes cannot be combined with --label_smoothing_factor, which spreads probability "
+                     "over every class, including those an utterance's corpus lacks")
     return model_args, data_args, noise_args, protocol_args, training_args, augmentation_args
 
 
@@ -458,7 +470,9 @@ def load_corpora(data_args: DataArguments, config, protocol: str):
     for dataset_name in data_args.extra_train_datasets:
         extra_columns = {**columns, **per_corpus.get(dataset_name, {})}
         extras.append((corpus_name(dataset_name), load_corpus(dataset_name, require_speaker=False, **extra_columns, **options)))
-    combined = combine_corpora(corpus, name, extras, protocol == "cross_corpus", data_args.keep_extra_labels)
+    combined = combine_corpora(
+        corpus, name, extras, protocol == "cross_corpus", data_args.keep_extra_labels, data_args.mask_absent_classes
+    )
     return combined.corpus, combined.extra_rows, combined.report
 
 
@@ -516,6 +530,7 @@ def train_model(
     if training_args.label_smoothing_factor:
         model.config.label_smoothing = training_args.label_smoothing_factor
     mixup = BatchMixup(mixup_alpha, len(corpus.label_names), training_args.seed) if mixup_alpha else None
+    label_masks = "label_mask" in corpus.dataset.column_names  # --mask_absent_classes with extra corpora
     has_validation = len(rows_validation) > 0
     patience = protocol_args.early_stopping_patience if has_validation else None
     if protocol_args.early_stopping_patience is not None and not has_validation:
@@ -532,8 +547,9 @@ def train_model(
         train_dataset=corpus.dataset.select(rows_train),
         eval_dataset=corpus.dataset.select(rows_validation) if has_validation else None,
         data_collator=AudioCollator(feature_extractor),
-        train_data_collator=AudioCollator(feature_extractor, augmentation, return_clean=model_args.use_se_head, mixup=mixup)
-        if augmentation or mixup else None,
+        train_data_collator=AudioCollator(
+            feature_extractor, augmentation, return_clean=model_args.use_se_head, mixup=mixup, label_masks=label_masks
+        ) if augmentation or mixup or label_masks else None,
         processing_class=feature_extractor,
         compute_metrics=WaUaMetrics(),
         part_learning_rates={"backbone": model_args.backbone_learning_rate, "guidance": model_args.guidance_learning_rate},

@@ -39,6 +39,10 @@ from .configuration_msemoboost import MSEmoBoostConfig
 
 logger = logging.get_logger(__name__)
 
+# The logit that `label_mask` gives the classes it leaves out: low enough that their softmax probability is exactly 0
+# in float32, finite so that a zero target times its log-probability stays 0.
+LOGIT_EXCLUDED = -1.0e4
+
 
 @dataclass
 class MSEmoBoostModelOutput(ModelOutput):
@@ -309,6 +313,28 @@ def average_over_segments(values: torch.Tensor, segments_per_utterance: torch.Te
     totals = values.new_zeros((len(segments_per_utterance), *values.shape[1:])).index_add_(0, utterance_index, values)
     counts = segments_per_utterance.to(values.dtype).view(-1, *([1] * (values.dim() - 1)))
     return totals / counts
+
+
+def checked_label_mask(label_mask: torch.Tensor, targets: torch.Tensor, num_labels: int, smoothing: float) -> torch.Tensor:
+    """`label_mask` `(batch_size, num_labels)` as a bool tensor on the device of `targets` (class indices
+    `(batch_size,)` or probabilities `(batch_size, num_labels)`), after checking that every target lies in it."""
+    batch_size = targets.shape[0]
+    if tuple(label_mask.shape) != (batch_size, num_labels):
+        raise ValueError(f"label_mask must have shape (batch_size, num_labels) = ({batch_size}, {num_labels}), got {tuple(label_mask.shape)}.")
+    if smoothing:
+        raise ValueError(
+            "label_mask cannot be combined with label smoothing, which spreads probability over every class, "
+            "including those the mask leaves out. Set label_smoothing to 0."
+        )
+    label_mask = label_mask.to(device=targets.device, dtype=torch.bool)
+    soft = targets.dim() == 2
+    outside = ((targets > 0) & ~label_mask).any(-1) if soft else ~label_mask.gather(1, targets[:, None]).squeeze(1)
+    if outside.any():
+        raise ValueError(
+            f"label_mask leaves out the label of utterance(s) {outside.nonzero()[:, 0].tolist()}: every utterance's "
+            "label must be among the classes its mask allows."
+        )
+    return label_mask
 
 
 def segment_slots(
@@ -793,6 +819,7 @@ class MSEmoBoostForSequenceClassification(MSEmoBoostPreTrainedModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         output_attentions: bool | None = None,
+        label_mask: torch.Tensor | None = None,
         **kwargs,
     ) -> MSEmoBoostSequenceClassifierOutput | tuple:
         r"""
@@ -812,6 +839,11 @@ class MSEmoBoostForSequenceClassification(MSEmoBoostPreTrainedModel):
                 Return a [`MSEmoBoostSequenceClassifierOutput`] rather than a tuple.
             output_attentions (`bool`, *optional*):
                 Return the backbone's attention weights of every segment.
+            label_mask (`torch.BoolTensor` of shape `(batch_size, num_labels)`, *optional*):
+                For training on several corpora: the classes each utterance's corpus has. Its loss is the
+                cross-entropy over those classes only (the others are left out of its softmax), so that a class that
+                only some corpora have is not learnt as "not that corpus". Single-label classification only; the
+                `logits` are not changed.
             kwargs:
                 Other keyword arguments (such as those `Trainer` may pass) are accepted and ignored.
 
@@ -839,7 +871,9 @@ class MSEmoBoostForSequenceClassification(MSEmoBoostPreTrainedModel):
 
         classification_loss = se_loss = None
         if labels is not None:
-            classification_loss = self.classification_loss(segment_logits, logits, labels, outputs.segments_per_utterance)
+            classification_loss = self.classification_loss(
+                segment_logits, logits, labels, outputs.segments_per_utterance, label_mask=label_mask
+            )
         if train_se:
             if clean_input_values.shape != input_values.shape:
                 raise ValueError(
@@ -869,6 +903,7 @@ class MSEmoBoostForSequenceClassification(MSEmoBoostPreTrainedModel):
         logits: torch.Tensor,
         labels: torch.Tensor,
         segments_per_utterance: torch.LongTensor,
+        label_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The loss of `config.problem_type`, at `config.loss_level`.
 
@@ -879,7 +914,9 @@ class MSEmoBoostForSequenceClassification(MSEmoBoostPreTrainedModel):
           `loss_level="segment"` (the paper) every segment `(num_segments, num_labels)` is scored against its
           utterance's label; at `"utterance"` the utterance `logits` `(batch_size, num_labels)` are, which is then
           exactly `cross_entropy(logits, labels)`. The mean is weighted: it divides by the summed class weights of
-          the targets, as `cross_entropy` does for class indices.
+          the targets, as `cross_entropy` does for class indices. With a `label_mask` `(batch_size, num_labels)`,
+          each utterance's cross-entropy is over the classes its mask allows: exactly the cross-entropy of those
+          columns alone (the other logits are replaced by `LOGIT_EXCLUDED`, whose probability is 0 in float32).
         - multi-label classification: binary cross-entropy with logits on the utterance `logits` (float `labels` of
           shape `(batch_size, num_labels)`).
         - regression: mean squared error on the utterance `logits` (`labels` `(batch_size,)` or `(batch_size,
@@ -887,6 +924,8 @@ class MSEmoBoostForSequenceClassification(MSEmoBoostPreTrainedModel):
         """
         problem_type = self.config.problem_type or "single_label_classification"
         batch_size, num_labels = logits.shape
+        if label_mask is not None and problem_type != "single_label_classification":
+            raise ValueError(f"label_mask applies to single-label classification; this model's problem_type is {problem_type}.")
         if problem_type == "multi_label_classification":
             if labels.shape != (batch_size, num_labels):
                 raise ValueError(f"multi-label labels must have shape ({batch_size}, {num_labels}), got {tuple(labels.shape)}.")
@@ -919,6 +958,9 @@ class MSEmoBoostForSequenceClassification(MSEmoBoostPreTrainedModel):
                     f"{labels[outside].tolist()}."
                 )
             targets = labels.to(logits.device)
+        smoothing = self.config.label_smoothing
+        if label_mask is not None:
+            label_mask = checked_label_mask(label_mask, targets, num_labels, smoothing)
         weight = None
         if self.config.class_weights is not None:
             weight = torch.tensor(self.config.class_weights, dtype=torch.float32, device=logits.device)
@@ -926,7 +968,10 @@ class MSEmoBoostForSequenceClassification(MSEmoBoostPreTrainedModel):
         if self.config.loss_level == "segment":
             scores = segment_logits
             targets = torch.repeat_interleave(targets, segments_per_utterance.to(targets.device), dim=0)
-        smoothing = self.config.label_smoothing
+            if label_mask is not None:
+                label_mask = torch.repeat_interleave(label_mask, segments_per_utterance.to(label_mask.device), dim=0)
+        if label_mask is not None:
+            scores = scores.float().masked_fill(~label_mask, LOGIT_EXCLUDED)
         if not soft:
             return F.cross_entropy(scores.float(), targets, weight=weight, label_smoothing=smoothing)
         total = F.cross_entropy(scores.float(), targets, weight=weight, label_smoothing=smoothing, reduction="sum")

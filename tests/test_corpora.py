@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from tiny import TINY_TRAIN_ARGS, read_csv
 
 import train
@@ -47,6 +48,43 @@ def test_extra_corpora_join_training_are_never_tested_and_their_other_classes_ar
     predicted = read_csv(tmp_path / "out" / "predictions.csv")
     assert {row["speaker"] for row in predicted} == {"spk1"} and len(predicted) == 12
     assert summary["num_utterances"] == 12
+
+
+def test_mask_absent_classes_scores_each_corpus_s_utterances_over_its_own_classes(corpus_dir, tmp_path, monkeypatch):
+    from msemoboost import MSEmoBoostForSequenceClassification
+
+    seen = []
+    loss = MSEmoBoostForSequenceClassification.classification_loss
+
+    def recording(self, segment_logits, logits, labels, segments_per_utterance, label_mask=None):
+        seen.append((labels.clone(), None if label_mask is None else label_mask.clone()))
+        return loss(self, segment_logits, logits, labels, segments_per_utterance, label_mask=label_mask)
+
+    monkeypatch.setattr(MSEmoBoostForSequenceClassification, "classification_loss", recording)
+    extra = extra_corpus(corpus_dir, tmp_path / "extra", ["spk1", "spk2"], {"sad": "calm"})  # has no "sad"
+    arguments = ["--folds", "0", "--final_model", "false", "--num_train_epochs", "1", "--extra_train_datasets", str(extra),
+                 *columns_for(extra)]
+    run(corpus_dir, tmp_path / "out", *arguments, "--mask_absent_classes", "true")
+    training = [(labels, mask) for labels, mask in seen if mask is not None]  # validation and test batches have none
+    masks = torch.cat([mask for _, mask in training])
+    labels = torch.cat([labels for labels, _ in training])
+    # One epoch: demo's training utterances with every class allowed; extra's 20, with "sad" (index 3) left out.
+    assert sorted(map(tuple, masks.tolist())).count((True, True, True, False)) == 20
+    assert sorted(map(tuple, masks.tolist())).count((True, True, True, True)) == len(masks) - 20
+    assert (labels[~masks[:, 3]] != 3).all()
+    seen.clear()
+    run(corpus_dir, tmp_path / "plain", *arguments)
+    assert seen and all(mask is None for _, mask in seen)  # off by default
+
+
+def test_mask_absent_classes_needs_extra_corpora_and_no_label_smoothing(corpus_dir, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        run(corpus_dir, tmp_path / "out", "--mask_absent_classes", "true")
+    assert "--mask_absent_classes scores extra corpora's utterances over their own classes: name them" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        run(corpus_dir, tmp_path / "out", "--mask_absent_classes", "true", "--extra_train_datasets", "x",
+            "--label_smoothing_factor", "0.1")
+    assert "--mask_absent_classes cannot be combined with --label_smoothing_factor" in capsys.readouterr().err
 
 
 def test_cross_corpus_trains_on_the_extra_corpora_and_tests_the_shared_classes(corpus_dir, tmp_path):
