@@ -350,6 +350,14 @@ def test_help_explains_how_validation_is_drawn():
     assert "--validation_fraction" in text and "--learning_rate" in text
 
 
+def test_the_accuracy_benchmark_lists_its_rows():
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "accuracy.py"), "--help"], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]  # a row's name with "%" once broke the help
+    text = " ".join(result.stdout.split())
+    assert "weight averaging (cosine to 25 %, last 8 epochs averaged)" in text
+
+
 @pytest.mark.parametrize("preset", sorted((REPO / "configs").glob("*.yaml")), ids=lambda path: path.stem)
 def test_every_preset_parses_into_its_values(preset):
     from msemoboost.training import read_arguments_file
