@@ -198,10 +198,10 @@ class DataArguments:
         default=False, metadata={"help": "Also train on extra corpora's classes that the evaluated corpus lacks."}
     )
     mask_absent_classes: bool = field(
-        default=False,
+        default=True,
         metadata={"help": "With extra corpora: score each training utterance's loss over the classes its own corpus "
                   "has, so that a class some corpora lack (EMO-DB's boredom, beside RAVDESS) is not learnt as the "
-                  "identity of the corpora that have it."},
+                  "identity of the corpora that have it. false: one softmax over every class for every utterance."},
     )
 
 
@@ -359,12 +359,10 @@ def parse_arguments(
                      "weights.")
     if protocol_args.protocol == "cross_corpus" and not data_args.extra_train_datasets:
         parser.error("--protocol cross_corpus trains on --extra_train_datasets only: name at least one")
-    if data_args.mask_absent_classes and not data_args.extra_train_datasets:
-        parser.error("--mask_absent_classes scores extra corpora's utterances over their own classes: name them with "
-                     "--extra_train_datasets")
-    if data_args.mask_absent_classes and training_args.label_smoothing_factor:
-        parser.error("--mask_absent_classes cannot be combined with --label_smoothing_factor, which spreads probability "
-                     "over every class, including those an utterance's corpus lacks")
+    if data_args.mask_absent_classes and data_args.extra_train_datasets and training_args.label_smoothing_factor:
+        parser.error("--mask_absent_classes (on by default with --extra_train_datasets) cannot be combined with "
+                     "--label_smoothing_factor, which spreads probability over every class, including those an "
+                     "utterance's corpus lacks: give --mask_absent_classes false to smooth")
     return model_args, data_args, noise_args, protocol_args, training_args, augmentation_args
 
 

@@ -64,7 +64,7 @@ def test_mask_absent_classes_scores_each_corpus_s_utterances_over_its_own_classe
     extra = extra_corpus(corpus_dir, tmp_path / "extra", ["spk1", "spk2"], {"sad": "calm"})  # has no "sad"
     arguments = ["--folds", "0", "--final_model", "false", "--num_train_epochs", "1", "--extra_train_datasets", str(extra),
                  *columns_for(extra)]
-    run(corpus_dir, tmp_path / "out", *arguments, "--mask_absent_classes", "true")
+    run(corpus_dir, tmp_path / "out", *arguments)  # on by default
     training = [(labels, mask) for labels, mask in seen if mask is not None]  # validation and test batches have none
     masks = torch.cat([mask for _, mask in training])
     labels = torch.cat([labels for labels, _ in training])
@@ -73,18 +73,17 @@ def test_mask_absent_classes_scores_each_corpus_s_utterances_over_its_own_classe
     assert sorted(map(tuple, masks.tolist())).count((True, True, True, True)) == len(masks) - 20
     assert (labels[~masks[:, 3]] != 3).all()
     seen.clear()
-    run(corpus_dir, tmp_path / "plain", *arguments)
-    assert seen and all(mask is None for _, mask in seen)  # off by default
+    run(corpus_dir, tmp_path / "plain", *arguments, "--mask_absent_classes", "false")
+    assert seen and all(mask is None for _, mask in seen)  # one softmax over every class
 
 
-def test_mask_absent_classes_needs_extra_corpora_and_no_label_smoothing(corpus_dir, tmp_path, capsys):
+def test_masking_absent_classes_cannot_be_combined_with_label_smoothing(corpus_dir, tmp_path, capsys):
     with pytest.raises(SystemExit):
-        run(corpus_dir, tmp_path / "out", "--mask_absent_classes", "true")
-    assert "--mask_absent_classes scores extra corpora's utterances over their own classes: name them" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        run(corpus_dir, tmp_path / "out", "--mask_absent_classes", "true", "--extra_train_datasets", "x",
-            "--label_smoothing_factor", "0.1")
-    assert "--mask_absent_classes cannot be combined with --label_smoothing_factor" in capsys.readouterr().err
+        run(corpus_dir, tmp_path / "out", "--extra_train_datasets", "x", "--label_smoothing_factor", "0.1")
+    assert ("--mask_absent_classes (on by default with --extra_train_datasets) cannot be combined with "
+            "--label_smoothing_factor") in " ".join(capsys.readouterr().err.split())
+    arguments = train.parse_arguments(["--dataset_name", "x", "--label_smoothing_factor", "0.1"])  # no extra corpora
+    assert arguments[1].mask_absent_classes and arguments[4].label_smoothing_factor == 0.1
 
 
 def test_cross_corpus_trains_on_the_extra_corpora_and_tests_the_shared_classes(corpus_dir, tmp_path):
