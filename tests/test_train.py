@@ -423,17 +423,23 @@ def test_classlabel_folders_kfold_and_a_pretrained_backbone_directory(corpus_dir
     assert summary["model"]["backbone"] == str(tmp_path / "ssl")
 
 
-def test_splits_protocol_uses_the_dataset_splits_and_publishes_that_model(corpus_dir, tmp_path):
-    splits = tmp_path / "splits"
-    for split, speakers in (("train", {"spk1", "spk2", "spk3", "spk4", "spk5"}), ("test", {"spk6"})):
+def split_audiofolder(corpus_dir: Path, directory: Path, speakers_per_split: dict, columns=("file_name", "speaker", "emotion")) -> Path:
+    """An audiofolder with one sub-folder per split, each holding the demo corpus's utterances of its speakers and a
+    metadata.csv of `columns` only (leave out "speaker" for a corpus without speakers)."""
+    for split, speakers in speakers_per_split.items():
         rows = [row for row in read_csv(corpus_dir / "metadata.csv") if row["speaker"] in speakers]
-        for row in rows:
-            (splits / split / "audio").mkdir(parents=True, exist_ok=True)
-            shutil.copy(corpus_dir / row["file_name"], splits / split / row["file_name"])
-        with open(splits / split / "metadata.csv", "w", newline="") as file:
-            writer = csv.DictWriter(file, fieldnames=["file_name", "speaker", "emotion"])
+        (directory / split / "audio").mkdir(parents=True)
+        with open(directory / split / "metadata.csv", "w", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=list(columns), extrasaction="ignore")
             writer.writeheader()
             writer.writerows(rows)
+        for row in rows:
+            shutil.copy(corpus_dir / row["file_name"], directory / split / row["file_name"])
+    return directory
+
+
+def test_splits_protocol_uses_the_dataset_splits_and_publishes_that_model(corpus_dir, tmp_path):
+    splits = split_audiofolder(corpus_dir, tmp_path / "splits", {"train": {"spk1", "spk2", "spk3", "spk4", "spk5"}, "test": {"spk6"}})
     output = tmp_path / "out"
     summary = run(splits, output, "--protocol", "splits", "--num_train_epochs", "1")
     assert [fold["fold"] for fold in summary["folds"]] == ["splits"]
@@ -445,16 +451,9 @@ def test_splits_protocol_uses_the_dataset_splits_and_publishes_that_model(corpus
 
 
 def test_a_dataset_validation_split_picks_the_checkpoint_and_weight_averaging_is_not_applied(corpus_dir, tmp_path, caplog):
-    splits = tmp_path / "splits"
-    for split, speakers in (("train", {"spk1", "spk2", "spk3", "spk4"}), ("validation", {"spk5"}), ("test", {"spk6"})):
-        rows = [row for row in read_csv(corpus_dir / "metadata.csv") if row["speaker"] in speakers]
-        (splits / split / "audio").mkdir(parents=True)
-        with open(splits / split / "metadata.csv", "w", newline="") as file:
-            writer = csv.DictWriter(file, fieldnames=["file_name", "speaker", "emotion"])
-            writer.writeheader()
-            writer.writerows(rows)
-        for row in rows:
-            shutil.copy(corpus_dir / row["file_name"], splits / split / row["file_name"])
+    splits = split_audiofolder(
+        corpus_dir, tmp_path / "splits", {"train": {"spk1", "spk2", "spk3", "spk4"}, "validation": {"spk5"}, "test": {"spk6"}}
+    )
     output = tmp_path / "out"
     with caplog.at_level(logging.INFO, logger="msemoboost.train"):
         summary = run(splits, output, "--protocol", "splits", "--validation_fraction", "0", "--num_train_epochs", "2",
@@ -467,16 +466,8 @@ def test_a_dataset_validation_split_picks_the_checkpoint_and_weight_averaging_is
 
 
 def test_the_cpu_recipe_runs_unchanged_on_an_audiofolder_with_train_and_test_splits(corpus_dir, tmp_path, monkeypatch):
-    splits = tmp_path / "splits"
-    for split, speakers in (("train", {"spk1", "spk2", "spk3", "spk4"}), ("test", {"spk6"})):
-        rows = [row for row in read_csv(corpus_dir / "metadata.csv") if row["speaker"] in speakers]
-        (splits / split / "audio").mkdir(parents=True)
-        with open(splits / split / "metadata.csv", "w", newline="") as file:
-            writer = csv.DictWriter(file, fieldnames=["file_name", "emotion"])  # no speaker column
-            writer.writeheader()
-            for row in rows:
-                shutil.copy(corpus_dir / row["file_name"], splits / split / row["file_name"])
-                writer.writerow({"file_name": row["file_name"], "emotion": row["emotion"]})
+    splits = split_audiofolder(corpus_dir, tmp_path / "splits", {"train": {"spk1", "spk2", "spk3", "spk4"}, "test": {"spk6"}},
+                               columns=("file_name", "emotion"))  # no speaker column
     # The recipe's paths are relative to the project root; its backbone is pretrained on the first run (here for 2
     # steps on the generated corpus, in place of RAVDESS and TESS) into outputs/pretrained/emodb_cpu and used.
     monkeypatch.chdir(tmp_path)
