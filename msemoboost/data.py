@@ -284,7 +284,8 @@ def combine_corpora(
     are added (they are trained on, never tested). With `shared_labels_only` (the cross-corpus setting) it is the
     classes the evaluated corpus shares with the extra corpora, and evaluated rows of other classes are dropped too.
     With `label_masks`, each row gets a `label_mask` column: for each class of the label space, whether the row's
-    corpus has it (for the model's `label_mask`, see [`AudioCollator`]).
+    corpus has it (for the model's `label_mask`, see [`AudioCollator`]). The column is left out when every corpus
+    has every class of the label space, where the masks would all be true.
     Raises `ValueError` naming the corpus when an extra corpus shares no class with the evaluated one.
     """
     evaluated_labels = set(evaluated.label_names)
@@ -311,9 +312,12 @@ def combine_corpora(
     else:
         label_names = list(evaluated.label_names)
     index = {name: i for i, name in enumerate(label_names)}
+    parts = [(evaluated_name, evaluated), *extras]
+    has_class = [[label in part.label_names for label in label_names] for _, part in parts]
+    label_masks = label_masks and not all(all(has) for has in has_class)  # all-true masks would change nothing
 
     tables, report, sources = [], {}, []
-    for number, (name, part) in enumerate([(evaluated_name, evaluated), *extras]):
+    for number, (name, part) in enumerate(parts):
         names = [part.label_names[label] for label in part.labels]
         keep = [row for row, label in enumerate(names) if label in index]
         dropped = Counter(label for label in names if label not in index)
@@ -325,8 +329,7 @@ def combine_corpora(
         )
         table = table.add_column("corpus", [name] * len(table))
         if label_masks:
-            has = [label in part.label_names for label in label_names]
-            table = table.add_column("label_mask", [has] * len(table))
+            table = table.add_column("label_mask", [has_class[number]] * len(table))
         tables.append(table)
         sources.append(np.full(len(table), number))
         report[name] = {"utterances": len(table), "dropped": dict(sorted(dropped.items())), "num_dropped": sum(dropped.values())}

@@ -77,6 +77,27 @@ def test_mask_absent_classes_scores_each_corpus_s_utterances_over_its_own_classe
     assert seen and all(mask is None for _, mask in seen)  # one softmax over every class
 
 
+def test_label_masks_are_written_only_when_some_corpus_lacks_a_class():
+    import datasets
+
+    from msemoboost.data import EmotionCorpus, combine_corpora
+
+    def corpus(label_names, labels):
+        table = datasets.Dataset.from_dict({"labels": labels, "speaker": ["a"] * len(labels)})
+        return EmotionCorpus(dataset=table, label_names=label_names, sampling_rate=16000)
+
+    evaluated = corpus(["angry", "bored", "sad"], [0, 1, 2])
+    lacking = combine_corpora(evaluated, "emodb", [("ravdess", corpus(["angry", "calm", "sad"], [0, 1, 2, 2]))],
+                              label_masks=True)
+    assert lacking.corpus.dataset["label_mask"] == [[True] * 3] * 3 + [[True, False, True]] * 3  # "calm" dropped
+    complete = combine_corpora(evaluated, "emodb", [("other", corpus(["angry", "bored", "sad"], [2, 1]))],
+                               label_masks=True)
+    assert "label_mask" not in complete.corpus.dataset.column_names  # every corpus has every class
+    shared = combine_corpora(evaluated, "emodb", [("ravdess", corpus(["angry", "calm", "sad"], [0, 2]))],
+                             shared_labels_only=True, label_masks=True)
+    assert shared.corpus.label_names == ["angry", "sad"] and "label_mask" not in shared.corpus.dataset.column_names
+
+
 def test_masking_absent_classes_cannot_be_combined_with_label_smoothing(corpus_dir, tmp_path, capsys):
     with pytest.raises(SystemExit):
         run(corpus_dir, tmp_path / "out", "--extra_train_datasets", "x", "--label_smoothing_factor", "0.1")
