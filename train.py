@@ -343,6 +343,17 @@ def parse_arguments(
         StagedUnfreezing(model_args.unfreeze_stages)  # a malformed schedule fails here, before any data is read
         if model_args.freeze_backbone:
             parser.error("--unfreeze_stages unfreezes the backbone; it cannot be combined with --freeze_backbone true")
+    if not model_args.use_backbone_features and (model_args.backbone or model_args.backbone_config):
+        # The guidance-only ablation of a preset that names a backbone: nothing to load, nothing to pretrain.
+        logger.warning(f"--use_backbone_features false: the guidance-only model has no backbone, so the backbone that "
+                       f"this run names ({model_args.backbone or 'a --backbone_config'}) is neither loaded nor "
+                       "pretrained.")
+        model_args.backbone = model_args.backbone_config = model_args.backbone_pretraining = None
+    overrides = read_json_argument(model_args.model_config_overrides) if model_args.model_config_overrides else {}
+    if not model_args.use_backbone_features and overrides.pop("use_weighted_layer_sum", False):
+        logger.warning("--use_backbone_features false: use_weighted_layer_sum (a weighting of the backbone's layers) "
+                       "is dropped from --model_config_overrides.")
+        model_args.model_config_overrides = json.dumps(overrides)
     if model_args.backbone_pretraining and not model_args.backbone:
         parser.error("--backbone_pretraining pretrains the folder that --backbone names: give --backbone")
     to_pretrain = model_args.backbone_pretraining and not model_args.model_name_or_path

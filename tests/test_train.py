@@ -342,6 +342,28 @@ def test_a_backbone_on_the_command_line_replaces_the_preset_s(tmp_path, capsys):
     assert "--backbone_pretraining pretrains the folder that --backbone names: give --backbone" in capsys.readouterr().err
 
 
+def test_the_guidance_only_ablation_of_a_preset_drops_the_preset_s_backbone(caplog):
+    from msemoboost.training import build_model, read_arguments_file
+
+    preset = str(REPO / "configs" / "emodb_cpu.yaml")
+    with caplog.at_level("WARNING", logger="msemoboost.train"):
+        model_args = train.parse_arguments([preset, "--dataset_name", "x", "--use_backbone_features", "false"])[0]
+    assert (model_args.backbone, model_args.backbone_config, model_args.backbone_pretraining) == (None, None, None)
+    overrides = json.loads(model_args.model_config_overrides)
+    assert overrides == read_arguments_file(REPO / "configs" / "emodb_cpu_scratch.yaml")["model_config_overrides"]
+    assert caplog.messages == [
+        "--use_backbone_features false: the guidance-only model has no backbone, so the backbone that this run names "
+        "(outputs/pretrained/emodb_cpu) is neither loaded nor pretrained.",
+        "--use_backbone_features false: use_weighted_layer_sum (a weighting of the backbone's layers) is dropped from "
+        "--model_config_overrides.",
+    ]
+    model = build_model(["a", "b"], use_backbone_features=False, **overrides)
+    assert not any(".backbone." in name for name, _ in model.named_parameters())
+    assert model.config.use_weighted_layer_sum is False
+    with_backbone = train.parse_arguments([preset, "--dataset_name", "x"])[0]
+    assert json.loads(with_backbone.model_config_overrides)["use_weighted_layer_sum"] is True
+
+
 def test_help_explains_how_validation_is_drawn():
     result = subprocess.run([sys.executable, str(REPO / "train.py"), "--help"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0
