@@ -245,9 +245,10 @@ def quantize_int8(source: Path, destination: Path, calibration: list[np.ndarray]
     the FFT, mel filter bank and DCT products stay float, as int8 activations cannot hold a power spectrum's range.
     With `calibration` waveforms, first static int8 quantisation of the Conv nodes (`QLinearConv`, weights per
     output channel, activation ranges from the 99.999th percentile over the calibration recordings), except the
-    backbone's convolutional feature encoder: one uint8 range per activation cannot hold its channels, whose scales
-    differ by orders of magnitude, and quantising it changed 11 % of a trained model's predictions on held-out
-    speakers (BENCHMARKS.md section 4); it stays float unless `static_feature_encoder` (for that comparison)."""
+    backbone's convolutional feature encoder: quantising it changed 11 % of a trained model's predictions on held-out
+    speakers, and any one of its seven convolutions alone already moves the logits; neither per-channel equalisation
+    nor another calibration method fixed that (BENCHMARKS.md section 4). It stays float unless
+    `static_feature_encoder` (for that comparison)."""
     onnx = require("onnx")
     require("onnxruntime")
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
