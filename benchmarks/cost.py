@@ -9,6 +9,8 @@ Sections:
   2-10 s (utterances of one speaker joined end to end); inference and one training step (forward, backward, Adam).
 - features: the in-model torch MFCC + spectrogram against librosa's computation of the same features, same segments,
   and against the bare FFT floor (`torch.fft.rfft` of the same windowed frames, framed beforehand).
+- compiled_guidance (not in the default sections): inference on equal 3 s inputs of the reference, MS-EmoBoost, and
+  MS-EmoBoost with its guidance branches under `torch.compile`, interleaved round by round.
 - memory: peak memory of inference on recordings of 30 s to 10 min, each in a fresh process.
 - scaling: time against audio length and against batch size, with PNG plots.
 
@@ -16,6 +18,7 @@ Results go to benchmarks/results/cost_<device>.json and the plots to benchmarks/
 """
 
 import argparse
+import copy
 import json
 import platform
 import resource
@@ -86,19 +89,25 @@ def overhead(device: str, repeats: int) -> dict:
             "equal_3_s": overhead_on([3] * 8, device, repeats)}
 
 
-def overhead_on(lengths: list[float], device: str, repeats: int) -> dict:
+def overhead_models(lengths: list[float], device: str):
+    """MS-EmoBoost at the paper's size and `Wav2Vec2ForSequenceClassification` with the same backbone weights, and
+    one batch of real speech of the given lengths for both."""
     from transformers import Wav2Vec2Config, Wav2Vec2ForSequenceClassification
 
     torch.manual_seed(0)
     backbone = Wav2Vec2Config(mask_time_prob=0.0, layerdrop=0.0)
     ours = MSEmoBoostForSequenceClassification(MSEmoBoostConfig(backbone_config=backbone.to_dict(), num_labels=7)).to(device)
     reference = Wav2Vec2ForSequenceClassification(Wav2Vec2Config(mask_time_prob=0.0, layerdrop=0.0, num_labels=7)).to(device)
-    audio = emodb_speech(lengths)
-    inputs = MSEmoBoostFeatureExtractor()(audio, sampling_rate=16_000, return_tensors="pt").to(device)
-    labels = torch.arange(len(audio), device=device) % 7
+    ours.msemoboost.backbone.load_state_dict(reference.wav2vec2.state_dict())  # identical backbone weights too
+    inputs = MSEmoBoostFeatureExtractor()(emodb_speech(lengths), sampling_rate=16_000, return_tensors="pt").to(device)
+    return ours, reference, inputs
+
+
+def overhead_on(lengths: list[float], device: str, repeats: int) -> dict:
+    ours, reference, inputs = overhead_models(lengths, device)
+    labels = torch.arange(len(lengths), device=device) % 7
     seconds_of_audio = float(sum(lengths))
     result = {"batch_seconds_of_audio": seconds_of_audio, "utterance_seconds": lengths}
-    ours.msemoboost.backbone.load_state_dict(reference.wav2vec2.state_dict())  # identical backbone weights too
     for name, model in (("msemoboost", ours), ("wav2vec2_for_sequence_classification", reference)):
         model.eval()
 
@@ -128,6 +137,36 @@ def overhead_on(lengths: list[float], device: str, repeats: int) -> dict:
     for kind in ("inference_seconds", "training_step_seconds"):
         result[f"{kind}_ratio"] = result["msemoboost"][kind] / result["wav2vec2_for_sequence_classification"][kind]
     return result
+
+
+def compiled_guidance(device: str, repeats: int) -> dict:
+    """Inference on equal 3 s utterances (8 x 3 s): the reference, MS-EmoBoost eager, and a copy of it whose two
+    guidance branches run through `torch.compile` (inductor), interleaved round by round so that all three see the
+    same machine; the median of `repeats` rounds each. The model's own eager path is unchanged."""
+    ours, reference, inputs = overhead_models([3] * 8, device)
+    ours.eval(), reference.eval()
+    compiled = copy.deepcopy(ours)
+    compiled.msemoboost.mfcc_encoder.compile()
+    compiled.msemoboost.spectrogram_encoder.compile()
+    models = {"wav2vec2_for_sequence_classification": reference, "msemoboost": ours,
+              "msemoboost_compiled_guidance": compiled}
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(**inputs).logits, ours(**inputs).logits, rtol=1e-4, atol=1e-4)
+        times = {name: [] for name in models}
+        for _ in range(repeats + 1):  # the first round is a warm-up
+            for name, model in models.items():
+                synchronize(device)
+                started = time.perf_counter()
+                model(**inputs)
+                synchronize(device)
+                times[name].append(time.perf_counter() - started)
+    seconds = {name: statistics.median(values[1:]) for name, values in times.items()}
+    reference_seconds = seconds["wav2vec2_for_sequence_classification"]
+    paired = {name: statistics.median(value / base for value, base in zip(values[1:], times[next(iter(models))][1:]))
+              for name, values in times.items()}  # each round's ratio to the reference's time in the same round
+    return {"batch_seconds_of_audio": 24.0, "rounds": repeats, "inference_seconds": seconds, "round_seconds": times,
+            "inference_seconds_ratio": {name: value / reference_seconds for name, value in seconds.items()},
+            "median_of_round_ratios": paired}
 
 
 def features(device: str, repeats: int) -> dict:
@@ -258,6 +297,14 @@ def plot_scaling(result: dict, device: str) -> None:
     plt.close(figure)
 
 
+def cpu_name() -> str:
+    """The CPU's model name (for example "AMD EPYC"): the guidance overhead differs between CPU makes."""
+    cpuinfo = Path("/proc/cpuinfo")
+    names = [line.split(":", 1)[1].strip() for line in (cpuinfo.read_text().splitlines() if cpuinfo.exists() else [])
+             if line.startswith("model name")]
+    return names[0] if names else (platform.processor() or platform.machine())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
@@ -265,7 +312,7 @@ def main() -> None:
     parser.add_argument("--sections", nargs="+", default=["overhead", "features", "memory", "scaling"])
     args = parser.parse_args()
     torch.set_num_threads(torch.get_num_threads())
-    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else (platform.processor() or platform.machine())
+    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else cpu_name()
     report = {"device": args.device, "hardware": device_name, "threads": torch.get_num_threads(), "date": date.today().isoformat(),
               "torch": torch.__version__, "command": " ".join(["python", "benchmarks/cost.py", *sys.argv[1:]])}
     destination = REPO / "benchmarks" / "results" / f"cost_{args.device.split(':')[0]}.json"
@@ -273,8 +320,11 @@ def main() -> None:
         report = {**json.loads(destination.read_text()), **report}
     for section in args.sections:
         print(f"{section} …", flush=True)
-        report[section] = {"overhead": lambda: overhead(args.device, args.repeats), "features": lambda: features(args.device, args.repeats),
+        report[section] = {"overhead": lambda: overhead(args.device, args.repeats),
+                           "compiled_guidance": lambda: compiled_guidance(args.device, args.repeats),
+                           "features": lambda: features(args.device, args.repeats),
                            "memory": lambda: memory(args.device), "scaling": lambda: scaling(args.device, args.repeats)}[section]()
+        report[section]["measured"] = {key: report[key] for key in ("date", "command", "hardware", "threads", "torch")}
         if section == "scaling":
             plot_scaling(report[section], args.device)
         print(json.dumps(report[section], indent=2)[:2000], flush=True)
