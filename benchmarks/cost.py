@@ -144,7 +144,8 @@ def compiled_guidance(device: str, repeats: int) -> dict:
     guidance branches run through `torch.compile` (inductor), interleaved round by round so that all three see the
     same machine; the median of `repeats` rounds each. The model's own eager path is unchanged."""
     ours, reference, inputs = overhead_models([3] * 8, device)
-    ours.eval(), reference.eval()
+    ours.eval()
+    reference.eval()
     compiled = copy.deepcopy(ours)
     compiled.msemoboost.mfcc_encoder.compile()
     compiled.msemoboost.spectrogram_encoder.compile()
@@ -162,7 +163,8 @@ def compiled_guidance(device: str, repeats: int) -> dict:
                 times[name].append(time.perf_counter() - started)
     seconds = {name: statistics.median(values[1:]) for name, values in times.items()}
     reference_seconds = seconds["wav2vec2_for_sequence_classification"]
-    paired = {name: statistics.median(value / base for value, base in zip(values[1:], times[next(iter(models))][1:]))
+    reference_rounds = times["wav2vec2_for_sequence_classification"][1:]
+    paired = {name: statistics.median(value / base for value, base in zip(values[1:], reference_rounds))
               for name, values in times.items()}  # each round's ratio to the reference's time in the same round
     return {"batch_seconds_of_audio": 24.0, "rounds": repeats, "inference_seconds": seconds, "round_seconds": times,
             "inference_seconds_ratio": {name: value / reference_seconds for name, value in seconds.items()},
