@@ -56,17 +56,19 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def seconds_of(function, device: str) -> float:
+    """Wall time of one call of `function`, the device's queued work included."""
+    synchronize(device)
+    started = time.perf_counter()
+    function()
+    synchronize(device)
+    return time.perf_counter() - started
+
+
 def median_seconds(function, device: str, repeats: int, warmup: int = 1) -> float:
     for _ in range(warmup):
         function()
-    times = []
-    for _ in range(repeats):
-        synchronize(device)
-        started = time.perf_counter()
-        function()
-        synchronize(device)
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+    return statistics.median(seconds_of(function, device) for _ in range(repeats))
 
 
 def emodb_speech(seconds: list[float]) -> list[np.ndarray]:
@@ -143,7 +145,8 @@ def compiled_guidance(device: str, repeats: int) -> dict:
     """Inference on equal 3 s utterances (8 x 3 s): the reference, MS-EmoBoost eager, and a copy of it whose two
     guidance branches run through `torch.compile` (inductor), interleaved round by round so that all three see the
     same machine; the median of `repeats` rounds each. The model's own eager path is unchanged."""
-    ours, reference, inputs = overhead_models([3] * 8, device)
+    lengths = [3] * 8
+    ours, reference, inputs = overhead_models(lengths, device)
     ours.eval()
     reference.eval()
     compiled = copy.deepcopy(ours)
@@ -156,17 +159,14 @@ def compiled_guidance(device: str, repeats: int) -> dict:
         times = {name: [] for name in models}
         for _ in range(repeats + 1):  # the first round is a warm-up
             for name, model in models.items():
-                synchronize(device)
-                started = time.perf_counter()
-                model(**inputs)
-                synchronize(device)
-                times[name].append(time.perf_counter() - started)
+                times[name].append(seconds_of(lambda model=model: model(**inputs), device))
     seconds = {name: statistics.median(values[1:]) for name, values in times.items()}
     reference_seconds = seconds["wav2vec2_for_sequence_classification"]
     reference_rounds = times["wav2vec2_for_sequence_classification"][1:]
     paired = {name: statistics.median(value / base for value, base in zip(values[1:], reference_rounds))
               for name, values in times.items()}  # each round's ratio to the reference's time in the same round
-    return {"batch_seconds_of_audio": 24.0, "rounds": repeats, "inference_seconds": seconds, "round_seconds": times,
+    return {"batch_seconds_of_audio": float(sum(lengths)), "rounds": repeats, "inference_seconds": seconds,
+            "round_seconds": times,
             "inference_seconds_ratio": {name: value / reference_seconds for name, value in seconds.items()},
             "median_of_round_ratios": paired}
 
