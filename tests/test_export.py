@@ -1,4 +1,5 @@
-"""`msemoboost export` and `predict --onnx`: the ONNX graph against the PyTorch model on real speech."""
+"""`msemoboost export` and `predict --onnx`: the ONNX graph of the CPU recipe's options against the PyTorch model on
+real speech, its int8 versions and the usage errors. Other backbones and ablations: test_export_backbones.py."""
 
 import json
 from pathlib import Path
@@ -6,44 +7,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
-from msemoboost import MSEmoBoostConfig, MSEmoBoostFeatureExtractor, MSEmoBoostForSequenceClassification
+from msemoboost import MSEmoBoostConfig, MSEmoBoostForSequenceClassification
 from msemoboost.acoustic_features import MSEmoBoostMFCC, MSEmoBoostSpectrogram, pre_emphasis
 from msemoboost.cli import main
 from msemoboost.export import (INT8_NAME, ONNX_NAME, ONNXClassifier, export, graph_nodes, group_norm_as_instance_norm,
                                module_scopes)
-from msemoboost.modeling_msemoboost import MSEmoBoostSelfAttention
-from tiny import tiny_model
+from onnx_models import LABELS, RECIPE, pytorch_logits, save_model
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
-
-LABELS = ["angry", "happy", "neutral", "sad"]
-# The CPU recipe's options, so the graph covers standardised and pooled MFCC, mean-residual frame weights and the
-# classifier on [X'_w ; guidance]; and the recipe option pooled_normalization (batch norm at inference). Segments
-# go through 2 at a time, so the graph's front end takes several Scan steps, the last one padded.
-RECIPE = {"frame_weighting": "mean_residual", "classifier_input": "pooled_and_guidance",
-          "mfcc_normalization": "standardize", "mfcc_pool_frames": 10, "pooled_normalization": "batch_norm",
-          "segment_chunk_size": 2}
-
-
-def save_model(directory: Path, **overrides) -> Path:
-    model = tiny_model(id2label=dict(enumerate(LABELS)), label2id={label: i for i, label in enumerate(LABELS)},
-                       **overrides)
-    if model.msemoboost.enhancement is not None:  # mean_residual starts at zero: give the frame weights a shape
-        with torch.no_grad():
-            model.msemoboost.enhancement.projection.weight.normal_(0.0, 0.5)
-    model.save_pretrained(directory)
-    MSEmoBoostFeatureExtractor().save_pretrained(directory)
-    return directory
-
-
-def pytorch_logits(model_dir: Path, waveforms: list[np.ndarray]) -> np.ndarray:
-    model = MSEmoBoostForSequenceClassification.from_pretrained(model_dir).eval()
-    extractor = MSEmoBoostFeatureExtractor.from_pretrained(model_dir)
-    with torch.no_grad():
-        return model(**extractor(waveforms, sampling_rate=16000, return_tensors="pt")).logits.numpy()
 
 
 @pytest.fixture(scope="module")
@@ -218,29 +191,6 @@ def test_calibrated_int8_quantizes_the_convolutions_but_the_feature_encoder_stat
     reference, _ = ONNXClassifier(output)(emodb_utterances)
     quantized, _ = ONNXClassifier(tmp_path, int8=True)(emodb_utterances)
     assert 0 < np.abs(quantized - reference).max() < 0.1
-
-
-@pytest.mark.parametrize("variant", [{"model_type": "hubert"}, {"model_type": "wavlm"}, {"model_type": "data2vec-audio"},
-                                     {"use_backbone_features": False}, {"use_mfcc": False, "use_spectrogram": False}],
-                         ids=["hubert", "wavlm", "data2vec-audio", "guidance only", "backbone only"])
-def test_every_backbone_and_ablation_exports_with_parity(variant, tmp_path, emodb_utterances):
-    model_dir = save_model(tmp_path / "model", **variant)
-    export(model_dir, tmp_path / "onnx")
-    waveforms = emodb_utterances[:3]
-    logits, _ = ONNXClassifier(tmp_path / "onnx")(waveforms)
-    np.testing.assert_allclose(logits, pytorch_logits(model_dir, waveforms), atol=1e-4, rtol=0)
-
-
-def test_an_operator_the_exporter_cannot_translate_is_named(monkeypatch, tmp_path):
-    def three_dimensional_attention(self, hidden_states):  # the exporter only translates 4-D attention
-        return hidden_states + F.scaled_dot_product_attention(
-            self.query(hidden_states), self.key(hidden_states), self.value(hidden_states))
-
-    monkeypatch.setattr(MSEmoBoostSelfAttention, "forward", three_dimensional_attention)
-    with pytest.raises(ValueError, match=r"^Cannot export this model \(wav2vec2 backbone\) to ONNX: operator "
-                                         r"aten\.scaled_dot_product_attention\.default cannot be translated \(.*4D"):
-        export(save_model(tmp_path / "model"), tmp_path / "onnx")
-    assert not (tmp_path / "onnx").exists()
 
 
 def test_export_and_predict_onnx_usage_errors(exported, tmp_path, capsys):
