@@ -50,6 +50,9 @@ SMALL = {
     "spectrogram_pool_size": 3, "guidance_hidden_size": 64,
 }
 
+# The key of the reference model, `Wav2Vec2ForSequenceClassification` with the same backbone, in the results.
+REFERENCE = "wav2vec2_for_sequence_classification"
+
 
 def synchronize(device: str) -> None:
     if device.startswith("cuda"):
@@ -110,7 +113,7 @@ def overhead_on(lengths: list[float], device: str, repeats: int) -> dict:
     labels = torch.arange(len(lengths), device=device) % 7
     seconds_of_audio = float(sum(lengths))
     result = {"batch_seconds_of_audio": seconds_of_audio, "utterance_seconds": lengths}
-    for name, model in (("msemoboost", ours), ("wav2vec2_for_sequence_classification", reference)):
+    for name, model in (("msemoboost", ours), (REFERENCE, reference)):
         model.eval()
 
         def infer(model=model):
@@ -137,7 +140,7 @@ def overhead_on(lengths: list[float], device: str, repeats: int) -> dict:
             "training_step_seconds_per_audio_second": training / seconds_of_audio,
         }
     for kind in ("inference_seconds", "training_step_seconds"):
-        result[f"{kind}_ratio"] = result["msemoboost"][kind] / result["wav2vec2_for_sequence_classification"][kind]
+        result[f"{kind}_ratio"] = result["msemoboost"][kind] / result[REFERENCE][kind]
     return result
 
 
@@ -152,7 +155,7 @@ def compiled_guidance(device: str, repeats: int) -> dict:
     compiled = copy.deepcopy(ours)
     compiled.msemoboost.mfcc_encoder.compile()
     compiled.msemoboost.spectrogram_encoder.compile()
-    models = {"wav2vec2_for_sequence_classification": reference, "msemoboost": ours,
+    models = {REFERENCE: reference, "msemoboost": ours,
               "msemoboost_compiled_guidance": compiled}
     with torch.no_grad():
         torch.testing.assert_close(compiled(**inputs).logits, ours(**inputs).logits, rtol=1e-4, atol=1e-4)
@@ -161,8 +164,8 @@ def compiled_guidance(device: str, repeats: int) -> dict:
             for name, model in models.items():
                 times[name].append(seconds_of(lambda model=model: model(**inputs), device))
     seconds = {name: statistics.median(values[1:]) for name, values in times.items()}
-    reference_seconds = seconds["wav2vec2_for_sequence_classification"]
-    reference_rounds = times["wav2vec2_for_sequence_classification"][1:]
+    reference_seconds = seconds[REFERENCE]
+    reference_rounds = times[REFERENCE][1:]
     paired = {name: statistics.median(value / base for value, base in zip(values[1:], reference_rounds))
               for name, values in times.items()}  # each round's ratio to the reference's time in the same round
     return {"batch_seconds_of_audio": float(sum(lengths)), "rounds": repeats, "inference_seconds": seconds,
