@@ -55,6 +55,7 @@ ROWS = {
     "+ per-part learning rates (backbone 3e-4)": {"args": ["--backbone_learning_rate", "3e-4"]},
     "+ longer training (40 epochs)": {"args": ["--num_train_epochs", "40", "--early_stopping_patience", "10"]},
     "+ pooled batch norm": {"model": {"pooled_normalization": "batch_norm"}},
+    "+ MFCC statistics": {"model": {"mfcc_statistics": True}},
     "+ mixup (alpha 0.2)": {"args": ["--mixup_alpha", "0.2"]},
     "+ label smoothing 0.1": {"args": ["--label_smoothing_factor", "0.1"]},
     "+ 30 epochs": {"args": ["--num_train_epochs", "30"]},

@@ -1,6 +1,8 @@
 """The classical anchors: openSMILE functionals with a support vector machine, on exactly train.py's folds.
 
-    python benchmarks/anchors.py                                   # EMO-DB LOSO: ComParE_2016 + linear SVM, eGeMAPSv02 + RBF SVM
+    python benchmarks/anchors.py                                   # EMO-DB LOSO: ComParE_2016 + linear SVM, eGeMAPSv02 + RBF SVM,
+                                                                   # the model's MFCC statistics + linear SVM
+    python benchmarks/anchors.py --anchors "MFCC statistics (the model's) + linear SVM"
     python benchmarks/anchors.py --dataset_name ../shared/data/ravdess --num_folds 6
     python benchmarks/anchors.py --protocol cross_corpus --dataset_name ../shared/data/emodb \\
         --extra_train_datasets ../shared/data/ravdess
@@ -25,9 +27,12 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+MFCC_STATISTICS = "mfcc_statistics"
 ANCHORS = {
     "ComParE_2016 + linear SVM": ("ComParE_2016", "linear"),
     "eGeMAPSv02 + RBF SVM": ("eGeMAPSv02", "rbf"),
+    # Not openSMILE: the statistics that the model's `mfcc_statistics` option adds to its MFCC branch, on their own.
+    "MFCC statistics (the model's) + linear SVM": (MFCC_STATISTICS, "linear"),
 }
 C_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
 
@@ -56,6 +61,27 @@ def functionals(corpus, feature_set: str) -> np.ndarray:
     cache.parent.mkdir(parents=True, exist_ok=True)
     np.save(cache, features)
     return features
+
+
+def mfcc_statistics(corpus, config) -> np.ndarray:
+    """The model's own MFCC statistics of every whole utterance, `(num_rows, 3 * num_mfcc)`: per coefficient, the
+    mean, the standard deviation and the frame-to-frame standard deviation over the frames that hold audio
+    (`MSEmoBoostMFCCEncoder.statistics`, of the pre-emphasised waveform's MFCCs as `config` computes them)."""
+    import torch
+
+    from msemoboost.acoustic_features import pre_emphasis
+    from msemoboost.data import decode_audio
+    from msemoboost.modeling_msemoboost import MSEmoBoostMFCCEncoder
+
+    encoder = MSEmoBoostMFCCEncoder(config).eval()
+    rows = []
+    with torch.no_grad():
+        for index in range(len(corpus.dataset)):
+            waveform = torch.from_numpy(decode_audio(corpus.dataset[index]["audio"], corpus.sampling_rate))[None]
+            mfcc = encoder.mfcc(pre_emphasis(waveform.float(), config.pre_emphasis))
+            mask = encoder.frame_mask(mfcc, torch.tensor([waveform.shape[1]]))
+            rows.append(encoder.statistics(mfcc, mask)[0].double().numpy())
+    return np.asarray(rows)
 
 
 def svm_fold(features, labels, fold, kernel: str) -> tuple[np.ndarray, float]:
@@ -114,7 +140,7 @@ def run_anchors(argv: list[str], anchors=tuple(ANCHORS), corpus_normalization: b
     results = {}
     for anchor in anchors:
         feature_set, kernel = ANCHORS[anchor]
-        features = functionals(corpus, feature_set)
+        features = mfcc_statistics(corpus, config) if feature_set == MFCC_STATISTICS else functionals(corpus, feature_set)
         if corpus_normalization:
             features = normalize_per_corpus(features, np.asarray(corpus.dataset["corpus"]) if "corpus" in
                                             corpus.dataset.column_names else np.zeros(len(features)))
@@ -146,6 +172,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--corpus_normalization", action="store_true",
                         help="standardise each corpus's functionals with its own statistics first (cross-corpus)")
+    parser.add_argument("--anchors", nargs="+", choices=list(ANCHORS), default=list(ANCHORS), metavar="ANCHOR",
+                        help=f"the anchors to run (default: all): {', '.join(map(repr, ANCHORS))}")
     parser.add_argument("--output", help="JSON file for the results (default: print only)")
     args = parser.parse_args()
     argv = ["--dataset_name", args.dataset_name, "--label_column", "emotion", "--speaker_column", "speaker",
@@ -154,7 +182,7 @@ def main() -> None:
         argv += ["--num_folds", str(args.num_folds)]
     if args.extra_train_datasets:
         argv += ["--extra_train_datasets", *args.extra_train_datasets]
-    results = run_anchors(argv, corpus_normalization=args.corpus_normalization)
+    results = run_anchors(argv, anchors=args.anchors, corpus_normalization=args.corpus_normalization)
     if args.output:
         Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
 

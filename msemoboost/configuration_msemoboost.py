@@ -113,6 +113,12 @@ class MSEmoBoostConfig(PreTrainedConfig):
             `"l2"`: each MFCC frame is L2-normalised over its coefficients (the reference code). `"standardize"`:
             each coefficient is brought to zero mean and unit variance over the segment's frames that hold audio
             (cepstral mean and variance normalisation; padded frames become 0). A recipe option.
+        mfcc_statistics (`bool`, *optional*, defaults to `False`):
+            Add the segment's MFCC statistics to the MFCC branch: per coefficient, the mean and standard deviation
+            over the frames that hold audio and the standard deviation of the frame-to-frame change (`3 * num_mfcc`
+            values), standardised with the training segments' statistics, join the flattened Bi-LSTM output before
+            its projection. They carry the levels and spreads that `"standardize"` removes. A recipe option; `False`
+            is the paper.
         mfcc_pool_frames (`int`, *optional*):
             When set, the Bi-LSTM output is average-pooled over time to this many steps before it is flattened, which
             shrinks the MFCC projection (301 × 512 inputs in the paper) by the same factor. `None` is the paper.
@@ -211,6 +217,7 @@ class MSEmoBoostConfig(PreTrainedConfig):
     frame_weighting: str = "linear"
     mfcc_normalization: str = "l2"
     mfcc_pool_frames: int | None = None
+    mfcc_statistics: bool = False
     classifier_input: str = "pooled"
     pooled_normalization: str = "none"
     use_weighted_layer_sum: bool = False

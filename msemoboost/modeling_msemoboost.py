@@ -151,9 +151,41 @@ class MSEmoBoostSelfAttention(nn.Module):
         return hidden_states + F.scaled_dot_product_attention(query, key, value)[:, 0]
 
 
+def masked_mean_std(values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and standard deviation over dim 1 of `values` `(batch, time, channels)`, counting only the steps where
+    `mask` `(batch, time, 1)` is 1: two tensors `(batch, channels)`. The deviation is `sqrt(variance + 1e-5)`; a row
+    with no step counted gives a mean of 0 (not NaN)."""
+    count = mask.sum(1).clamp(min=1)
+    mean = (values * mask).sum(1) / count
+    variance = ((values - mean[:, None]).square() * mask).sum(1) / count
+    return mean, torch.sqrt(variance + 1e-5)
+
+
+class MSEmoBoostPooledNormalization(nn.BatchNorm1d):
+    """Standardises each dimension of a per-segment feature: the pooled SSL feature `X'_w`
+    (`config.pooled_normalization="batch_norm"`) or the MFCC statistics (`config.mfcc_statistics`). Batch statistics
+    while training, their running averages at inference, no learned scale or shift.
+
+    Forward input and output: `(num_segments, hidden_size)`.
+    """
+
+    def __init__(self, hidden_size: int):
+        super().__init__(hidden_size, affine=False)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        if self.training and pooled.shape[0] < 2:  # one segment has no batch statistics: use the running ones
+            return F.batch_norm(pooled, self.running_mean, self.running_var, training=False, eps=self.eps)
+        return super().forward(pooled)
+
+
 class MSEmoBoostMFCCEncoder(nn.Module):
     """MFCC guidance branch: MFCC → L2 norm over coefficients (or per-coefficient standardisation) → Bi-LSTM →
     residual self-attention → (optional average pool over time) → flatten → dropout → linear → ReLU.
+
+    With `config.mfcc_statistics`, the segment's MFCC statistics (per coefficient: the mean and standard deviation
+    over the frames that hold audio, and the standard deviation of the frame-to-frame change; `3 * num_mfcc` values,
+    batch-standardised) join the flattened Bi-LSTM output before the dropout: the levels and spreads that
+    standardisation removes from the Bi-LSTM's input, the functionals a classical SVM recipe is built on.
 
     Forward inputs: pre-emphasised segments of shape `(num_segments, segment_samples)` and their lengths in samples
     `(num_segments,)`.
@@ -178,28 +210,45 @@ class MSEmoBoostMFCCEncoder(nn.Module):
         self.pool = nn.AdaptiveAvgPool1d(config.mfcc_pool_frames) if config.mfcc_pool_frames else None
         self.dropout = nn.Dropout(config.guidance_dropout)
         num_steps = config.mfcc_pool_frames or config.num_mfcc_frames
-        self.projection = nn.Linear(num_steps * lstm_output_size, config.guidance_hidden_size)
+        num_statistics = 3 * config.num_mfcc if config.mfcc_statistics else 0
+        self.statistics_normalization = MSEmoBoostPooledNormalization(num_statistics) if num_statistics else None
+        self.projection = nn.Linear(num_steps * lstm_output_size + num_statistics, config.guidance_hidden_size)
 
-    def normalize(self, mfcc: torch.Tensor, lengths: torch.LongTensor) -> torch.Tensor:
+    def frame_mask(self, mfcc: torch.Tensor, lengths: torch.LongTensor) -> torch.Tensor:
+        """`(num_segments, num_mfcc_frames, 1)`: 1 for the frames that hold audio, 0 for padding. Frames are centred:
+        frame t is centred on sample t * hop, so it holds audio while t * hop < length."""
+        frames = torch.arange(mfcc.shape[1], device=mfcc.device)
+        return (frames * self.hop_length < lengths[:, None]).to(mfcc.dtype)[..., None]
+
+    def normalize(self, mfcc: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """`(num_segments, num_mfcc_frames, num_mfcc)` → the same shape, normalised as `config.mfcc_normalization`."""
         if self.normalization == "l2":
             return F.normalize(mfcc, dim=-1)
-        # Centred frames: frame t is centred on sample t * hop, so it holds audio while t * hop < length.
-        frames = torch.arange(mfcc.shape[1], device=mfcc.device)
-        mask = (frames * self.hop_length < lengths[:, None]).to(mfcc.dtype)[..., None]
-        count = mask.sum(1, keepdim=True)
-        mean = (mfcc * mask).sum(1, keepdim=True) / count
-        variance = ((mfcc - mean).square() * mask).sum(1, keepdim=True) / count
-        return (mfcc - mean) / torch.sqrt(variance + 1e-5) * mask
+        mean, std = masked_mean_std(mfcc, mask)
+        return (mfcc - mean[:, None]) / std[:, None] * mask
+
+    def statistics(self, mfcc: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """`(num_segments, num_mfcc_frames, num_mfcc)` → `(num_segments, 3 * num_mfcc)`: per coefficient, the mean
+        and standard deviation over the frames that hold audio, and the standard deviation of the change between
+        consecutive such frames."""
+        mean, std = masked_mean_std(mfcc, mask)
+        _, delta_std = masked_mean_std(mfcc[:, 1:] - mfcc[:, :-1], mask[:, 1:] * mask[:, :-1])
+        return torch.cat([mean, std, delta_std], dim=-1)
 
     def forward(self, waveform: torch.Tensor, lengths: torch.LongTensor) -> torch.Tensor:
-        mfcc = self.normalize(self.mfcc(waveform), lengths).to(compute_dtype(self))
-        hidden_states, _ = self.lstm(mfcc)  # (num_segments, num_mfcc_frames, 2 * lstm_hidden_size)
+        mfcc = self.mfcc(waveform)
+        mask = self.frame_mask(mfcc, lengths)
+        hidden_states, _ = self.lstm(self.normalize(mfcc, mask).to(compute_dtype(self)))
+        # hidden_states: (num_segments, num_mfcc_frames, 2 * lstm_hidden_size)
         if self.attention is not None:
             hidden_states = self.attention(hidden_states)
         if self.pool is not None:  # (num_segments, mfcc_pool_frames, 2 * lstm_hidden_size)
             hidden_states = self.pool(hidden_states.transpose(1, 2)).transpose(1, 2)
-        return F.relu(self.projection(self.dropout(hidden_states.flatten(1))))
+        hidden_states = hidden_states.flatten(1)
+        if self.statistics_normalization is not None:  # (num_segments, flattened size + 3 * num_mfcc)
+            statistics = self.statistics_normalization(self.statistics(mfcc, mask).to(hidden_states.dtype))
+            hidden_states = torch.cat([hidden_states, statistics], dim=-1)
+        return F.relu(self.projection(self.dropout(hidden_states)))
 
 
 class MSEmoBoostSpectrogramEncoder(nn.Module):
@@ -287,22 +336,6 @@ class MSEmoBoostEnhancement(nn.Module):
         if self.weighting == "mean_residual":
             return (1.0 + scores) * frame_mask / frame_mask.sum(-1, keepdim=True)
         return scores * frame_mask
-
-
-class MSEmoBoostPooledNormalization(nn.BatchNorm1d):
-    """Standardises each dimension of the pooled SSL feature `X'_w` (`config.pooled_normalization="batch_norm"`):
-    batch statistics while training, their running averages at inference, no learned scale or shift.
-
-    Forward input and output: `(num_segments, hidden_size)`.
-    """
-
-    def __init__(self, hidden_size: int):
-        super().__init__(hidden_size, affine=False)
-
-    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
-        if self.training and pooled.shape[0] < 2:  # one segment has no batch statistics: use the running ones
-            return F.batch_norm(pooled, self.running_mean, self.running_var, training=False, eps=self.eps)
-        return super().forward(pooled)
 
 
 def average_over_segments(values: torch.Tensor, segments_per_utterance: torch.Tensor) -> torch.Tensor:

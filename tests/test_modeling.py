@@ -774,7 +774,8 @@ def test_the_pooled_mfcc_branch_projects_time_averages_of_the_bilstm_output():
     segment = torch.from_numpy(speech_like(48_000))[None]
     with torch.no_grad():
         encoder(segment, torch.tensor([48_000]))
-        steps = encoder.attention(encoder.lstm(encoder.normalize(encoder.mfcc(segment), torch.tensor([48_000])))[0])
+        mfcc = encoder.mfcc(segment)
+        steps = encoder.attention(encoder.lstm(encoder.normalize(mfcc, encoder.frame_mask(mfcc, torch.tensor([48_000]))))[0])
     assert steps.shape == (1, 301, 32) and encoder.projection.in_features == 10 * 32
     spans = [(i * 301 // 10, -(-(i + 1) * 301 // 10)) for i in range(10)]  # floor(i L / n) to ceil((i + 1) L / n)
     expected = torch.stack([steps[0, start:end].mean(0) for start, end in spans])
@@ -785,9 +786,53 @@ def test_standardised_mfccs_of_digital_silence_stay_finite():
     # Every coefficient is constant over silent frames: a variance of 0, guarded by its epsilon.
     model = tiny_model(mfcc_normalization="standardize")
     with torch.no_grad():
-        normalized = model.msemoboost.mfcc_encoder.normalize(torch.ones(1, 301, 40), torch.tensor([48_000]))
+        encoder = model.msemoboost.mfcc_encoder
+        mfcc = torch.ones(1, 301, 40)
+        normalized = encoder.normalize(mfcc, encoder.frame_mask(mfcc, torch.tensor([48_000])))
         assert torch.equal(normalized, torch.zeros(1, 301, 40))
         assert torch.isfinite(model(torch.zeros(1, 48_000)).logits).all()
+
+
+def test_mfcc_statistics_are_the_mean_std_and_delta_std_of_the_frames_that_hold_audio():
+    # Centred frames hold audio while t * 160 < length: 300 of the 301 frames of a 3 s segment, 150 of a 1.5 s one.
+    model = tiny_model(mfcc_normalization="standardize", mfcc_statistics=True, use_spectrogram=False)
+    encoder = model.msemoboost.mfcc_encoder
+    torch.manual_seed(0)
+    mfcc = torch.randn(2, 301, 40, dtype=torch.float64)
+    mfcc[1, 150:] = 1e6  # padding must not count
+    mask = encoder.frame_mask(mfcc, torch.tensor([48_000, 24_000]))
+    statistics = encoder.statistics(mfcc, mask)
+    assert statistics.shape == (2, 120)
+    for row, frames in ((0, 300), (1, 150)):
+        audio = mfcc[row, :frames].numpy()
+        expected = np.concatenate([
+            audio.mean(0), np.sqrt(audio.var(0) + 1e-5), np.sqrt(np.diff(audio, axis=0).var(0) + 1e-5)])
+        np.testing.assert_allclose(statistics[row].numpy(), expected, rtol=1e-9, atol=1e-12)
+
+
+def test_mfcc_statistics_join_the_mfcc_projection_batch_standardised():
+    model = tiny_model(mfcc_normalization="standardize", mfcc_statistics=True, use_spectrogram=False)
+    encoder = model.msemoboost.mfcc_encoder
+    steps = model.config.mfcc_pool_frames or model.config.num_mfcc_frames
+    assert encoder.projection.in_features == steps * 2 * model.config.lstm_hidden_size + 3 * model.config.num_mfcc
+    assert not tiny_model(mfcc_normalization="standardize").msemoboost.mfcc_encoder.statistics_normalization
+    seen = {}
+    encoder.statistics_normalization.register_forward_hook(
+        lambda module, args, output: seen.update(statistics=args[0], output=output))
+    segments = torch.from_numpy(np.stack([speech_like(48_000, seed) for seed in range(3)]))
+    model.train()
+    model(segments)
+    # Training: each of the 3 segments' 120 statistics standardised over the batch (no learned scale or shift).
+    statistics = seen["statistics"]
+    assert statistics.shape == (3, 120)
+    expected = (statistics - statistics.mean(0)) / torch.sqrt(statistics.var(0, unbiased=False) + 1e-5)
+    torch.testing.assert_close(seen["output"], expected, rtol=1e-4, atol=1e-5)
+    # Inference: the running statistics, so one segment alone gives the same answer as within a batch.
+    model.eval()
+    with torch.no_grad():
+        together = model(segments).logits
+        alone = model(segments[:1]).logits
+    torch.testing.assert_close(alone, together[:1], rtol=0, atol=1e-5)
 
 
 def test_guidance_self_attention_is_residual_scaled_dot_product_attention():
