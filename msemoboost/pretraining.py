@@ -41,6 +41,7 @@ from transformers.utils import ModelOutput
 
 from .acoustic_features import MSEmoBoostLogMel, MSEmoBoostPowerSpectrogram, dct_matrix
 from .configuration_msemoboost import MSEmoBoostConfig, _as_audio_ssl_config
+from .modeling_msemoboost import masked_mean_std
 
 MASKINGS = ("random", "ems")
 TARGETS = ("log_mel", "clusters")
@@ -446,11 +447,8 @@ class MSEmoBoostForPretraining(PreTrainedModel):
     @staticmethod
     def normalize(log_mel: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """Zero mean, unit variance per utterance and band over the frames holding audio."""
-        weight = valid[..., None].to(log_mel.dtype)
-        count = weight.sum(1, keepdim=True).clamp(min=1)
-        mean = (log_mel * weight).sum(1, keepdim=True) / count
-        variance = ((log_mel - mean).square() * weight).sum(1, keepdim=True) / count
-        return (log_mel - mean) / torch.sqrt(variance + 1e-5)
+        mean, std = masked_mean_std(log_mel, valid[..., None].to(log_mel.dtype))
+        return (log_mel - mean[:, None]) / std[:, None]
 
 
 __all__ = ["MASKINGS", "TARGETS", "MSEmoBoostForPretraining", "MSEmoBoostMaskingCollator",
