@@ -254,9 +254,9 @@ def quantize_int8(source: Path, destination: Path, calibration: list[np.ndarray]
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    front_end = (".mel_filters", ".dct", ".fft_first", ".fft_second")
     nodes = graph_nodes(onnx.load(str(source), load_external_data=False).graph)
-    excluded = [node.name for node in nodes if any(name.endswith(front_end) for name in node.input)]
+    front_end = front_end_constants(nodes)
+    excluded = [node.name for node in nodes if front_end.intersection(node.input)]
     feature_encoder = [node.name for node in nodes if node.op_type == "Conv" and FEATURE_ENCODER in module_scopes(node)
                        and not static_feature_encoder]
     prepared = destination.with_name(destination.stem + ".prepared.onnx")
@@ -276,6 +276,18 @@ def quantize_int8(source: Path, destination: Path, calibration: list[np.ndarray]
         prepared.unlink(missing_ok=True)
         convolutions.unlink(missing_ok=True)
     return destination
+
+
+def front_end_constants(nodes: list) -> set[str]:
+    """The names of the front end's constant matrices in a graph's `nodes`: the FFT's bases, the mel filter bank and
+    the DCT, and the slices of them that the graph takes (the filter bank's runs of filters, see
+    `msemoboost.acoustic_features.mel_bands`). The products with them stay float."""
+    names = {name for node in nodes for name in node.input
+             if name.endswith((".mel_filters", ".dct", ".fft_first", ".fft_second"))}
+    for node in nodes:  # in graph order, so slices of slices count too
+        if node.op_type == "Slice" and node.input[0] in names:
+            names.update(node.output)
+    return names
 
 
 def module_scopes(node) -> str:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from msemoboost import MSEmoBoostConfig
-from msemoboost.acoustic_features import MSEmoBoostMFCC, MSEmoBoostSpectrogram, pre_emphasis
+from msemoboost.acoustic_features import MSEmoBoostMFCC, MSEmoBoostSpectrogram, mel_bands, pre_emphasis
 
 CONFIG = MSEmoBoostConfig()
 
@@ -69,6 +69,43 @@ def test_filters_and_windows_equal_librosa():
     np.testing.assert_allclose(mfcc.window.numpy(), librosa.filters.get_window("hann", 2048), atol=1e-7)
     hamming = librosa.util.pad_center(librosa.filters.get_window("hamming", 640), size=800)
     np.testing.assert_allclose(spectrogram.window.numpy(), hamming, atol=1e-7)
+
+
+def test_mel_bands_hold_every_non_zero_weight_of_the_filter_bank():
+    filters = MSEmoBoostMFCC(CONFIG).filter_bank()
+    bands = mel_bands(filters)
+    assert [(start, stop) for start, stop, _, _ in bands] == [(16 * i, 16 * (i + 1)) for i in range(8)]
+    rebuilt = np.zeros_like(filters)
+    for start, stop, low, high in bands:
+        rebuilt[low:high, start:stop] = filters[low:high, start:stop]
+    np.testing.assert_array_equal(rebuilt, filters)
+    assert sum((high - low) * (stop - start) for start, stop, low, high in bands) / filters.size < 0.14
+    # A filter bank whose first filters are all zero (too many mel filters for the bins): their run spans no bins.
+    sparse = np.zeros((5, 4), dtype=np.float32)
+    sparse[3, 2], sparse[4, 3] = 1.0, 2.0
+    assert mel_bands(sparse, num_bands=2) == ((0, 2, 0, 0), (2, 4, 3, 5))
+    mfcc = MSEmoBoostMFCC(CONFIG)
+    mfcc.mel_bands = ((0, 2, 0, 0), (2, 4, 3, 5))
+    mfcc.mel_filters = torch.from_numpy(sparse)
+    power = torch.rand(3, 7, 5)
+    torch.testing.assert_close(mfcc.mel_power(power), power @ torch.from_numpy(sparse), rtol=0, atol=0)
+
+
+def test_mel_power_by_bands_equals_the_whole_product(segments):
+    mfcc = MSEmoBoostMFCC(CONFIG)
+    power = mfcc.power_spectrogram(pre_emphasis(torch.from_numpy(np.stack(segments)), 0.97)).transpose(1, 2)
+    torch.testing.assert_close(mfcc.mel_power(power), power @ mfcc.mel_filters, rtol=1e-5, atol=1e-9)
+
+
+@pytest.mark.parametrize("module_class", [MSEmoBoostMFCC, MSEmoBoostSpectrogram])
+def test_eager_groups_of_segments_give_the_features_of_each_segment_alone(segments, module_class):
+    module = module_class(CONFIG)
+    batch = pre_emphasis(torch.from_numpy(np.stack((segments * 4)[:9])), 0.97)  # groups of 4, 4 and 1
+    assert module.eager_rows_per_step == 4
+    grouped = module(batch)
+    assert grouped.shape[0] == 9
+    for row, features in zip(batch, grouped):
+        torch.testing.assert_close(features, module.features(row[None])[0], rtol=0, atol=0)
 
 
 def test_digital_silence_gives_finite_features():

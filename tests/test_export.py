@@ -11,8 +11,8 @@ import torch
 from msemoboost import MSEmoBoostConfig, MSEmoBoostForSequenceClassification
 from msemoboost.acoustic_features import MSEmoBoostMFCC, MSEmoBoostSpectrogram, pre_emphasis
 from msemoboost.cli import main
-from msemoboost.export import (INT8_NAME, ONNX_NAME, ONNXClassifier, export, graph_nodes, group_norm_as_instance_norm,
-                               module_scopes)
+from msemoboost.export import (INT8_NAME, ONNX_NAME, ONNXClassifier, export, front_end_constants, graph_nodes,
+                               group_norm_as_instance_norm, module_scopes)
 from onnx_models import LABELS, RECIPE, pytorch_logits, save_model
 
 onnx = pytest.importorskip("onnx")
@@ -151,15 +151,24 @@ def test_int8_quantizes_the_matmuls_and_the_lstm_and_stays_close_to_fp32(exporte
     fp32, int8 = (onnx.load(str(output / name)) for name in (ONNX_NAME, INT8_NAME))
     assert {"MatMulInteger", "DynamicQuantizeLSTM"} <= {node.op_type for node in int8.graph.node}
     assert not {"MatMulInteger", "DynamicQuantizeLSTM"} & {node.op_type for node in fp32.graph.node}
-    front_end = [node.op_type for node in graph_nodes(int8.graph)
-                 if any(name.endswith((".mel_filters", ".dct")) for name in node.input)]
-    assert front_end == ["MatMul", "MatMul"]  # the mel filter bank and the DCT stay float (in the Scan's body)
-    constants = {initializer.name for initializer in int8.graph.initializer}
-    float_weights = {name for node in graph_nodes(int8.graph) if node.op_type in ("MatMul", "Gemm", "LSTM")
-                     for name in node.input if name in constants}
-    front_end = {f"model.msemoboost.{encoder}.{name}" for encoder in ("mfcc_encoder.mfcc", "spectrogram_encoder.spectrogram")
-                 for name in ("fft_first", "fft_second")}  # the FFT's bases stay float too
-    assert float_weights == front_end | {"model.msemoboost.mfcc_encoder.mfcc.mel_filters", "model.msemoboost.mfcc_encoder.mfcc.dct"}
+    # The front end's products in the fp32 graph: per branch the FFT's two, then the mel filter bank's 8 runs of
+    # filters (slices of the bank) and the DCT. They keep their names, and stay float, in the int8 graph (in the Scan's
+    # body), as int8 activations cannot hold a power spectrum's range.
+    fp32_nodes, int8_nodes = graph_nodes(fp32.graph), graph_nodes(int8.graph)
+    bank = {name for node in fp32_nodes if node.op_type == "Slice" and node.input[0].endswith(".mel_filters")
+            for name in node.output}
+    assert len(bank) == len(MSEmoBoostMFCC(MSEmoBoostConfig()).mel_bands) == 8
+    constants = front_end_constants(fp32_nodes)
+    front_end = {node.name for node in fp32_nodes if node.op_type == "MatMul" and constants.intersection(node.input)}
+    assert len(front_end) == 2 * 2 + 8 + 1
+    assert sorted(node.op_type for node in int8_nodes if node.name in front_end) == ["MatMul"] * 13
+    # Every other product with a constant weight is quantised.
+    initializers = {initializer.name for graph in [int8.graph, *(attribute.g for node in int8_nodes for attribute in
+                                                                   node.attribute if attribute.HasField("g"))]
+                    for initializer in graph.initializer}
+    float_products = {node.name for node in int8_nodes if node.op_type in ("MatMul", "Gemm", "LSTM")
+                      and initializers.intersection(node.input)}
+    assert float_products == front_end
     reference, _ = ONNXClassifier(output)(emodb_utterances)
     quantized, _ = ONNXClassifier(output, int8=True)(emodb_utterances)
     assert 0 < np.abs(quantized - reference).max() < 0.05
