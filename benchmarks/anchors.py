@@ -1,7 +1,7 @@
 """The classical anchors: openSMILE functionals with a support vector machine, on exactly train.py's folds.
 
     python benchmarks/anchors.py                                   # EMO-DB LOSO: ComParE_2016 + linear SVM, eGeMAPSv02 + RBF SVM,
-                                                                   # the model's MFCC statistics + linear SVM
+                                                                   # the model's MFCC (and prosody) statistics + linear SVM
     python benchmarks/anchors.py --anchors "MFCC statistics (the model's) + linear SVM"
     python benchmarks/anchors.py --dataset_name ../shared/data/ravdess --num_folds 6
     python benchmarks/anchors.py --protocol cross_corpus --dataset_name ../shared/data/emodb \\
@@ -17,6 +17,7 @@ from the same decoded 16 kHz waveforms the model reads, and cached in outputs/be
 """
 
 import argparse
+import copy
 import hashlib
 import json
 import sys
@@ -28,11 +29,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 MFCC_STATISTICS = "mfcc_statistics"
+MFCC_AND_PROSODY_STATISTICS = "mfcc_and_prosody_statistics"
 ANCHORS = {
     "ComParE_2016 + linear SVM": ("ComParE_2016", "linear"),
     "eGeMAPSv02 + RBF SVM": ("eGeMAPSv02", "rbf"),
-    # Not openSMILE: the statistics that the model's `mfcc_statistics` option adds to its MFCC branch, on their own.
+    # Not openSMILE: the statistics that the model's `mfcc_statistics` (and `prosody_statistics`) options add to its
+    # MFCC branch, on their own.
     "MFCC statistics (the model's) + linear SVM": (MFCC_STATISTICS, "linear"),
+    "MFCC and prosody statistics (the model's) + linear SVM": (MFCC_AND_PROSODY_STATISTICS, "linear"),
 }
 C_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
 
@@ -63,24 +67,33 @@ def functionals(corpus, feature_set: str) -> np.ndarray:
     return features
 
 
-def mfcc_statistics(corpus, config) -> np.ndarray:
+def mfcc_statistics(corpus, config, prosody: bool = False) -> np.ndarray:
     """The model's own MFCC statistics of every whole utterance, `(num_rows, 3 * num_mfcc)`: per coefficient, the
     mean, the standard deviation and the frame-to-frame standard deviation over the frames that hold audio
-    (`MSEmoBoostMFCCEncoder.statistics`, of the pre-emphasised waveform's MFCCs as `config` computes them)."""
+    (`MSEmoBoostMFCCEncoder.statistics`, of the pre-emphasised waveform's MFCCs as `config` computes them). With
+    `prosody`, the 9 prosody statistics follow (`MSEmoBoostMFCCEncoder.prosody_statistics`), their audio fraction
+    being the utterance's length over one segment's."""
     import torch
 
     from msemoboost.acoustic_features import pre_emphasis
     from msemoboost.data import decode_audio
     from msemoboost.modeling_msemoboost import MSEmoBoostMFCCEncoder
 
+    config = copy.deepcopy(config)
+    config.prosody_statistics = prosody
     encoder = MSEmoBoostMFCCEncoder(config).eval()
     rows = []
     with torch.no_grad():
         for index in range(len(corpus.dataset)):
             waveform = torch.from_numpy(decode_audio(corpus.dataset[index]["audio"], corpus.sampling_rate))[None]
-            mfcc = encoder.mfcc(pre_emphasis(waveform.float(), config.pre_emphasis))
-            mask = encoder.frame_mask(mfcc, torch.tensor([waveform.shape[1]]))
-            rows.append(encoder.statistics(mfcc, mask)[0].double().numpy())
+            emphasised = pre_emphasis(waveform.float(), config.pre_emphasis)
+            mfcc = encoder.mfcc(emphasised)
+            length = torch.tensor([waveform.shape[1]])
+            mask = encoder.frame_mask(mfcc, length)
+            statistics = [encoder.statistics(mfcc, mask)]
+            if prosody:
+                statistics.append(encoder.prosody_statistics(encoder.prosody(emphasised), mask, length))
+            rows.append(torch.cat(statistics, dim=-1)[0].double().numpy())
     return np.asarray(rows)
 
 
@@ -140,7 +153,10 @@ def run_anchors(argv: list[str], anchors=tuple(ANCHORS), corpus_normalization: b
     results = {}
     for anchor in anchors:
         feature_set, kernel = ANCHORS[anchor]
-        features = mfcc_statistics(corpus, config) if feature_set == MFCC_STATISTICS else functionals(corpus, feature_set)
+        if feature_set in (MFCC_STATISTICS, MFCC_AND_PROSODY_STATISTICS):
+            features = mfcc_statistics(corpus, config, prosody=feature_set == MFCC_AND_PROSODY_STATISTICS)
+        else:
+            features = functionals(corpus, feature_set)
         if corpus_normalization:
             features = normalize_per_corpus(features, np.asarray(corpus.dataset["corpus"]) if "corpus" in
                                             corpus.dataset.column_names else np.zeros(len(features)))

@@ -299,6 +299,78 @@ class MSEmoBoostSpectrogram(MSEmoBoostPowerSpectrogram):
         return image.flip(1)
 
 
+class MSEmoBoostProsody(MSEmoBoostPowerSpectrogram):
+    """Frame pitch, voicing strength and energy, by the autocorrelation method (Boersma 1993) computed from the power
+    spectrum, so that it is matrix products and a maximum (and exports as such).
+
+    Each centred frame (`prosody_win_length` Hann window in `prosody_n_fft` points, hop `mfcc_hop_length`) gives its
+    autocorrelation `r(τ)` from its power spectrum up to `prosody_max_frequency` (a product with a cosine basis), at
+    lags `τ` spaced `pitch_step_semitones` apart over the pitch range, fractional lags included (the band-limited
+    autocorrelation is exact between samples too); then the normalised autocorrelation `(r(τ) / r(0)) / (r_w(τ) /
+    r_w(0))` (`r_w`: the window's own autocorrelation, which would otherwise favour short lags). Its peak gives the
+    pitch (the sampling rate over the peak's lag) and the voicing strength (the peak's height, about 1 for a periodic
+    frame, low for noise). As in Praat, the peak is chosen after subtracting `pitch_octave_cost` per octave below
+    `pitch_max_hz`, so that of a periodic frame's equal peaks at its period and its multiples the period wins.
+
+    Forward input: `waveform` of shape `(batch_size, num_samples)`.
+    Forward output: `(batch_size, num_frames, 3)`: the pitch in semitones above 1 Hz (`12 * log2(f0)`), the voicing
+    strength, and the frame energy in dB (`10 * log10(max(power, 1e-10))`, the power summed over all bins);
+    `num_frames = num_samples // hop + 1`. Whether a frame is voiced is for the caller to decide (see
+    `MSEmoBoostMFCCEncoder.prosody_statistics`).
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        self.sampling_rate = config.sampling_rate
+        self.n_fft = config.prosody_n_fft
+        self.win_length = config.prosody_win_length
+        self.hop_length = config.mfcc_hop_length
+        self.num_bins = int(config.prosody_max_frequency / config.sampling_rate * self.n_fft) + 1
+        self.pitch_range = (config.pitch_min_hz, config.pitch_max_hz)
+        self.step = config.pitch_step_semitones
+        self.octave_cost = config.pitch_octave_cost
+        self.register_feature_buffers()
+
+    def compute_buffers(self) -> dict[str, torch.Tensor]:
+        """The `window` `(n_fft,)`; the `pitch_semitones` searched `(num_lags,)`, from `pitch_max_hz` down; the
+        `autocorrelation` basis `(num_bins, 1 + num_lags)`, whose column 0 gives `r(0)` and the others `r(τ)` at
+        those pitches' lags (each the inverse real DFT of the power at lag τ, up to a constant factor); the window's
+        normalised autocorrelation `window_autocorrelation` `(num_lags,)` at those lags; and the `octave_penalty`
+        `(num_lags,)` subtracted before the peak is chosen."""
+        window = window_function(self.win_length, "hann", periodic=True, frame_length=self.n_fft)
+        low, high = (12 * np.log2(frequency) for frequency in self.pitch_range)
+        semitones = high - self.step * np.arange(int(np.floor((high - low) / self.step)) + 1)
+        lags = self.sampling_rate / 2 ** (semitones / 12)
+
+        def cosine_basis(num_bins: int, lags: np.ndarray) -> np.ndarray:
+            bins = np.arange(num_bins)
+            weight = np.where((bins == 0) | (bins == self.n_fft // 2), 1.0, 2.0)  # the spectrum's other half
+            return weight[:, None] * np.cos(2 * np.pi * bins[:, None] * lags[None] / self.n_fft)
+
+        window_power = np.abs(np.fft.rfft(window, n=self.n_fft)) ** 2
+        window_autocorrelation = window_power @ cosine_basis(self.n_fft // 2 + 1, np.concatenate([[0.0], lags]))
+        return {
+            "window": torch.tensor(window, dtype=torch.float32),
+            "pitch_semitones": torch.tensor(semitones, dtype=torch.float32),
+            "autocorrelation": torch.tensor(cosine_basis(self.num_bins, np.concatenate([[0.0], lags])),
+                                            dtype=torch.float32),
+            "window_autocorrelation": torch.tensor(window_autocorrelation[1:] / window_autocorrelation[0],
+                                                   dtype=torch.float32),
+            "octave_penalty": torch.tensor(self.octave_cost * (high - semitones) / 12, dtype=torch.float32),
+        }
+
+    def features(self, waveform: torch.Tensor) -> torch.Tensor:
+        power = self.power_spectrogram(waveform).transpose(1, 2)  # (batch_size, num_frames, num_frequency_bins)
+        autocorrelation = power[..., : self.num_bins] @ self.autocorrelation.float()  # (..., 1 + num_lags)
+        zero_lag = autocorrelation[..., :1].clamp(min=torch.finfo(power.dtype).tiny)
+        normalised = autocorrelation[..., 1:] / zero_lag / self.window_autocorrelation.float()
+        peak = (normalised - self.octave_penalty.float()).argmax(dim=-1, keepdim=True)
+        strength = normalised.gather(-1, peak)[..., 0]
+        pitch = self.pitch_semitones.float()[peak[..., 0]]
+        energy = 10 * torch.log10(power.sum(-1).clamp(min=1e-10))  # digital silence: -100 dB (not -inf in ONNX)
+        return torch.stack([pitch, strength, energy], dim=-1)
+
+
 class MSEmoBoostLogMel(MSEmoBoostPowerSpectrogram):
     """`log(mel power + 1e-6)` with a periodic Hann window of `n_fft` samples and Slaney mel filters, for the
     emotion-intensity model (centred 10 ms frames) and the pretraining target (`center=False`: the backbone's
@@ -378,6 +450,7 @@ class MSEmoBoostFrameSTFT(MSEmoBoostPowerSpectrogram):
 __all__ = [
     "MSEmoBoostFrameSTFT",
     "MSEmoBoostLogMel",
+    "MSEmoBoostProsody",
     "MSEmoBoostMFCC",
     "MSEmoBoostPowerSpectrogram",
     "MSEmoBoostSpectrogram",

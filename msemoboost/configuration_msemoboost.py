@@ -1,5 +1,7 @@
 """MS-EmoBoost model configuration."""
 
+import math
+
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
@@ -119,6 +121,38 @@ class MSEmoBoostConfig(PreTrainedConfig):
             values), standardised with the training segments' statistics, join the flattened Bi-LSTM output before
             its projection. They carry the levels and spreads that `"standardize"` removes. A recipe option; `False`
             is the paper.
+        prosody_statistics (`bool`, *optional*, defaults to `False`):
+            Add the segment's prosody statistics to the MFCC branch, beside (or without) the MFCC statistics: frame
+            pitch and voicing by the autocorrelation method ([`MSEmoBoostProsody`], of the same pre-emphasised
+            segment), and frame energy; then the mean, standard deviation and frame-to-frame standard deviation of
+            the pitch (semitones) over voiced frames, the mean voicing strength, the voiced fraction of the frames
+            that hold audio, the mean, standard deviation and frame-to-frame standard deviation of the energy (dB)
+            over the frames within `energy_floor_db` of the segment's loudest, and the fraction of the segment that
+            holds audio (9 values), standardised like the MFCC statistics. A recipe option; `False` is the paper.
+        prosody_n_fft (`int`, *optional*, defaults to 1024):
+            FFT size of the prosody frames. It must hold the window and the longest pitch period:
+            `prosody_win_length + ceil(sampling_rate / pitch_min_hz) <= prosody_n_fft`, so that the autocorrelation
+            computed from the power spectrum is not circular at the lags searched.
+        prosody_win_length (`int`, *optional*, defaults to 640):
+            Length of the prosody frames' Hann window (40 ms at 16 kHz: two periods of 50 Hz), centred in
+            `prosody_n_fft`. The hop is `mfcc_hop_length`.
+        prosody_max_frequency (`float`, *optional*, defaults to 4000.0):
+            The autocorrelation is computed from the power spectrum up to this frequency.
+        pitch_min_hz (`float`, *optional*, defaults to 60.0), pitch_max_hz (`float`, *optional*, defaults to 500.0):
+            The pitch range searched.
+        pitch_step_semitones (`float`, *optional*, defaults to 0.1):
+            The pitches searched are `pitch_max_hz` and every `pitch_step_semitones` below it down to `pitch_min_hz`
+            (368 by default), at their exact, fractional lags.
+        pitch_octave_cost (`float`, *optional*, defaults to 0.01):
+            Praat's octave cost: the peak of the normalised autocorrelation is chosen after subtracting this much per
+            octave of lag above the shortest, so that a periodic frame's period beats its multiples.
+        voicing_threshold (`float`, *optional*, defaults to 0.45):
+            A frame is voiced when the peak of its normalised autocorrelation in the pitch range exceeds this (Praat's
+            default voicing threshold) and its energy is within `voicing_floor_db` of the segment's loudest frame.
+        voicing_floor_db (`float`, *optional*, defaults to 30.0):
+            See `voicing_threshold`.
+        energy_floor_db (`float`, *optional*, defaults to 60.0):
+            The energy statistics count the frames within this many dB of the segment's loudest frame.
         mfcc_pool_frames (`int`, *optional*):
             When set, the Bi-LSTM output is average-pooled over time to this many steps before it is flattened, which
             shrinks the MFCC projection (301 × 512 inputs in the paper) by the same factor. `None` is the paper.
@@ -218,6 +252,17 @@ class MSEmoBoostConfig(PreTrainedConfig):
     mfcc_normalization: str = "l2"
     mfcc_pool_frames: int | None = None
     mfcc_statistics: bool = False
+    prosody_statistics: bool = False
+    prosody_n_fft: int = 1024
+    prosody_win_length: int = 640
+    prosody_max_frequency: float = 4000.0
+    pitch_min_hz: float = 60.0
+    pitch_max_hz: float = 500.0
+    pitch_step_semitones: float = 0.1
+    pitch_octave_cost: float = 0.01
+    voicing_threshold: float = 0.45
+    voicing_floor_db: float = 30.0
+    energy_floor_db: float = 60.0
     classifier_input: str = "pooled"
     pooled_normalization: str = "none"
     use_weighted_layer_sum: bool = False
@@ -268,6 +313,24 @@ class MSEmoBoostConfig(PreTrainedConfig):
             raise ValueError(
                 f"num_mfcc must be in [1, mfcc_num_mel_bins={self.mfcc_num_mel_bins}], got {self.num_mfcc}."
             )
+        if not 0 < self.pitch_min_hz < self.pitch_max_hz <= self.sampling_rate / 2:
+            raise ValueError(
+                f"pitch_min_hz and pitch_max_hz must satisfy 0 < pitch_min_hz < pitch_max_hz <= sampling_rate / 2 "
+                f"= {self.sampling_rate / 2}, got {self.pitch_min_hz} and {self.pitch_max_hz}."
+            )
+        if self.prosody_win_length + math.ceil(self.sampling_rate / self.pitch_min_hz) > self.prosody_n_fft:
+            raise ValueError(
+                f"prosody_n_fft ({self.prosody_n_fft}) must hold the window ({self.prosody_win_length}) and the longest "
+                f"pitch period searched (ceil({self.sampling_rate} / pitch_min_hz={self.pitch_min_hz}) = "
+                f"{math.ceil(self.sampling_rate / self.pitch_min_hz)} samples); raise prosody_n_fft or pitch_min_hz."
+            )
+        if not self.pitch_step_semitones > 0:
+            raise ValueError(f"pitch_step_semitones must be positive, got {self.pitch_step_semitones}.")
+        if not 0 < self.prosody_max_frequency <= self.sampling_rate / 2:
+            raise ValueError(
+                f"prosody_max_frequency must be in (0, sampling_rate / 2 = {self.sampling_rate / 2}], got "
+                f"{self.prosody_max_frequency}."
+            )
         if len(self.spectrogram_conv_channels) != 5:
             raise ValueError(
                 "spectrogram_conv_channels lists the output channels of AlexNet's 5 convolutions, got "
@@ -282,6 +345,9 @@ class MSEmoBoostConfig(PreTrainedConfig):
             )
         if self.use_se_head and not self.use_backbone_features:
             raise ValueError("use_se_head=True needs use_backbone_features=True: the SE head reads the SSL frames.")
+        for option in ("mfcc_statistics", "prosody_statistics"):
+            if getattr(self, option) and not self.use_mfcc:
+                raise ValueError(f"{option}=True needs use_mfcc=True: the statistics join the MFCC branch.")
         if self.use_weighted_layer_sum and not self.use_backbone_features:
             raise ValueError("use_weighted_layer_sum=True needs use_backbone_features=True: it weighs the SSL layers.")
         if self.se_target not in ("mask", "magnitude"):

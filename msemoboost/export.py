@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .acoustic_features import MSEmoBoostMFCC, MSEmoBoostSpectrogram
+from .acoustic_features import MSEmoBoostMFCC, MSEmoBoostProsody, MSEmoBoostSpectrogram
 from .configuration_msemoboost import MSEmoBoostConfig
 from .feature_extraction_msemoboost import MSEmoBoostFeatureExtractor
 from .modeling_msemoboost import MSEmoBoostForSequenceClassification
@@ -81,7 +81,7 @@ class MSEmoBoostForONNX(nn.Module):
         self.model = model
         self.normalize = normalize
         for module in model.modules():  # ONNX Runtime's STFT is ten times slower than torch's
-            if isinstance(module, (MSEmoBoostMFCC, MSEmoBoostSpectrogram)):
+            if isinstance(module, (MSEmoBoostMFCC, MSEmoBoostProsody, MSEmoBoostSpectrogram)):
                 module.use_matmul_fft(rows_per_step=model.config.segment_chunk_size)
         self.single_label = model.config.problem_type in (None, "single_label_classification")
 
@@ -279,11 +279,11 @@ def quantize_int8(source: Path, destination: Path, calibration: list[np.ndarray]
 
 
 def front_end_constants(nodes: list) -> set[str]:
-    """The names of the front end's constant matrices in a graph's `nodes`: the FFT's bases, the mel filter bank and
-    the DCT, and the slices of them that the graph takes (the filter bank's runs of filters, see
-    `msemoboost.acoustic_features.mel_bands`). The products with them stay float."""
+    """The names of the front end's constant matrices in a graph's `nodes`: the FFT's bases, the mel filter bank, the
+    DCT and the prosody's autocorrelation basis, and the slices of them that the graph takes (the filter bank's runs
+    of filters, see `msemoboost.acoustic_features.mel_bands`). The products with them stay float."""
     names = {name for node in nodes for name in node.input
-             if name.endswith((".mel_filters", ".dct", ".fft_first", ".fft_second"))}
+             if name.endswith((".mel_filters", ".dct", ".fft_first", ".fft_second", ".autocorrelation"))}
     for node in nodes:  # in graph order, so slices of slices count too
         if node.op_type == "Slice" and node.input[0] in names:
             names.update(node.output)

@@ -31,6 +31,7 @@ from .acoustic_features import (
     MSEmoBoostFrameSTFT,
     MSEmoBoostMFCC,
     MSEmoBoostPowerSpectrogram,
+    MSEmoBoostProsody,
     MSEmoBoostSpectrogram,
     pre_emphasis,
 )
@@ -42,6 +43,9 @@ logger = logging.get_logger(__name__)
 # The logit that `label_mask` gives the classes it leaves out: low enough that their softmax probability is exactly 0
 # in float32, finite so that a zero target times its log-probability stays 0.
 LOGIT_EXCLUDED = -1.0e4
+
+# What `config.prosody_statistics` adds per segment (`MSEmoBoostMFCCEncoder.prosody_statistics`).
+NUM_PROSODY_STATISTICS = 9
 
 
 @dataclass
@@ -185,7 +189,9 @@ class MSEmoBoostMFCCEncoder(nn.Module):
     With `config.mfcc_statistics`, the segment's MFCC statistics (per coefficient: the mean and standard deviation
     over the frames that hold audio, and the standard deviation of the frame-to-frame change; `3 * num_mfcc` values,
     batch-standardised) join the flattened Bi-LSTM output before the dropout: the levels and spreads that
-    standardisation removes from the Bi-LSTM's input, the functionals a classical SVM recipe is built on.
+    standardisation removes from the Bi-LSTM's input, the functionals a classical SVM recipe is built on. With
+    `config.prosody_statistics`, the segment's 9 pitch, voicing and energy statistics (`prosody_statistics`) join
+    them, standardised the same way.
 
     Forward inputs: pre-emphasised segments of shape `(num_segments, segment_samples)` and their lengths in samples
     `(num_segments,)`.
@@ -210,7 +216,13 @@ class MSEmoBoostMFCCEncoder(nn.Module):
         self.pool = nn.AdaptiveAvgPool1d(config.mfcc_pool_frames) if config.mfcc_pool_frames else None
         self.dropout = nn.Dropout(config.guidance_dropout)
         num_steps = config.mfcc_pool_frames or config.num_mfcc_frames
-        num_statistics = 3 * config.num_mfcc if config.mfcc_statistics else 0
+        self.mfcc_statistics = config.mfcc_statistics
+        self.prosody = MSEmoBoostProsody(config) if config.prosody_statistics else None
+        self.segment_samples = config.segment_samples
+        self.voicing_threshold = config.voicing_threshold
+        self.voicing_floor_db = config.voicing_floor_db
+        self.energy_floor_db = config.energy_floor_db
+        num_statistics = 3 * config.num_mfcc * config.mfcc_statistics + NUM_PROSODY_STATISTICS * config.prosody_statistics
         self.statistics_normalization = MSEmoBoostPooledNormalization(num_statistics) if num_statistics else None
         self.projection = nn.Linear(num_steps * lstm_output_size + num_statistics, config.guidance_hidden_size)
 
@@ -235,6 +247,32 @@ class MSEmoBoostMFCCEncoder(nn.Module):
         _, delta_std = masked_mean_std(mfcc[:, 1:] - mfcc[:, :-1], mask[:, 1:] * mask[:, :-1])
         return torch.cat([mean, std, delta_std], dim=-1)
 
+    def prosody_statistics(self, frames: torch.Tensor, mask: torch.Tensor, lengths: torch.LongTensor) -> torch.Tensor:
+        """[`MSEmoBoostProsody`]'s frames `(num_segments, num_frames, 3)` (pitch in semitones, voicing strength,
+        energy in dB), the `frame_mask` `(num_segments, num_frames, 1)` of the frames that hold audio and the segments'
+        lengths in samples → `(num_segments, 9)`: the pitch's mean, standard deviation and frame-to-frame standard
+        deviation over voiced frames (consecutive pairs for the last), the mean voicing strength over voiced frames,
+        the voiced fraction of the frames that hold audio, the energy's mean, standard deviation and frame-to-frame
+        standard deviation over the loud frames (within `energy_floor_db` of the segment's loudest), and the
+        fraction of the segment that holds audio. A frame is voiced when it holds audio, its voicing strength
+        exceeds `voicing_threshold` and its energy is within `voicing_floor_db` of the loudest. A segment without
+        voiced frames gets 0 for the pitch's statistics and the strength."""
+        pitch, strength, energy = (frames[..., index : index + 1] for index in range(3))
+        loudest = energy.masked_fill(mask == 0, -torch.inf).amax(1, keepdim=True)
+        loud = mask * (energy > loudest - self.energy_floor_db).to(mask.dtype)
+        voiced = mask * ((strength > self.voicing_threshold) & (energy > loudest - self.voicing_floor_db)).to(mask.dtype)
+        pairs = voiced[:, 1:] * voiced[:, :-1]
+        pitch_mean, pitch_std = masked_mean_std(pitch, voiced)
+        _, pitch_change = masked_mean_std(pitch[:, 1:] - pitch[:, :-1], pairs)
+        strength_mean, _ = masked_mean_std(strength, voiced)
+        energy_mean, energy_std = masked_mean_std(energy, loud)
+        _, energy_change = masked_mean_std(energy[:, 1:] - energy[:, :-1], loud[:, 1:] * loud[:, :-1])
+        voiced_fraction = voiced.sum(1) / mask.sum(1).clamp(min=1)
+        audio_fraction = (lengths.to(frames.dtype) / self.segment_samples)[:, None]
+        has_voice = (voiced.sum(1) > 0).to(frames.dtype)  # masked_mean_std's std is sqrt(1e-5) on an empty set
+        return torch.cat([pitch_mean, pitch_std * has_voice, pitch_change * (pairs.sum(1) > 0).to(frames.dtype),
+                          strength_mean, voiced_fraction, energy_mean, energy_std, energy_change, audio_fraction], dim=-1)
+
     def forward(self, waveform: torch.Tensor, lengths: torch.LongTensor) -> torch.Tensor:
         mfcc = self.mfcc(waveform)
         mask = self.frame_mask(mfcc, lengths)
@@ -245,8 +283,11 @@ class MSEmoBoostMFCCEncoder(nn.Module):
         if self.pool is not None:  # (num_segments, mfcc_pool_frames, 2 * lstm_hidden_size)
             hidden_states = self.pool(hidden_states.transpose(1, 2)).transpose(1, 2)
         hidden_states = hidden_states.flatten(1)
-        if self.statistics_normalization is not None:  # (num_segments, flattened size + 3 * num_mfcc)
-            statistics = self.statistics_normalization(self.statistics(mfcc, mask).to(hidden_states.dtype))
+        if self.statistics_normalization is not None:  # (num_segments, flattened size + number of statistics)
+            statistics = [self.statistics(mfcc, mask)] if self.mfcc_statistics else []
+            if self.prosody is not None:  # the same frames as the MFCC's: same hop, centred
+                statistics.append(self.prosody_statistics(self.prosody(waveform), mask, lengths))
+            statistics = self.statistics_normalization(torch.cat(statistics, dim=-1).to(hidden_states.dtype))
             hidden_states = torch.cat([hidden_states, statistics], dim=-1)
         return F.relu(self.projection(self.dropout(hidden_states)))
 

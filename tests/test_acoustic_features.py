@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from msemoboost import MSEmoBoostConfig
-from msemoboost.acoustic_features import MSEmoBoostMFCC, MSEmoBoostSpectrogram, mel_bands, pre_emphasis
+from msemoboost.acoustic_features import MSEmoBoostMFCC, MSEmoBoostProsody, MSEmoBoostSpectrogram, mel_bands, pre_emphasis
 
 CONFIG = MSEmoBoostConfig()
 
@@ -151,3 +151,19 @@ def test_a_spectrogram_of_small_dynamic_range_still_spans_zero_to_one(monkeypatc
     silent = torch.ones(1, 401, 301)  # no range at all: an all-zero image, not 0 / 0
     monkeypatch.setattr(spectrogram, "power_spectrogram", lambda waveform: silent)
     assert torch.equal(spectrogram(torch.zeros(1, 48_000)), torch.zeros(1, 200, 301))
+
+
+def test_prosody_finds_the_pitch_of_periodic_sound_and_no_voice_in_noise():
+    prosody = MSEmoBoostProsody(CONFIG)
+    assert prosody.pitch_semitones.shape == (368,)  # 500 Hz down to 60 Hz in tenths of a semitone
+    time = np.arange(16_000) / 16_000
+    for f0 in (80, 110, 147, 220, 330, 450):  # 330 Hz: a period of 48.5 samples, between two whole lags
+        voice = sum(np.sin(2 * np.pi * f0 * h * time + h) / h for h in range(1, 11) if f0 * h < 7_000)
+        frames = prosody(torch.from_numpy(voice.astype(np.float32))[None])[0, 5:-5]  # away from the edges
+        np.testing.assert_allclose(frames[:, 0].numpy(), 12 * np.log2(f0), atol=0.06)  # the step's half
+        assert frames[:, 1].min() > 0.99
+    torch.manual_seed(0)
+    noise = torch.randn(1, 16_000)
+    frames, louder = prosody(noise)[0], prosody(10 * noise)[0]
+    assert frames[5:-5, 1].max() < CONFIG.voicing_threshold
+    torch.testing.assert_close(louder[:, 2] - frames[:, 2], torch.full((101,), 20.0), rtol=0, atol=1e-4)

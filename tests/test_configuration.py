@@ -72,3 +72,19 @@ def test_model_with_no_features_is_refused():
 def test_segment_shorter_than_a_backbone_frame_is_refused():
     with pytest.raises(ValueError, match=r"shorter than one frame of the backbone's feature encoder \(400 samples\)"):
         tiny_config(segment_length_s=0.02)
+
+
+def test_prosody_settings_that_cannot_work_are_refused_with_the_reason():
+    with pytest.raises(ValueError, match=r"0 < pitch_min_hz < pitch_max_hz <= sampling_rate / 2 = 8000.0, got 300 and 200"):
+        MSEmoBoostConfig(pitch_min_hz=300, pitch_max_hz=200)
+    with pytest.raises(ValueError, match=r"prosody_n_fft \(1024\) must hold the window \(640\) and the longest pitch "
+                                         r"period searched \(ceil\(16000 / pitch_min_hz=40\) = 400 samples\)"):
+        MSEmoBoostConfig(pitch_min_hz=40)
+    MSEmoBoostConfig(pitch_min_hz=40, prosody_n_fft=2048)  # room for it
+    with pytest.raises(ValueError, match=r"pitch_step_semitones must be positive, got 0"):
+        MSEmoBoostConfig(pitch_step_semitones=0)
+    with pytest.raises(ValueError, match=r"prosody_max_frequency must be in \(0, sampling_rate / 2 = 8000.0\], got 9000"):
+        MSEmoBoostConfig(prosody_max_frequency=9000)
+    for option in ("mfcc_statistics", "prosody_statistics"):
+        with pytest.raises(ValueError, match=rf"{option}=True needs use_mfcc=True: the statistics join the MFCC branch"):
+            MSEmoBoostConfig(use_mfcc=False, **{option: True})

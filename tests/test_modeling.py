@@ -810,21 +810,57 @@ def test_mfcc_statistics_are_the_mean_std_and_delta_std_of_the_frames_that_hold_
         np.testing.assert_allclose(statistics[row].numpy(), expected, rtol=1e-9, atol=1e-12)
 
 
-def test_mfcc_statistics_join_the_mfcc_projection_batch_standardised():
-    model = tiny_model(mfcc_normalization="standardize", mfcc_statistics=True, use_spectrogram=False)
+def test_prosody_statistics_count_voiced_and_loud_frames_of_the_audio():
+    model = tiny_model(prosody_statistics=True, use_spectrogram=False)
+    encoder = model.msemoboost.mfcc_encoder
+    torch.manual_seed(0)
+    frames = torch.stack([80 + 5 * torch.randn(2, 301), torch.rand(2, 301), -20 - 30 * torch.rand(2, 301)], -1).double()
+    frames[1, 150:] = 1e6  # padding must not count
+    lengths = torch.tensor([48_000, 24_000])
+    mask = encoder.frame_mask(frames, lengths)
+    statistics = encoder.prosody_statistics(frames, mask, lengths)
+    assert statistics.shape == (2, 9)
+    for row, count in ((0, 300), (1, 150)):
+        pitch, strength, energy = frames[row, :count].numpy().T
+        loudest = energy.max()
+        loud = energy > loudest - 60
+        voiced = (strength > 0.45) & (energy > loudest - 30)
+        pairs = voiced[1:] & voiced[:-1]
+        assert 0 < pairs.sum() < voiced.sum() < loud.sum() == count  # all loud: energies span 30 dB
+        expected = [pitch[voiced].mean(), np.sqrt(pitch[voiced].var() + 1e-5), np.sqrt(np.diff(pitch)[pairs].var() + 1e-5),
+                    strength[voiced].mean(), voiced.mean(), energy.mean(), np.sqrt(energy.var() + 1e-5),
+                    np.sqrt(np.diff(energy).var() + 1e-5), count * 160 / 48_000]
+        np.testing.assert_allclose(statistics[row].numpy(), expected, rtol=1e-9, atol=1e-12)
+    # Frames quieter than the floors leave the voiced and the loud sets; a segment with no voiced frame gets zeros.
+    quiet = frames.clone()
+    quiet[0, :, 1] = 0.0  # no frame voiced
+    quiet[0, 100:, 2] = -200.0  # 200 of 300 audio frames more than 60 dB down
+    statistics = encoder.prosody_statistics(quiet, mask, lengths)[0]
+    np.testing.assert_array_equal(statistics[:5].numpy(), [0, 0, 0, 0, 0])
+    energy = quiet[0, :100, 2].numpy()
+    np.testing.assert_allclose(statistics[5:8].numpy(), [energy.mean(), np.sqrt(energy.var() + 1e-5),
+                                                          np.sqrt(np.diff(energy).var() + 1e-5)], rtol=1e-9)
+
+
+@pytest.mark.parametrize("mfcc_statistics, prosody_statistics", [(True, False), (False, True), (True, True)])
+def test_mfcc_statistics_join_the_mfcc_projection_batch_standardised(mfcc_statistics, prosody_statistics):
+    model = tiny_model(mfcc_normalization="standardize", mfcc_statistics=mfcc_statistics,
+                       prosody_statistics=prosody_statistics, use_spectrogram=False)
     encoder = model.msemoboost.mfcc_encoder
     steps = model.config.mfcc_pool_frames or model.config.num_mfcc_frames
-    assert encoder.projection.in_features == steps * 2 * model.config.lstm_hidden_size + 3 * model.config.num_mfcc
+    num_statistics = 3 * model.config.num_mfcc * mfcc_statistics + 9 * prosody_statistics
+    assert encoder.projection.in_features == steps * 2 * model.config.lstm_hidden_size + num_statistics
     assert not tiny_model(mfcc_normalization="standardize").msemoboost.mfcc_encoder.statistics_normalization
+    assert (encoder.prosody is not None) == prosody_statistics
     seen = {}
     encoder.statistics_normalization.register_forward_hook(
         lambda module, args, output: seen.update(statistics=args[0], output=output))
     segments = torch.from_numpy(np.stack([speech_like(48_000, seed) for seed in range(3)]))
     model.train()
     model(segments)
-    # Training: each of the 3 segments' 120 statistics standardised over the batch (no learned scale or shift).
+    # Training: each of the 3 segments' statistics standardised over the batch (no learned scale or shift).
     statistics = seen["statistics"]
-    assert statistics.shape == (3, 120)
+    assert statistics.shape == (3, num_statistics)
     expected = (statistics - statistics.mean(0)) / torch.sqrt(statistics.var(0, unbiased=False) + 1e-5)
     torch.testing.assert_close(seen["output"], expected, rtol=1e-4, atol=1e-5)
     # Inference: the running statistics, so one segment alone gives the same answer as within a batch.
@@ -914,10 +950,12 @@ def test_use_weighted_layer_sum_says_that_it_turns_layerdrop_off(caplog):
 def test_the_feature_buffers_are_rebuilt_from_the_config_not_saved():
     from msemoboost.acoustic_features import MSEmoBoostPowerSpectrogram
 
-    model = tiny_model(use_se_head=True)
+    model = tiny_model(use_se_head=True, prosody_statistics=True)
     buffers = {f"{name}.{buffer}" for name, module in model.named_modules()
                if isinstance(module, MSEmoBoostPowerSpectrogram) for buffer, _ in module.named_buffers()}
+    prosody = {f"msemoboost.mfcc_encoder.prosody.{name}" for name in
+               ("window", "pitch_semitones", "autocorrelation", "window_autocorrelation", "octave_penalty")}
     assert buffers == {"msemoboost.mfcc_encoder.mfcc.window", "msemoboost.mfcc_encoder.mfcc.mel_filters",
                        "msemoboost.mfcc_encoder.mfcc.dct", "msemoboost.spectrogram_encoder.spectrogram.window",
-                       "se_stft.window"}
+                       "se_stft.window"} | prosody
     assert not buffers & set(model.state_dict())
