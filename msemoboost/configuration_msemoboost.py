@@ -135,7 +135,7 @@ class MSEmoBoostConfig(PreTrainedConfig):
             computed from the power spectrum is not circular at the lags searched.
         prosody_win_length (`int`, *optional*, defaults to 640):
             Length of the prosody frames' Hann window (40 ms at 16 kHz: two periods of 50 Hz), centred in
-            `prosody_n_fft`. The hop is `mfcc_hop_length`.
+            `prosody_n_fft`; it must be longer than the longest pitch period searched. The hop is `mfcc_hop_length`.
         prosody_max_frequency (`float`, *optional*, defaults to 4000.0):
             The autocorrelation is computed from the power spectrum up to this frequency.
         pitch_min_hz (`float`, *optional*, defaults to 60.0), pitch_max_hz (`float`, *optional*, defaults to 500.0):
@@ -291,6 +291,33 @@ class MSEmoBoostConfig(PreTrainedConfig):
         super().__post_init__(**kwargs)
         self._validate_sizes()
 
+    def _validate_prosody(self):
+        if not 0 < self.pitch_min_hz < self.pitch_max_hz <= self.sampling_rate / 2:
+            raise ValueError(
+                f"pitch_min_hz and pitch_max_hz must satisfy 0 < pitch_min_hz < pitch_max_hz <= sampling_rate / 2 "
+                f"= {self.sampling_rate / 2}, got {self.pitch_min_hz} and {self.pitch_max_hz}."
+            )
+        if self.prosody_win_length + math.ceil(self.sampling_rate / self.pitch_min_hz) > self.prosody_n_fft:
+            raise ValueError(
+                f"prosody_n_fft ({self.prosody_n_fft}) must hold the window ({self.prosody_win_length}) and the longest "
+                f"pitch period searched (ceil({self.sampling_rate} / pitch_min_hz={self.pitch_min_hz}) = "
+                f"{math.ceil(self.sampling_rate / self.pitch_min_hz)} samples); raise prosody_n_fft or pitch_min_hz."
+            )
+        if math.ceil(self.sampling_rate / self.pitch_min_hz) >= self.prosody_win_length:
+            raise ValueError(
+                f"prosody_win_length ({self.prosody_win_length}) must be longer than the longest pitch period searched "
+                f"(ceil({self.sampling_rate} / pitch_min_hz={self.pitch_min_hz}) = "
+                f"{math.ceil(self.sampling_rate / self.pitch_min_hz)} samples): a window's autocorrelation is 0 beyond "
+                "its length."
+            )
+        if not self.pitch_step_semitones > 0:
+            raise ValueError(f"pitch_step_semitones must be positive, got {self.pitch_step_semitones}.")
+        if not 0 < self.prosody_max_frequency <= self.sampling_rate / 2:
+            raise ValueError(
+                f"prosody_max_frequency must be in (0, sampling_rate / 2 = {self.sampling_rate / 2}], got "
+                f"{self.prosody_max_frequency}."
+            )
+
     def _validate_sizes(self):
         if not self.use_backbone_features and not (self.use_mfcc or self.use_spectrogram):
             raise ValueError(
@@ -313,24 +340,8 @@ class MSEmoBoostConfig(PreTrainedConfig):
             raise ValueError(
                 f"num_mfcc must be in [1, mfcc_num_mel_bins={self.mfcc_num_mel_bins}], got {self.num_mfcc}."
             )
-        if not 0 < self.pitch_min_hz < self.pitch_max_hz <= self.sampling_rate / 2:
-            raise ValueError(
-                f"pitch_min_hz and pitch_max_hz must satisfy 0 < pitch_min_hz < pitch_max_hz <= sampling_rate / 2 "
-                f"= {self.sampling_rate / 2}, got {self.pitch_min_hz} and {self.pitch_max_hz}."
-            )
-        if self.prosody_win_length + math.ceil(self.sampling_rate / self.pitch_min_hz) > self.prosody_n_fft:
-            raise ValueError(
-                f"prosody_n_fft ({self.prosody_n_fft}) must hold the window ({self.prosody_win_length}) and the longest "
-                f"pitch period searched (ceil({self.sampling_rate} / pitch_min_hz={self.pitch_min_hz}) = "
-                f"{math.ceil(self.sampling_rate / self.pitch_min_hz)} samples); raise prosody_n_fft or pitch_min_hz."
-            )
-        if not self.pitch_step_semitones > 0:
-            raise ValueError(f"pitch_step_semitones must be positive, got {self.pitch_step_semitones}.")
-        if not 0 < self.prosody_max_frequency <= self.sampling_rate / 2:
-            raise ValueError(
-                f"prosody_max_frequency must be in (0, sampling_rate / 2 = {self.sampling_rate / 2}], got "
-                f"{self.prosody_max_frequency}."
-            )
+        if self.prosody_statistics:  # the tracker's settings matter only when it is built
+            self._validate_prosody()
         if len(self.spectrogram_conv_channels) != 5:
             raise ValueError(
                 "spectrogram_conv_channels lists the output channels of AlexNet's 5 convolutions, got "

@@ -75,16 +75,22 @@ def test_segment_shorter_than_a_backbone_frame_is_refused():
 
 
 def test_prosody_settings_that_cannot_work_are_refused_with_the_reason():
+    on = {"prosody_statistics": True}
     with pytest.raises(ValueError, match=r"0 < pitch_min_hz < pitch_max_hz <= sampling_rate / 2 = 8000.0, got 300 and 200"):
-        MSEmoBoostConfig(pitch_min_hz=300, pitch_max_hz=200)
+        MSEmoBoostConfig(pitch_min_hz=300, pitch_max_hz=200, **on)
     with pytest.raises(ValueError, match=r"prosody_n_fft \(1024\) must hold the window \(640\) and the longest pitch "
                                          r"period searched \(ceil\(16000 / pitch_min_hz=40\) = 400 samples\)"):
-        MSEmoBoostConfig(pitch_min_hz=40)
-    MSEmoBoostConfig(pitch_min_hz=40, prosody_n_fft=2048)  # room for it
+        MSEmoBoostConfig(pitch_min_hz=40, **on)
+    MSEmoBoostConfig(pitch_min_hz=40, prosody_n_fft=2048, **on)  # room for it
+    with pytest.raises(ValueError, match=r"prosody_win_length \(256\) must be longer than the longest pitch period "
+                                         r"searched \(ceil\(16000 / pitch_min_hz=60.0\) = 267 samples\)"):
+        MSEmoBoostConfig(prosody_win_length=256, **on)
     with pytest.raises(ValueError, match=r"pitch_step_semitones must be positive, got 0"):
-        MSEmoBoostConfig(pitch_step_semitones=0)
+        MSEmoBoostConfig(pitch_step_semitones=0, **on)
     with pytest.raises(ValueError, match=r"prosody_max_frequency must be in \(0, sampling_rate / 2 = 8000.0\], got 9000"):
-        MSEmoBoostConfig(prosody_max_frequency=9000)
+        MSEmoBoostConfig(prosody_max_frequency=9000, **on)
+    # Without the tracker its settings are not read, so they are not checked (a config for 4 kHz audio still loads).
+    MSEmoBoostConfig(prosody_win_length=256, prosody_max_frequency=9000)
     for option in ("mfcc_statistics", "prosody_statistics"):
         with pytest.raises(ValueError, match=rf"{option}=True needs use_mfcc=True: the statistics join the MFCC branch"):
             MSEmoBoostConfig(use_mfcc=False, **{option: True})
