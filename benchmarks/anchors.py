@@ -80,7 +80,7 @@ def mfcc_statistics(corpus, config, prosody: bool = False) -> np.ndarray:
     from msemoboost.modeling_msemoboost import MSEmoBoostMFCCEncoder
 
     config = copy.deepcopy(config)
-    config.prosody_statistics = prosody
+    config.mfcc_statistics, config.prosody_statistics = True, prosody
     encoder = MSEmoBoostMFCCEncoder(config).eval()
     rows = []
     with torch.no_grad():
@@ -90,10 +90,7 @@ def mfcc_statistics(corpus, config, prosody: bool = False) -> np.ndarray:
             mfcc = encoder.mfcc(emphasised)
             length = torch.tensor([waveform.shape[1]])
             mask = encoder.frame_mask(mfcc, length)
-            statistics = [encoder.statistics(mfcc, mask)]
-            if prosody:
-                statistics.append(encoder.prosody_statistics(encoder.prosody(emphasised), mask, length))
-            rows.append(torch.cat(statistics, dim=-1)[0].double().numpy())
+            rows.append(encoder.segment_statistics(emphasised, mfcc, mask, length)[0].double().numpy())
     return np.asarray(rows)
 
 

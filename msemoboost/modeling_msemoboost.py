@@ -273,6 +273,17 @@ class MSEmoBoostMFCCEncoder(nn.Module):
         return torch.cat([pitch_mean, pitch_std * has_voice, pitch_change * (pairs.sum(1) > 0).to(frames.dtype),
                           strength_mean, voiced_fraction, energy_mean, energy_std, energy_change, audio_fraction], dim=-1)
 
+    def segment_statistics(
+        self, waveform: torch.Tensor, mfcc: torch.Tensor, mask: torch.Tensor, lengths: torch.LongTensor
+    ) -> torch.Tensor:
+        """The statistics that `config.mfcc_statistics` and `config.prosody_statistics` ask for, side by side, before
+        their standardisation: `(num_segments, number of statistics)`, from the segments' waveforms, their MFCC, the
+        `frame_mask` and the lengths in samples."""
+        statistics = [self.statistics(mfcc, mask)] if self.mfcc_statistics else []
+        if self.prosody is not None:  # the same frames as the MFCC's: same hop, centred
+            statistics.append(self.prosody_statistics(self.prosody(waveform), mask, lengths))
+        return torch.cat(statistics, dim=-1)
+
     def forward(self, waveform: torch.Tensor, lengths: torch.LongTensor) -> torch.Tensor:
         mfcc = self.mfcc(waveform)
         mask = self.frame_mask(mfcc, lengths)
@@ -284,10 +295,8 @@ class MSEmoBoostMFCCEncoder(nn.Module):
             hidden_states = self.pool(hidden_states.transpose(1, 2)).transpose(1, 2)
         hidden_states = hidden_states.flatten(1)
         if self.statistics_normalization is not None:  # (num_segments, flattened size + number of statistics)
-            statistics = [self.statistics(mfcc, mask)] if self.mfcc_statistics else []
-            if self.prosody is not None:  # the same frames as the MFCC's: same hop, centred
-                statistics.append(self.prosody_statistics(self.prosody(waveform), mask, lengths))
-            statistics = self.statistics_normalization(torch.cat(statistics, dim=-1).to(hidden_states.dtype))
+            statistics = self.segment_statistics(waveform, mfcc, mask, lengths).to(hidden_states.dtype)
+            statistics = self.statistics_normalization(statistics)
             hidden_states = torch.cat([hidden_states, statistics], dim=-1)
         return F.relu(self.projection(self.dropout(hidden_states)))
 
