@@ -885,7 +885,7 @@ def main(argv: list[str] | None = None, callbacks=()) -> dict:
         summary["augmentation"] = dataclasses.asdict(augmentation_args)
         summary["architecture"] = {key: getattr(config, key) for key in (
             "frame_weighting", "classifier_input", "mfcc_normalization", "mfcc_pool_frames", "mfcc_statistics",
-            "prosody_statistics", "use_weighted_layer_sum",
+            "prosody_statistics", "classify_statistics", "use_weighted_layer_sum",
             "pooled_normalization", "segment_length_s")}
     model_dir = output_dir / "model"
     if protocol_args.protocol in ("splits", "cross_corpus") and protocol_args.save_fold_models:

@@ -57,6 +57,8 @@ ROWS = {
     "+ pooled batch norm": {"model": {"pooled_normalization": "batch_norm"}},
     "+ MFCC statistics": {"model": {"mfcc_statistics": True}},
     "+ MFCC and prosody statistics": {"model": {"mfcc_statistics": True, "prosody_statistics": True}},
+    "+ MFCC and prosody statistics, classified": {"model": {
+        "mfcc_statistics": True, "prosody_statistics": True, "classify_statistics": True}},
     "+ mixup (alpha 0.2)": {"args": ["--mixup_alpha", "0.2"]},
     "+ label smoothing 0.1": {"args": ["--label_smoothing_factor", "0.1"]},
     "+ 30 epochs": {"args": ["--num_train_epochs", "30"]},

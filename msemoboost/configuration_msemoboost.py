@@ -160,6 +160,17 @@ class MSEmoBoostConfig(PreTrainedConfig):
             What the classifier reads for each segment: `"pooled"`, the weighted SSL feature `X'_w` (the paper), or
             `"pooled_and_guidance"`, `[X'_w ; guidance vectors]` (a recipe option that lets the classifier use what
             the guidance branches know directly). Without guidance branches both read `X'_w`, the masked mean.
+        classify_statistics (`bool`, *optional*, defaults to `False`):
+            The classifier also reads each segment's standardised statistics (those of `mfcc_statistics` and
+            `prosody_statistics`, one of which must be on), after what `classifier_input` gives it; and its part for
+            them (its columns for the statistics, and its bias) is trained as a classifier of its own too: the
+            cross-entropy of those logits alone, times `statistics_loss_weight`, joins the loss. The logits are then
+            a linear classifier on the statistics, which learns as the classical recipe of a linear SVM on them does
+            (`benchmarks/anchors.py`) whatever the rest of the network fits, plus what the rest of the network adds.
+            A recipe option; `False` is the paper.
+        statistics_loss_weight (`float`, *optional*, defaults to 1.0):
+            The weight of that statistics-only loss with `classify_statistics`; 0 leaves the statistics in the
+            classifier without a loss of their own.
         pooled_normalization (`str`, *optional*, defaults to `"none"`):
             `"none"`: the classifier reads `X'_w` as pooled (the paper). `"batch_norm"`: each dimension of `X'_w` is
             standardised, with the statistics of the training segments (batch statistics while training, their
@@ -214,7 +225,9 @@ class MSEmoBoostConfig(PreTrainedConfig):
 
     model_type = "msemoboost"
     # Extra outputs of a jointly trained SE head that `Trainer.predict` must not mistake for logits.
-    keys_to_ignore_at_inference = ["hidden_states", "attentions", "segments_per_utterance", "classification_loss", "se_loss"]
+    keys_to_ignore_at_inference = [
+        "hidden_states", "attentions", "segments_per_utterance", "classification_loss", "statistics_loss", "se_loss"
+    ]
     sub_configs_defaults = {"backbone_config": SubConfigSpec(AutoConfig, model_type="wav2vec2")}
 
     backbone_config: dict | PreTrainedConfig | None = None
@@ -264,6 +277,8 @@ class MSEmoBoostConfig(PreTrainedConfig):
     voicing_floor_db: float = 30.0
     energy_floor_db: float = 60.0
     classifier_input: str = "pooled"
+    classify_statistics: bool = False
+    statistics_loss_weight: float = 1.0
     pooled_normalization: str = "none"
     use_weighted_layer_sum: bool = False
     loss_level: str = "segment"
@@ -359,6 +374,13 @@ class MSEmoBoostConfig(PreTrainedConfig):
         for option in ("mfcc_statistics", "prosody_statistics"):
             if getattr(self, option) and not self.use_mfcc:
                 raise ValueError(f"{option}=True needs use_mfcc=True: the statistics join the MFCC branch.")
+        if self.classify_statistics and not (self.mfcc_statistics or self.prosody_statistics):
+            raise ValueError(
+                "classify_statistics=True needs mfcc_statistics=True or prosody_statistics=True: it classifies those "
+                "statistics."
+            )
+        if not self.statistics_loss_weight >= 0:
+            raise ValueError(f"statistics_loss_weight must be a non-negative number, got {self.statistics_loss_weight}.")
         if self.use_weighted_layer_sum and not self.use_backbone_features:
             raise ValueError("use_weighted_layer_sum=True needs use_backbone_features=True: it weighs the SSL layers.")
         if self.se_target not in ("mask", "magnitude"):

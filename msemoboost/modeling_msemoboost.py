@@ -63,10 +63,12 @@ class MSEmoBoostModelOutput(ModelOutput):
         utterance_features (`torch.FloatTensor` of shape `(batch_size, feature_size)`):
             Enhanced utterance features: the mean of the utterance's segment features. `feature_size` is the
             backbone's `hidden_size`, plus `num_branches * guidance_hidden_size` with
-            `classifier_input="pooled_and_guidance"`; the guidance-only model has only the guidance part.
+            `classifier_input="pooled_and_guidance"`; the guidance-only model has only the guidance part. With
+            `config.classify_statistics`, the standardised statistics of the MFCC branch come last.
         segment_features (`torch.FloatTensor` of shape `(num_segments, feature_size)`):
             The pooled feature `X'_w = X_enh · X_w` of every segment (followed by its guidance vectors with
-            `classifier_input="pooled_and_guidance"`), utterance after utterance.
+            `classifier_input="pooled_and_guidance"`, then its statistics with `config.classify_statistics`),
+            utterance after utterance.
         enhancement_weights (`torch.FloatTensor` of shape `(num_segments, num_frames)`, *optional*):
             The frame weights `X_enh` of every segment, zero on frames past the end of the audio. `None` when no
             guidance branch or no backbone is used.
@@ -100,8 +102,9 @@ class MSEmoBoostSequenceClassifierOutput(ModelOutput):
 
     Args:
         loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` or `clean_input_values` is given):
-            The training loss: the classification loss (see `classification_loss`), plus `config.se_loss_weight`
-            times the SE loss when the SE head is on and clean targets are given. For single-label classification at
+            The training loss: the classification loss (see `classification_loss`), plus
+            `config.statistics_loss_weight` times the statistics' own loss with `config.classify_statistics`, plus
+            `config.se_loss_weight` times the SE loss when the SE head is on and clean targets are given. For single-label classification at
             `config.loss_level="segment"` (the paper's default) it is the mean cross-entropy of the **segments**, not
             the cross-entropy of the returned utterance `logits`; at `"utterance"` it is the latter.
         logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`):
@@ -109,7 +112,11 @@ class MSEmoBoostSequenceClassifierOutput(ModelOutput):
             gives class probabilities), or the mean of its segments' raw outputs (multi-label classification and
             regression, `config.problem_type`).
         classification_loss (`torch.FloatTensor` of shape `()`, *optional*):
-            The classification part of `loss`, returned when the SE loss is too.
+            The classification part of `loss`, returned when the SE loss or the statistics loss is too.
+        statistics_loss (`torch.FloatTensor` of shape `()`, *optional*):
+            With `config.classify_statistics` and `labels`: the classification loss of the statistics' own logits
+            (the classifier's columns for the statistics, and its bias), which `loss` holds times
+            `config.statistics_loss_weight`.
         se_loss (`torch.FloatTensor` of shape `()`, *optional*):
             Mean squared error between compressed estimated and clean magnitudes over frames that hold audio,
             returned when the SE head is on and `clean_input_values` is given.
@@ -125,6 +132,7 @@ class MSEmoBoostSequenceClassifierOutput(ModelOutput):
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
     classification_loss: torch.FloatTensor | None = None
+    statistics_loss: torch.FloatTensor | None = None
     se_loss: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
@@ -222,7 +230,10 @@ class MSEmoBoostMFCCEncoder(nn.Module):
         self.voicing_threshold = config.voicing_threshold
         self.voicing_floor_db = config.voicing_floor_db
         self.energy_floor_db = config.energy_floor_db
-        num_statistics = 3 * config.num_mfcc * config.mfcc_statistics + NUM_PROSODY_STATISTICS * config.prosody_statistics
+        self.num_statistics = (
+            3 * config.num_mfcc * config.mfcc_statistics + NUM_PROSODY_STATISTICS * config.prosody_statistics
+        )
+        num_statistics = self.num_statistics
         self.statistics_normalization = MSEmoBoostPooledNormalization(num_statistics) if num_statistics else None
         self.projection = nn.Linear(num_steps * lstm_output_size + num_statistics, config.guidance_hidden_size)
 
@@ -284,7 +295,11 @@ class MSEmoBoostMFCCEncoder(nn.Module):
             statistics.append(self.prosody_statistics(self.prosody(waveform), mask, lengths))
         return torch.cat(statistics, dim=-1)
 
-    def forward(self, waveform: torch.Tensor, lengths: torch.LongTensor) -> torch.Tensor:
+    def forward(
+        self, waveform: torch.Tensor, lengths: torch.LongTensor, return_statistics: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """With `return_statistics`, also returns the standardised statistics `(num_segments, num_statistics)` that
+        joined the projection's input."""
         mfcc = self.mfcc(waveform)
         mask = self.frame_mask(mfcc, lengths)
         hidden_states, _ = self.lstm(self.normalize(mfcc, mask).to(compute_dtype(self)))
@@ -294,11 +309,17 @@ class MSEmoBoostMFCCEncoder(nn.Module):
         if self.pool is not None:  # (num_segments, mfcc_pool_frames, 2 * lstm_hidden_size)
             hidden_states = self.pool(hidden_states.transpose(1, 2)).transpose(1, 2)
         hidden_states = hidden_states.flatten(1)
+        statistics = None
         if self.statistics_normalization is not None:  # (num_segments, flattened size + number of statistics)
             statistics = self.segment_statistics(waveform, mfcc, mask, lengths).to(hidden_states.dtype)
             statistics = self.statistics_normalization(statistics)
             hidden_states = torch.cat([hidden_states, statistics], dim=-1)
-        return F.relu(self.projection(self.dropout(hidden_states)))
+        guidance = F.relu(self.projection(self.dropout(hidden_states)))
+        if return_statistics:
+            if statistics is None:
+                raise ValueError("return_statistics=True needs config.mfcc_statistics or config.prosody_statistics.")
+            return guidance, statistics
+        return guidance
 
 
 class MSEmoBoostSpectrogramEncoder(nn.Module):
@@ -617,8 +638,12 @@ class MSEmoBoostModel(MSEmoBoostPreTrainedModel):
         self.classify_guidance = num_branches > 0 and (
             config.classifier_input == "pooled_and_guidance" or not config.use_backbone_features
         )
-        self.feature_size = (config.backbone_config.hidden_size if config.use_backbone_features else 0) + (
-            num_branches * config.guidance_hidden_size if self.classify_guidance else 0
+        # With config.classify_statistics, the MFCC branch's standardised statistics end every segment's features.
+        self.num_classified_statistics = self.mfcc_encoder.num_statistics if config.classify_statistics else 0
+        self.feature_size = (
+            (config.backbone_config.hidden_size if config.use_backbone_features else 0)
+            + (num_branches * config.guidance_hidden_size if self.classify_guidance else 0)
+            + self.num_classified_statistics
         )
         self.post_init()
 
@@ -756,15 +781,20 @@ class MSEmoBoostModel(MSEmoBoostPreTrainedModel):
             hidden_size)` (or `None` without a backbone), and the backbone's hidden states and attentions
             (each `None` unless asked for).
         """
-        guidance = []
+        guidance, statistics = [], None
         if self.mfcc_encoder is not None or self.spectrogram_encoder is not None:
             emphasised = pre_emphasis(segments, self.config.pre_emphasis)
-            if self.mfcc_encoder is not None:
+            if self.num_classified_statistics:
+                mfcc_guidance, statistics = self.mfcc_encoder(emphasised, segment_lengths, return_statistics=True)
+                guidance.append(mfcc_guidance)
+            elif self.mfcc_encoder is not None:
                 guidance.append(self.mfcc_encoder(emphasised, segment_lengths))
             if self.spectrogram_encoder is not None:
                 guidance.append(self.spectrogram_encoder(emphasised))
         guidance = torch.cat(guidance, dim=-1) if guidance else None
         if self.backbone is None:
+            if statistics is not None:  # [guidance ; statistics]
+                guidance = torch.cat([guidance, statistics.to(guidance.dtype)], dim=-1)
             return guidance, None, None, None, None, None
 
         sample_mask = torch.arange(segments.shape[1], device=segments.device) < segment_lengths[:, None]
@@ -793,6 +823,8 @@ class MSEmoBoostModel(MSEmoBoostPreTrainedModel):
             features = self.pooled_normalization(features)
         if self.classify_guidance:
             features = torch.cat([features, guidance.to(features.dtype)], dim=-1)  # [X'_w ; guidance]
+        if statistics is not None:
+            features = torch.cat([features, statistics.to(features.dtype)], dim=-1)  # [... ; statistics]
         attentions = backbone_outputs.attentions if output_attentions else None
         hidden_states = backbone_outputs.hidden_states if output_hidden_states else None
         return features, weights, frame_mask, frames, hidden_states, attentions
@@ -952,11 +984,15 @@ class MSEmoBoostForSequenceClassification(MSEmoBoostPreTrainedModel):
         else:  # multi-label and regression read the mean of the segments' raw outputs
             logits = average_over_segments(segment_logits, outputs.segments_per_utterance)
 
-        classification_loss = se_loss = None
+        classification_loss = statistics_loss = se_loss = None
         if labels is not None:
             classification_loss = self.classification_loss(
                 segment_logits, logits, labels, outputs.segments_per_utterance, label_mask=label_mask
             )
+            if self.config.classify_statistics and self.config.statistics_loss_weight > 0:
+                statistics_loss = self.statistics_loss(
+                    outputs.segment_features, labels, outputs.segments_per_utterance, label_mask=label_mask
+                )
         if train_se:
             if clean_input_values.shape != input_values.shape:
                 raise ValueError(
@@ -967,18 +1003,44 @@ class MSEmoBoostForSequenceClassification(MSEmoBoostPreTrainedModel):
                 input_values, clean_input_values, attention_mask, outputs.last_hidden_state, outputs.frame_mask
             )
 
-        losses = [classification_loss, None if se_loss is None else self.config.se_loss_weight * se_loss]
+        losses = [
+            classification_loss,
+            None if statistics_loss is None else self.config.statistics_loss_weight * statistics_loss,
+            None if se_loss is None else self.config.se_loss_weight * se_loss,
+        ]
         losses = [term for term in losses if term is not None]
         output = MSEmoBoostSequenceClassifierOutput(
             loss=sum(losses) if losses else None,
             logits=logits,
-            classification_loss=classification_loss if se_loss is not None else None,
+            classification_loss=classification_loss if len(losses) > 1 else None,
+            statistics_loss=statistics_loss,
             se_loss=se_loss,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             segments_per_utterance=outputs.segments_per_utterance,
         )
         return output if return_dict else output.to_tuple()
+
+    def statistics_loss(
+        self,
+        segment_features: torch.Tensor,
+        labels: torch.Tensor,
+        segments_per_utterance: torch.LongTensor,
+        label_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """With `config.classify_statistics`: the [`~MSEmoBoostForSequenceClassification.classification_loss`] of the
+        logits that the classifier gives the statistics alone, from its columns for them (the last
+        `num_statistics` of `segment_features` `(num_segments, feature_size)`) and its bias: a linear classifier
+        on the statistics, trained as one."""
+        num_statistics = self.msemoboost.num_classified_statistics
+        segment_logits = F.linear(
+            segment_features[:, -num_statistics:], self.classifier.weight[:, -num_statistics:], self.classifier.bias
+        )
+        single_label = self.config.problem_type in (None, "single_label_classification")
+        logits = average_over_segments(
+            segment_logits.log_softmax(-1) if single_label else segment_logits, segments_per_utterance
+        )
+        return self.classification_loss(segment_logits, logits, labels, segments_per_utterance, label_mask=label_mask)
 
     def classification_loss(
         self,

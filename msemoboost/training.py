@@ -209,10 +209,13 @@ class MSEmoBoostTrainer(Trainer):
         self._loss_parts: dict[str, tuple[float, int]] = {}
 
     def compute_loss(self, model, inputs, return_outputs=False, **kwargs):
-        """The model's loss; with a speech-enhancement head, its two parts are also averaged for the training logs."""
+        """The model's loss; when it has several parts (a speech-enhancement head, the statistics' own loss), each is
+        also averaged for the training logs."""
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, **kwargs)
-        if model.training and isinstance(outputs, dict) and outputs.get("se_loss") is not None:
-            for key in ("classification_loss", "se_loss"):
+        if model.training and isinstance(outputs, dict) and outputs.get("classification_loss") is not None:
+            for key in ("classification_loss", "statistics_loss", "se_loss"):
+                if outputs.get(key) is None:
+                    continue
                 total, count = self._loss_parts.get(key, (0.0, 0))
                 self._loss_parts[key] = (total + outputs[key].detach().float().item(), count + 1)
         return (loss, outputs) if return_outputs else loss

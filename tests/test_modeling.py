@@ -855,20 +855,64 @@ def test_mfcc_statistics_join_the_mfcc_projection_batch_standardised(mfcc_statis
     seen = {}
     encoder.statistics_normalization.register_forward_hook(
         lambda module, args, output: seen.update(statistics=args[0], output=output))
-    segments = torch.from_numpy(np.stack([speech_like(48_000, seed) for seed in range(3)]))
+    # Different levels: three equally loud segments' energy means differ by ~1e-3 dB, whose float32 variance over
+    # the batch would be rounding error.
+    segments = torch.from_numpy(np.stack([speech_like(48_000, seed) * 0.5**seed for seed in range(3)]))
     model.train()
     model(segments)
     # Training: each of the 3 segments' statistics standardised over the batch (no learned scale or shift).
-    statistics = seen["statistics"]
+    statistics = seen["statistics"].double()
     assert statistics.shape == (3, num_statistics)
     expected = (statistics - statistics.mean(0)) / torch.sqrt(statistics.var(0, unbiased=False) + 1e-5)
-    torch.testing.assert_close(seen["output"], expected, rtol=1e-4, atol=1e-5)
+    # float32 batch norm of values such as MFCC means of about -27 that vary by about 0.1 across the batch: its
+    # rounding (about 27 * 6e-8 relative to a spread of 0.1) reaches 2e-5 of the standardised values.
+    torch.testing.assert_close(seen["output"].double(), expected, rtol=0, atol=1e-4)
     # Inference: the running statistics, so one segment alone gives the same answer as within a batch.
     model.eval()
     with torch.no_grad():
         together = model(segments).logits
         alone = model(segments[:1]).logits
     torch.testing.assert_close(alone, together[:1], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("use_backbone_features", [True, False])
+def test_classify_statistics_adds_a_linear_classifier_on_the_statistics_with_its_own_loss(use_backbone_features):
+    overrides = dict(mfcc_normalization="standardize", mfcc_statistics=True, prosody_statistics=True,
+                     classifier_input="pooled_and_guidance", use_backbone_features=use_backbone_features)
+    plain, model = tiny_model(**overrides), tiny_model(classify_statistics=True, statistics_loss_weight=0.25, **overrides)
+    num_statistics = 3 * model.config.num_mfcc + 9
+    assert model.msemoboost.num_classified_statistics == num_statistics
+    assert model.classifier.in_features == plain.classifier.in_features + num_statistics
+    seen = {}
+    model.msemoboost.mfcc_encoder.statistics_normalization.register_forward_hook(
+        lambda module, args, output: seen.update(statistics=output))
+    waveforms = torch.from_numpy(np.stack([speech_like(64_000, seed) for seed in range(3)]))  # 2 segments each
+    labels = torch.tensor([0, 2, 3])
+    model.train()
+    torch.manual_seed(0)
+    outputs = model(waveforms, labels=labels, output_hidden_states=False)
+    features = model.msemoboost(waveforms).segment_features  # training mode: the same batch statistics
+    # The standardised statistics end every segment's features, as they joined the MFCC projection.
+    torch.testing.assert_close(features[:, -num_statistics:], seen["statistics"], rtol=0, atol=0)
+    # Their own logits: the classifier's columns for them and its bias, scored like the classifier's logits.
+    statistics_logits = features[:, -num_statistics:] @ model.classifier.weight[:, -num_statistics:].T + model.classifier.bias
+    targets = labels.repeat_interleave(2)
+    torch.testing.assert_close(outputs.statistics_loss, F.cross_entropy(statistics_logits, targets), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(outputs.loss, outputs.classification_loss + 0.25 * outputs.statistics_loss, rtol=1e-6, atol=0)
+    outputs.statistics_loss.backward()  # it trains the statistics' columns and the bias, and nothing else
+    assert model.classifier.weight.grad[:, :-num_statistics].abs().max() == 0
+    assert model.classifier.weight.grad[:, -num_statistics:].abs().max() > 0
+    assert model.classifier.bias.grad.abs().max() > 0
+    others = [parameter.grad for name, parameter in model.named_parameters() if not name.startswith("classifier.")]
+    assert all(grad is None or not grad.any() for grad in others)
+    # Weight 0: the statistics stay in the classifier without a loss of their own.
+    model.config.statistics_loss_weight = 0.0
+    outputs = model(waveforms, labels=labels)
+    assert outputs.statistics_loss is None and outputs.classification_loss is None
+    with pytest.raises(ValueError, match="classify_statistics=True needs mfcc_statistics=True or prosody_statistics=True"):
+        tiny_config(classify_statistics=True)
+    with pytest.raises(ValueError, match="statistics_loss_weight must be a non-negative number, got -1"):
+        tiny_config(mfcc_statistics=True, classify_statistics=True, statistics_loss_weight=-1)
 
 
 def test_guidance_self_attention_is_residual_scaled_dot_product_attention():
