@@ -354,6 +354,12 @@ def parse_arguments(
         logger.warning("--use_backbone_features false: use_weighted_layer_sum (a weighting of the backbone's layers) "
                        "is dropped from --model_config_overrides.")
         model_args.model_config_overrides = json.dumps(overrides)
+    if not model_args.use_mfcc:  # the ablations without the MFCC branch of a preset whose MFCC branch has statistics
+        dropped = [key for key in ("mfcc_statistics", "prosody_statistics", "classify_statistics") if overrides.pop(key, False)]
+        if dropped:
+            logger.warning(f"--use_mfcc false: {', '.join(dropped)} (statistics of the MFCC branch) "
+                           f"{'is' if len(dropped) == 1 else 'are'} dropped from --model_config_overrides.")
+            model_args.model_config_overrides = json.dumps(overrides)
     if model_args.backbone_pretraining and not model_args.backbone:
         parser.error("--backbone_pretraining pretrains the folder that --backbone names: give --backbone")
     to_pretrain = model_args.backbone_pretraining and not model_args.model_name_or_path

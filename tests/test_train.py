@@ -308,7 +308,9 @@ def test_a_preset_builds_on_its_base_file(tmp_path):
     changes = {"backbone_config": None, "backbone": "outputs/pretrained/emodb_cpu", "backbone_learning_rate": 1e-4,
                "backbone_pretraining": "configs/pretrain_cpu.yaml --dataset_name ../shared/data/ravdess "
                                        "../shared/data/tess --max_steps 1500",
-               "model_config_overrides": {**scratch["model_config_overrides"], "use_weighted_layer_sum": True},
+               "model_config_overrides": {**scratch["model_config_overrides"], "use_weighted_layer_sum": True,
+                                          "mfcc_statistics": True, "prosody_statistics": True,
+                                          "classify_statistics": True},
                "validation_fraction": 0, "output_dir": "outputs/emodb_cpu", "lr_scheduler_type": "cosine_with_min_lr",
                "lr_scheduler_kwargs": {"min_lr_rate": 0.25}, "average_last_epochs": 8}
     assert pretrained == {**scratch, **changes}
@@ -342,6 +344,17 @@ def test_a_backbone_on_the_command_line_replaces_the_preset_s(tmp_path, capsys):
     assert "--backbone_pretraining pretrains the folder that --backbone names: give --backbone" in capsys.readouterr().err
 
 
+def test_the_ablations_without_the_mfcc_branch_drop_the_preset_s_statistics(caplog):
+    preset = str(REPO / "configs" / "emodb_cpu.yaml")
+    with caplog.at_level("WARNING", logger="msemoboost.train"):
+        model_args = train.parse_arguments([preset, "--dataset_name", "x", "--use_mfcc", "false"])[0]
+    overrides = json.loads(model_args.model_config_overrides)
+    assert not {"mfcc_statistics", "prosody_statistics", "classify_statistics"} & set(overrides)
+    assert caplog.messages == ["--use_mfcc false: mfcc_statistics, prosody_statistics, classify_statistics (statistics "
+                               "of the MFCC branch) are dropped from --model_config_overrides."]
+    train.model_config(model_args)  # builds: the statistics would otherwise be refused without the MFCC branch
+
+
 def test_the_guidance_only_ablation_of_a_preset_drops_the_preset_s_backbone(caplog):
     from msemoboost.training import build_model, read_arguments_file
 
@@ -350,7 +363,8 @@ def test_the_guidance_only_ablation_of_a_preset_drops_the_preset_s_backbone(capl
         model_args = train.parse_arguments([preset, "--dataset_name", "x", "--use_backbone_features", "false"])[0]
     assert (model_args.backbone, model_args.backbone_config, model_args.backbone_pretraining) == (None, None, None)
     overrides = json.loads(model_args.model_config_overrides)
-    assert overrides == read_arguments_file(REPO / "configs" / "emodb_cpu_scratch.yaml")["model_config_overrides"]
+    assert overrides == {**read_arguments_file(REPO / "configs" / "emodb_cpu_scratch.yaml")["model_config_overrides"],
+                         "mfcc_statistics": True, "prosody_statistics": True, "classify_statistics": True}
     assert caplog.messages == [
         "--use_backbone_features false: the guidance-only model has no backbone, so the backbone that this run names "
         "(outputs/pretrained/emodb_cpu) is neither loaded nor pretrained.",
@@ -508,8 +522,11 @@ def test_the_cpu_recipe_runs_unchanged_on_an_audiofolder_with_train_and_test_spl
     card = (tmp_path / "out" / "model" / "README.md").read_text()
     assert "No speaker was held out for model selection" in card  # no validation split, and the recipe holds none out
     assert ("Architecture options: frame weighting `mean_residual`, classifier input `pooled_and_guidance`, MFCC "
-            "normalisation `standardize`, MFCC pooled to 30 steps, a learned weighted sum of the backbone's layers (the "
-            "paper: `linear`, `pooled`, `l2`, no pooling, the last layer, no normalisation).") in card
+            "normalisation `standardize`, MFCC pooled to 30 steps, the MFCC branch also reading the MFCC statistics "
+            "(mean, standard deviation, frame-to-frame spread), the MFCC branch also reading pitch, voicing and energy "
+            "statistics (an in-model autocorrelation pitch tracker), those statistics also read by the classifier, whose "
+            "part for them is trained as a linear classifier of its own, a learned weighted sum of the backbone's layers "
+            "(the paper: `linear`, `pooled`, `l2`, no pooling, the last layer, no normalisation).") in card
     assert (f"- Backbone: `outputs/pretrained/emodb_cpu` (pretrained by the training recipe itself, self-supervised, on "
             f"unlabelled audio: `msemoboost pretrain {pretraining}`)") in card
 
