@@ -224,7 +224,8 @@ class MSEmoBoostConfig(PreTrainedConfig):
     ```"""
 
     model_type = "msemoboost"
-    # Extra outputs of a jointly trained SE head that `Trainer.predict` must not mistake for logits.
+    # Extra outputs (a jointly trained SE head's, the statistics' own loss) that `Trainer.predict` must not mistake
+    # for logits.
     keys_to_ignore_at_inference = [
         "hidden_states", "attentions", "segments_per_utterance", "classification_loss", "statistics_loss", "se_loss"
     ]

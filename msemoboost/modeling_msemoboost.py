@@ -104,9 +104,10 @@ class MSEmoBoostSequenceClassifierOutput(ModelOutput):
         loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` or `clean_input_values` is given):
             The training loss: the classification loss (see `classification_loss`), plus
             `config.statistics_loss_weight` times the statistics' own loss with `config.classify_statistics`, plus
-            `config.se_loss_weight` times the SE loss when the SE head is on and clean targets are given. For single-label classification at
-            `config.loss_level="segment"` (the paper's default) it is the mean cross-entropy of the **segments**, not
-            the cross-entropy of the returned utterance `logits`; at `"utterance"` it is the latter.
+            `config.se_loss_weight` times the SE loss when the SE head is on and clean targets are given. For
+            single-label classification at `config.loss_level="segment"` (the paper's default) it is the mean
+            cross-entropy of the **segments**, not the cross-entropy of the returned utterance `logits`; at
+            `"utterance"` it is the latter.
         logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`):
             For each utterance, the mean of its segments' log-probabilities (single-label classification; `softmax`
             gives class probabilities), or the mean of its segments' raw outputs (multi-label classification and
