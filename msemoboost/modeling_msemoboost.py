@@ -234,9 +234,10 @@ class MSEmoBoostMFCCEncoder(nn.Module):
         self.num_statistics = (
             3 * config.num_mfcc * config.mfcc_statistics + NUM_PROSODY_STATISTICS * config.prosody_statistics
         )
-        num_statistics = self.num_statistics
-        self.statistics_normalization = MSEmoBoostPooledNormalization(num_statistics) if num_statistics else None
-        self.projection = nn.Linear(num_steps * lstm_output_size + num_statistics, config.guidance_hidden_size)
+        self.statistics_normalization = (
+            MSEmoBoostPooledNormalization(self.num_statistics) if self.num_statistics else None
+        )
+        self.projection = nn.Linear(num_steps * lstm_output_size + self.num_statistics, config.guidance_hidden_size)
 
     def frame_mask(self, mfcc: torch.Tensor, lengths: torch.LongTensor) -> torch.Tensor:
         """`(num_segments, num_mfcc_frames, 1)`: 1 for the frames that hold audio, 0 for padding. Frames are centred:
@@ -979,11 +980,7 @@ class MSEmoBoostForSequenceClassification(MSEmoBoostPreTrainedModel):
             output_attentions=output_attentions,
         )
         segment_logits = self.classifier(outputs.segment_features)
-        single_label = self.config.problem_type in (None, "single_label_classification")
-        if single_label:
-            logits = average_over_segments(segment_logits.log_softmax(-1), outputs.segments_per_utterance)
-        else:  # multi-label and regression read the mean of the segments' raw outputs
-            logits = average_over_segments(segment_logits, outputs.segments_per_utterance)
+        logits = self.utterance_logits(segment_logits, outputs.segments_per_utterance)
 
         classification_loss = statistics_loss = se_loss = None
         if labels is not None:
@@ -1037,11 +1034,15 @@ class MSEmoBoostForSequenceClassification(MSEmoBoostPreTrainedModel):
         segment_logits = F.linear(
             segment_features[:, -num_statistics:], self.classifier.weight[:, -num_statistics:], self.classifier.bias
         )
-        single_label = self.config.problem_type in (None, "single_label_classification")
-        logits = average_over_segments(
-            segment_logits.log_softmax(-1) if single_label else segment_logits, segments_per_utterance
-        )
+        logits = self.utterance_logits(segment_logits, segments_per_utterance)
         return self.classification_loss(segment_logits, logits, labels, segments_per_utterance, label_mask=label_mask)
+
+    def utterance_logits(self, segment_logits: torch.Tensor, segments_per_utterance: torch.LongTensor) -> torch.Tensor:
+        """`(num_segments, num_labels)` → `(batch_size, num_labels)`: the mean of each utterance's segments'
+        log-probabilities (single-label classification), or of their raw outputs (multi-label and regression)."""
+        if self.config.problem_type in (None, "single_label_classification"):
+            segment_logits = segment_logits.log_softmax(-1)
+        return average_over_segments(segment_logits, segments_per_utterance)
 
     def classification_loss(
         self,
