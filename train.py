@@ -363,6 +363,10 @@ def parse_arguments(
     if model_args.backbone_pretraining and not model_args.backbone:
         parser.error("--backbone_pretraining pretrains the folder that --backbone names: give --backbone")
     to_pretrain = model_args.backbone_pretraining and not model_args.model_name_or_path
+    if model_args.backbone and not (to_pretrain or model_args.model_name_or_path) and is_missing_folder(model_args.backbone):
+        parser.error(f"--backbone {model_args.backbone}: no such folder, and not a Hub model id. Give a folder that "
+                     "holds a model, a Hub id (facebook/wav2vec2-base), or add --backbone_pretraining ARGUMENTS to "
+                     "pretrain one into that folder first.")
     if to_pretrain and training_args.world_size > 1 and not holds_model(model_args.backbone):
         parser.error(f"--backbone {model_args.backbone} is not pretrained yet, and pretraining cannot start inside this "
                      f"{training_args.world_size}-process run. Pretrain it first: msemoboost pretrain "
@@ -384,6 +388,20 @@ def parse_arguments(
 
 
 BACKBONE_ARGUMENTS = ("backbone", "backbone_config", "backbone_pretraining")
+
+
+def is_missing_folder(name: str) -> bool:
+    """Whether `name` can only be a local folder (it is no valid Hub id) and that folder does not exist."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    if Path(name).exists():
+        return False
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return True
+    return False
 
 
 def fold_training_arguments(

@@ -342,6 +342,14 @@ def test_a_backbone_on_the_command_line_replaces_the_preset_s(tmp_path, capsys):
     with pytest.raises(SystemExit):
         train.parse_arguments(["--dataset_name", "x", "--backbone_pretraining", "configs/pretrain_cpu.yaml"])
     assert "--backbone_pretraining pretrains the folder that --backbone names: give --backbone" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # not a Hub id, so a folder, and it is not there (nor asked to be pretrained)
+        train.parse_arguments([preset, "--dataset_name", "x", "--backbone", str(tmp_path / "absent" / "backbone")])
+    assert (f"--backbone {tmp_path / 'absent' / 'backbone'}: no such folder, and not a Hub model id. Give a folder that "
+            "holds a model, a Hub id (facebook/wav2vec2-base), or add --backbone_pretraining ARGUMENTS to pretrain one "
+            "into that folder first.") in capsys.readouterr().err
+    model_args = train.parse_arguments([preset, "--dataset_name", "x", "--backbone", str(tmp_path / "absent" / "backbone"),
+                                        "--backbone_pretraining", "other.yaml"])[0]
+    assert model_args.backbone_pretraining == "other.yaml"  # to be pretrained there first: no error
 
 
 def test_the_ablations_without_the_mfcc_branch_drop_the_preset_s_statistics(caplog):
