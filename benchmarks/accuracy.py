@@ -69,6 +69,7 @@ ROWS = {
     "− pretrained backbone (random, same fine-tuning)": {"args": [
         "--backbone_config", json.dumps(read_arguments_file(REPO / "configs" / "emodb_cpu_scratch.yaml")["backbone_config"])]},
     "frozen backbone": {"args": ["--freeze_backbone", "true"]},
+    "+ frozen feature encoder": {"args": ["--freeze_feature_encoder", "true"]},
     # Extra corpora.
     "+ RAVDESS and TESS in every fold": {
         "args": ["--extra_train_datasets", str(SHARED / "ravdess"), str(SHARED / "tess")]},

@@ -311,7 +311,8 @@ def test_a_preset_builds_on_its_base_file(tmp_path):
                "model_config_overrides": {**scratch["model_config_overrides"], "use_weighted_layer_sum": True,
                                           "mfcc_statistics": True, "prosody_statistics": True,
                                           "classify_statistics": True},
-               "validation_fraction": 0, "output_dir": "outputs/emodb_cpu", "lr_scheduler_type": "cosine_with_min_lr",
+               "freeze_feature_encoder": True, "validation_fraction": 0, "output_dir": "outputs/emodb_cpu",
+               "lr_scheduler_type": "cosine_with_min_lr",
                "lr_scheduler_kwargs": {"min_lr_rate": 0.25}, "average_last_epochs": 8}
     assert pretrained == {**scratch, **changes}
     (tmp_path / "child.yaml").write_text("base: missing.yaml\nlearning_rate: 0.1\n")
