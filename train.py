@@ -363,7 +363,8 @@ def parse_arguments(
     if model_args.backbone_pretraining and not model_args.backbone:
         parser.error("--backbone_pretraining pretrains the folder that --backbone names: give --backbone")
     to_pretrain = model_args.backbone_pretraining and not model_args.model_name_or_path
-    if model_args.backbone and not (to_pretrain or model_args.model_name_or_path) and is_missing_folder(model_args.backbone):
+    loads_backbone = model_args.backbone and not (model_args.backbone_pretraining or model_args.model_name_or_path)
+    if loads_backbone and is_missing_folder(model_args.backbone):
         parser.error(f"--backbone {model_args.backbone}: no such folder, and not a Hub model id. Give a folder that "
                      "holds a model, a Hub id (facebook/wav2vec2-base), or add --backbone_pretraining ARGUMENTS to "
                      "pretrain one into that folder first.")
