@@ -83,6 +83,7 @@ from msemoboost.training import (
     load_wa_ua,
     read_arguments_file,
     read_json_argument,
+    run_in_processes,
 )
 
 logger = logging.getLogger("msemoboost.train")
@@ -305,6 +306,12 @@ class ProtocolArguments:
                                 "speakers (validation speakers held out for early stopping)."}
     )
     save_fold_models: bool = field(default=True, metadata={"help": "Keep each fold's best model in its folder."})
+    parallel_folds: int = field(
+        default=1, metadata={"help": "Train this many folds at once, each in a process of its own with an equal share "
+                             "of the torch threads, its log in <output_dir>/folds/<fold>/train.log. Small models use "
+                             "threads poorly: on 2 CPU cores, 2 finishes the folds about 1.4x sooner. 1: one fold after "
+                             "another in this process."}
+    )
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Replace a finished run in --output_dir instead of refusing to."}
     )
@@ -379,6 +386,11 @@ def parse_arguments(
         parser.error(f"--average_last_epochs {protocol_args.average_last_epochs} averages more epochs than the run has "
                      f"(--num_train_epochs {training_args.num_train_epochs:g}): lower it, or give 0 to keep the last "
                      "weights.")
+    if protocol_args.parallel_folds < 1:
+        parser.error(f"--parallel_folds must be at least 1, got {protocol_args.parallel_folds}")
+    if protocol_args.parallel_folds > 1 and training_args.world_size > 1:
+        parser.error(f"--parallel_folds {protocol_args.parallel_folds} runs folds in processes of their own; this run "
+                     f"already spans {training_args.world_size} processes: give --parallel_folds 1")
     if protocol_args.protocol == "cross_corpus" and not data_args.extra_train_datasets:
         parser.error("--protocol cross_corpus trains on --extra_train_datasets only: name at least one")
     if data_args.mask_absent_classes and data_args.extra_train_datasets and training_args.label_smoothing_factor:
@@ -726,6 +738,25 @@ def run_fold(
     return json.loads(results_path.read_text())
 
 
+def run_folds_in_parallel(folds: list[Fold], arguments: tuple, processes: int, output_dir: Path, callbacks) -> None:
+    """Runs the unfinished folds `processes` at a time, each in a process of its own (`run_fold(fold, *arguments)`),
+    writing its results to its folder as it would in this process."""
+    if callbacks:
+        raise ValueError("Callbacks passed to main() run in this process only: use --parallel_folds 1 with them.")
+    pending = {fold.name: (fold, *arguments) for fold in folds if not (output_dir / "folds" / fold.name / "results.json").exists()}
+    if not pending:
+        return
+    logs = {name: output_dir / "folds" / name / "train.log" for name in pending}
+    processes = min(processes, len(pending))
+    logger.info(f"Training {len(pending)} fold(s), {processes} at a time, each on "
+                f"{max(1, torch.get_num_threads() // processes)} thread(s); each fold's log: {output_dir}/folds/<fold>/train.log")
+
+    def report(name: str, result: dict) -> None:
+        logger.info(f"Fold {name} finished: WA {result['wa']:.2%}  UA {result['ua']:.2%}")
+
+    run_in_processes(run_fold, pending, processes, logs, report)
+
+
 def write_predictions(directory: Path, corpus, rows: np.ndarray, logits: np.ndarray) -> None:
     """One row per test utterance: id, speaker, true and predicted emotion, and every class probability."""
     probabilities = torch.from_numpy(logits).float().softmax(-1).numpy()
@@ -892,12 +923,13 @@ def main(argv: list[str] | None = None, callbacks=()) -> dict:
         f"{len(set(corpus.speakers))} speaker(s); protocol {protocol_args.protocol} with {len(folds)} fold(s)."
     )
 
-    fold_results = []
+    arguments = (corpus, model_args, noise_args, protocol_args, training_args, feature_extractor, output_dir, callbacks,
+                 noise_dataset, augmentation_args, config.min_input_samples)  # run_fold's, after the fold
+    if protocol_args.parallel_folds > 1:
+        run_folds_in_parallel(folds, arguments, protocol_args.parallel_folds, output_dir, callbacks)
+    fold_results = []  # folds run in parallel above are read back from their results here
     for index, fold in enumerate(folds):
-        result = run_fold(
-            fold, corpus, model_args, noise_args, protocol_args, training_args, feature_extractor, output_dir, callbacks,
-            noise_dataset, augmentation_args, config.min_input_samples,
-        )
+        result = run_fold(fold, *arguments)
         fold_results.append(result)
         if training_args.process_index == 0:
             speakers = f" (test speaker(s) {', '.join(fold.test_speakers)})" if fold.test_speakers else ""

@@ -1,8 +1,12 @@
 """Pieces of `train.py` that other scripts reuse: arguments from a YAML file, the WA/UA metric, model construction,
-the Trainer and the staged unfreezing callback."""
+the Trainer, the staged unfreezing and checkpoint averaging callbacks, and jobs run side by side in processes."""
 
 import json
 import logging
+import multiprocessing
+import os
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -451,3 +455,59 @@ class CheckpointAveraging(TrainerCallback):
         model.load_state_dict(averaged, strict=False)
         state.log_history.append({"averaged_epochs": list(self.epochs), "step": state.global_step})
         logger.info(f"Checkpoint averaging: the model now holds the average of its weights after epochs {self.epochs}.")
+
+
+def run_in_processes(
+    function: Callable, jobs: dict[str, tuple], processes: int, logs: dict[str, Path],
+    on_result: Callable[[str, object], None] | None = None,
+) -> dict[str, object]:
+    """Runs `function(*arguments)` for each job, `processes` jobs at a time, each in a fresh (spawned) process with an
+    equal share of this process's torch threads and its output (stdout, stderr, logging) appended to its log.
+
+    Small models use several threads poorly: on 2 cores, two one-thread jobs side by side finish sooner than the same
+    jobs one after another on two threads. `function` and the arguments must pickle (a module-level function).
+
+    Args:
+        function: what each job runs; its return value must pickle.
+        jobs: job name -> the arguments of its call.
+        processes: how many jobs run at once.
+        logs: job name -> its log file.
+        on_result: called in this process with (name, result) as each job finishes.
+
+    Returns:
+        job name -> result. When a job fails, the jobs not started yet are cancelled, the running ones finish, and a
+        `RuntimeError` names the failed job and its log.
+    """
+    threads = max(1, torch.get_num_threads() // processes)
+    results, failed = {}, None
+    with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"), max_tasks_per_child=1) as pool:
+        running = {pool.submit(_run_logged, function, arguments, threads, logs[name]): name for name, arguments in jobs.items()}
+        while running:
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                name = running.pop(future)
+                if future.cancelled():
+                    continue
+                if future.exception() is not None:
+                    failed = failed or (name, future.exception())
+                    for other in running:
+                        other.cancel()
+                    continue
+                results[name] = future.result()
+                if on_result is not None:
+                    on_result(name, results[name])
+    if failed:
+        name, error = failed
+        raise RuntimeError(f"{name} failed: {type(error).__name__}: {error}\nIts log: {logs[name]}") from error
+    return results
+
+
+def _run_logged(function: Callable, arguments: tuple, threads: int, log: Path):
+    """One job of `run_in_processes`, inside its own process."""
+    torch.set_num_threads(threads)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a") as file:
+        os.dup2(file.fileno(), 1)
+        os.dup2(file.fileno(), 2)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO, force=True)
+    return function(*arguments)

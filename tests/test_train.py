@@ -628,3 +628,44 @@ def test_every_way_of_asking_for_the_demo_runs_the_same_demo(argv):
     assert data_args.demo is True and data_args.label_column == expected["label_column"] == "emotion"
     assert training_args.num_train_epochs == expected["num_train_epochs"] and protocol_args.protocol == "loso"
     assert training_args.output_dir == ("elsewhere" if "elsewhere" in argv else expected["output_dir"])
+
+
+def test_folds_run_in_parallel_give_the_results_of_folds_run_one_after_another(corpus_dir, tmp_path):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the parallel folds get 1 thread each: the same arithmetic
+    try:
+        one_by_one = run(corpus_dir, tmp_path / "one_by_one", "--folds", "0", "1", "--final_model", "false")
+        side_by_side = run(corpus_dir, tmp_path / "side_by_side", "--folds", "0", "1", "--final_model", "false",
+                           "--parallel_folds", "2")
+    finally:
+        torch.set_num_threads(threads)
+    assert side_by_side["folds"] == one_by_one["folds"]
+    assert (tmp_path / "side_by_side" / "predictions.csv").read_text() == (tmp_path / "one_by_one" / "predictions.csv").read_text()
+    for fold in ("speaker_spk1", "speaker_spk2"):
+        log = (tmp_path / "side_by_side" / "folds" / fold / "train.log").read_text()
+        assert "'train_runtime'" in log or "train_runtime" in log
+        assert not (tmp_path / "one_by_one" / "folds" / fold / "train.log").exists()
+
+
+def test_parallel_folds_refuse_callbacks_and_counts_below_one(corpus_dir, tmp_path, capsys):
+    with pytest.raises(ValueError, match=r"Callbacks passed to main\(\) run in this process only: use --parallel_folds 1 with them\."):
+        run(corpus_dir, tmp_path / "out", "--folds", "0", "--final_model", "false", "--parallel_folds", "2",
+            callbacks=[TrainerCallback()])
+    with pytest.raises(SystemExit):
+        train.parse_arguments(["--dataset_name", "x", "--parallel_folds", "0"])
+    assert "--parallel_folds must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_jobs_in_processes_return_their_results_log_their_output_and_name_a_failed_job(tmp_path):
+    from msemoboost.training import run_in_processes
+    from tiny import say_and_count_threads
+
+    logs = {name: tmp_path / name / "job.log" for name in ("a", "b")}
+    finished = []
+    results = run_in_processes(say_and_count_threads, {"a": ("said in a",), "b": ("said in b",)}, 2, logs,
+                               lambda name, result: finished.append((name, result)))
+    share = max(1, torch.get_num_threads() // 2)
+    assert results == {"a": share, "b": share} and sorted(finished) == [("a", share), ("b", share)]
+    assert [logs[name].read_text() for name in ("a", "b")] == ["said in a\n", "said in b\n"]
+    with pytest.raises(RuntimeError, match=r"b failed: ValueError: invalid literal for int\(\) with base 10: 'x'\nIts log: .*b/job\.log"):
+        run_in_processes(int, {"b": ("x",)}, 1, logs)

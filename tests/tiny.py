@@ -84,3 +84,9 @@ TINY_TRAIN_ARGS = [
 def read_csv(path: Path) -> list[dict]:
     with open(path) as file:
         return list(csv.DictReader(file))
+
+
+def say_and_count_threads(message: str) -> int:
+    """A job for `run_in_processes` (tests): prints `message` and returns the job's torch thread count."""
+    print(message)
+    return torch.get_num_threads()
