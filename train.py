@@ -744,7 +744,7 @@ def run_folds_in_parallel(folds: list[Fold], arguments: tuple, processes: int, o
     if callbacks:
         raise ValueError("Callbacks passed to main() run in this process only: use --parallel_folds 1 with them.")
     pending = {fold.name: (fold, *arguments) for fold in folds if not (output_dir / "folds" / fold.name / "results.json").exists()}
-    if not pending:
+    if len(pending) < 2:  # one fold left: it runs in this process, on every thread
         return
     logs = {name: output_dir / "folds" / name / "train.log" for name in pending}
     processes = min(processes, len(pending))

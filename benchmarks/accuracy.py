@@ -11,8 +11,8 @@ Every model row is one train.py run of the profile's config (`configs/emodb_cpu.
 whose backbone is pretrained on RAVDESS + TESS on its first run; `configs/emodb_cpu_scratch.yaml` for `cpu_scratch`,
 the same recipe with a randomly initialised backbone) with the row's changes, on the same data, folds and seed; the anchors (benchmarks/anchors.py) use exactly those folds. Each run goes
 to outputs/benchmarks/accuracy/<profile>/<row>/seed<seed>; a finished run is reused, so an interrupted benchmark
-continues where it stopped, and rows can be run in separate processes (set OMP_NUM_THREADS=1 for each of two
-processes on a 2-core machine). The table goes to benchmarks/results/accuracy_<profile>.json and is printed as
+continues where it stopped, and rows can be run in separate processes. The `cpu` profile's preset trains 2 folds at
+a time, one thread each (`parallel_folds: 2`), which fills a 2-core machine: run its rows one after another there. The table goes to benchmarks/results/accuracy_<profile>.json and is printed as
 Markdown.
 """
 

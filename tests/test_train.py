@@ -313,7 +313,7 @@ def test_a_preset_builds_on_its_base_file(tmp_path):
                                           "classify_statistics": True},
                "freeze_feature_encoder": True, "validation_fraction": 0, "output_dir": "outputs/emodb_cpu",
                "lr_scheduler_type": "cosine_with_min_lr",
-               "lr_scheduler_kwargs": {"min_lr_rate": 0.25}, "average_last_epochs": 8}
+               "lr_scheduler_kwargs": {"min_lr_rate": 0.25}, "average_last_epochs": 8, "parallel_folds": 2}
     assert pretrained == {**scratch, **changes}
     (tmp_path / "child.yaml").write_text("base: missing.yaml\nlearning_rate: 0.1\n")
     with pytest.raises(ValueError, match=rf"^{tmp_path / 'child.yaml'}: its base missing.yaml is not a file "
