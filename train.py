@@ -21,7 +21,8 @@ speakers only (whole speakers, `--validation_fraction` of them, chosen with scik
 the test speaker never takes part in model selection. Without a speaker column, a stratified random part of the
 training utterances is used instead. `--validation_fraction 0` holds nothing out: each fold trains on all of its
 training speakers for the whole schedule and keeps its last weights, or the average of its last N epochs' weights
-(`--average_last_epochs N`).
+(`--average_last_epochs N`). `--parallel_folds N` trains N folds at once, each in a process of its own with an
+equal share of the CPU threads (small models on few cores finish sooner so).
 
 Training is at segment level: the model cuts each utterance into 3 s segments and scores every segment against its
 utterance's label. Evaluation is at utterance level: segment log-probabilities are averaged per utterance, and WA/UA

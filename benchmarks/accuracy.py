@@ -70,6 +70,7 @@ ROWS = {
         "--backbone_config", json.dumps(read_arguments_file(REPO / "configs" / "emodb_cpu_scratch.yaml")["backbone_config"])]},
     "frozen backbone": {"args": ["--freeze_backbone", "true"]},
     "+ frozen feature encoder": {"args": ["--freeze_feature_encoder", "true"]},
+    "+ classifier learning rate 3e-3 (guidance 1e-3)": {"args": ["--learning_rate", "3e-3", "--guidance_learning_rate", "1e-3"]},
     # Extra corpora.
     "+ RAVDESS and TESS in every fold": {
         "args": ["--extra_train_datasets", str(SHARED / "ravdess"), str(SHARED / "tess")]},
