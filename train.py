@@ -311,7 +311,8 @@ class ProtocolArguments:
         default=1, metadata={"help": "Train this many folds at once, each in a process of its own with an equal share "
                              "of the torch threads, its log in <output_dir>/folds/<fold>/train.log. Small models use "
                              "threads poorly: on 2 CPU cores, 2 finishes the folds about 1.4x sooner. 1: one fold after "
-                             "another in this process."}
+                             "another in this process. Ignored (with a warning) in a run of several processes "
+                             "(accelerate launch)."}
     )
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Replace a finished run in --output_dir instead of refusing to."}
@@ -390,8 +391,9 @@ def parse_arguments(
     if protocol_args.parallel_folds < 1:
         parser.error(f"--parallel_folds must be at least 1, got {protocol_args.parallel_folds}")
     if protocol_args.parallel_folds > 1 and training_args.world_size > 1:
-        parser.error(f"--parallel_folds {protocol_args.parallel_folds} runs folds in processes of their own; this run "
-                     f"already spans {training_args.world_size} processes: give --parallel_folds 1")
+        logger.warning(f"--parallel_folds {protocol_args.parallel_folds} is ignored: this run already spans "
+                       f"{training_args.world_size} processes, which train each fold together, one fold after another.")
+        protocol_args.parallel_folds = 1
     if protocol_args.protocol == "cross_corpus" and not data_args.extra_train_datasets:
         parser.error("--protocol cross_corpus trains on --extra_train_datasets only: name at least one")
     if data_args.mask_absent_classes and data_args.extra_train_datasets and training_args.label_smoothing_factor:

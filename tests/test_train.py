@@ -542,7 +542,7 @@ def test_the_cpu_recipe_runs_unchanged_on_an_audiofolder_with_train_and_test_spl
             f"unlabelled audio: `msemoboost pretrain {pretraining}`)") in card
 
 
-def test_a_multi_process_run_asks_for_the_recipe_s_backbone_to_be_pretrained_first(tmp_path, monkeypatch, capsys):
+def test_a_multi_process_run_asks_for_the_recipe_s_backbone_to_be_pretrained_first(tmp_path, monkeypatch, capsys, caplog):
     import transformers
 
     monkeypatch.chdir(tmp_path)
@@ -555,7 +555,13 @@ def test_a_multi_process_run_asks_for_the_recipe_s_backbone_to_be_pretrained_fir
             ) in " ".join(capsys.readouterr().err.split())
     (tmp_path / "outputs" / "pretrained" / "emodb_cpu").mkdir(parents=True)
     (tmp_path / "outputs" / "pretrained" / "emodb_cpu" / "config.json").write_text("{}")
-    assert train.parse_arguments([str(REPO / "configs" / "emodb_cpu.yaml"), "--dataset_name", "x"])[0].backbone_pretraining
+    with caplog.at_level(logging.WARNING, logger="msemoboost.train"):
+        model_args, _, _, protocol_args, _, _ = train.parse_arguments([str(REPO / "configs" / "emodb_cpu.yaml"), "--dataset_name", "x"])
+    assert model_args.backbone_pretraining
+    # The preset's folds side by side give way to the processes that already share each fold.
+    assert protocol_args.parallel_folds == 1
+    assert ("--parallel_folds 2 is ignored: this run already spans 2 processes, which train each fold together, one "
+            "fold after another.") in caplog.text
 
 
 def test_noisy_evaluation_augmentation_and_se_head_through_train_py(corpus_dir, tmp_path):
