@@ -744,11 +744,11 @@ def run_fold(
 def run_folds_in_parallel(folds: list[Fold], arguments: tuple, processes: int, output_dir: Path, callbacks) -> None:
     """Runs the unfinished folds `processes` at a time, each in a process of its own (`run_fold(fold, *arguments)`),
     writing its results to its folder as it would in this process."""
-    if callbacks:
-        raise ValueError("Callbacks passed to main() run in this process only: use --parallel_folds 1 with them.")
     pending = {fold.name: (fold, *arguments) for fold in folds if not (output_dir / "folds" / fold.name / "results.json").exists()}
     if len(pending) < 2:  # one fold left: it runs in this process, on every thread
         return
+    if callbacks:
+        raise ValueError("Callbacks passed to main() run in this process only: use --parallel_folds 1 with them.")
     logs = {name: output_dir / "folds" / name / "train.log" for name in pending}
     processes = min(processes, len(pending))
     logger.info(f"Training {len(pending)} fold(s), {processes} at a time, each on "

@@ -655,7 +655,7 @@ def test_folds_run_in_parallel_give_the_results_of_folds_run_one_after_another(c
 
 def test_parallel_folds_refuse_callbacks_and_counts_below_one(corpus_dir, tmp_path, capsys):
     with pytest.raises(ValueError, match=r"Callbacks passed to main\(\) run in this process only: use --parallel_folds 1 with them\."):
-        run(corpus_dir, tmp_path / "out", "--folds", "0", "--final_model", "false", "--parallel_folds", "2",
+        run(corpus_dir, tmp_path / "out", "--folds", "0", "1", "--final_model", "false", "--parallel_folds", "2",
             callbacks=[TrainerCallback()])
     with pytest.raises(SystemExit):
         train.parse_arguments(["--dataset_name", "x", "--parallel_folds", "0"])
