@@ -668,14 +668,19 @@ def test_in_noise(trainer, corpus, rows: np.ndarray, bank, noise_args: NoiseArgu
     return {"noisy": results, "silent_test_utterances": silent}
 
 
+def fold_results_path(output_dir: Path, fold_name: str) -> Path:
+    """Where a fold writes its results; a fold whose results exist is finished."""
+    return output_dir / "folds" / fold_name / "results.json"
+
+
 def run_fold(
     fold: Fold, corpus, model_args, noise_args, protocol_args, training_args, feature_extractor, output_dir, callbacks,
     noise_dataset, augmentation_args: AugmentationArguments, min_samples: int,
 ) -> dict:
     """Trains and tests one fold (clean, then in noise with --eval_snr), writing its results; a fold whose results
     exist is skipped."""
-    directory = output_dir / "folds" / fold.name
-    results_path = directory / "results.json"
+    results_path = fold_results_path(output_dir, fold.name)
+    directory = results_path.parent
     if results_path.exists():
         logger.info(f"Skipping finished fold {fold.name} ({results_path}).")
         finished = json.loads(results_path.read_text())
@@ -744,15 +749,14 @@ def run_fold(
 def run_folds_in_parallel(folds: list[Fold], arguments: tuple, processes: int, output_dir: Path, callbacks) -> None:
     """Runs the unfinished folds `processes` at a time, each in a process of its own (`run_fold(fold, *arguments)`),
     writing its results to its folder as it would in this process."""
-    pending = {fold.name: (fold, *arguments) for fold in folds if not (output_dir / "folds" / fold.name / "results.json").exists()}
+    pending = {fold.name: (fold, *arguments) for fold in folds if not fold_results_path(output_dir, fold.name).exists()}
     if len(pending) < 2:  # one fold left: it runs in this process, on every thread
         return
     if callbacks:
         raise ValueError("Callbacks passed to main() run in this process only: use --parallel_folds 1 with them.")
     logs = {name: output_dir / "folds" / name / "train.log" for name in pending}
     processes = min(processes, len(pending))
-    logger.info(f"Training {len(pending)} fold(s), {processes} at a time, each on "
-                f"{max(1, torch.get_num_threads() // processes)} thread(s); each fold's log: {output_dir}/folds/<fold>/train.log")
+    logger.info(f"Training {len(pending)} fold(s) side by side; each fold's log: {output_dir}/folds/<fold>/train.log")
 
     def report(name: str, result: dict) -> None:
         logger.info(f"Fold {name} finished: WA {result['wa']:.2%}  UA {result['ua']:.2%}")

@@ -479,6 +479,7 @@ def run_in_processes(
         `RuntimeError` names the failed job and its log.
     """
     threads = max(1, torch.get_num_threads() // processes)
+    logger.info(f"Running {len(jobs)} job(s), {processes} at a time, each on {threads} thread(s).")
     results, failed = {}, None
     with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"), max_tasks_per_child=1) as pool:
         running = {pool.submit(_run_logged, function, arguments, threads, logs[name]): name for name, arguments in jobs.items()}

@@ -649,7 +649,7 @@ def test_folds_run_in_parallel_give_the_results_of_folds_run_one_after_another(c
     assert (tmp_path / "side_by_side" / "predictions.csv").read_text() == (tmp_path / "one_by_one" / "predictions.csv").read_text()
     for fold in ("speaker_spk1", "speaker_spk2"):
         log = (tmp_path / "side_by_side" / "folds" / fold / "train.log").read_text()
-        assert "'train_runtime'" in log or "train_runtime" in log
+        assert "'train_runtime'" in log  # the Trainer's closing metrics, logged in the fold's process
         assert not (tmp_path / "one_by_one" / "folds" / fold / "train.log").exists()
 
 
