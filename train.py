@@ -61,6 +61,7 @@ from msemoboost.noise import (
 )
 from msemoboost.pretraining import holds_model, pretrain_if_missing
 from msemoboost.protocols import PROTOCOLS, Fold, hold_out_validation, make_folds
+from msemoboost.statistics_fusion import fit_statistics_classifier, statistics_classifier_off, utterance_statistics
 from msemoboost.reporting import (
     confusion_matrix,
     format_report,
@@ -615,6 +616,13 @@ def train_model(
     elif checkpoint_dir.exists() and trainer.is_world_process_zero():
         shutil.rmtree(checkpoint_dir)  # a killed attempt that is not being resumed
     trainer.train(resume_from_checkpoint=checkpoint)
+    if trainer.model.config.utterance_statistics_classifier:  # fitted on the training rows once the network is trained
+        trainer.model.eval()
+        statistics = utterance_statistics(trainer.model, corpus.dataset.select(rows_train), AudioCollator(feature_extractor))
+        fit = fit_statistics_classifier(
+            trainer.model, statistics, corpus.labels[rows_train], corpus.speakers[rows_train], seed=training_args.seed
+        )
+        trainer.log({"statistics_classifier_c": fit["c"]})
     return trainer
 
 
@@ -714,6 +722,18 @@ def run_fold(
         augmentation_args.mixup_alpha,
     )
     prediction = trainer.predict(corpus.dataset.select(fold.test), metric_key_prefix="test")
+    fusion = {}
+    if trainer.model.config.utterance_statistics_classifier:  # the network alone, and the statistics classifier alone
+        with statistics_classifier_off(trainer.model):
+            network = trainer.predict(corpus.dataset.select(fold.test), metric_key_prefix="test")
+        alone = (prediction.predictions - network.predictions).argmax(-1)
+        fusion = {
+            "network": {"wa": network.metrics["test_wa"], "ua": network.metrics["test_ua"]},
+            "statistics_classifier": {
+                **load_wa_ua().compute(predictions=alone, references=corpus.labels[fold.test]),
+                "c": next(r["statistics_classifier_c"] for r in trainer.state.log_history if "statistics_classifier_c" in r),
+            },
+        }
     noisy = {}
     if noise_args.eval_snr:
         noisy = test_in_noise(trainer, corpus, fold.test, bank, noise_args, feature_extractor, training_args.seed)
@@ -732,6 +752,7 @@ def run_fold(
         "best_checkpoint": trainer.state.best_model_checkpoint,
         "epochs_trained": trainer.state.epoch,
         "averaged_epochs": next((r["averaged_epochs"] for r in trainer.state.log_history if "averaged_epochs" in r), None),
+        **fusion,
         **noisy,
     }
     if trainer.is_world_process_zero():
@@ -812,6 +833,9 @@ def summarize(
             "label_smoothing_factor")},
         "versions": {"msemoboost": msemoboost.__version__, "transformers": transformers.__version__, "torch": torch.__version__},
     }
+    if "network" in fold_results[0]:  # with the statistics classifier: each of the two models alone
+        for part in ("network", "statistics_classifier"):
+            summary[part] = {key: mean_std([result[part][key] for result in fold_results]) for key in ("wa", "ua")}
     if noise_args.eval_snr:
         summary["noise"] = summarize_noise(fold_results, summary, noise_args)
         save_snr_plot(summary["noise"], output_dir / "accuracy_vs_snr.png", f"{protocol_args.protocol}, {len(fold_results)} fold(s)")
@@ -949,7 +973,7 @@ def main(argv: list[str] | None = None, callbacks=()) -> dict:
         summary["augmentation"] = dataclasses.asdict(augmentation_args)
         summary["architecture"] = {key: getattr(config, key) for key in (
             "frame_weighting", "classifier_input", "mfcc_normalization", "mfcc_pool_frames", "mfcc_statistics",
-            "prosody_statistics", "classify_statistics", "use_weighted_layer_sum",
+            "prosody_statistics", "classify_statistics", "utterance_statistics_classifier", "use_weighted_layer_sum",
             "pooled_normalization", "segment_length_s")}
     model_dir = output_dir / "model"
     if protocol_args.protocol in ("splits", "cross_corpus") and protocol_args.save_fold_models:

@@ -71,6 +71,9 @@ ROWS = {
     "frozen backbone": {"args": ["--freeze_backbone", "true"]},
     "+ frozen feature encoder": {"args": ["--freeze_feature_encoder", "true"]},
     "+ classifier learning rate 3e-3 (guidance 1e-3)": {"args": ["--learning_rate", "3e-3", "--guidance_learning_rate", "1e-3"]},
+    "+ classifier learning rate 3e-3 (guidance 1e-3), statistics classifier per utterance": {
+        "args": ["--learning_rate", "3e-3", "--guidance_learning_rate", "1e-3"],
+        "model": {"utterance_statistics_classifier": True}},
     # Extra corpora.
     "+ RAVDESS and TESS in every fold": {
         "args": ["--extra_train_datasets", str(SHARED / "ravdess"), str(SHARED / "tess")]},

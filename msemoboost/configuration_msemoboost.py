@@ -171,6 +171,18 @@ class MSEmoBoostConfig(PreTrainedConfig):
         statistics_loss_weight (`float`, *optional*, defaults to 1.0):
             The weight of that statistics-only loss with `classify_statistics`; 0 leaves the statistics in the
             classifier without a loss of their own.
+        utterance_statistics_classifier (`bool`, *optional*, defaults to `False`):
+            Add a linear classifier on the statistics of each **whole utterance** (the statistics that
+            `mfcc_statistics` and `prosody_statistics` give each segment, one of which must be on), whose
+            log-probabilities are added to the utterance's `logits` at inference (in `eval()` mode), times
+            `utterance_statistics_weight`: the product of the two models' distributions. It is not trained by
+            gradient: `msemoboost.statistics_fusion.fit_statistics_classifier` fits it after training, as a convex,
+            class-balanced L2 logistic regression whose penalty is chosen by speaker-grouped cross-validation on the
+            training data (`train.py` does this for every model it trains). Until fitted it adds the same value,
+            `-log(num_labels)`, to every class. Single-label classification only. A recipe option; `False` is the
+            paper.
+        utterance_statistics_weight (`float`, *optional*, defaults to 1.0):
+            The weight of that classifier's log-probabilities in the `logits`; 0 leaves them out.
         pooled_normalization (`str`, *optional*, defaults to `"none"`):
             `"none"`: the classifier reads `X'_w` as pooled (the paper). `"batch_norm"`: each dimension of `X'_w` is
             standardised, with the statistics of the training segments (batch statistics while training, their
@@ -280,6 +292,8 @@ class MSEmoBoostConfig(PreTrainedConfig):
     classifier_input: str = "pooled"
     classify_statistics: bool = False
     statistics_loss_weight: float = 1.0
+    utterance_statistics_classifier: bool = False
+    utterance_statistics_weight: float = 1.0
     pooled_normalization: str = "none"
     use_weighted_layer_sum: bool = False
     loss_level: str = "segment"
@@ -382,6 +396,20 @@ class MSEmoBoostConfig(PreTrainedConfig):
             )
         if not self.statistics_loss_weight >= 0:
             raise ValueError(f"statistics_loss_weight must be a non-negative number, got {self.statistics_loss_weight}.")
+        if self.utterance_statistics_classifier and not (self.mfcc_statistics or self.prosody_statistics):
+            raise ValueError(
+                "utterance_statistics_classifier=True needs mfcc_statistics=True or prosody_statistics=True: it "
+                "classifies those statistics, computed over the whole utterance."
+            )
+        if self.utterance_statistics_classifier and self.problem_type not in (None, "single_label_classification"):
+            raise ValueError(
+                "utterance_statistics_classifier=True is for single-label classification (it adds log-probabilities "
+                f"to the logits), and problem_type is {self.problem_type!r}."
+            )
+        if not self.utterance_statistics_weight >= 0:
+            raise ValueError(
+                f"utterance_statistics_weight must be a non-negative number, got {self.utterance_statistics_weight}."
+            )
         if self.use_weighted_layer_sum and not self.use_backbone_features:
             raise ValueError("use_weighted_layer_sum=True needs use_backbone_features=True: it weighs the SSL layers.")
         if self.se_target not in ("mask", "magnitude"):

@@ -7,7 +7,8 @@ The graph takes the raw 16 kHz waveforms, right-padded, and their attention mask
 PyTorch model computes: the feature extractor's zero-mean unit-variance normalisation (when the saved extractor has
 `do_normalize`), segmenting into 3 s windows (the last one overlapping), pre-emphasis, MFCC, spectrogram image,
 both guidance branches, the backbone, the frame weighting, the classifier and the mean of the segments'
-log-probabilities. Batch size and length are dynamic.
+log-probabilities, and with `utterance_statistics_classifier` the whole utterance's statistics and their
+classifier's log-probabilities. Batch size and length are dynamic.
 
 Segmenting is the one place where the graph is formulated differently: PyTorch keeps only real segments, whose
 number depends on the data, while the graph computes a fixed grid of `ceil(num_samples / 3 s)` slots per utterance
@@ -40,7 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .acoustic_features import MSEmoBoostMFCC, MSEmoBoostProsody, MSEmoBoostSpectrogram
+from .acoustic_features import MSEmoBoostMFCC, MSEmoBoostProsody, MSEmoBoostSpectrogram, pre_emphasis
 from .configuration_msemoboost import MSEmoBoostConfig
 from .feature_extraction_msemoboost import MSEmoBoostFeatureExtractor
 from .modeling_msemoboost import MSEmoBoostForSequenceClassification
@@ -70,7 +71,7 @@ class MSEmoBoostForONNX(nn.Module):
     Forward inputs: `input_values` `(batch_size, num_samples)`, raw float waveforms in [-1, 1], right-padded, and
     `attention_mask` `(batch_size, num_samples)`, 1 on audio and 0 on padding.
 
-    Forward outputs: `logits` `(batch_size, num_labels)`, as the PyTorch model's; `segment_logits`
+    Forward outputs: `logits` `(batch_size, num_labels)`, as the PyTorch model's in `eval()` mode; `segment_logits`
     `(batch_size, num_slots, num_labels)`, each segment's log-probabilities (raw outputs for multi-label and
     regression models), `num_slots = ceil(num_samples / segment_samples)`, of which the first
     `segments_per_utterance` `(batch_size,)` of each row are the utterance's segments.
@@ -104,6 +105,10 @@ class MSEmoBoostForONNX(nn.Module):
         is_segment = torch.arange(num_slots, device=lengths.device) < segments_per_utterance[:, None]
         totals = torch.where(is_segment[..., None], segment_logits, 0.0).sum(1)
         logits = totals / segments_per_utterance[:, None].to(totals.dtype)
+        if self.model.statistics_classifier is not None:  # the whole utterances' statistics, as the model's forward
+            emphasised = pre_emphasis(input_values, self.model.config.pre_emphasis)
+            statistics = base.mfcc_encoder.utterance_statistics(emphasised, lengths)
+            logits = logits + self.model.config.utterance_statistics_weight * self.model.statistics_classifier(statistics)
         return logits, segment_logits, segments_per_utterance
 
 

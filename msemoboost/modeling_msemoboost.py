@@ -13,7 +13,9 @@ Data flow for one utterance, in the order this file defines it:
    feature is `X_enh · X_w` (eq. 12).
 5. `MSEmoBoostForSequenceClassification` classifies each segment with one linear layer (eq. 13) and averages the
    segments' log-probabilities into the utterance's prediction.
-6. Optionally (`config.use_se_head`, not in the paper), `MSEmoBoostSpeechEnhancementHead` reads the same frames
+6. Optionally (`config.utterance_statistics_classifier`, not in the paper), `MSEmoBoostStatisticsClassifier`
+   classifies the whole utterance's MFCC and prosody statistics, and its log-probabilities join the utterance's.
+7. Optionally (`config.use_se_head`, not in the paper), `MSEmoBoostSpeechEnhancementHead` reads the same frames
    `X_w` and predicts the clean magnitude spectrogram of the segment, for joint SER + speech-enhancement training
    on noisy audio.
 """
@@ -297,6 +299,18 @@ class MSEmoBoostMFCCEncoder(nn.Module):
             statistics.append(self.prosody_statistics(self.prosody(waveform), mask, lengths))
         return torch.cat(statistics, dim=-1)
 
+    def utterance_statistics(self, waveform: torch.Tensor, lengths: torch.LongTensor) -> torch.Tensor:
+        """Pre-emphasised whole utterances `(batch_size, num_samples)`, right-padded, and their lengths in samples
+        `(batch_size,)` → the statistics of `segment_statistics` over each whole utterance, before standardisation:
+        `(batch_size, num_statistics)`. They are taken over the frames whose analysis windows lie within the
+        utterance (and the first frame, for an utterance shorter than half a window), which do not see the padding;
+        the prosody's audio fraction is the utterance's length over one segment's."""
+        mfcc = self.mfcc(waveform)
+        half_window = max(self.mfcc.n_fft, self.prosody.n_fft if self.prosody is not None else 0) // 2
+        frames = torch.arange(mfcc.shape[1], device=mfcc.device)
+        inside = (frames * self.hop_length + half_window <= lengths[:, None]) | (frames == 0)
+        return self.segment_statistics(waveform, mfcc, inside.to(mfcc.dtype)[..., None], lengths)
+
     def forward(
         self, waveform: torch.Tensor, lengths: torch.LongTensor, return_statistics: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
@@ -491,6 +505,29 @@ def segment_bounds(lengths: torch.LongTensor, segment_samples: int) -> tuple[tor
     return starts[keep], segment_lengths[keep], segments_per_utterance
 
 
+class MSEmoBoostStatisticsClassifier(nn.Module):
+    """A linear classifier on the whole utterance's statistics (`config.utterance_statistics_classifier`): the
+    statistics are standardised with `mean` and `scale`, then `weight` and `bias` give the logits. All four are
+    buffers, not parameters: the classifier is fitted after training, as a convex logistic regression
+    (`msemoboost.statistics_fusion.fit_statistics_classifier`), never by gradient. Until fitted its weights are 0,
+    a uniform distribution.
+
+    Forward input: statistics of shape `(batch_size, num_statistics)`.
+    Forward output: log-probabilities of shape `(batch_size, num_labels)`.
+    """
+
+    def __init__(self, num_statistics: int, num_labels: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(num_statistics))
+        self.register_buffer("scale", torch.ones(num_statistics))
+        self.register_buffer("weight", torch.zeros(num_labels, num_statistics))
+        self.register_buffer("bias", torch.zeros(num_labels))
+
+    def forward(self, statistics: torch.Tensor) -> torch.Tensor:
+        standardised = (statistics - self.mean) / self.scale
+        return F.linear(standardised, self.weight, self.bias).log_softmax(-1)
+
+
 class MSEmoBoostSpeechEnhancementHead(nn.Module):
     """A light speech-enhancement head on the SSL frames: a two-layer perceptron per frame.
 
@@ -540,6 +577,10 @@ class MSEmoBoostPreTrainedModel(PreTrainedModel):
             # Non-persistent buffers are not in the checkpoint: rebuild them from the config after loading.
             for name, value in module.compute_buffers().items():
                 init.copy_(getattr(module, name), value)
+        elif isinstance(module, MSEmoBoostStatisticsClassifier):  # unfitted: a uniform distribution
+            for name in ("mean", "weight", "bias"):
+                init.zeros_(getattr(module, name))
+            init.ones_(module.scale)
         elif isinstance(module, MSEmoBoostModel) and module.layer_weights is not None:
             init.constant_(module.layer_weights, 1.0 / module.layer_weights.numel())  # an equal mean of the layers
         elif isinstance(module, nn.Linear) and getattr(module, "zero_init", False):
@@ -906,6 +947,11 @@ class MSEmoBoostForSequenceClassification(MSEmoBoostPreTrainedModel):
         super().__init__(config)
         self.msemoboost = MSEmoBoostModel(config, backbone=backbone)
         self.classifier = nn.Linear(self.msemoboost.feature_size, config.num_labels)
+        self.statistics_classifier = (
+            MSEmoBoostStatisticsClassifier(self.msemoboost.mfcc_encoder.num_statistics, config.num_labels)
+            if config.utterance_statistics_classifier
+            else None
+        )
         if config.use_se_head:
             self.se_stft = MSEmoBoostFrameSTFT(config)
             self.se_head = MSEmoBoostSpeechEnhancementHead(config)
@@ -967,8 +1013,10 @@ class MSEmoBoostForSequenceClassification(MSEmoBoostPreTrainedModel):
         Returns:
             [`MSEmoBoostSequenceClassifierOutput`] with `logits` of shape `(batch_size, num_labels)`: for each
             utterance, the mean of its segments' log-probabilities (for a one-segment utterance, its
-            log-probabilities); `softmax` of them gives normalised class probabilities. `loss` is given when
-            `labels` (or, with the SE head, `clean_input_values`) is.
+            log-probabilities); `softmax` of them gives normalised class probabilities. With
+            `config.utterance_statistics_classifier`, in `eval()` mode, the statistics classifier's log-probabilities
+            (times `config.utterance_statistics_weight`) are added; the `loss` is the network's, without them. `loss`
+            is given when `labels` (or, with the SE head, `clean_input_values`) is.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         train_se = self.se_head is not None and clean_input_values is not None
@@ -981,6 +1029,9 @@ class MSEmoBoostForSequenceClassification(MSEmoBoostPreTrainedModel):
         )
         segment_logits = self.classifier(outputs.segment_features)
         logits = self.utterance_logits(segment_logits, outputs.segments_per_utterance)
+        # The statistics classifier is fitted after training, not by the loss: its log-probabilities join the logits
+        # only at inference, after the loss is computed.
+        fuse_statistics = self.statistics_classifier is not None and not self.training
 
         classification_loss = statistics_loss = se_loss = None
         if labels is not None:
@@ -1000,6 +1051,10 @@ class MSEmoBoostForSequenceClassification(MSEmoBoostPreTrainedModel):
             se_loss = self.speech_enhancement_loss(
                 input_values, clean_input_values, attention_mask, outputs.last_hidden_state, outputs.frame_mask
             )
+
+        if fuse_statistics:
+            statistics = self.utterance_statistics(input_values, attention_mask)
+            logits = logits + self.config.utterance_statistics_weight * self.statistics_classifier(statistics)
 
         losses = [
             classification_loss,
@@ -1036,6 +1091,17 @@ class MSEmoBoostForSequenceClassification(MSEmoBoostPreTrainedModel):
         )
         logits = self.utterance_logits(segment_logits, segments_per_utterance)
         return self.classification_loss(segment_logits, logits, labels, segments_per_utterance, label_mask=label_mask)
+
+    def utterance_statistics(self, input_values: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The MFCC and prosody statistics of each whole utterance that `config.utterance_statistics_classifier`
+        classifies, `(batch_size, num_statistics)`, from raw waveforms `(batch_size, num_samples)` and their
+        `attention_mask` (see [`~MSEmoBoostMFCCEncoder.utterance_statistics`])."""
+        encoder = self.msemoboost.mfcc_encoder
+        if encoder is None or not encoder.num_statistics:
+            raise ValueError("utterance_statistics() needs config.mfcc_statistics or config.prosody_statistics.")
+        lengths = self.msemoboost.utterance_lengths(input_values, attention_mask)
+        emphasised = pre_emphasis(input_values, self.config.pre_emphasis)
+        return encoder.utterance_statistics(emphasised, lengths)
 
     def utterance_logits(self, segment_logits: torch.Tensor, segments_per_utterance: torch.LongTensor) -> torch.Tensor:
         """`(num_segments, num_labels)` → `(batch_size, num_labels)`: the mean of each utterance's segments'

@@ -30,6 +30,12 @@ def save_model(directory: Path, **overrides) -> Path:
     if model.msemoboost.enhancement is not None:  # mean_residual starts at zero: give the frame weights a shape
         with torch.no_grad():
             model.msemoboost.enhancement.projection.weight.normal_(0.0, 0.5)
+    if model.statistics_classifier is not None:  # a fitted statistics classifier's buffers: not uniform
+        generator = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            model.statistics_classifier.mean.normal_(0.0, 1.0, generator=generator)
+            model.statistics_classifier.scale.uniform_(0.5, 2.0, generator=generator)
+            model.statistics_classifier.weight.normal_(0.0, 0.01, generator=generator)
     model.save_pretrained(directory)
     MSEmoBoostFeatureExtractor().save_pretrained(directory)
     return directory

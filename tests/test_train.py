@@ -675,3 +675,47 @@ def test_jobs_in_processes_return_their_results_log_their_output_and_name_a_fail
     assert [logs[name].read_text() for name in ("a", "b")] == ["said in a\n", "said in b\n"]
     with pytest.raises(RuntimeError, match=r"b failed: ValueError: invalid literal for int\(\) with base 10: 'x'\nIts log: .*b/job\.log"):
         run_in_processes(int, {"b": ("x",)}, 1, logs)
+
+
+def test_the_statistics_classifier_is_fitted_in_each_fold_and_reported_beside_each_model_alone(corpus_dir, tmp_path):
+    from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
+
+    from msemoboost.data import AudioCollator
+    from msemoboost.statistics_fusion import C_GRID
+
+    arguments = list(TINY_TRAIN_ARGS)
+    position = arguments.index("--model_config_overrides") + 1
+    arguments[position] = json.dumps({**json.loads(arguments[position]), "mfcc_statistics": True,
+                                      "prosody_statistics": True, "utterance_statistics_classifier": True})
+    output = tmp_path / "out"
+    summary = train.main(["--dataset_name", str(corpus_dir), "--output_dir", str(output), *arguments, "--folds", "0",
+                          "--final_model", "false"])
+    (name,) = [fold["fold"] for fold in summary["folds"]]
+    fold = json.loads((output / "folds" / name / "results.json").read_text())
+    assert set(fold["network"]) == {"wa", "ua"} and set(fold["statistics_classifier"]) == {"wa", "ua", "c"}
+    assert fold["statistics_classifier"]["c"] in C_GRID
+    for part in ("network", "statistics_classifier"):
+        assert summary[part]["ua"] == {"mean": fold[part]["ua"], "std": 0.0}
+    assert summary["architecture"]["utterance_statistics_classifier"] is True
+    from msemoboost.reporting import render_model_card
+
+    card = render_model_card(train.MODEL_CARD_TEMPLATE, summary, "corpus", None, "model")
+    assert (f"each alone (UA, mean ± std over folds): the network\n{100 * fold['network']['ua']:.2f} ± 0.00, the\n"
+            f"statistics classifier {100 * fold['statistics_classifier']['ua']:.2f} ± 0.00.") in card
+    assert "and a logistic regression on the whole utterance's statistics, fitted after training" in card
+    # The saved fold model holds the fitted classifier, and its fused predictions are the fold's predictions.
+    model = AutoModelForAudioClassification.from_pretrained(output / "folds" / name / "model").eval()
+    assert model.statistics_classifier.weight.abs().sum() > 0
+    predictions = read_csv(output / "folds" / name / "predictions.csv")
+    files = {Path(row["file_name"]).name: corpus_dir / row["file_name"] for row in read_csv(corpus_dir / "metadata.csv")}
+    rows = [{"audio": {"path": str(files[row["utterance_id"]]), "bytes": None}, "labels": 0} for row in predictions]
+    batch = AudioCollator(AutoFeatureExtractor.from_pretrained(output / "folds" / name / "model"))(rows)
+    with torch.no_grad():
+        probabilities = model(batch["input_values"], batch["attention_mask"]).logits.softmax(-1)
+    label_names = list(model.config.id2label.values())
+    expected = torch.tensor([[float(row[label]) for label in label_names] for row in predictions])
+    torch.testing.assert_close(probabilities, expected, rtol=0, atol=2e-6)
+    alone = model.statistics_classifier(model.utterance_statistics(batch["input_values"], batch["attention_mask"]))
+    truth = np.array([label_names.index(row["label"]) for row in predictions])
+    recalls = [(alone.argmax(-1).numpy()[truth == label] == label).mean() for label in np.unique(truth)]
+    assert fold["statistics_classifier"]["ua"] == pytest.approx(np.mean(recalls), abs=1e-12)

@@ -1,0 +1,147 @@
+"""Fitting the whole-utterance statistics classifier (`config.utterance_statistics_classifier`) after training.
+
+The network's own classifier learns its part for the statistics by gradient, with the rest of the network, and with
+little regularisation. A convex logistic regression on the same statistics, with a strong L2 penalty chosen by
+cross-validation over speakers, generalises to new speakers as the classical functionals + linear SVM recipe does;
+and its errors are not the network's. `fit_statistics_classifier` fits one on a model's training utterances and
+writes it into the model's `MSEmoBoostStatisticsClassifier`, whose log-probabilities are then added to the
+network's at inference (BENCHMARKS.md, section 1).
+
+Needs scikit-learn (the `train` extra).
+"""
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+
+from .modeling_msemoboost import MSEmoBoostForSequenceClassification
+
+logger = logging.getLogger(__name__)
+
+# The inverse L2 penalties tried (scikit-learn's `C`), the grid of the anchors' SVMs (benchmarks/anchors.py).
+C_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
+# At most this many cross-validation folds over the training speakers (one speaker per fold when they are fewer).
+MAX_FOLDS = 8
+# The bias given to a class that no training utterance has: its probability is 0 in float32.
+ABSENT_CLASS_BIAS = -1.0e4
+
+
+def utterance_statistics(
+    model: MSEmoBoostForSequenceClassification, dataset, collator, batch_size: int = 8
+) -> np.ndarray:
+    """`model.utterance_statistics` of every row of `dataset`, batched by `collator` (which gives `input_values`
+    and `attention_mask`, as for the model): `(len(dataset), num_statistics)`, float64."""
+    rows = []
+    with torch.no_grad():
+        for start in range(0, len(dataset), batch_size):
+            batch = collator([dataset[index] for index in range(start, min(start + batch_size, len(dataset)))])
+            attention_mask = batch.get("attention_mask")
+            statistics = model.utterance_statistics(
+                batch["input_values"].to(model.device), None if attention_mask is None else attention_mask.to(model.device)
+            )
+            rows.append(statistics.double().cpu().numpy())
+    return np.concatenate(rows)
+
+
+def _logistic_regression(c: float):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return make_pipeline(StandardScaler(), LogisticRegression(C=c, class_weight="balanced", max_iter=5000))
+
+
+def unweighted_accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:
+    """The mean over the classes present in `labels` of the share of their utterances predicted as them."""
+    return float(np.mean([(predictions[labels == label] == label).mean() for label in np.unique(labels)]))
+
+
+def cross_validated_ua(statistics: np.ndarray, labels: np.ndarray, groups: np.ndarray, c: float, seed: int = 0) -> float:
+    """UA of the out-of-fold predictions of a logistic regression with penalty `c`, over folds that hold out whole
+    groups (speakers): one group per fold up to `MAX_FOLDS` groups, `MAX_FOLDS` folds of groups beyond. With a
+    single group, stratified folds of utterances."""
+    from sklearn.model_selection import GroupKFold, StratifiedKFold
+
+    num_groups = len(np.unique(groups))
+    if num_groups >= 2:
+        splits = GroupKFold(n_splits=min(num_groups, MAX_FOLDS)).split(statistics, labels, groups)
+    else:
+        smallest = np.bincount(labels)[np.unique(labels)].min()
+        if smallest < 2:
+            raise ValueError(
+                "The statistics classifier's penalty is chosen by cross-validation: with one speaker, every class "
+                f"needs at least 2 training utterances, and one has {smallest}."
+            )
+        splits = StratifiedKFold(n_splits=min(5, smallest), shuffle=True, random_state=seed).split(statistics, labels)
+    predictions = np.empty_like(labels)
+    for train, test in splits:
+        if len(np.unique(labels[train])) < 2:  # nothing to fit: every held-out utterance is called that one class
+            predictions[test] = labels[train][0]
+            continue
+        predictions[test] = _logistic_regression(c).fit(statistics[train], labels[train]).predict(statistics[test])
+    return unweighted_accuracy(predictions, labels)
+
+
+def fit_statistics_classifier(
+    model: MSEmoBoostForSequenceClassification,
+    statistics: np.ndarray,
+    labels: np.ndarray,
+    groups: np.ndarray,
+    c_grid: tuple[float, ...] = C_GRID,
+    seed: int = 0,
+) -> dict:
+    """Fits `model.statistics_classifier`: a class-balanced L2 logistic regression on standardised `statistics`
+    `(num_utterances, num_statistics)` (from [`utterance_statistics`]) with class indices `labels`
+    `(num_utterances,)`, its penalty `C` chosen from `c_grid` by the UA of speaker-grouped cross-validation
+    ([`cross_validated_ua`]; `groups` are the utterances' speakers), then refitted on every utterance. A class that
+    no utterance has gets weight 0 and bias `ABSENT_CLASS_BIAS`.
+
+    Returns `{"c": the chosen C, "cross_validated_ua": {C: UA}}`.
+    """
+    classifier = model.statistics_classifier
+    if classifier is None:
+        raise ValueError("fit_statistics_classifier() needs a model with config.utterance_statistics_classifier=True.")
+    labels, groups = np.asarray(labels), np.asarray(groups)
+    if statistics.shape != (len(labels), classifier.mean.numel()):
+        raise ValueError(
+            f"statistics has shape {statistics.shape}; expected ({len(labels)}, {classifier.mean.numel()}): one row "
+            "of the model's utterance statistics per label."
+        )
+    present = np.unique(labels)
+    if len(present) < 2:
+        raise ValueError(f"The statistics classifier needs at least 2 classes in its training data, got {len(present)}.")
+    scores = {c: cross_validated_ua(statistics, labels, groups, c, seed) for c in c_grid}
+    best = max(c_grid, key=lambda c: scores[c])  # the strongest penalty among equal scores: the grid ascends
+    fitted = _logistic_regression(best).fit(statistics, labels)
+    scaler, regression = fitted[0], fitted[1]
+    coefficients, intercepts = regression.coef_, regression.intercept_
+    if len(present) == 2:  # scikit-learn's binary model: the logit of the second class against the first
+        coefficients = np.concatenate([np.zeros_like(coefficients), coefficients])
+        intercepts = np.concatenate([np.zeros_like(intercepts), intercepts])
+    num_labels = classifier.bias.numel()
+    weight = np.zeros((num_labels, statistics.shape[1]))
+    bias = np.full(num_labels, ABSENT_CLASS_BIAS)
+    weight[regression.classes_], bias[regression.classes_] = coefficients, intercepts
+    with torch.no_grad():
+        for name, value in (("mean", scaler.mean_), ("scale", scaler.scale_), ("weight", weight), ("bias", bias)):
+            getattr(classifier, name).copy_(torch.from_numpy(np.asarray(value)))
+    logger.info(
+        f"Statistics classifier: C={best:g} (cross-validated UA by C: "
+        + ", ".join(f"{c:g}: {score:.3f}" for c, score in scores.items())
+        + f"), fitted on {len(labels)} utterances of {len(np.unique(groups))} speaker(s)."
+    )
+    return {"c": best, "cross_validated_ua": {f"{c:g}": score for c, score in scores.items()}}
+
+
+@contextmanager
+def statistics_classifier_off(model: MSEmoBoostForSequenceClassification) -> Iterator[None]:
+    """Within the block, the model's `logits` are the network's alone (`utterance_statistics_weight` 0)."""
+    weight = model.config.utterance_statistics_weight
+    model.config.utterance_statistics_weight = 0.0
+    try:
+        yield
+    finally:
+        model.config.utterance_statistics_weight = weight

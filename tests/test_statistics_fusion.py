@@ -1,0 +1,198 @@
+"""The whole-utterance statistics classifier (`config.utterance_statistics_classifier`): its statistics, its fusion
+with the network's log-probabilities, its fit against scikit-learn's, and train.py's use of it."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from transformers import set_seed
+
+from msemoboost import MSEmoBoostForSequenceClassification
+from msemoboost.acoustic_features import pre_emphasis
+from msemoboost.statistics_fusion import (
+    ABSENT_CLASS_BIAS,
+    C_GRID,
+    fit_statistics_classifier,
+    statistics_classifier_off,
+    utterance_statistics,
+)
+from tiny import speech_like, tiny_config, tiny_model
+
+STATISTICS = dict(mfcc_statistics=True, prosody_statistics=True, use_spectrogram=False)
+
+
+def padded(lengths: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    waveforms = torch.zeros(len(lengths), max(lengths))
+    mask = torch.zeros(len(lengths), max(lengths), dtype=torch.long)
+    for row, length in enumerate(lengths):
+        waveforms[row, :length] = torch.from_numpy(speech_like(length, seed=row))
+        mask[row, :length] = 1
+    return waveforms, mask
+
+
+def test_utterance_statistics_use_the_frames_inside_each_utterance_and_do_not_depend_on_the_batch():
+    model = tiny_model(utterance_statistics_classifier=True, **STATISTICS)
+    lengths = [20_000, 35_001, 56_000]
+    waveforms, mask = padded(lengths)
+    batched = model.utterance_statistics(waveforms, mask)
+    assert batched.shape == (3, 3 * model.config.num_mfcc + 9)
+    encoder = model.msemoboost.mfcc_encoder
+    half_window = max(model.config.mfcc_n_fft, model.config.prosody_n_fft) // 2
+    for row, length in enumerate(lengths):
+        alone = model.utterance_statistics(waveforms[row : row + 1, :length])
+        torch.testing.assert_close(batched[row : row + 1], alone, rtol=1e-5, atol=1e-5)
+        # The MFCC means are those of the frames whose windows end within the utterance: frame t while
+        # t * hop + half a window <= length.
+        mfcc = encoder.mfcc(pre_emphasis(waveforms[row : row + 1, :length], model.config.pre_emphasis))[0]
+        inside = (length - half_window) // model.config.mfcc_hop_length + 1
+        torch.testing.assert_close(batched[row, : model.config.num_mfcc], mfcc[:inside].mean(0), rtol=1e-5, atol=1e-5)
+        # The last statistic, the audio fraction, is the utterance's length over one segment's.
+        assert batched[row, -1].item() == pytest.approx(length / model.config.segment_samples, rel=1e-6)
+    plain = tiny_model(**STATISTICS)
+    with pytest.raises(ValueError, match=r"utterance_statistics\(\) needs config.mfcc_statistics or config.prosody_statistics"):
+        tiny_model(use_spectrogram=False).utterance_statistics(waveforms)
+    assert plain.statistics_classifier is None
+
+
+def test_unfitted_classifier_adds_a_uniform_distribution_at_inference_only():
+    fused, plain = tiny_model(utterance_statistics_classifier=True, **STATISTICS), tiny_model(**STATISTICS)
+    assert fused.statistics_classifier.weight.shape == (4, 3 * fused.config.num_mfcc + 9)
+    assert not any(name.startswith("statistics_classifier") for name, _ in fused.named_parameters())
+    waveforms, mask = padded([30_000, 52_000])
+    labels = torch.tensor([1, 3])
+    with torch.no_grad():
+        fused_out, plain_out = fused(waveforms, mask, labels=labels), plain(waveforms, mask, labels=labels)
+        torch.testing.assert_close(fused_out.logits, plain_out.logits - math.log(4), rtol=0, atol=1e-6)
+        assert torch.equal(fused_out.loss, plain_out.loss)  # the loss is the network's
+        fused.train(), plain.train()
+        set_seed(0)  # dropout, and the backbone's time masks (numpy)
+        fused_out = fused(waveforms, mask, labels=labels)
+        set_seed(0)
+        plain_out = plain(waveforms, mask, labels=labels)
+    assert torch.equal(fused_out.logits, plain_out.logits) and torch.equal(fused_out.loss, plain_out.loss)
+
+
+def separable_statistics(num_statistics: int, labels: np.ndarray, groups: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Gaussian statistics with a mean per class and an offset per speaker, on scales far from 1."""
+    rng = np.random.default_rng(seed)
+    class_means = rng.normal(size=(labels.max() + 1, num_statistics))
+    group_offsets = rng.normal(scale=0.5, size=(groups.max() + 1, num_statistics))
+    scales = np.geomspace(0.01, 100, num_statistics)
+    noise = rng.normal(size=(len(labels), num_statistics))
+    return (class_means[labels] + group_offsets[groups] + noise) * scales + 3.0
+
+
+def test_fit_is_scikit_learn_s_logistic_regression_with_c_chosen_by_speaker_cross_validation():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import balanced_accuracy_score
+    from sklearn.model_selection import LeaveOneGroupOut, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    model = tiny_model(utterance_statistics_classifier=True, **STATISTICS)
+    num_statistics = model.statistics_classifier.mean.numel()
+    groups = np.repeat(np.arange(4), 30)
+    labels = np.tile(np.arange(3), 40)  # classes 0-2 of the model's 4: class 3 is absent
+    statistics = separable_statistics(num_statistics, labels, groups)
+    fit = fit_statistics_classifier(model, statistics, labels, groups)
+
+    def reference(c):
+        return make_pipeline(StandardScaler(), LogisticRegression(C=c, class_weight="balanced", max_iter=5000))
+
+    # With 4 speakers the cross-validation holds out one speaker at a time; its score is the UA (balanced accuracy).
+    expected = {
+        f"{c:g}": balanced_accuracy_score(labels, cross_val_predict(reference(c), statistics, labels, groups=groups,
+                                                                    cv=LeaveOneGroupOut()))
+        for c in C_GRID
+    }
+    assert fit["cross_validated_ua"] == pytest.approx(expected, abs=1e-12)
+    assert fit["c"] == max(C_GRID, key=lambda c: expected[f"{c:g}"])
+    log_probabilities = model.statistics_classifier(torch.from_numpy(statistics).float())
+    wanted = reference(fit["c"]).fit(statistics, labels).predict_log_proba(statistics)
+    torch.testing.assert_close(log_probabilities[:, :3].double(), torch.from_numpy(wanted), rtol=0, atol=1e-4)
+    # The absent class: weight 0, a bias that gives it probability 0.
+    assert model.statistics_classifier.bias[3].item() == ABSENT_CLASS_BIAS
+    assert not model.statistics_classifier.weight[3].any() and log_probabilities[:, 3].exp().max() == 0
+
+
+def test_a_two_class_fit_gives_scikit_learn_s_binary_probabilities():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    model = tiny_model(utterance_statistics_classifier=True, **STATISTICS)
+    groups = np.repeat(np.arange(3), 20)
+    labels = np.tile([1, 2], 30)
+    statistics = separable_statistics(model.statistics_classifier.mean.numel(), labels, groups, seed=1)
+    fit = fit_statistics_classifier(model, statistics, labels, groups, c_grid=(0.1,))
+    assert fit["c"] == 0.1
+    wanted = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, class_weight="balanced", max_iter=5000)).fit(
+        statistics, labels).predict_log_proba(statistics)
+    log_probabilities = model.statistics_classifier(torch.from_numpy(statistics).float()).double()
+    torch.testing.assert_close(log_probabilities[:, 1:3], torch.from_numpy(wanted), rtol=0, atol=1e-4)
+    assert log_probabilities[:, [0, 3]].exp().max() == 0
+
+
+def test_fitted_classifier_joins_the_logits_saves_with_the_model_and_can_be_switched_off(tmp_path):
+    model = tiny_model(utterance_statistics_classifier=True, utterance_statistics_weight=0.5, **STATISTICS)
+    plain = tiny_model(**STATISTICS)
+    waveforms, mask = padded([24_000, 40_000, 50_000, 33_000])
+    labels = np.array([0, 1, 2, 3])
+    with torch.no_grad():
+        statistics = model.utterance_statistics(waveforms, mask).double().numpy()
+    fit_statistics_classifier(model, np.repeat(statistics, 2, axis=0), np.repeat(labels, 2), np.tile([0, 1], 4),
+                              c_grid=(1.0,))
+    with torch.no_grad():
+        fused = model(waveforms, mask).logits
+        network = plain(waveforms, mask).logits
+        expected = network + 0.5 * model.statistics_classifier(model.utterance_statistics(waveforms, mask))
+        torch.testing.assert_close(fused, expected, rtol=0, atol=1e-6)
+        with statistics_classifier_off(model):
+            assert torch.equal(model(waveforms, mask).logits, network)
+        assert model.config.utterance_statistics_weight == 0.5
+        model.save_pretrained(tmp_path)
+        loaded = MSEmoBoostForSequenceClassification.from_pretrained(tmp_path).eval()
+        assert torch.equal(loaded.statistics_classifier.weight, model.statistics_classifier.weight)
+        torch.testing.assert_close(loaded(waveforms, mask).logits, fused, rtol=0, atol=0)
+
+
+def test_the_statistics_classifier_s_settings_and_fit_inputs_are_checked():
+    with pytest.raises(ValueError, match="utterance_statistics_classifier=True needs mfcc_statistics=True or "
+                                         "prosody_statistics=True"):
+        tiny_config(utterance_statistics_classifier=True)
+    with pytest.raises(ValueError, match="utterance_statistics_weight must be a non-negative number, got -1"):
+        tiny_config(utterance_statistics_classifier=True, utterance_statistics_weight=-1, **STATISTICS)
+    with pytest.raises(ValueError, match="utterance_statistics_classifier=True is for single-label classification"):
+        tiny_config(utterance_statistics_classifier=True, problem_type="regression", **STATISTICS)
+    with pytest.raises(ValueError, match=r"fit_statistics_classifier\(\) needs a model with "
+                                         r"config.utterance_statistics_classifier=True"):
+        fit_statistics_classifier(tiny_model(**STATISTICS), np.zeros((4, 129)), np.arange(4), np.arange(4))
+    model = tiny_model(utterance_statistics_classifier=True, **STATISTICS)
+    with pytest.raises(ValueError, match=r"statistics has shape \(4, 3\); expected \(4, 129\)"):
+        fit_statistics_classifier(model, np.zeros((4, 3)), np.arange(4), np.arange(4))
+    with pytest.raises(ValueError, match="needs at least 2 classes in its training data, got 1"):
+        fit_statistics_classifier(model, np.zeros((4, 129)), np.zeros(4, dtype=int), np.arange(4))
+    with pytest.raises(ValueError, match="with one speaker, every class needs at least 2 training utterances, and one "
+                                         "has 1"):
+        fit_statistics_classifier(model, np.zeros((3, 129)), np.array([0, 1, 1]), np.zeros(3, dtype=int))
+
+
+def test_utterance_statistics_of_a_dataset_come_batched_through_the_collator(tmp_path):
+    import soundfile
+
+    from msemoboost.data import AudioCollator
+    from msemoboost.feature_extraction_msemoboost import MSEmoBoostFeatureExtractor
+
+    model = tiny_model(utterance_statistics_classifier=True, **STATISTICS)
+    rows = []
+    for seed, length in enumerate([18_000, 41_000, 30_000]):
+        soundfile.write(tmp_path / f"{seed}.wav", speech_like(length, seed), 16000)
+        rows.append({"audio": {"path": str(tmp_path / f"{seed}.wav"), "bytes": None}, "labels": 0})
+    collator = AudioCollator(MSEmoBoostFeatureExtractor())
+    statistics = utterance_statistics(model, rows, collator, batch_size=2)
+    with torch.no_grad():
+        alone = [model.utterance_statistics(collator([row])["input_values"]) for row in rows]
+    assert statistics.dtype == np.float64 and statistics.shape == (3, 129)
+    torch.testing.assert_close(torch.from_numpy(statistics).float(), torch.cat(alone), rtol=1e-5, atol=1e-5)
