@@ -99,12 +99,16 @@ class Prediction:
 def predict(classifier, extractor, waveforms: list[np.ndarray], names: list[str]) -> list[Prediction]:
     """Classifies several recordings in one forward pass: their 3 s segments are batched together.
 
-    The utterance probabilities are the softmax of the model's own `logits` (the mean of segment log-probabilities).
+    The utterance probabilities are the softmax of the model's own `logits` (the mean of segment log-probabilities,
+    plus, with `config.utterance_statistics_classifier`, the statistics classifier's); the segments' are the
+    network's alone.
     """
     inputs = extractor(waveforms, sampling_rate=extractor.sampling_rate, return_tensors="pt").to(classifier.device)
     outputs = classifier.msemoboost(**inputs)
     segment_log_probs = classifier.classifier(outputs.segment_features).log_softmax(-1)
     utterance_log_probs = average_over_segments(segment_log_probs, outputs.segments_per_utterance)
+    if classifier.statistics_classifier is not None:  # as the model's forward adds it at inference
+        utterance_log_probs = utterance_log_probs + classifier.statistics_logits(**inputs)
     per_file = torch.split(segment_log_probs.float().cpu(), outputs.segments_per_utterance.tolist())
     return predictions(names, waveforms, utterance_log_probs.float().cpu().numpy(), [p.numpy() for p in per_file],
                        classifier.config)

@@ -1053,8 +1053,7 @@ class MSEmoBoostForSequenceClassification(MSEmoBoostPreTrainedModel):
             )
 
         if fuse_statistics:
-            statistics = self.utterance_statistics(input_values, attention_mask)
-            logits = logits + self.config.utterance_statistics_weight * self.statistics_classifier(statistics)
+            logits = logits + self.statistics_logits(input_values, attention_mask)
 
         losses = [
             classification_loss,
@@ -1102,6 +1101,15 @@ class MSEmoBoostForSequenceClassification(MSEmoBoostPreTrainedModel):
         lengths = self.msemoboost.utterance_lengths(input_values, attention_mask)
         emphasised = pre_emphasis(input_values, self.config.pre_emphasis)
         return encoder.utterance_statistics(emphasised, lengths)
+
+    def statistics_logits(self, input_values: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """What `config.utterance_statistics_classifier` adds to the utterance `logits` at inference: the statistics
+        classifier's log-probabilities for each whole utterance, times `config.utterance_statistics_weight`,
+        `(batch_size, num_labels)`, from raw waveforms `(batch_size, num_samples)` and their `attention_mask`."""
+        if self.statistics_classifier is None:
+            raise ValueError("statistics_logits() needs config.utterance_statistics_classifier=True.")
+        statistics = self.utterance_statistics(input_values, attention_mask)
+        return self.config.utterance_statistics_weight * self.statistics_classifier(statistics)
 
     def utterance_logits(self, segment_logits: torch.Tensor, segments_per_utterance: torch.LongTensor) -> torch.Tensor:
         """`(num_segments, num_labels)` → `(batch_size, num_labels)`: the mean of each utterance's segments'

@@ -196,3 +196,28 @@ def test_utterance_statistics_of_a_dataset_come_batched_through_the_collator(tmp
         alone = [model.utterance_statistics(collator([row])["input_values"]) for row in rows]
     assert statistics.dtype == np.float64 and statistics.shape == (3, 129)
     torch.testing.assert_close(torch.from_numpy(statistics).float(), torch.cat(alone), rtol=1e-5, atol=1e-5)
+
+
+def test_predict_gives_the_fused_probabilities_and_the_network_s_segments():
+    from msemoboost import MSEmoBoostFeatureExtractor
+    from msemoboost.inference import predict
+
+    model = tiny_model(utterance_statistics_classifier=True, **STATISTICS)
+    waveforms, mask = padded([24_000, 40_000, 50_000, 33_000])
+    with torch.no_grad():
+        statistics = model.utterance_statistics(waveforms, mask).double().numpy()
+    fit_statistics_classifier(model, np.repeat(statistics, 2, axis=0), np.tile([0, 1, 2, 3], 2), np.repeat([0, 1], 4),
+                              c_grid=(1.0,))
+    recordings = [waveforms[row, :length].numpy() for row, length in enumerate(mask.sum(-1).tolist())]
+    extractor = MSEmoBoostFeatureExtractor()
+    found = predict(model, extractor, recordings, ["a", "b", "c", "d"])
+    with torch.no_grad():
+        inputs = extractor(recordings, sampling_rate=16000, return_tensors="pt")
+        outputs = model(**inputs)
+        with statistics_classifier_off(model):
+            network = model(**inputs).logits
+    assert not torch.allclose(outputs.logits.softmax(-1), network.softmax(-1), atol=1e-3)
+    torch.testing.assert_close(torch.from_numpy(np.stack([p.probabilities for p in found])).float(),
+                               outputs.logits.softmax(-1), rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match=r"statistics_logits\(\) needs config.utterance_statistics_classifier=True"):
+        tiny_model(**STATISTICS).statistics_logits(waveforms, mask)
