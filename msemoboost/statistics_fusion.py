@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from .modeling_msemoboost import MSEmoBoostForSequenceClassification
+from .training import load_wa_ua
 
 logger = logging.getLogger(__name__)
 
@@ -54,11 +55,6 @@ def _logistic_regression(c: float):
     return make_pipeline(StandardScaler(), LogisticRegression(C=c, class_weight="balanced", max_iter=5000))
 
 
-def unweighted_accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:
-    """The mean over the classes present in `labels` of the share of their utterances predicted as them."""
-    return float(np.mean([(predictions[labels == label] == label).mean() for label in np.unique(labels)]))
-
-
 def cross_validated_ua(statistics: np.ndarray, labels: np.ndarray, groups: np.ndarray, c: float, seed: int = 0) -> float:
     """UA of the out-of-fold predictions of a logistic regression with penalty `c`, over folds that hold out whole
     groups (speakers): one group per fold up to `MAX_FOLDS` groups, `MAX_FOLDS` folds of groups beyond. With a
@@ -82,7 +78,7 @@ def cross_validated_ua(statistics: np.ndarray, labels: np.ndarray, groups: np.nd
             predictions[test] = labels[train][0]
             continue
         predictions[test] = _logistic_regression(c).fit(statistics[train], labels[train]).predict(statistics[test])
-    return unweighted_accuracy(predictions, labels)
+    return load_wa_ua().compute(predictions=predictions, references=labels)["ua"]
 
 
 def fit_statistics_classifier(
