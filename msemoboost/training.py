@@ -18,7 +18,7 @@ from transformers import AutoFeatureExtractor, Trainer, TrainerCallback, Trainer
 from .configuration_msemoboost import MSEmoBoostConfig
 from .feature_extraction_msemoboost import MSEmoBoostFeatureExtractor
 from .imagenet import load_imagenet_alexnet
-from .modeling_msemoboost import MSEmoBoostForSequenceClassification
+from .modeling_msemoboost import MSEmoBoostForSequenceClassification, MSEmoBoostStatisticsClassifier
 
 logger = logging.getLogger(__name__)
 
@@ -157,7 +157,8 @@ def load_for_transfer(
     """A trained MS-EmoBoost classifier ready to fine-tune on `label_names`.
 
     Everything but the classifier is kept. The classifier gets one row per label of `label_names`, in that order:
-    the checkpoint's row for a label it knows (matched by name), a newly initialised row for one it does not.
+    the checkpoint's row for a label it knows (matched by name), a newly initialised row for one it does not. A
+    statistics classifier (`config.utterance_statistics_classifier`) starts unfitted, for the new labels.
     """
     model = MSEmoBoostForSequenceClassification.from_pretrained(model_name_or_path)
     old = {name: int(index) for index, name in model.config.id2label.items()}
@@ -174,6 +175,10 @@ def load_for_transfer(
         f"{[name for name in label_names if name not in old]}."
     )
     model.classifier = new_classifier
+    if model.statistics_classifier is not None:  # fitted for the old labels; train.py fits it again after training
+        model.statistics_classifier = MSEmoBoostStatisticsClassifier(
+            model.statistics_classifier.mean.numel(), len(label_names)
+        ).to(model.statistics_classifier.bias.dtype)
     model.config.id2label = dict(enumerate(label_names))
     model.config.label2id = {name: i for i, name in enumerate(label_names)}
     model.config.class_weights = class_weights

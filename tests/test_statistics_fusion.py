@@ -221,3 +221,17 @@ def test_predict_gives_the_fused_probabilities_and_the_network_s_segments():
                                outputs.logits.softmax(-1), rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match=r"statistics_logits\(\) needs config.utterance_statistics_classifier=True"):
         tiny_model(**STATISTICS).statistics_logits(waveforms, mask)
+
+
+def test_transfer_to_other_labels_starts_an_unfitted_statistics_classifier_for_them(tmp_path):
+    from msemoboost.training import load_for_transfer
+
+    model = tiny_model(utterance_statistics_classifier=True, id2label={0: "anger", 1: "sadness"}, **STATISTICS)
+    with torch.no_grad():
+        model.statistics_classifier.weight.normal_()
+    model.save_pretrained(tmp_path)
+    transferred = load_for_transfer(str(tmp_path), ["sadness", "neutral", "anger"])
+    classifier = transferred.statistics_classifier
+    assert classifier.weight.shape == (3, 129) and classifier.bias.shape == (3,)
+    assert not classifier.weight.any() and not classifier.bias.any() and not classifier.mean.any()
+    assert torch.equal(classifier.scale, torch.ones(129))
