@@ -38,7 +38,7 @@ ANCHORS = {
     "MFCC statistics (the model's) + linear SVM": (MFCC_STATISTICS, "linear"),
     "MFCC and prosody statistics (the model's) + linear SVM": (MFCC_AND_PROSODY_STATISTICS, "linear"),
 }
-C_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
+from msemoboost.statistics_fusion import C_GRID  # noqa: E402  (the statistics classifier's grid is the anchors')
 
 
 def functionals(corpus, feature_set: str) -> np.ndarray:

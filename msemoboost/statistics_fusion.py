@@ -22,7 +22,7 @@ from .training import load_wa_ua
 
 logger = logging.getLogger(__name__)
 
-# The inverse L2 penalties tried (scikit-learn's `C`), the grid of the anchors' SVMs (benchmarks/anchors.py).
+# The inverse L2 penalties tried (scikit-learn's `C`); the anchors' SVMs use the same grid (benchmarks/anchors.py).
 C_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
 # At most this many cross-validation folds over the training speakers (one speaker per fold when they are fewer).
 MAX_FOLDS = 8
