@@ -365,7 +365,8 @@ def parse_arguments(
                        "is dropped from --model_config_overrides.")
         model_args.model_config_overrides = json.dumps(overrides)
     if not model_args.use_mfcc:  # the ablations without the MFCC branch of a preset whose MFCC branch has statistics
-        dropped = [key for key in ("mfcc_statistics", "prosody_statistics", "classify_statistics") if overrides.pop(key, False)]
+        dropped = [key for key in ("mfcc_statistics", "prosody_statistics", "classify_statistics",
+                                                   "utterance_statistics_classifier") if overrides.pop(key, False)]
         if dropped:
             logger.warning(f"--use_mfcc false: {', '.join(dropped)} (statistics of the MFCC branch) "
                            f"{'is' if len(dropped) == 1 else 'are'} dropped from --model_config_overrides.")

@@ -58,20 +58,18 @@ def _logistic_regression(c: float):
 def cross_validated_ua(statistics: np.ndarray, labels: np.ndarray, groups: np.ndarray, c: float, seed: int = 0) -> float:
     """UA of the out-of-fold predictions of a logistic regression with penalty `c`, over folds that hold out whole
     groups (speakers): one group per fold up to `MAX_FOLDS` groups, `MAX_FOLDS` folds of groups beyond. With a
-    single group, stratified folds of utterances."""
-    from sklearn.model_selection import GroupKFold, StratifiedKFold
+    single group (no speakers known), 5 stratified folds of utterances (fewer when a class has fewer utterances;
+    unstratified folds when a class has only one)."""
+    from sklearn.model_selection import GroupKFold, KFold, StratifiedKFold
 
     num_groups = len(np.unique(groups))
+    smallest = np.bincount(labels)[np.unique(labels)].min()
     if num_groups >= 2:
         splits = GroupKFold(n_splits=min(num_groups, MAX_FOLDS)).split(statistics, labels, groups)
-    else:
-        smallest = np.bincount(labels)[np.unique(labels)].min()
-        if smallest < 2:
-            raise ValueError(
-                "The statistics classifier's penalty is chosen by cross-validation: with one speaker, every class "
-                f"needs at least 2 training utterances, and one has {smallest}."
-            )
+    elif smallest >= 2:
         splits = StratifiedKFold(n_splits=min(5, smallest), shuffle=True, random_state=seed).split(statistics, labels)
+    else:
+        splits = KFold(n_splits=min(5, len(labels)), shuffle=True, random_state=seed).split(statistics)
     predictions = np.empty_like(labels)
     for train, test in splits:
         if len(np.unique(labels[train])) < 2:  # nothing to fit: every held-out utterance is called that one class

@@ -174,9 +174,31 @@ def test_the_statistics_classifier_s_settings_and_fit_inputs_are_checked():
         fit_statistics_classifier(model, np.zeros((4, 3)), np.arange(4), np.arange(4))
     with pytest.raises(ValueError, match="needs at least 2 classes in its training data, got 1"):
         fit_statistics_classifier(model, np.zeros((4, 129)), np.zeros(4, dtype=int), np.arange(4))
-    with pytest.raises(ValueError, match="with one speaker, every class needs at least 2 training utterances, and one "
-                                         "has 1"):
-        fit_statistics_classifier(model, np.zeros((3, 129)), np.array([0, 1, 1]), np.zeros(3, dtype=int))
+
+
+def test_without_speakers_the_penalty_is_chosen_on_folds_of_utterances():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import balanced_accuracy_score
+    from sklearn.model_selection import KFold, StratifiedKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from msemoboost.statistics_fusion import cross_validated_ua
+
+    def reference(c):
+        return make_pipeline(StandardScaler(), LogisticRegression(C=c, class_weight="balanced", max_iter=5000))
+
+    labels = np.array([0, 1, 2] * 9 + [3])  # class 3 has one utterance: no stratified folds
+    statistics = separable_statistics(12, labels, np.zeros(28, dtype=int), seed=2)
+    one_speaker = np.zeros(28, dtype=int)
+    for c in (0.01, 1.0):
+        folds = KFold(n_splits=5, shuffle=True, random_state=0)
+        expected = balanced_accuracy_score(labels, cross_val_predict(reference(c), statistics, labels, cv=folds))
+        assert cross_validated_ua(statistics, labels, one_speaker, c) == pytest.approx(expected, abs=1e-12)
+    labels, statistics = labels[:27], statistics[:27]  # 9 of each class: 5 stratified folds
+    folds = StratifiedKFold(n_splits=5, shuffle=True, random_state=3)
+    expected = balanced_accuracy_score(labels, cross_val_predict(reference(0.1), statistics, labels, cv=folds))
+    assert cross_validated_ua(statistics, labels, one_speaker[:27], 0.1, seed=3) == pytest.approx(expected, abs=1e-12)
 
 
 def test_utterance_statistics_of_a_dataset_come_batched_through_the_collator(tmp_path):

@@ -310,8 +310,8 @@ def test_a_preset_builds_on_its_base_file(tmp_path):
                                        "../shared/data/tess --max_steps 1500",
                "model_config_overrides": {**scratch["model_config_overrides"], "use_weighted_layer_sum": True,
                                           "mfcc_statistics": True, "prosody_statistics": True,
-                                          "classify_statistics": True},
-               "freeze_feature_encoder": True, "validation_fraction": 0, "output_dir": "outputs/emodb_cpu",
+                                          "classify_statistics": True, "utterance_statistics_classifier": True},
+               "learning_rate": 3e-3, "guidance_learning_rate": 1e-3, "freeze_feature_encoder": True, "validation_fraction": 0, "output_dir": "outputs/emodb_cpu",
                "lr_scheduler_type": "cosine_with_min_lr",
                "lr_scheduler_kwargs": {"min_lr_rate": 0.25}, "average_last_epochs": 8, "parallel_folds": 2}
     assert pretrained == {**scratch, **changes}
@@ -358,9 +358,10 @@ def test_the_ablations_without_the_mfcc_branch_drop_the_preset_s_statistics(capl
     with caplog.at_level("WARNING", logger="msemoboost.train"):
         model_args = train.parse_arguments([preset, "--dataset_name", "x", "--use_mfcc", "false"])[0]
     overrides = json.loads(model_args.model_config_overrides)
-    assert not {"mfcc_statistics", "prosody_statistics", "classify_statistics"} & set(overrides)
-    assert caplog.messages == ["--use_mfcc false: mfcc_statistics, prosody_statistics, classify_statistics (statistics "
-                               "of the MFCC branch) are dropped from --model_config_overrides."]
+    assert not {"mfcc_statistics", "prosody_statistics", "classify_statistics", "utterance_statistics_classifier"} & set(overrides)
+    assert caplog.messages == ["--use_mfcc false: mfcc_statistics, prosody_statistics, classify_statistics, "
+                               "utterance_statistics_classifier (statistics of the MFCC branch) are dropped from "
+                               "--model_config_overrides."]
     from msemoboost import MSEmoBoostConfig
 
     MSEmoBoostConfig(use_mfcc=False, **overrides)  # the statistics would otherwise be refused without the MFCC branch
@@ -375,7 +376,8 @@ def test_the_guidance_only_ablation_of_a_preset_drops_the_preset_s_backbone(capl
     assert (model_args.backbone, model_args.backbone_config, model_args.backbone_pretraining) == (None, None, None)
     overrides = json.loads(model_args.model_config_overrides)
     assert overrides == {**read_arguments_file(REPO / "configs" / "emodb_cpu_scratch.yaml")["model_config_overrides"],
-                         "mfcc_statistics": True, "prosody_statistics": True, "classify_statistics": True}
+                         "mfcc_statistics": True, "prosody_statistics": True, "classify_statistics": True,
+                         "utterance_statistics_classifier": True}
     assert caplog.messages == [
         "--use_backbone_features false: the guidance-only model has no backbone, so the backbone that this run names "
         "(outputs/pretrained/emodb_cpu) is neither loaded nor pretrained.",
@@ -536,7 +538,9 @@ def test_the_cpu_recipe_runs_unchanged_on_an_audiofolder_with_train_and_test_spl
             "normalisation `standardize`, MFCC pooled to 30 steps, the MFCC branch also reading the MFCC statistics "
             "(mean, standard deviation, frame-to-frame spread), the MFCC branch also reading pitch, voicing and energy "
             "statistics (an in-model autocorrelation pitch tracker), those statistics also read by the classifier, whose "
-            "part for them is trained as a linear classifier of its own, a learned weighted sum of the backbone's layers "
+            "part for them is trained as a linear classifier of its own, and a logistic regression on the whole "
+            "utterance's statistics, fitted after training (its penalty chosen by cross-validation over the training "
+            "speakers), whose log-probabilities are added to the network's, a learned weighted sum of the backbone's layers "
             "(the paper: `linear`, `pooled`, `l2`, no pooling, the last layer, no normalisation).") in card
     assert (f"- Backbone: `outputs/pretrained/emodb_cpu` (pretrained by the training recipe itself, self-supervised, on "
             f"unlabelled audio: `msemoboost pretrain {pretraining}`)") in card
