@@ -61,7 +61,6 @@ from msemoboost.noise import (
 )
 from msemoboost.pretraining import holds_model, pretrain_if_missing
 from msemoboost.protocols import PROTOCOLS, Fold, hold_out_validation, make_folds
-from msemoboost.statistics_fusion import fit_statistics_classifier, statistics_classifier_off, utterance_statistics
 from msemoboost.reporting import (
     confusion_matrix,
     format_report,
@@ -72,6 +71,7 @@ from msemoboost.reporting import (
     save_snr_plot,
     write_json,
 )
+from msemoboost.statistics_fusion import fit_statistics_classifier, statistics_classifier_off, utterance_statistics
 from msemoboost.training import (
     CheckpointAveraging,
     MSEmoBoostTrainer,
@@ -365,8 +365,8 @@ def parse_arguments(
                        "is dropped from --model_config_overrides.")
         model_args.model_config_overrides = json.dumps(overrides)
     if not model_args.use_mfcc:  # the ablations without the MFCC branch of a preset whose MFCC branch has statistics
-        dropped = [key for key in ("mfcc_statistics", "prosody_statistics", "classify_statistics",
-                                                   "utterance_statistics_classifier") if overrides.pop(key, False)]
+        statistics_options = ("mfcc_statistics", "prosody_statistics", "classify_statistics", "utterance_statistics_classifier")
+        dropped = [key for key in statistics_options if overrides.pop(key, False)]
         if dropped:
             logger.warning(f"--use_mfcc false: {', '.join(dropped)} (statistics of the MFCC branch) "
                            f"{'is' if len(dropped) == 1 else 'are'} dropped from --model_config_overrides.")
