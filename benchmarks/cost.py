@@ -12,6 +12,8 @@ Sections:
   the model's groups of segments, and against the features' previous formulation; interleaved round by round.
 - compiled_guidance (not in the default sections): inference on equal 3 s inputs of the reference, MS-EmoBoost, and
   MS-EmoBoost with its guidance branches under `torch.compile`, interleaved round by round.
+- statistics_classifier (not in the default sections): inference of the CPU preset's architecture with and without
+  its whole-utterance statistics classifier, on one batch of real speech.
 - memory: peak memory of inference on recordings of 30 s to 10 min, each in a fresh process.
 - scaling: time against audio length and against batch size, with PNG plots.
 
@@ -184,6 +186,30 @@ def compiled_guidance(device: str, repeats: int) -> dict:
             "round_seconds": times,
             "inference_seconds_ratio": {name: value / reference_seconds for name, value in seconds.items()},
             "median_of_round_ratios": paired}
+
+
+def statistics_classifier(device: str, repeats: int) -> dict:
+    """Inference of the CPU preset's model (configs/emodb_cpu.yaml's architecture, random weights: the cost does not
+    depend on them) on one batch of real speech (8 utterances, 2-10 s), with its whole-utterance statistics classifier
+    (`utterance_statistics_classifier`) and without it, interleaved round by round; the median of `repeats` rounds."""
+    from msemoboost.training import read_arguments_file
+
+    overrides = read_arguments_file(REPO / "configs" / "emodb_cpu.yaml")["model_config_overrides"]
+    torch.manual_seed(0)
+    fused = MSEmoBoostForSequenceClassification(
+        MSEmoBoostConfig(backbone_config=SMALL["backbone_config"], num_labels=7, **overrides)).eval().to(device)
+    network = copy.deepcopy(fused)
+    network.statistics_classifier = None
+    lengths = [2, 3, 4, 5, 6, 7, 8, 10]
+    inputs = MSEmoBoostFeatureExtractor()(emodb_speech(lengths), sampling_rate=16_000, return_tensors="pt").to(device)
+    with torch.no_grad():
+        times = interleaved_seconds({"with_statistics_classifier": lambda: fused(**inputs),
+                                     "without": lambda: network(**inputs),
+                                     "statistics_alone": lambda: fused.utterance_statistics(**inputs)}, device, repeats)
+    seconds = {name: statistics.median(values) for name, values in times.items()}
+    return {"model": "configs/emodb_cpu.yaml architecture", "batch_seconds_of_audio": float(sum(lengths)),
+            "rounds": repeats, "inference_seconds": seconds, "round_seconds": times,
+            "median_of_round_ratios": median_round_ratio(times["with_statistics_classifier"], times["without"])}
 
 
 def features(device: str, repeats: int) -> dict:
@@ -360,6 +386,7 @@ def main() -> None:
         print(f"{section} …", flush=True)
         report[section] = {"overhead": lambda: overhead(args.device, args.repeats),
                            "compiled_guidance": lambda: compiled_guidance(args.device, args.repeats),
+                           "statistics_classifier": lambda: statistics_classifier(args.device, args.repeats),
                            "features": lambda: features(args.device, args.repeats),
                            "memory": lambda: memory(args.device), "scaling": lambda: scaling(args.device, args.repeats)}[section]()
         report[section]["measured"] = {key: report[key] for key in ("date", "command", "hardware", "threads", "torch")}
