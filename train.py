@@ -722,11 +722,12 @@ def run_fold(
         augmentation(bank, noise_args, augmentation_args, training_args.seed, corpus.sampling_rate, min_samples),
         augmentation_args.mixup_alpha,
     )
-    prediction = trainer.predict(corpus.dataset.select(fold.test), metric_key_prefix="test")
+    test_set = corpus.dataset.select(fold.test)
+    prediction = trainer.predict(test_set, metric_key_prefix="test")
     fusion = {}
     if trainer.model.config.utterance_statistics_classifier:  # the network alone, and the statistics classifier alone
         with statistics_classifier_off(trainer.model):
-            network = trainer.predict(corpus.dataset.select(fold.test), metric_key_prefix="test")
+            network = trainer.predict(test_set, metric_key_prefix="test")
         alone = (prediction.predictions - network.predictions).argmax(-1)
         fusion = {
             "network": {"wa": network.metrics["test_wa"], "ua": network.metrics["test_ua"]},

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .acoustic_features import MSEmoBoostMFCC, MSEmoBoostProsody, MSEmoBoostSpectrogram, pre_emphasis
+from .acoustic_features import MSEmoBoostMFCC, MSEmoBoostProsody, MSEmoBoostSpectrogram
 from .configuration_msemoboost import MSEmoBoostConfig
 from .feature_extraction_msemoboost import MSEmoBoostFeatureExtractor
 from .modeling_msemoboost import MSEmoBoostForSequenceClassification
@@ -105,10 +105,9 @@ class MSEmoBoostForONNX(nn.Module):
         is_segment = torch.arange(num_slots, device=lengths.device) < segments_per_utterance[:, None]
         totals = torch.where(is_segment[..., None], segment_logits, 0.0).sum(1)
         logits = totals / segments_per_utterance[:, None].to(totals.dtype)
-        if self.model.statistics_classifier is not None:  # the whole utterances' statistics, as the model's forward
-            emphasised = pre_emphasis(input_values, self.model.config.pre_emphasis)
-            statistics = base.mfcc_encoder.utterance_statistics(emphasised, lengths)
-            logits = logits + self.model.config.utterance_statistics_weight * self.model.statistics_classifier(statistics)
+        if self.model.statistics_classifier is not None:  # as the model's forward, less its input checks
+            statistics = self.model.statistics_of_lengths(input_values, lengths)
+            logits = logits + self.model.weighted_statistics_log_probabilities(statistics)
         return logits, segment_logits, segments_per_utterance
 
 

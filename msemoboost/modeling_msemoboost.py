@@ -1099,8 +1099,13 @@ class MSEmoBoostForSequenceClassification(MSEmoBoostPreTrainedModel):
         if encoder is None or not encoder.num_statistics:
             raise ValueError("utterance_statistics() needs config.mfcc_statistics or config.prosody_statistics.")
         lengths = self.msemoboost.utterance_lengths(input_values, attention_mask)
+        return self.statistics_of_lengths(input_values, lengths)
+
+    def statistics_of_lengths(self, input_values: torch.Tensor, lengths: torch.LongTensor) -> torch.Tensor:
+        """[`~MSEmoBoostForSequenceClassification.utterance_statistics`] from raw waveforms and their lengths in
+        samples `(batch_size,)`, already checked: the computation that the ONNX graph shares."""
         emphasised = pre_emphasis(input_values, self.config.pre_emphasis)
-        return encoder.utterance_statistics(emphasised, lengths)
+        return self.msemoboost.mfcc_encoder.utterance_statistics(emphasised, lengths)
 
     def statistics_logits(self, input_values: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """What `config.utterance_statistics_classifier` adds to the utterance `logits` at inference: the statistics
@@ -1108,7 +1113,11 @@ class MSEmoBoostForSequenceClassification(MSEmoBoostPreTrainedModel):
         `(batch_size, num_labels)`, from raw waveforms `(batch_size, num_samples)` and their `attention_mask`."""
         if self.statistics_classifier is None:
             raise ValueError("statistics_logits() needs config.utterance_statistics_classifier=True.")
-        statistics = self.utterance_statistics(input_values, attention_mask)
+        return self.weighted_statistics_log_probabilities(self.utterance_statistics(input_values, attention_mask))
+
+    def weighted_statistics_log_probabilities(self, statistics: torch.Tensor) -> torch.Tensor:
+        """The statistics classifier's log-probabilities of `statistics` `(batch_size, num_statistics)`, times
+        `config.utterance_statistics_weight`: `(batch_size, num_labels)`."""
         return self.config.utterance_statistics_weight * self.statistics_classifier(statistics)
 
     def utterance_logits(self, segment_logits: torch.Tensor, segments_per_utterance: torch.LongTensor) -> torch.Tensor:
