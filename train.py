@@ -365,7 +365,8 @@ def parse_arguments(
                        "is dropped from --model_config_overrides.")
         model_args.model_config_overrides = json.dumps(overrides)
     if not model_args.use_mfcc:  # the ablations without the MFCC branch of a preset whose MFCC branch has statistics
-        statistics_options = ("mfcc_statistics", "prosody_statistics", "classify_statistics", "utterance_statistics_classifier")
+        statistics_options = ("mfcc_statistics", "prosody_statistics", "classify_statistics", "utterance_statistics_classifier",
+                              "utterance_distribution_statistics")
         dropped = [key for key in statistics_options if overrides.pop(key, False)]
         if dropped:
             logger.warning(f"--use_mfcc false: {', '.join(dropped)} (statistics of the MFCC branch) "
@@ -975,7 +976,8 @@ def main(argv: list[str] | None = None, callbacks=()) -> dict:
         summary["augmentation"] = dataclasses.asdict(augmentation_args)
         summary["architecture"] = {key: getattr(config, key) for key in (
             "frame_weighting", "classifier_input", "mfcc_normalization", "mfcc_pool_frames", "mfcc_statistics",
-            "prosody_statistics", "classify_statistics", "utterance_statistics_classifier", "use_weighted_layer_sum",
+            "prosody_statistics", "classify_statistics", "utterance_statistics_classifier",
+            "utterance_distribution_statistics", "use_weighted_layer_sum",
             "pooled_normalization", "segment_length_s")}
     model_dir = output_dir / "model"
     if protocol_args.protocol in ("splits", "cross_corpus") and protocol_args.save_fold_models:

@@ -74,6 +74,7 @@ ROWS = {
     "+ classifier learning rate 3e-3 (guidance 1e-3), statistics classifier per utterance": {
         "args": ["--learning_rate", "3e-3", "--guidance_learning_rate", "1e-3"],
         "model": {"utterance_statistics_classifier": True}},
+    "− distribution statistics in the statistics classifier": {"model": {"utterance_distribution_statistics": False}},
     # Extra corpora.
     "+ RAVDESS and TESS in every fold": {
         "args": ["--extra_train_datasets", str(SHARED / "ravdess"), str(SHARED / "tess")]},

@@ -183,6 +183,14 @@ class MSEmoBoostConfig(PreTrainedConfig):
             paper.
         utterance_statistics_weight (`float`, *optional*, defaults to 1.0):
             The weight of that classifier's log-probabilities in the `logits`; 0 leaves them out.
+        utterance_distribution_statistics (`bool`, *optional*, defaults to `False`):
+            The utterance statistics classifier also reads the shape of the distributions over the whole utterance,
+            the functionals a classical openSMILE recipe adds to means and deviations: per MFCC coefficient (with
+            `mfcc_statistics`) the skewness, the excess kurtosis, the 10th, 50th and 90th percentiles and the slope
+            of a straight line fitted over the frames (`6 * num_mfcc` values); and (with `prosody_statistics`) the
+            5th, 50th and 95th percentiles of the pitch over voiced frames and of the energy over loud frames, the
+            pitch's 5th-to-95th percentile range, the slopes of both and their skewness (11 values). Needs
+            `utterance_statistics_classifier`. A recipe option.
         pooled_normalization (`str`, *optional*, defaults to `"none"`):
             `"none"`: the classifier reads `X'_w` as pooled (the paper). `"batch_norm"`: each dimension of `X'_w` is
             standardised, with the statistics of the training segments (batch statistics while training, their
@@ -294,6 +302,7 @@ class MSEmoBoostConfig(PreTrainedConfig):
     statistics_loss_weight: float = 1.0
     utterance_statistics_classifier: bool = False
     utterance_statistics_weight: float = 1.0
+    utterance_distribution_statistics: bool = False
     pooled_normalization: str = "none"
     use_weighted_layer_sum: bool = False
     loss_level: str = "segment"
@@ -405,6 +414,11 @@ class MSEmoBoostConfig(PreTrainedConfig):
             raise ValueError(
                 "utterance_statistics_classifier=True is for single-label classification (it adds log-probabilities "
                 f"to the logits), and problem_type is {self.problem_type!r}."
+            )
+        if self.utterance_distribution_statistics and not self.utterance_statistics_classifier:
+            raise ValueError(
+                "utterance_distribution_statistics=True needs utterance_statistics_classifier=True: only that "
+                "classifier reads the whole utterance's distribution statistics."
             )
         if not self.utterance_statistics_weight >= 0:
             raise ValueError(

@@ -48,6 +48,7 @@ LOGIT_EXCLUDED = -1.0e4
 
 # What `config.prosody_statistics` adds per segment (`MSEmoBoostMFCCEncoder.prosody_statistics`).
 NUM_PROSODY_STATISTICS = 9
+NUM_PROSODY_DISTRIBUTION_STATISTICS = 11  # config.utterance_distribution_statistics with prosody_statistics
 
 
 @dataclass
@@ -176,6 +177,53 @@ def masked_mean_std(values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Ten
     return mean, torch.sqrt(variance + 1e-5)
 
 
+def masked_skewness_kurtosis(values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Skewness and excess kurtosis over dim 1 of `values` `(batch, time, channels)`, counting only the steps where
+    `mask` `(batch, time, 1)` is 1, as `scipy.stats.skew` and `scipy.stats.kurtosis` compute them (biased moments):
+    two tensors `(batch, channels)`. A channel without spread (a constant, or no step counted) gets 0 for both, where
+    scipy gives NaN."""
+    count = mask.sum(1).clamp(min=1)
+    mean = (values * mask).sum(1) / count
+    centred = (values - mean[:, None]) * mask
+    second = centred.square().sum(1) / count
+    third = (centred.square() * centred).sum(1) / count
+    fourth = centred.square().square().sum(1) / count
+    spread = second > 1e-10 * (mean.square() + 1)  # above float32 rounding of a constant's deviations
+    second = torch.where(spread, second, 1.0)
+    zero = torch.zeros_like(mean)
+    return (torch.where(spread, third / second.pow(1.5), zero), torch.where(spread, fourth / second.square() - 3, zero))
+
+
+def masked_quantiles(values: torch.Tensor, mask: torch.Tensor, quantiles: tuple[float, ...]) -> list[torch.Tensor]:
+    """The `quantiles` (each in [0, 1]) over dim 1 of `values` `(batch, time, channels)`, counting only the steps
+    where `mask` `(batch, time, 1)` is 1, as `numpy.quantile` computes them (linear interpolation between the
+    nearest ranks): one tensor `(batch, channels)` per quantile. A row with no step counted gives 0."""
+    count = mask.sum(1)  # (batch, 1)
+    ordered = values.masked_fill(mask == 0, torch.inf).sort(dim=1).values  # the counted steps first, ascending
+    last = (count - 1).clamp(min=0)
+    results = []
+    for quantile in quantiles:
+        position = quantile * last
+        low = position.floor()
+        high = torch.minimum(low + 1, last)
+        lower = ordered.gather(1, low.long()[:, None].expand(-1, 1, values.shape[-1]))[:, 0]
+        upper = ordered.gather(1, high.long()[:, None].expand(-1, 1, values.shape[-1]))[:, 0]
+        value = lower + (upper - lower) * (position - low)
+        results.append(torch.where(count > 0, value, torch.zeros_like(value)))
+    return results
+
+
+def masked_slope(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The slope of the least-squares straight line through the counted steps of `values` `(batch, time,
+    channels)` (those where `mask` `(batch, time, 1)` is 1), against their ranks rescaled to [-1, 1]: `(batch,
+    channels)`, the change from the first counted step to the last per half the span. 0 with fewer than two steps."""
+    count = mask.sum(1, keepdim=True)  # (batch, 1, 1)
+    rank = mask.cumsum(1) - 1
+    time = (2 * rank / (count - 1).clamp(min=1) - 1) * mask * (count > 1).to(mask.dtype)
+    mean = (values * mask).sum(1) / count[:, 0].clamp(min=1)
+    return (time * (values - mean[:, None])).sum(1) / time.square().sum(1).clamp(min=1e-9)
+
+
 class MSEmoBoostPooledNormalization(nn.BatchNorm1d):
     """Standardises each dimension of a per-segment feature: the pooled SSL feature `X'_w`
     (`config.pooled_normalization="batch_norm"`) or the MFCC statistics (`config.mfcc_statistics`). Batch statistics
@@ -239,6 +287,11 @@ class MSEmoBoostMFCCEncoder(nn.Module):
         self.statistics_normalization = (
             MSEmoBoostPooledNormalization(self.num_statistics) if self.num_statistics else None
         )
+        self.distribution_statistics = config.utterance_distribution_statistics
+        self.num_utterance_statistics = self.num_statistics + config.utterance_distribution_statistics * (
+            6 * config.num_mfcc * config.mfcc_statistics
+            + NUM_PROSODY_DISTRIBUTION_STATISTICS * config.prosody_statistics
+        )
         self.projection = nn.Linear(num_steps * lstm_output_size + self.num_statistics, config.guidance_hidden_size)
 
     def frame_mask(self, mfcc: torch.Tensor, lengths: torch.LongTensor) -> torch.Tensor:
@@ -262,6 +315,40 @@ class MSEmoBoostMFCCEncoder(nn.Module):
         _, delta_std = masked_mean_std(mfcc[:, 1:] - mfcc[:, :-1], mask[:, 1:] * mask[:, :-1])
         return torch.cat([mean, std, delta_std], dim=-1)
 
+    def loud_and_voiced(self, frames: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[`MSEmoBoostProsody`]'s frames `(num_segments, num_frames, 3)` and the `frame_mask` of the frames to count
+        → two masks of the same shape as `mask`: the loud frames (within `energy_floor_db` of the loudest counted
+        frame) and the voiced ones (voicing strength above `voicing_threshold`, energy within `voicing_floor_db` of
+        the loudest)."""
+        strength, energy = frames[..., 1:2], frames[..., 2:3]
+        loudest = energy.masked_fill(mask == 0, -torch.inf).amax(1, keepdim=True)
+        loud = mask * (energy > loudest - self.energy_floor_db).to(mask.dtype)
+        voiced = mask * ((strength > self.voicing_threshold) & (energy > loudest - self.voicing_floor_db)).to(mask.dtype)
+        return loud, voiced
+
+    def distribution_shape_statistics(
+        self, mfcc: torch.Tensor, prosody_frames: torch.Tensor | None, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """The statistics of `config.utterance_distribution_statistics`, `(batch_size, 6 * num_mfcc (with
+        mfcc_statistics) + 11 (with prosody_statistics))`, from the MFCC `(batch_size, num_frames, num_mfcc)`, the
+        prosody's frames `(batch_size, num_frames, 3)` (or None) and the mask of the frames to count `(batch_size,
+        num_frames, 1)`: per MFCC coefficient, its skewness, excess kurtosis, 10th, 50th and 90th percentiles and
+        slope over the frames (`masked_slope`); then the 5th, 50th and 95th percentiles of the pitch over voiced
+        frames, its 5th-to-95th range and slope, the same three percentiles and the slope of the energy over loud
+        frames, and the skewness of the pitch and of the energy (see `loud_and_voiced`)."""
+        statistics = []
+        if self.mfcc_statistics:
+            skewness, kurtosis = masked_skewness_kurtosis(mfcc, mask)
+            statistics += [skewness, kurtosis, *masked_quantiles(mfcc, mask, (0.1, 0.5, 0.9)), masked_slope(mfcc, mask)]
+        if prosody_frames is not None:
+            loud, voiced = self.loud_and_voiced(prosody_frames, mask)
+            pitch, energy = prosody_frames[..., :1], prosody_frames[..., 2:3]
+            pitch_low, pitch_median, pitch_high = masked_quantiles(pitch, voiced, (0.05, 0.5, 0.95))
+            statistics += [pitch_low, pitch_median, pitch_high, pitch_high - pitch_low, masked_slope(pitch, voiced),
+                           *masked_quantiles(energy, loud, (0.05, 0.5, 0.95)), masked_slope(energy, loud),
+                           masked_skewness_kurtosis(pitch, voiced)[0], masked_skewness_kurtosis(energy, loud)[0]]
+        return torch.cat(statistics, dim=-1)
+
     def prosody_statistics(self, frames: torch.Tensor, mask: torch.Tensor, lengths: torch.LongTensor) -> torch.Tensor:
         """[`MSEmoBoostProsody`]'s frames `(num_segments, num_frames, 3)` (pitch in semitones, voicing strength,
         energy in dB), the `frame_mask` `(num_segments, num_frames, 1)` of the frames that hold audio and the segments'
@@ -273,9 +360,7 @@ class MSEmoBoostMFCCEncoder(nn.Module):
         exceeds `voicing_threshold` and its energy is within `voicing_floor_db` of the loudest. A segment without
         voiced frames gets 0 for the pitch's statistics and the strength."""
         pitch, strength, energy = (frames[..., index : index + 1] for index in range(3))
-        loudest = energy.masked_fill(mask == 0, -torch.inf).amax(1, keepdim=True)
-        loud = mask * (energy > loudest - self.energy_floor_db).to(mask.dtype)
-        voiced = mask * ((strength > self.voicing_threshold) & (energy > loudest - self.voicing_floor_db)).to(mask.dtype)
+        loud, voiced = self.loud_and_voiced(frames, mask)
         pairs = voiced[:, 1:] * voiced[:, :-1]
         pitch_mean, pitch_std = masked_mean_std(pitch, voiced)
         _, pitch_change = masked_mean_std(pitch[:, 1:] - pitch[:, :-1], pairs)
@@ -289,27 +374,39 @@ class MSEmoBoostMFCCEncoder(nn.Module):
                           strength_mean, voiced_fraction, energy_mean, energy_std, energy_change, audio_fraction], dim=-1)
 
     def segment_statistics(
-        self, waveform: torch.Tensor, mfcc: torch.Tensor, mask: torch.Tensor, lengths: torch.LongTensor
+        self,
+        waveform: torch.Tensor,
+        mfcc: torch.Tensor,
+        mask: torch.Tensor,
+        lengths: torch.LongTensor,
+        prosody_frames: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The statistics that `config.mfcc_statistics` and `config.prosody_statistics` ask for, side by side, before
         their standardisation: `(num_segments, number of statistics)`, from the segments' waveforms, their MFCC, the
-        `frame_mask` and the lengths in samples."""
+        `frame_mask`, the lengths in samples and, if already computed, the prosody's frames."""
         statistics = [self.statistics(mfcc, mask)] if self.mfcc_statistics else []
         if self.prosody is not None:  # the same frames as the MFCC's: same hop, centred
-            statistics.append(self.prosody_statistics(self.prosody(waveform), mask, lengths))
+            if prosody_frames is None:
+                prosody_frames = self.prosody(waveform)
+            statistics.append(self.prosody_statistics(prosody_frames, mask, lengths))
         return torch.cat(statistics, dim=-1)
 
     def utterance_statistics(self, waveform: torch.Tensor, lengths: torch.LongTensor) -> torch.Tensor:
         """Pre-emphasised whole utterances `(batch_size, num_samples)`, right-padded, and their lengths in samples
-        `(batch_size,)` → the statistics of `segment_statistics` over each whole utterance, before standardisation:
-        `(batch_size, num_statistics)`. They are taken over the frames whose analysis windows lie within the
-        utterance (and the first frame, for an utterance shorter than half a window), which do not see the padding;
-        the prosody's audio fraction is the utterance's length over one segment's."""
+        `(batch_size,)` → the statistics of `segment_statistics` over each whole utterance, before standardisation,
+        followed by those of `distribution_shape_statistics` with `config.utterance_distribution_statistics`:
+        `(batch_size, num_utterance_statistics)`. They are taken over the frames whose analysis windows lie within
+        the utterance (and the first frame, for an utterance shorter than half a window), which do not see the
+        padding; the prosody's audio fraction is the utterance's length over one segment's."""
         mfcc = self.mfcc(waveform)
         half_window = max(self.mfcc.n_fft, self.prosody.n_fft if self.prosody is not None else 0) // 2
         frames = torch.arange(mfcc.shape[1], device=mfcc.device)
-        inside = (frames * self.hop_length + half_window <= lengths[:, None]) | (frames == 0)
-        return self.segment_statistics(waveform, mfcc, inside.to(mfcc.dtype)[..., None], lengths)
+        inside = ((frames * self.hop_length + half_window <= lengths[:, None]) | (frames == 0)).to(mfcc.dtype)[..., None]
+        prosody_frames = self.prosody(waveform) if self.prosody is not None else None
+        statistics = self.segment_statistics(waveform, mfcc, inside, lengths, prosody_frames)
+        if self.distribution_statistics:
+            statistics = torch.cat([statistics, self.distribution_shape_statistics(mfcc, prosody_frames, inside)], -1)
+        return statistics
 
     def forward(
         self, waveform: torch.Tensor, lengths: torch.LongTensor, return_statistics: bool = False
@@ -948,7 +1045,7 @@ class MSEmoBoostForSequenceClassification(MSEmoBoostPreTrainedModel):
         self.msemoboost = MSEmoBoostModel(config, backbone=backbone)
         self.classifier = nn.Linear(self.msemoboost.feature_size, config.num_labels)
         self.statistics_classifier = (
-            MSEmoBoostStatisticsClassifier(self.msemoboost.mfcc_encoder.num_statistics, config.num_labels)
+            MSEmoBoostStatisticsClassifier(self.msemoboost.mfcc_encoder.num_utterance_statistics, config.num_labels)
             if config.utterance_statistics_classifier
             else None
         )

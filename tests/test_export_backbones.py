@@ -16,9 +16,9 @@ pytest.importorskip("onnxruntime")
 @pytest.mark.parametrize("variant", [{"model_type": "hubert"}, {"model_type": "wavlm"}, {"model_type": "data2vec-audio"},
                                      {"use_backbone_features": False, "mfcc_normalization": "standardize", "mfcc_statistics": True,
                                       "prosody_statistics": True, "classify_statistics": True,
-                                      "utterance_statistics_classifier": True},
+                                      "utterance_statistics_classifier": True, "utterance_distribution_statistics": True},
                                      {"use_mfcc": False, "use_spectrogram": False}],
-                         ids=["hubert", "wavlm", "data2vec-audio", "guidance only, MFCC and prosody statistics, classified, per utterance too", "backbone only"])
+                         ids=["hubert", "wavlm", "data2vec-audio", "guidance only, MFCC and prosody statistics, classified, per utterance too, with their distributions", "backbone only"])
 def test_every_backbone_and_ablation_exports_with_parity(variant, tmp_path, emodb_utterances):
     model_dir = save_model(tmp_path / "model", **FEWER_MFCC_FRAMES, **variant)
     export(model_dir, tmp_path / "onnx")

@@ -56,6 +56,79 @@ def test_utterance_statistics_use_the_frames_inside_each_utterance_and_do_not_de
     assert plain.statistics_classifier is None
 
 
+def masked_rows(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, list[np.ndarray]]:
+    """Skewed random values `(4, 30, 3)` and a mask `(4, 30, 1)` of scattered steps: 30, 17, 1 and 0 counted; with
+    each row's counted values `(count, 3)` for the numpy references."""
+    generator = np.random.default_rng(seed)
+    values = generator.gamma(2.0, size=(4, 30, 3)) * np.array([1.0, 10.0, 100.0])
+    mask = np.zeros((4, 30, 1))
+    mask[0] = 1
+    mask[1, generator.choice(30, size=17, replace=False)] = 1
+    mask[2, 11] = 1
+    counted = [values[row][mask[row, :, 0] == 1] for row in range(4)]
+    return torch.tensor(values, dtype=torch.float64), torch.tensor(mask, dtype=torch.float64), counted
+
+
+def test_distribution_functionals_match_scipy_and_numpy_over_the_counted_steps():
+    from scipy.stats import kurtosis, skew
+
+    from msemoboost.modeling_msemoboost import masked_quantiles, masked_skewness_kurtosis, masked_slope
+
+    values, mask, counted = masked_rows()
+    skewness, excess_kurtosis = masked_skewness_kurtosis(values, mask)
+    quantiles = masked_quantiles(values, mask, (0.05, 0.1, 0.5, 0.9, 1.0))
+    slopes = masked_slope(values, mask)
+    for row in range(2):  # 30 and 17 steps counted
+        rows = counted[row]
+        np.testing.assert_allclose(skewness[row], skew(rows, axis=0), rtol=1e-10)
+        np.testing.assert_allclose(excess_kurtosis[row], kurtosis(rows, axis=0), rtol=1e-10)
+        for quantile, value in zip((0.05, 0.1, 0.5, 0.9, 1.0), quantiles):
+            np.testing.assert_allclose(value[row], np.quantile(rows, quantile, axis=0), rtol=1e-12)
+        # The slope against the counted steps' ranks, rescaled to [-1, 1]: polyfit's, per column.
+        ranks = np.linspace(-1.0, 1.0, len(rows))
+        np.testing.assert_allclose(slopes[row], [np.polyfit(ranks, rows[:, column], 1)[0] for column in range(3)], rtol=1e-10)
+    # One step counted: no spread, no slope, every quantile that step; none counted: all 0 (not NaN or infinite).
+    for row, expected in ((2, counted[2][0]), (3, np.zeros(3))):
+        assert skewness[row].tolist() == excess_kurtosis[row].tolist() == slopes[row].tolist() == [0.0, 0.0, 0.0]
+        for value in quantiles:
+            assert value[row].tolist() == expected.tolist()
+    # A constant has no spread either (scipy says NaN): 0, even with float32 rounding of its mean.
+    constant = torch.full((1, 7, 2), -317.3)
+    assert [part.tolist() for part in masked_skewness_kurtosis(constant, torch.ones(1, 7, 1))] == [[[0.0, 0.0]]] * 2
+
+
+def test_utterance_distribution_statistics_follow_the_utterance_statistics():
+    model = tiny_model(utterance_statistics_classifier=True, utterance_distribution_statistics=True, **STATISTICS)
+    plain = tiny_model(utterance_statistics_classifier=True, **STATISTICS)
+    num_mfcc = model.config.num_mfcc
+    assert model.statistics_classifier.mean.numel() == 3 * num_mfcc + 9 + 6 * num_mfcc + 11
+    lengths = [20_000, 35_001, 56_000]
+    waveforms, mask = padded(lengths)
+    statistics = model.utterance_statistics(waveforms, mask)
+    assert statistics.shape == (3, 9 * num_mfcc + 20)
+    # The first part is exactly the plain option's statistics.
+    torch.testing.assert_close(statistics[:, : 3 * num_mfcc + 9], plain.utterance_statistics(waveforms, mask), rtol=0, atol=0)
+    encoder = model.msemoboost.mfcc_encoder
+    half_window = max(model.config.mfcc_n_fft, model.config.prosody_n_fft) // 2
+    for row, length in enumerate(lengths):
+        alone = model.utterance_statistics(waveforms[row : row + 1, :length])
+        torch.testing.assert_close(statistics[row : row + 1], alone, rtol=1e-5, atol=1e-4)
+        # The MFCC's median per coefficient over the frames inside the utterance, then the pitch's median over the
+        # voiced ones.
+        emphasised = pre_emphasis(waveforms[row : row + 1, :length], model.config.pre_emphasis)
+        inside = (length - half_window) // model.config.mfcc_hop_length + 1
+        mfcc = encoder.mfcc(emphasised)[0, :inside].double().numpy()
+        median = statistics[row, 3 * num_mfcc + 9 + 3 * num_mfcc : 3 * num_mfcc + 9 + 4 * num_mfcc]
+        np.testing.assert_allclose(median, np.median(mfcc, axis=0), rtol=1e-5, atol=1e-5)
+        frames = encoder.prosody(emphasised)[:, :inside]
+        _, voiced = encoder.loud_and_voiced(frames, torch.ones(1, inside, 1))
+        pitch = frames[0, :, 0][voiced[0, :, 0] == 1].double().numpy()
+        assert len(pitch) > 10
+        assert statistics[row, 9 * num_mfcc + 9 + 1].item() == pytest.approx(np.median(pitch), rel=1e-6)
+    with pytest.raises(ValueError, match="utterance_distribution_statistics=True needs utterance_statistics_classifier=True"):
+        tiny_config(utterance_distribution_statistics=True, **STATISTICS)
+
+
 def test_unfitted_classifier_adds_a_uniform_distribution_at_inference_only():
     fused, plain = tiny_model(utterance_statistics_classifier=True, **STATISTICS), tiny_model(**STATISTICS)
     assert fused.statistics_classifier.weight.shape == (4, 3 * fused.config.num_mfcc + 9)

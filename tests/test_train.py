@@ -310,7 +310,8 @@ def test_a_preset_builds_on_its_base_file(tmp_path):
                                        "../shared/data/tess --max_steps 1500",
                "model_config_overrides": {**scratch["model_config_overrides"], "use_weighted_layer_sum": True,
                                           "mfcc_statistics": True, "prosody_statistics": True,
-                                          "classify_statistics": True, "utterance_statistics_classifier": True},
+                                          "classify_statistics": True, "utterance_statistics_classifier": True,
+                                          "utterance_distribution_statistics": True},
                "learning_rate": 3e-3, "guidance_learning_rate": 1e-3, "freeze_feature_encoder": True, "validation_fraction": 0, "output_dir": "outputs/emodb_cpu",
                "lr_scheduler_type": "cosine_with_min_lr",
                "lr_scheduler_kwargs": {"min_lr_rate": 0.25}, "average_last_epochs": 8, "parallel_folds": 2}
@@ -358,9 +359,11 @@ def test_the_ablations_without_the_mfcc_branch_drop_the_preset_s_statistics(capl
     with caplog.at_level("WARNING", logger="msemoboost.train"):
         model_args = train.parse_arguments([preset, "--dataset_name", "x", "--use_mfcc", "false"])[0]
     overrides = json.loads(model_args.model_config_overrides)
-    assert not {"mfcc_statistics", "prosody_statistics", "classify_statistics", "utterance_statistics_classifier"} & set(overrides)
+    assert not {"mfcc_statistics", "prosody_statistics", "classify_statistics", "utterance_statistics_classifier",
+                "utterance_distribution_statistics"} & set(overrides)
     assert caplog.messages == ["--use_mfcc false: mfcc_statistics, prosody_statistics, classify_statistics, "
-                               "utterance_statistics_classifier (statistics of the MFCC branch) are dropped from "
+                               "utterance_statistics_classifier, utterance_distribution_statistics (statistics of the "
+                               "MFCC branch) are dropped from "
                                "--model_config_overrides."]
     from msemoboost import MSEmoBoostConfig
 
@@ -377,7 +380,7 @@ def test_the_guidance_only_ablation_of_a_preset_drops_the_preset_s_backbone(capl
     overrides = json.loads(model_args.model_config_overrides)
     assert overrides == {**read_arguments_file(REPO / "configs" / "emodb_cpu_scratch.yaml")["model_config_overrides"],
                          "mfcc_statistics": True, "prosody_statistics": True, "classify_statistics": True,
-                         "utterance_statistics_classifier": True}
+                         "utterance_statistics_classifier": True, "utterance_distribution_statistics": True}
     assert caplog.messages == [
         "--use_backbone_features false: the guidance-only model has no backbone, so the backbone that this run names "
         "(outputs/pretrained/emodb_cpu) is neither loaded nor pretrained.",
@@ -690,7 +693,8 @@ def test_the_statistics_classifier_is_fitted_in_each_fold_and_reported_beside_ea
     arguments = list(TINY_TRAIN_ARGS)
     position = arguments.index("--model_config_overrides") + 1
     arguments[position] = json.dumps({**json.loads(arguments[position]), "mfcc_statistics": True,
-                                      "prosody_statistics": True, "utterance_statistics_classifier": True})
+                                      "prosody_statistics": True, "utterance_statistics_classifier": True,
+                                      "utterance_distribution_statistics": True})
     output = tmp_path / "out"
     summary = train.main(["--dataset_name", str(corpus_dir), "--output_dir", str(output), *arguments, "--folds", "0",
                           "--final_model", "false"])
@@ -706,7 +710,9 @@ def test_the_statistics_classifier_is_fitted_in_each_fold_and_reported_beside_ea
     card = render_model_card(train.MODEL_CARD_TEMPLATE, summary, "corpus", None, "model")
     assert (f"each alone (UA, mean ± std over folds): the network\n{100 * fold['network']['ua']:.2f} ± 0.00, the\n"
             f"statistics classifier {100 * fold['statistics_classifier']['ua']:.2f} ± 0.00.") in card
-    assert "and a logistic regression on the whole utterance's statistics, fitted after training" in card
+    assert summary["architecture"]["utterance_distribution_statistics"] is True
+    assert ("and a logistic regression on the whole utterance's statistics and the shape of their distributions "
+            "(skewness, kurtosis, percentiles and slopes of the MFCC, pitch and energy), fitted after training") in card
     # The saved fold model holds the fitted classifier, and its fused predictions are the fold's predictions.
     model = AutoModelForAudioClassification.from_pretrained(output / "folds" / name / "model").eval()
     assert model.statistics_classifier.weight.abs().sum() > 0
