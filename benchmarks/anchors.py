@@ -3,6 +3,8 @@
     python benchmarks/anchors.py                                   # EMO-DB LOSO: ComParE_2016 + linear SVM, eGeMAPSv02 + RBF SVM,
                                                                    # the model's MFCC (and prosody) statistics + linear SVM
     python benchmarks/anchors.py --anchors "MFCC statistics (the model's) + linear SVM"
+    python benchmarks/anchors.py --dataset_name ../shared/data/ravdess --num_folds 6 \\
+        --anchors "the model's statistics classifier (utterance statistics and their distributions)"
     python benchmarks/anchors.py --dataset_name ../shared/data/ravdess --num_folds 6
     python benchmarks/anchors.py --protocol cross_corpus --dataset_name ../shared/data/emodb \\
         --extra_train_datasets ../shared/data/ravdess
@@ -12,7 +14,10 @@ fold are the model's. Each fold's SVM is standardised on its training part; its 
 speakers (the part train.py uses for early stopping), from a fixed grid, by UA; the chosen SVM is then refitted on
 training + validation and tested once. When the model's run holds no validation part (`--validation_fraction 0`),
 the anchors still choose C on train.py's default share of validation speakers: the test utterances, and the
-utterances the final SVM is fitted on (training + validation), are the same either way. Functionals are computed
+utterances the final SVM is fitted on (training + validation), are the same either way. The anchors named "the
+model's statistics classifier" are the model's whole-utterance statistics classifier on its own
+(`utterance_statistics_classifier`, `msemoboost.statistics_fusion`), fitted on each fold's training + validation
+utterances exactly as train.py fits it in the model (C by cross-validation over those speakers). Functionals are computed
 from the same decoded 16 kHz waveforms the model reads, and cached in outputs/benchmarks/opensmile/.
 """
 
@@ -30,6 +35,8 @@ sys.path.insert(0, str(REPO))
 
 MFCC_STATISTICS = "mfcc_statistics"
 MFCC_AND_PROSODY_STATISTICS = "mfcc_and_prosody_statistics"
+UTTERANCE_STATISTICS = "utterance_statistics"
+UTTERANCE_DISTRIBUTION_STATISTICS = "utterance_distribution_statistics"
 ANCHORS = {
     "ComParE_2016 + linear SVM": ("ComParE_2016", "linear"),
     "eGeMAPSv02 + RBF SVM": ("eGeMAPSv02", "rbf"),
@@ -37,6 +44,11 @@ ANCHORS = {
     # MFCC branch, on their own.
     "MFCC statistics (the model's) + linear SVM": (MFCC_STATISTICS, "linear"),
     "MFCC and prosody statistics (the model's) + linear SVM": (MFCC_AND_PROSODY_STATISTICS, "linear"),
+    # Not openSMILE either: the model's own whole-utterance statistics classifier (`utterance_statistics_classifier`)
+    # on its own, fitted exactly as train.py fits it in the model, without and with the distribution statistics.
+    "the model's statistics classifier (utterance statistics)": (UTTERANCE_STATISTICS, "logistic"),
+    "the model's statistics classifier (utterance statistics and their distributions)": (
+        UTTERANCE_DISTRIBUTION_STATISTICS, "logistic"),
 }
 from msemoboost.statistics_fusion import C_GRID  # noqa: E402  (the statistics classifier's grid is the anchors')
 
@@ -92,6 +104,43 @@ def mfcc_statistics(corpus, config, prosody: bool = False) -> np.ndarray:
             mask = encoder.frame_mask(mfcc, length)
             rows.append(encoder.segment_statistics(emphasised, mfcc, mask, length)[0].double().numpy())
     return np.asarray(rows)
+
+
+def statistics_classifier_model(corpus, config, distributions: bool):
+    """A model that holds only the MFCC branch's statistics and an unfitted whole-utterance statistics classifier
+    (with `distributions`, on the distribution statistics too), for `corpus`'s labels."""
+    from msemoboost import MSEmoBoostForSequenceClassification
+
+    config = copy.deepcopy(config)
+    config.use_backbone_features, config.use_spectrogram = False, False
+    config.mfcc_statistics = config.prosody_statistics = config.utterance_statistics_classifier = True
+    config.utterance_distribution_statistics = distributions
+    config.num_labels = len(corpus.label_names)
+    return MSEmoBoostForSequenceClassification(config).eval()
+
+
+def model_statistics(corpus, model) -> np.ndarray:
+    """`model.utterance_statistics` of every row of `corpus.dataset`, `(num_rows, num_statistics)`."""
+    from msemoboost import MSEmoBoostFeatureExtractor
+    from msemoboost.data import AudioCollator
+    from msemoboost.statistics_fusion import utterance_statistics
+
+    extractor = MSEmoBoostFeatureExtractor(sampling_rate=corpus.sampling_rate, do_normalize=True)
+    return utterance_statistics(model, corpus.dataset, AudioCollator(extractor))
+
+
+def statistics_classifier_fold(model, features, labels, speakers, fold) -> tuple[np.ndarray, float]:
+    """Test predictions of one fold by the model's statistics classifier, fitted on the fold's training and
+    validation parts as train.py fits it (C by cross-validation over their speakers), and the C chosen."""
+    import torch
+
+    from msemoboost.statistics_fusion import fit_statistics_classifier
+
+    seen = np.concatenate([fold.train, fold.validation])
+    fitted = fit_statistics_classifier(model, features[seen], labels[seen], speakers[seen])
+    with torch.no_grad():
+        log_probabilities = model.statistics_classifier(torch.from_numpy(features[fold.test]).to(model.statistics_classifier.mean.dtype))
+    return log_probabilities.argmax(-1).numpy(), fitted["c"]
 
 
 def svm_fold(features, labels, fold, kernel: str) -> tuple[np.ndarray, float]:
@@ -150,7 +199,11 @@ def run_anchors(argv: list[str], anchors=tuple(ANCHORS), corpus_normalization: b
     results = {}
     for anchor in anchors:
         feature_set, kernel = ANCHORS[anchor]
-        if feature_set in (MFCC_STATISTICS, MFCC_AND_PROSODY_STATISTICS):
+        model = None
+        if feature_set in (UTTERANCE_STATISTICS, UTTERANCE_DISTRIBUTION_STATISTICS):
+            model = statistics_classifier_model(corpus, config, distributions=feature_set == UTTERANCE_DISTRIBUTION_STATISTICS)
+            features = model_statistics(corpus, model)
+        elif feature_set in (MFCC_STATISTICS, MFCC_AND_PROSODY_STATISTICS):
             features = mfcc_statistics(corpus, config, prosody=feature_set == MFCC_AND_PROSODY_STATISTICS)
         else:
             features = functionals(corpus, feature_set)
@@ -159,7 +212,10 @@ def run_anchors(argv: list[str], anchors=tuple(ANCHORS), corpus_normalization: b
                                             corpus.dataset.column_names else np.zeros(len(features)))
         per_fold, matrix = [], 0
         for fold in folds:
-            predicted, c = svm_fold(features, corpus.labels, fold, kernel)
+            if model is not None:
+                predicted, c = statistics_classifier_fold(model, features, corpus.labels, np.asarray(corpus.speakers), fold)
+            else:
+                predicted, c = svm_fold(features, corpus.labels, fold, kernel)
             scores = metric.compute(predictions=predicted, references=corpus.labels[fold.test])
             per_fold.append({"fold": fold.name, "wa": scores["wa"], "ua": scores["ua"], "C": c, "num_test": len(fold.test)})
             matrix = matrix + confusion_matrix(corpus.labels[fold.test], predicted, len(corpus.label_names))
