@@ -14,7 +14,8 @@ Data flow for one utterance, in the order this file defines it:
 5. `MSEmoBoostForSequenceClassification` classifies each segment with one linear layer (eq. 13) and averages the
    segments' log-probabilities into the utterance's prediction.
 6. Optionally (`config.utterance_statistics_classifier`, not in the paper), `MSEmoBoostStatisticsClassifier`
-   classifies the whole utterance's MFCC and prosody statistics, and its log-probabilities join the utterance's.
+   classifies the whole utterance's MFCC and prosody statistics (with `config.utterance_distribution_statistics`,
+   also the shape of their distributions), and its log-probabilities join the utterance's.
 7. Optionally (`config.use_se_head`, not in the paper), `MSEmoBoostSpeechEnhancementHead` reads the same frames
    `X_w` and predicts the clean magnitude spectrogram of the segment, for joint SER + speech-enhancement training
    on noisy audio.
@@ -216,7 +217,7 @@ def masked_quantiles(values: torch.Tensor, mask: torch.Tensor, quantiles: tuple[
 def masked_slope(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """The slope of the least-squares straight line through the counted steps of `values` `(batch, time,
     channels)` (those where `mask` `(batch, time, 1)` is 1), against their ranks rescaled to [-1, 1]: `(batch,
-    channels)`, the change from the first counted step to the last per half the span. 0 with fewer than two steps."""
+    channels)`, half the fitted line's change from the first counted step to the last. 0 with fewer than two steps."""
     count = mask.sum(1, keepdim=True)  # (batch, 1, 1)
     rank = mask.cumsum(1) - 1
     time = (2 * rank / (count - 1).clamp(min=1) - 1) * mask * (count > 1).to(mask.dtype)
