@@ -542,7 +542,8 @@ def test_the_cpu_recipe_runs_unchanged_on_an_audiofolder_with_train_and_test_spl
             "(mean, standard deviation, frame-to-frame spread), the MFCC branch also reading pitch, voicing and energy "
             "statistics (an in-model autocorrelation pitch tracker), those statistics also read by the classifier, whose "
             "part for them is trained as a linear classifier of its own, and a logistic regression on the whole "
-            "utterance's statistics, fitted after training (its penalty chosen by cross-validation over the training "
+            "utterance's statistics and the shape of their distributions (skewness, kurtosis, percentiles and slopes of "
+            "the MFCC, pitch and energy), fitted after training (its penalty chosen by cross-validation over the training "
             "speakers), whose log-probabilities are added to the network's, a learned weighted sum of the backbone's layers "
             "(the paper: `linear`, `pooled`, `l2`, no pooling, the last layer, no normalisation).") in card
     assert (f"- Backbone: `outputs/pretrained/emodb_cpu` (pretrained by the training recipe itself, self-supervised, on "
