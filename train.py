@@ -71,7 +71,14 @@ from msemoboost.reporting import (
     save_snr_plot,
     write_json,
 )
-from msemoboost.statistics_fusion import fit_statistics_classifier, statistics_classifier_off, utterance_statistics
+from msemoboost.statistics_fusion import (
+    choose_statistics_weight,
+    fit_statistics_classifier,
+    fused_logits,
+    statistics_classifier_off,
+    statistics_log_probabilities,
+    utterance_statistics,
+)
 from msemoboost.training import (
     CheckpointAveraging,
     MSEmoBoostTrainer,
@@ -303,6 +310,15 @@ class ProtocolArguments:
                                 "the checkpoint). 0 or unset: keep the last weights."}
     )
     folds: list[str] | None = field(default=None, metadata={"help": "Run only these folds (names or indices)."})
+    statistics_weight_grid: list[float] | None = field(
+        default=None,
+        metadata={"help": "With utterance_statistics_classifier: choose its weight (utterance_statistics_weight) from "
+                  "these by cross-validation over the folds. Each fold is scored at the weight that does best (mean "
+                  "UA) on the other folds, never on its own test speakers, and the final model gets the weight that "
+                  "does best on all of them; results.json -> statistics_weight gives the UA of every weight. Needs 2 "
+                  "folds or more (with one, the model's own weight stays). Tests in noise (--eval_snr) keep the "
+                  "model's own weight."},
+    )
     final_model: bool = field(
         default=True, metadata={"help": "loso/kfold: after cross-validation, train the model to publish on all "
                                 "speakers (validation speakers held out for early stopping)."}
@@ -321,6 +337,12 @@ class ProtocolArguments:
     train_split: str = field(default="train", metadata={"help": "splits protocol: the training split."})
     validation_split: str | None = field(default="validation", metadata={"help": "splits protocol: validation split."})
     test_split: str = field(default="test", metadata={"help": "splits protocol: the test split."})
+
+    def __post_init__(self):
+        if self.statistics_weight_grid is not None and (
+            not self.statistics_weight_grid or any(not 0 <= weight < float("inf") for weight in self.statistics_weight_grid)
+        ):
+            raise ValueError(f"--statistics_weight_grid takes finite, non-negative weights, got {self.statistics_weight_grid}.")
 
 
 def parse_arguments(
@@ -366,7 +388,7 @@ def parse_arguments(
         model_args.model_config_overrides = json.dumps(overrides)
     if not model_args.use_mfcc:  # the ablations without the MFCC branch of a preset whose MFCC branch has statistics
         statistics_options = ("mfcc_statistics", "prosody_statistics", "classify_statistics", "utterance_statistics_classifier",
-                              "utterance_distribution_statistics")
+                              "utterance_distribution_statistics", "utterance_statistics_weight")
         dropped = [key for key in statistics_options if overrides.pop(key, False)]
         if dropped:
             logger.warning(f"--use_mfcc false: {', '.join(dropped)} (statistics of the MFCC branch) "
@@ -729,7 +751,13 @@ def run_fold(
     if trainer.model.config.utterance_statistics_classifier:  # the network alone, and the statistics classifier alone
         with statistics_classifier_off(trainer.model):
             network = trainer.predict(test_set, metric_key_prefix="test")
-        alone = (prediction.predictions - network.predictions).argmax(-1)
+        statistics = statistics_log_probabilities(trainer.model, test_set, AudioCollator(feature_extractor))
+        alone = statistics.argmax(-1)
+        if trainer.is_world_process_zero():  # each part apart, to study the fusion weight (benchmarks/fusion_weight.py)
+            np.savez(
+                directory / "fusion_parts.npz", network_logits=network.predictions, statistics_log_probabilities=statistics,
+                labels=corpus.labels[fold.test], utterance_statistics_weight=trainer.model.config.utterance_statistics_weight,
+            )
         fusion = {
             "network": {"wa": network.metrics["test_wa"], "ua": network.metrics["test_ua"]},
             "statistics_classifier": {
@@ -759,15 +787,58 @@ def run_fold(
         **noisy,
     }
     if trainer.is_world_process_zero():
-        write_predictions(directory, corpus, fold.test, prediction.predictions)
-        matrix = confusion_matrix(corpus.labels[fold.test], prediction.predictions.argmax(-1), len(corpus.label_names))
-        report = per_class_report(matrix, corpus.label_names)
-        (directory / "classification_report.txt").write_text(format_report(report, result["wa"], result["ua"]))
-        save_confusion_matrix(matrix, corpus.label_names, directory / "confusion_matrix.png", f"{fold.name}: WA {result['wa']:.1%}, UA {result['ua']:.1%}")
-        write_json(results_path, {**result, "per_class": report, "confusion_matrix": matrix.tolist()})
+        write_fold_results(directory, corpus, fold, result, prediction.predictions)
         shutil.rmtree(directory / "checkpoints", ignore_errors=True)
     trainer.accelerator.wait_for_everyone()
     return json.loads(results_path.read_text())
+
+
+def write_fold_results(directory: Path, corpus, fold: Fold, result: dict, logits: np.ndarray) -> None:
+    """A fold's predictions.csv, classification report, confusion matrix and results.json, from its test utterances'
+    `logits` `(num_test, num_labels)` and `result` (whose WA and UA are those of the logits)."""
+    write_predictions(directory, corpus, fold.test, logits)
+    matrix = confusion_matrix(corpus.labels[fold.test], logits.argmax(-1), len(corpus.label_names))
+    report = per_class_report(matrix, corpus.label_names)
+    (directory / "classification_report.txt").write_text(format_report(report, result["wa"], result["ua"]))
+    save_confusion_matrix(matrix, corpus.label_names, directory / "confusion_matrix.png", f"{fold.name}: WA {result['wa']:.1%}, UA {result['ua']:.1%}")
+    write_json(fold_results_path(directory.parent.parent, fold.name), {**result, "per_class": report, "confusion_matrix": matrix.tolist()})
+
+
+def choose_fold_weights(folds: list[Fold], output_dir: Path, grid: list[float], corpus, rescore: bool) -> dict:
+    """--statistics_weight_grid: the statistics classifier's weight chosen over the folds' `fusion_parts.npz`
+    (`msemoboost.statistics_fusion.choose_statistics_weight`). With `rescore` (the main process), each fold's results
+    are written again at the weight chosen on the other folds (its saved model, if any, gets that weight too)."""
+    paths = {fold.name: output_dir / "folds" / fold.name / "fusion_parts.npz" for fold in folds}
+    for name, path in paths.items():
+        if not path.exists():
+            raise FileNotFoundError(
+                f"{path} is missing: fold {name} finished before train.py kept each fold's network and statistics "
+                "classifier apart, so its weight cannot be chosen. Delete its folder to run it again."
+            )
+    parts = {name: dict(np.load(path)) for name, path in paths.items()}
+    choice = choose_statistics_weight(parts, grid)
+    logger.info(
+        f"Statistics classifier's weight chosen over {len(folds)} folds: {choice['weight']:g} (UA by weight: "
+        + ", ".join(f"{weight}: {ua:.3f}" for weight, ua in choice["ua_by_weight"].items())
+        + "); each fold is scored at the weight chosen on the other folds: "
+        + ", ".join(f"{name} {weight:g}" for name, weight in choice["nested"].items())
+    )
+    if rescore:
+        metric = load_wa_ua()
+        for fold in folds:
+            directory = output_dir / "folds" / fold.name
+            weight = choice["nested"][fold.name]
+            logits = fused_logits(parts[fold.name], weight)
+            result = json.loads(fold_results_path(output_dir, fold.name).read_text())
+            result.pop("per_class"), result.pop("confusion_matrix")
+            result.update(metric.compute(predictions=logits.argmax(-1), references=corpus.labels[fold.test]))
+            result["statistics_weight"] = weight
+            write_fold_results(directory, corpus, fold, result, logits)
+            if (directory / "model" / "config.json").exists():
+                config = msemoboost.MSEmoBoostConfig.from_pretrained(directory / "model")
+                config.utterance_statistics_weight = weight
+                config.save_pretrained(directory / "model")
+    return choice
 
 
 def run_folds_in_parallel(folds: list[Fold], arguments: tuple, processes: int, output_dir: Path, callbacks) -> None:
@@ -969,16 +1040,35 @@ def main(argv: list[str] | None = None, callbacks=()) -> dict:
             speakers = f" (test speaker(s) {', '.join(fold.test_speakers)})" if fold.test_speakers else ""
             print(f"[fold {index + 1}/{len(folds)}] {fold.name}{speakers}: WA {result['wa']:.2%}  UA {result['ua']:.2%}  on {result['num_test']} utterances", flush=True)
 
+    weight_choice = None
+    if protocol_args.statistics_weight_grid and not config.utterance_statistics_classifier:
+        logger.warning("--statistics_weight_grid is ignored: the model has no statistics classifier "
+                       "(utterance_statistics_classifier) whose weight it would choose.")
+    elif protocol_args.statistics_weight_grid:
+        if len(folds) < 2:
+            logger.warning(f"--statistics_weight_grid needs 2 folds or more to choose the statistics classifier's "
+                           f"weight; this run has {len(folds)}, so the model keeps its own "
+                           f"({config.utterance_statistics_weight:g}).")
+        else:
+            weight_choice = choose_fold_weights(folds, output_dir, protocol_args.statistics_weight_grid, corpus,
+                                                rescore=training_args.process_index == 0)
+            if training_args.process_index == 0:  # the folds' results, rescored
+                fold_results = [json.loads(fold_results_path(output_dir, fold.name).read_text()) for fold in folds]
+
     summary = None
     if training_args.process_index == 0:
         summary = summarize(fold_results, corpus, protocol_args, model_args, data_args, noise_args, training_args, output_dir)
+        if weight_choice:
+            summary["statistics_weight"] = weight_choice
         summary["corpora"] = corpora_report
         summary["augmentation"] = dataclasses.asdict(augmentation_args)
         summary["architecture"] = {key: getattr(config, key) for key in (
             "frame_weighting", "classifier_input", "mfcc_normalization", "mfcc_pool_frames", "mfcc_statistics",
             "prosody_statistics", "classify_statistics", "utterance_statistics_classifier",
-            "utterance_distribution_statistics", "use_weighted_layer_sum",
+            "utterance_distribution_statistics", "utterance_statistics_weight", "use_weighted_layer_sum",
             "pooled_normalization", "segment_length_s")}
+        if weight_choice:  # the final model's
+            summary["architecture"]["utterance_statistics_weight"] = weight_choice["weight"]
     model_dir = output_dir / "model"
     if protocol_args.protocol in ("splits", "cross_corpus") and protocol_args.save_fold_models:
         if training_args.process_index == 0 and not (model_dir / "README.md").exists():
@@ -997,6 +1087,8 @@ def main(argv: list[str] | None = None, callbacks=()) -> dict:
             augmentation(bank, noise_args, augmentation_args, training_args.seed, corpus.sampling_rate, config.min_input_samples),
             augmentation_args.mixup_alpha,
         )
+        if weight_choice:
+            trainer.model.config.utterance_statistics_weight = weight_choice["weight"]
         trainer.save_model(str(model_dir))
         if trainer.is_world_process_zero():
             for checkpoint in model_dir.glob("checkpoint-*"):

@@ -28,6 +28,9 @@ C_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
 MAX_FOLDS = 8
 # The bias given to a class that no training utterance has: its probability is 0 in float32.
 ABSENT_CLASS_BIAS = -1.0e4
+# The statistics classifier's weights (`config.utterance_statistics_weight`) that a weight search tries: 0 is the
+# network alone.
+STATISTICS_WEIGHT_GRID = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 10.0)
 
 
 def utterance_statistics(
@@ -45,6 +48,20 @@ def utterance_statistics(
             )
             rows.append(statistics.double().cpu().numpy())
     return np.concatenate(rows)
+
+
+def statistics_log_probabilities(
+    model: MSEmoBoostForSequenceClassification, dataset, collator, batch_size: int = 8
+) -> np.ndarray:
+    """The fitted statistics classifier's log-probabilities of every row of `dataset`, not weighted by
+    `config.utterance_statistics_weight`: `(len(dataset), num_labels)`, float64."""
+    if model.statistics_classifier is None:
+        raise ValueError("statistics_log_probabilities() needs a model with config.utterance_statistics_classifier=True.")
+    statistics = utterance_statistics(model, dataset, collator, batch_size)
+    classifier = model.statistics_classifier
+    with torch.no_grad():
+        log_probabilities = classifier(torch.from_numpy(statistics).to(classifier.mean.device, classifier.mean.dtype))
+    return log_probabilities.double().cpu().numpy()
 
 
 def _logistic_regression(c: float):
@@ -139,3 +156,49 @@ def statistics_classifier_off(model: MSEmoBoostForSequenceClassification) -> Ite
         yield
     finally:
         model.config.utterance_statistics_weight = weight
+
+
+def fused_logits(parts: dict[str, np.ndarray], weight: float) -> np.ndarray:
+    """The fused model's utterance logits at `weight` from one fold's parts (train.py's `fusion_parts.npz`: the
+    network's utterance logits `network_logits` and the statistics classifier's unweighted
+    `statistics_log_probabilities`, both `(num_utterances, num_labels)`): `network + weight * statistics`."""
+    return parts["network_logits"] + weight * parts["statistics_log_probabilities"]
+
+
+def choose_statistics_weight(folds: dict[str, dict[str, np.ndarray]], grid: tuple[float, ...] = STATISTICS_WEIGHT_GRID) -> dict:
+    """Chooses `config.utterance_statistics_weight` by cross-validation over the folds of a run.
+
+    `folds` maps each fold's name to its parts (see [`fused_logits`]; `labels` `(num_utterances,)` are the class
+    indices). Each weight of `grid` is scored by the mean over folds of the fused model's UA. The weight for a model
+    trained on every fold's data is the best of them. Each fold also gets the weight that does best on the *other*
+    folds, never on its own test utterances (nested, leave one fold out): scored at those weights, the folds estimate
+    what choosing the weight this way gives on unseen speakers. Ties go to the smaller weight.
+
+    Returns `{"grid", "ua_by_weight": {weight: mean UA}, "per_fold": {fold: {weight: UA}}, "weight": the weight on
+    every fold, "nested": {fold: its weight}}` (weights as `%g` strings in the keys; `nested` is empty for one fold).
+    """
+    if not folds:
+        raise ValueError("choose_statistics_weight() needs the parts of at least one fold.")
+    grid = tuple(sorted(set(float(weight) for weight in grid)))
+    if not grid or any(not 0 <= weight < float("inf") for weight in grid):
+        raise ValueError(f"The statistics weights must be finite and non-negative, got {list(grid)}.")
+    metric = load_wa_ua()
+    scores = {
+        name: {
+            weight: metric.compute(predictions=fused_logits(parts, weight).argmax(-1), references=parts["labels"])["ua"]
+            for weight in grid
+        }
+        for name, parts in folds.items()
+    }
+
+    def best(names: list[str]) -> float:
+        return max(grid, key=lambda weight: np.mean([scores[name][weight] for name in names]))
+
+    nested = {name: best([other for other in folds if other != name]) for name in folds} if len(folds) > 1 else {}
+    return {
+        "grid": list(grid),
+        "ua_by_weight": {f"{weight:g}": float(np.mean([scores[name][weight] for name in folds])) for weight in grid},
+        "per_fold": {name: {f"{weight:g}": score for weight, score in by_weight.items()} for name, by_weight in scores.items()},
+        "weight": best(list(folds)),
+        "nested": nested,
+    }

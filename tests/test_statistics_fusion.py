@@ -330,3 +330,60 @@ def test_transfer_to_other_labels_starts_an_unfitted_statistics_classifier_for_t
     assert classifier.weight.shape == (3, 129) and classifier.bias.shape == (3,)
     assert not classifier.weight.any() and not classifier.bias.any() and not classifier.mean.any()
     assert torch.equal(classifier.scale, torch.ones(129))
+
+
+def three_folds() -> dict[str, dict[str, np.ndarray]]:
+    """Two utterances per fold. By weight 0 / 0.5 / 2, fold a scores UA 0.5 / 0.5 / 1, fold b the same, fold c
+    1 / 1 / 0; the statistics alone 1, 1, 0."""
+    parts = {
+        "a": ([[2.0, 0.0], [2.0, 0.0]], [[0.0, -1.0], [-3.0, 0.0]]),
+        "b": ([[0.0, 1.0], [0.0, 1.0]], [[0.0, -1.0], [-1.0, 0.0]]),
+        "c": ([[1.0, 0.0], [0.0, 1.0]], [[-1.0, 0.0], [0.0, -1.0]]),
+    }
+    return {name: {"network_logits": np.array(network), "statistics_log_probabilities": np.array(statistics),
+                   "labels": np.array([0, 1]), "utterance_statistics_weight": np.array(1.0)}
+            for name, (network, statistics) in parts.items()}
+
+
+def test_the_statistics_weight_is_chosen_on_all_folds_and_each_fold_s_on_the_other_folds():
+    from msemoboost.statistics_fusion import choose_statistics_weight, fused_logits
+
+    folds = three_folds()
+    np.testing.assert_array_equal(fused_logits(folds["a"], 2.0), [[2.0, -2.0], [-4.0, 0.0]])
+    choice = choose_statistics_weight(folds, (2.0, 0.5, 0.0))
+    assert choice["grid"] == [0.0, 0.5, 2.0]
+    assert choice["per_fold"] == {"a": {"0": 0.5, "0.5": 0.5, "2": 1.0}, "b": {"0": 0.5, "0.5": 0.5, "2": 1.0},
+                                  "c": {"0": 1.0, "0.5": 1.0, "2": 0.0}}
+    assert choice["ua_by_weight"] == pytest.approx({"0": 2 / 3, "0.5": 2 / 3, "2": 2 / 3}, abs=1e-12)
+    # Every weight ties on all folds: the smallest wins. Folds a and b get 0 (tied with 0.5 on the other folds), fold
+    # c gets 2: scored at those weights the folds give 1/3, where every fixed weight gives 2/3.
+    assert choice["weight"] == 0.0
+    assert choice["nested"] == {"a": 0.0, "b": 0.0, "c": 2.0}
+    assert choose_statistics_weight({"a": folds["a"]}, (0.0, 2.0))["nested"] == {}
+    assert choose_statistics_weight({"a": folds["a"]}, (0.0, 2.0))["weight"] == 2.0
+    with pytest.raises(ValueError, match=r"The statistics weights must be finite and non-negative, got \[-1.0, 1.0\]\."):
+        choose_statistics_weight(folds, (1.0, -1.0))
+    with pytest.raises(ValueError, match=r"needs the parts of at least one fold"):
+        choose_statistics_weight({}, (1.0,))
+
+
+def test_fusion_weight_reads_train_py_s_parts_and_scores_the_nested_choice(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "fusion_weight.py"
+    spec = importlib.util.spec_from_file_location("fusion_weight", path)
+    fusion_weight = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fusion_weight)
+    for name, parts in three_folds().items():
+        (tmp_path / "folds" / name).mkdir(parents=True)
+        np.savez(tmp_path / "folds" / name / "fusion_parts.npz", **parts)
+    study = fusion_weight.weight_study(fusion_weight.read_parts(tmp_path), (0.0, 0.5, 2.0))
+    assert study["recorded_weight"] == [1.0]
+    assert study["statistics_classifier_alone"] == pytest.approx(2 / 3, abs=1e-12)
+    assert study["nested"]["folds"] == {"a": {"weight": 0.0, "ua": 0.5}, "b": {"weight": 0.0, "ua": 0.5},
+                                        "c": {"weight": 2.0, "ua": 0.0}}
+    assert study["nested"]["ua"] == pytest.approx(1 / 3, abs=1e-12)
+    with pytest.raises(FileNotFoundError, match=r"holds no folds/\*/fusion_parts.npz: train.py writes them for models "
+                                                r"with utterance_statistics_classifier"):
+        fusion_weight.read_parts(tmp_path / "folds" / "a")

@@ -314,7 +314,8 @@ def test_a_preset_builds_on_its_base_file(tmp_path):
                                           "utterance_distribution_statistics": True},
                "learning_rate": 3e-3, "guidance_learning_rate": 1e-3, "freeze_feature_encoder": True, "validation_fraction": 0, "output_dir": "outputs/emodb_cpu",
                "lr_scheduler_type": "cosine_with_min_lr",
-               "lr_scheduler_kwargs": {"min_lr_rate": 0.25}, "average_last_epochs": 8, "parallel_folds": 2}
+               "lr_scheduler_kwargs": {"min_lr_rate": 0.25}, "average_last_epochs": 8,
+               "statistics_weight_grid": [0, 0.5, 1, 1.5, 2, 3, 4, 6, 10], "parallel_folds": 2}
     assert pretrained == {**scratch, **changes}
     (tmp_path / "child.yaml").write_text("base: missing.yaml\nlearning_rate: 0.1\n")
     with pytest.raises(ValueError, match=rf"^{tmp_path / 'child.yaml'}: its base missing.yaml is not a file "
@@ -360,7 +361,7 @@ def test_the_ablations_without_the_mfcc_branch_drop_the_preset_s_statistics(capl
         model_args = train.parse_arguments([preset, "--dataset_name", "x", "--use_mfcc", "false"])[0]
     overrides = json.loads(model_args.model_config_overrides)
     assert not {"mfcc_statistics", "prosody_statistics", "classify_statistics", "utterance_statistics_classifier",
-                "utterance_distribution_statistics"} & set(overrides)
+                "utterance_distribution_statistics", "utterance_statistics_weight"} & set(overrides)
     assert caplog.messages == ["--use_mfcc false: mfcc_statistics, prosody_statistics, classify_statistics, "
                                "utterance_statistics_classifier, utterance_distribution_statistics (statistics of the "
                                "MFCC branch) are dropped from "
@@ -368,6 +369,13 @@ def test_the_ablations_without_the_mfcc_branch_drop_the_preset_s_statistics(capl
     from msemoboost import MSEmoBoostConfig
 
     MSEmoBoostConfig(use_mfcc=False, **overrides)  # the statistics would otherwise be refused without the MFCC branch
+
+
+def test_a_statistics_weight_grid_with_a_negative_or_infinite_weight_is_refused():
+    for grid in (["1", "-1"], ["inf"]):
+        with pytest.raises(ValueError, match=r"^--statistics_weight_grid takes finite, non-negative weights, got "
+                                             rf"\[{', '.join(f'{float(weight)}' for weight in grid)}\]\.$"):
+            train.parse_arguments(["--dataset_name", "x", "--statistics_weight_grid", *grid])
 
 
 def test_the_guidance_only_ablation_of_a_preset_drops_the_preset_s_backbone(caplog):
@@ -517,12 +525,13 @@ def test_a_dataset_validation_split_picks_the_checkpoint_and_weight_averaging_is
             "checkpoint, so --average_last_epochs is not applied.") in caplog.messages
 
 
-def test_the_cpu_recipe_runs_unchanged_on_an_audiofolder_with_train_and_test_splits(corpus_dir, tmp_path, monkeypatch):
+def test_the_cpu_recipe_runs_unchanged_on_an_audiofolder_with_train_and_test_splits(corpus_dir, tmp_path, monkeypatch, caplog):
     splits = split_audiofolder(corpus_dir, tmp_path / "splits", {"train": {"spk1", "spk2", "spk3", "spk4"}, "test": {"spk6"}},
                                columns=("file_name", "emotion"))  # no speaker column
     # The recipe's paths are relative to the project root; its backbone is pretrained on the first run (here for 2
     # steps on the generated corpus, in place of RAVDESS and TESS) into outputs/pretrained/emodb_cpu and used.
     monkeypatch.chdir(tmp_path)
+    caplog.set_level("WARNING", logger="msemoboost.train")
     (tmp_path / "configs").symlink_to(REPO / "configs")
     pretraining = f"configs/pretrain_cpu.yaml --dataset_name {corpus_dir} --max_steps 2 --per_device_train_batch_size 4"
     summary = train.main([str(REPO / "configs" / "emodb_cpu.yaml"), "--dataset_name", str(splits), "--protocol", "splits",
@@ -537,6 +546,10 @@ def test_the_cpu_recipe_runs_unchanged_on_an_audiofolder_with_train_and_test_spl
     assert (tmp_path / "out" / "model" / "model.safetensors").exists()
     card = (tmp_path / "out" / "model" / "README.md").read_text()
     assert "No speaker was held out for model selection" in card  # no validation split, and the recipe holds none out
+    # One fold: the preset's weight search has nothing to choose on, and the model keeps its own weight.
+    assert ("--statistics_weight_grid needs 2 folds or more to choose the statistics classifier's weight; this run has "
+            "1, so the model keeps its own (1).") in caplog.messages
+    assert "statistics_weight" not in summary and summary["architecture"]["utterance_statistics_weight"] == 1.0
     assert ("Architecture options: frame weighting `mean_residual`, classifier input `pooled_and_guidance`, MFCC "
             "normalisation `standardize`, MFCC pooled to 30 steps, the MFCC branch also reading the MFCC statistics "
             "(mean, standard deviation, frame-to-frame spread), the MFCC branch also reading pitch, voicing and energy "
@@ -685,48 +698,81 @@ def test_jobs_in_processes_return_their_results_log_their_output_and_name_a_fail
         run_in_processes(int, {"b": ("x",)}, 1, logs)
 
 
-def test_the_statistics_classifier_is_fitted_in_each_fold_and_reported_beside_each_model_alone(corpus_dir, tmp_path):
+def test_the_statistics_classifier_is_fitted_in_each_fold_and_its_weight_chosen_over_the_folds(corpus_dir, tmp_path):
     from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
 
     from msemoboost.data import AudioCollator
+    from msemoboost.reporting import mean_std, render_model_card
     from msemoboost.statistics_fusion import C_GRID
 
     arguments = list(TINY_TRAIN_ARGS)
     position = arguments.index("--model_config_overrides") + 1
     arguments[position] = json.dumps({**json.loads(arguments[position]), "mfcc_statistics": True,
                                       "prosody_statistics": True, "utterance_statistics_classifier": True,
-                                      "utterance_distribution_statistics": True})
+                                      "utterance_distribution_statistics": True, "utterance_statistics_weight": 0.5})
     output = tmp_path / "out"
-    summary = train.main(["--dataset_name", str(corpus_dir), "--output_dir", str(output), *arguments, "--folds", "0",
-                          "--final_model", "false"])
-    (name,) = [fold["fold"] for fold in summary["folds"]]
-    fold = json.loads((output / "folds" / name / "results.json").read_text())
-    assert set(fold["network"]) == {"wa", "ua"} and set(fold["statistics_classifier"]) == {"wa", "ua", "c"}
-    assert fold["statistics_classifier"]["c"] in C_GRID
+    run = ["--dataset_name", str(corpus_dir), "--output_dir", str(output), *arguments, "--folds", "0", "1",
+           "--final_model", "false", "--statistics_weight_grid", "2", "0", "0.5"]
+    summary = train.main(run)
+    names = [fold["fold"] for fold in summary["folds"]]
+    folds = {name: json.loads((output / "folds" / name / "results.json").read_text()) for name in names}
+    for fold in folds.values():
+        assert set(fold["network"]) == {"wa", "ua"} and set(fold["statistics_classifier"]) == {"wa", "ua", "c"}
+        assert fold["statistics_classifier"]["c"] in C_GRID
     for part in ("network", "statistics_classifier"):
-        assert summary[part]["ua"] == {"mean": fold[part]["ua"], "std": 0.0}
+        assert summary[part]["ua"] == mean_std([folds[name][part]["ua"] for name in names])
+    # The weight: chosen over the 2 folds from the grid, each fold scored at the other fold's best.
+    choice = summary["statistics_weight"]
+    assert choice["grid"] == [0.0, 0.5, 2.0] and set(choice["nested"]) == set(names)
+    ua_by_weight = {weight: np.mean([choice["per_fold"][name][weight] for name in names]) for weight in ("0", "0.5", "2")}
+    assert choice["ua_by_weight"] == pytest.approx(ua_by_weight, abs=1e-12)
+    assert choice["weight"] == max((0.0, 0.5, 2.0), key=lambda weight: ua_by_weight[f"{weight:g}"])
+    for name, other in zip(names, reversed(names)):
+        assert choice["nested"][name] == max((0.0, 0.5, 2.0), key=lambda weight: choice["per_fold"][other][f"{weight:g}"])
+        assert folds[name]["statistics_weight"] == choice["nested"][name]
+        assert folds[name]["ua"] == choice["per_fold"][name][f"{choice['nested'][name]:g}"]
+    assert summary["ua"] == mean_std([folds[name]["ua"] for name in names])
     assert summary["architecture"]["utterance_statistics_classifier"] is True
-    from msemoboost.reporting import render_model_card
-
+    assert summary["architecture"]["utterance_statistics_weight"] == choice["weight"]
     card = render_model_card(train.MODEL_CARD_TEMPLATE, summary, "corpus", None, "model")
-    assert (f"each alone (UA, mean ± std over folds): the network\n{100 * fold['network']['ua']:.2f} ± 0.00, the\n"
-            f"statistics classifier {100 * fold['statistics_classifier']['ua']:.2f} ± 0.00.") in card
+    network, statistics = (summary[part]["ua"] for part in ("network", "statistics_classifier"))
+    assert (f"each alone (UA, mean ± std over folds): the network\n{100 * network['mean']:.2f} ± {100 * network['std']:.2f}, "
+            f"the\nstatistics classifier {100 * statistics['mean']:.2f} ± {100 * statistics['std']:.2f}.") in card
     assert summary["architecture"]["utterance_distribution_statistics"] is True
     assert ("and a logistic regression on the whole utterance's statistics and the shape of their distributions "
-            "(skewness, kurtosis, percentiles and slopes of the MFCC, pitch and energy), fitted after training") in card
-    # The saved fold model holds the fitted classifier, and its fused predictions are the fold's predictions.
-    model = AutoModelForAudioClassification.from_pretrained(output / "folds" / name / "model").eval()
-    assert model.statistics_classifier.weight.abs().sum() > 0
-    predictions = read_csv(output / "folds" / name / "predictions.csv")
+            "(skewness, kurtosis, percentiles and slopes of the MFCC, pitch and energy), fitted after training (its "
+            "penalty chosen by cross-validation over the training speakers), whose log-probabilities, times "
+            f"{choice['weight']:g} (the weight chosen by cross-validation over the folds; each fold's figures score it "
+            "at the weight chosen on the other folds), are added to the network's") in card
     files = {Path(row["file_name"]).name: corpus_dir / row["file_name"] for row in read_csv(corpus_dir / "metadata.csv")}
-    rows = [{"audio": {"path": str(files[row["utterance_id"]]), "bytes": None}, "labels": 0} for row in predictions]
-    batch = AudioCollator(AutoFeatureExtractor.from_pretrained(output / "folds" / name / "model"))(rows)
-    with torch.no_grad():
-        probabilities = model(batch["input_values"], batch["attention_mask"]).logits.softmax(-1)
-    label_names = list(model.config.id2label.values())
-    expected = torch.tensor([[float(row[label]) for label in label_names] for row in predictions])
-    torch.testing.assert_close(probabilities, expected, rtol=0, atol=2e-6)
-    alone = model.statistics_classifier(model.utterance_statistics(batch["input_values"], batch["attention_mask"]))
-    truth = np.array([label_names.index(row["label"]) for row in predictions])
-    recalls = [(alone.argmax(-1).numpy()[truth == label] == label).mean() for label in np.unique(truth)]
-    assert fold["statistics_classifier"]["ua"] == pytest.approx(np.mean(recalls), abs=1e-12)
+    for name in names:
+        # The saved fold model holds the fitted classifier and the fold's weight, and its fused predictions are the
+        # fold's predictions.
+        model = AutoModelForAudioClassification.from_pretrained(output / "folds" / name / "model").eval()
+        assert model.statistics_classifier.weight.abs().sum() > 0
+        assert model.config.utterance_statistics_weight == choice["nested"][name]
+        predictions = read_csv(output / "folds" / name / "predictions.csv")
+        rows = [{"audio": {"path": str(files[row["utterance_id"]]), "bytes": None}, "labels": 0} for row in predictions]
+        batch = AudioCollator(AutoFeatureExtractor.from_pretrained(output / "folds" / name / "model"))(rows)
+        with torch.no_grad():
+            probabilities = model(batch["input_values"], batch["attention_mask"]).logits.softmax(-1)
+        label_names = list(model.config.id2label.values())
+        expected = torch.tensor([[float(row[label]) for label in label_names] for row in predictions])
+        torch.testing.assert_close(probabilities, expected, rtol=0, atol=2e-6)
+        alone = model.statistics_classifier(model.utterance_statistics(batch["input_values"], batch["attention_mask"]))
+        truth = np.array([label_names.index(row["label"]) for row in predictions])
+        recalls = [(alone.argmax(-1).numpy()[truth == label] == label).mean() for label in np.unique(truth)]
+        assert folds[name]["statistics_classifier"]["ua"] == pytest.approx(np.mean(recalls), abs=1e-12)
+        # Each part apart, as tested (the model's own weight was 0.5): the predictions are their sum at the fold's.
+        parts = np.load(output / "folds" / name / "fusion_parts.npz")
+        assert parts["utterance_statistics_weight"] == 0.5
+        np.testing.assert_array_equal(parts["labels"], truth)
+        torch.testing.assert_close(torch.from_numpy(parts["statistics_log_probabilities"]).float(), alone, rtol=0, atol=1e-5)
+        fused = parts["network_logits"] + choice["nested"][name] * parts["statistics_log_probabilities"]
+        torch.testing.assert_close(torch.from_numpy(fused).float().softmax(-1), expected, rtol=0, atol=2e-6)
+        network = parts["network_logits"].argmax(-1)
+        recalls = [(network[truth == label] == label).mean() for label in np.unique(truth)]
+        assert folds[name]["network"]["ua"] == pytest.approx(np.mean(recalls), abs=1e-12)
+    # Resumed after its folds: they are read back and scored the same.
+    (output / "results.json").unlink()
+    assert train.main(run)["ua"] == summary["ua"]

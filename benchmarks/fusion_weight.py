@@ -1,0 +1,87 @@
+"""The weight of the statistics classifier in the fusion (`utterance_statistics_weight`), from finished train.py runs.
+
+    python benchmarks/fusion_weight.py outputs/emodb_cpu
+    python benchmarks/fusion_weight.py RUN_SEED0 RUN_SEED1 RUN_SEED2 --weights 0.5 1 2 3 4 --output results.json
+
+With `utterance_statistics_classifier`, train.py writes each fold's two parts apart in `folds/<fold>/fusion_parts.npz`:
+the network's utterance logits and the statistics classifier's log-probabilities (unweighted). The fused model's
+logits are `network + weight * statistics`, so the UA of every weight can be computed from them without training
+again. Two figures for each run:
+
+- **UA by weight**, the mean over the run's folds. Reading the best weight off this table is choosing it on the test
+  speakers: it is a curve to look at, not an estimate.
+- **Nested (leave one fold out)**: each fold is scored with the weight that does best (mean UA) on the run's *other*
+  folds, never on its own test speakers. Its mean is an estimate of what choosing the weight this way gives on
+  speakers that the choice has not seen. The other folds' networks were trained with the held-out fold's speakers
+  among their training speakers, but no fold's own labels choose its weight.
+
+This is the computation `train.py --statistics_weight_grid` makes at the end of a run
+(`msemoboost.statistics_fusion.choose_statistics_weight`); here it runs again on finished runs, with any grid.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def read_parts(run: Path) -> dict[str, dict[str, np.ndarray]]:
+    """`{fold name: fusion_parts.npz's arrays}` of a train.py output folder, in the order of the fold names."""
+    paths = sorted((run / "folds").glob("*/fusion_parts.npz"))
+    if not paths:
+        raise FileNotFoundError(
+            f"{run} holds no folds/*/fusion_parts.npz: train.py writes them for models with "
+            "utterance_statistics_classifier (runs before 2026-12-03 did not)."
+        )
+    return {path.parent.name: dict(np.load(path)) for path in paths}
+
+
+def weight_study(folds: dict[str, dict[str, np.ndarray]], weights: tuple[float, ...]) -> dict:
+    """`msemoboost.statistics_fusion.choose_statistics_weight` of one run, with the nested estimate's UA, the
+    statistics classifier alone and the weight(s) the run was recorded with."""
+    from msemoboost.statistics_fusion import choose_statistics_weight
+    from msemoboost.training import load_wa_ua
+
+    study = choose_statistics_weight(folds, weights)
+    metric = load_wa_ua()
+    alone = [metric.compute(predictions=parts["statistics_log_probabilities"].argmax(-1), references=parts["labels"])["ua"]
+             for parts in folds.values()]
+    nested = {name: {"weight": weight, "ua": study["per_fold"][name][f"{weight:g}"]} for name, weight in study["nested"].items()}
+    return {
+        **study,
+        "recorded_weight": sorted({float(parts["utterance_statistics_weight"]) for parts in folds.values()}),
+        "statistics_classifier_alone": float(np.mean(alone)),
+        "nested": {"ua": float(np.mean([fold["ua"] for fold in nested.values()])) if nested else None, "folds": nested},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", type=Path, help="train.py output folders (each with folds/*/fusion_parts.npz)")
+    parser.add_argument("--weights", nargs="+", type=float, help="the weights scored (default: train.py's grid, "
+                        "msemoboost.statistics_fusion.STATISTICS_WEIGHT_GRID)")
+    parser.add_argument("--output", type=Path, help="JSON file for the results (default: print only)")
+    args = parser.parse_args()
+    from msemoboost.statistics_fusion import STATISTICS_WEIGHT_GRID
+
+    weights = tuple(sorted(set(args.weights or STATISTICS_WEIGHT_GRID)))
+    results = {str(run): weight_study(read_parts(run), weights) for run in args.runs}
+    header = "run".ljust(40) + "".join(f"{weight:>7g}" for weight in weights) + "  stats  nested"
+    print("UA (%) by the statistics classifier's weight; 0 is the network alone, 'stats' the statistics classifier alone")
+    print(header)
+    for run, study in results.items():
+        row = "".join(f"{100 * study['ua_by_weight'][f'{weight:g}']:7.1f}" for weight in weights)
+        nested = study["nested"]["ua"]
+        print(f"{run[-40:]:40s}{row}{100 * study['statistics_classifier_alone']:7.1f}"
+              + (f"{100 * nested:8.1f}" if nested is not None else "       —"))
+    if args.output:
+        args.output.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
