@@ -44,19 +44,27 @@ def read_parts(run: Path) -> dict[str, dict[str, np.ndarray]]:
 def weight_study(folds: dict[str, dict[str, np.ndarray]], weights: tuple[float, ...]) -> dict:
     """`msemoboost.statistics_fusion.choose_statistics_weight` of one run, with the nested estimate's UA, the
     statistics classifier alone and the weight(s) the run was recorded with."""
-    from msemoboost.statistics_fusion import choose_statistics_weight
+    from msemoboost.reporting import mean_std
+    from msemoboost.statistics_fusion import choose_statistics_weight, fused_logits
     from msemoboost.training import load_wa_ua
 
     study = choose_statistics_weight(folds, weights)
     metric = load_wa_ua()
     alone = [metric.compute(predictions=parts["statistics_log_probabilities"].argmax(-1), references=parts["labels"])["ua"]
              for parts in folds.values()]
-    nested = {name: {"weight": weight, "ua": study["per_fold"][name][f"{weight:g}"]} for name, weight in study["nested"].items()}
+    nested = {
+        name: {"weight": weight, **metric.compute(predictions=fused_logits(folds[name], weight).argmax(-1),
+                                                  references=folds[name]["labels"])}
+        for name, weight in study["nested"].items()
+    }
     return {
         **study,
         "recorded_weight": sorted({float(parts["utterance_statistics_weight"]) for parts in folds.values()}),
         "statistics_classifier_alone": float(np.mean(alone)),
-        "nested": {"ua": float(np.mean([fold["ua"] for fold in nested.values()])) if nested else None, "folds": nested},
+        "nested": {
+            **({key: mean_std([fold[key] for fold in nested.values()]) for key in ("wa", "ua")} if nested else {}),
+            "folds": nested,
+        },
     }
 
 
@@ -76,9 +84,9 @@ def main() -> None:
     print(header)
     for run, study in results.items():
         row = "".join(f"{100 * study['ua_by_weight'][f'{weight:g}']:7.1f}" for weight in weights)
-        nested = study["nested"]["ua"]
+        nested = study["nested"].get("ua")
         print(f"{run[-40:]:40s}{row}{100 * study['statistics_classifier_alone']:7.1f}"
-              + (f"{100 * nested:8.1f}" if nested is not None else "       —"))
+              + (f"{100 * nested['mean']:8.1f}" if nested else "       —"))
     if args.output:
         args.output.write_text(json.dumps(results, indent=2) + "\n")
 

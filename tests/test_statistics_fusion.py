@@ -381,9 +381,9 @@ def test_fusion_weight_reads_train_py_s_parts_and_scores_the_nested_choice(tmp_p
     study = fusion_weight.weight_study(fusion_weight.read_parts(tmp_path), (0.0, 0.5, 2.0))
     assert study["recorded_weight"] == [1.0]
     assert study["statistics_classifier_alone"] == pytest.approx(2 / 3, abs=1e-12)
-    assert study["nested"]["folds"] == {"a": {"weight": 0.0, "ua": 0.5}, "b": {"weight": 0.0, "ua": 0.5},
-                                        "c": {"weight": 2.0, "ua": 0.0}}
-    assert study["nested"]["ua"] == pytest.approx(1 / 3, abs=1e-12)
+    assert study["nested"]["folds"] == {"a": {"weight": 0.0, "wa": 0.5, "ua": 0.5}, "b": {"weight": 0.0, "wa": 0.5, "ua": 0.5},
+                                        "c": {"weight": 2.0, "wa": 0.0, "ua": 0.0}}
+    assert study["nested"]["ua"] == pytest.approx({"mean": 1 / 3, "std": math.sqrt(2) / 6}, abs=1e-12)
     with pytest.raises(FileNotFoundError, match=r"holds no folds/\*/fusion_parts.npz: train.py writes them for models "
                                                 r"with utterance_statistics_classifier"):
         fusion_weight.read_parts(tmp_path / "folds" / "a")
