@@ -746,25 +746,33 @@ def run_fold(
         augmentation_args.mixup_alpha,
     )
     test_set = corpus.dataset.select(fold.test)
-    prediction = trainer.predict(test_set, metric_key_prefix="test")
     fusion = {}
-    if trainer.model.config.utterance_statistics_classifier:  # the network alone, and the statistics classifier alone
+    if trainer.model.config.utterance_statistics_classifier:
+        # The network alone and the statistics classifier alone, each computed once; the fused logits are their sum
+        # at the model's weight, as the model's forward and the weight search (choose_fold_weights) make it.
         with statistics_classifier_off(trainer.model):
             network = trainer.predict(test_set, metric_key_prefix="test")
-        statistics = statistics_log_probabilities(trainer.model, test_set, AudioCollator(feature_extractor))
-        alone = statistics.argmax(-1)
+        parts = {
+            "network_logits": network.predictions,
+            "statistics_log_probabilities": statistics_log_probabilities(trainer.model, test_set, AudioCollator(feature_extractor)),
+            "labels": corpus.labels[fold.test],
+            "utterance_statistics_weight": trainer.model.config.utterance_statistics_weight,
+        }
         if trainer.is_world_process_zero():  # each part apart, to study the fusion weight (benchmarks/fusion_weight.py)
-            np.savez(
-                directory / "fusion_parts.npz", network_logits=network.predictions, statistics_log_probabilities=statistics,
-                labels=corpus.labels[fold.test], utterance_statistics_weight=trainer.model.config.utterance_statistics_weight,
-            )
+            np.savez(directory / "fusion_parts.npz", **parts)
+        logits = fused_logits(parts, parts["utterance_statistics_weight"])
+        metric = load_wa_ua()
+        scores = metric.compute(predictions=logits.argmax(-1), references=parts["labels"])
         fusion = {
             "network": {"wa": network.metrics["test_wa"], "ua": network.metrics["test_ua"]},
             "statistics_classifier": {
-                **load_wa_ua().compute(predictions=alone, references=corpus.labels[fold.test]),
+                **metric.compute(predictions=parts["statistics_log_probabilities"].argmax(-1), references=parts["labels"]),
                 "c": next(r["statistics_classifier_c"] for r in trainer.state.log_history if "statistics_classifier_c" in r),
             },
         }
+    else:
+        prediction = trainer.predict(test_set, metric_key_prefix="test")
+        logits, scores = prediction.predictions, {"wa": prediction.metrics["test_wa"], "ua": prediction.metrics["test_ua"]}
     noisy = {}
     if noise_args.eval_snr:
         noisy = test_in_noise(trainer, corpus, fold.test, bank, noise_args, feature_extractor, training_args.seed)
@@ -774,8 +782,8 @@ def run_fold(
     result = {
         "fold": fold.name,
         "test_speakers": fold.test_speakers,
-        "wa": prediction.metrics["test_wa"],
-        "ua": prediction.metrics["test_ua"],
+        "wa": scores["wa"],
+        "ua": scores["ua"],
         "num_train": len(fold.train),
         "num_validation": len(fold.validation),
         "num_test": len(fold.test),
@@ -787,7 +795,7 @@ def run_fold(
         **noisy,
     }
     if trainer.is_world_process_zero():
-        write_fold_results(directory, corpus, fold, result, prediction.predictions)
+        write_fold_results(directory, corpus, fold, result, logits)
         shutil.rmtree(directory / "checkpoints", ignore_errors=True)
     trainer.accelerator.wait_for_everyone()
     return json.loads(results_path.read_text())

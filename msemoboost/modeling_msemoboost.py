@@ -1128,8 +1128,10 @@ class MSEmoBoostForSequenceClassification(MSEmoBoostPreTrainedModel):
         segment_logits = self.classifier(outputs.segment_features)
         logits = self.utterance_logits(segment_logits, outputs.segments_per_utterance)
         # The statistics classifier is fitted after training, not by the loss: its log-probabilities join the logits
-        # only at inference, after the loss is computed.
-        fuse_statistics = self.statistics_classifier is not None and not self.training
+        # only at inference, after the loss is computed (and not at all at weight 0, where they would add nothing).
+        fuse_statistics = (
+            self.statistics_classifier is not None and not self.training and self.config.utterance_statistics_weight != 0
+        )
 
         classification_loss = statistics_loss = se_loss = None
         if labels is not None:
