@@ -12,7 +12,9 @@ speech and agreement with torch fp32's predictions.
 - torch int8 is `torch.ao.quantization.quantize_dynamic` of every `nn.Linear` and `nn.LSTM`;
 - ONNX Runtime int8 is `msemoboost export --quantize int8` (dynamic quantisation of MatMul, Gemm and LSTM);
 - ONNX Runtime int8, static conv adds `--calibration` with 32 RAVDESS utterances: the convolutions but the backbone's
-  feature encoder as QLinearConv.
+  feature encoder as QLinearConv;
+- ONNX Runtime int8, static conv + feature encoder adds `--quantize_feature_encoder`: the feature encoder's
+  convolutions too.
 
 The default trained model is the from-scratch CPU recipe trained on RAVDESS + TESS only (benchmarks/accuracy.py
 --profile cpu_scratch, row "cross-corpus RAVDESS+TESS → EMO-DB"), so all of EMO-DB is held out; it is scored on EMO-DB's utterances of
@@ -50,13 +52,14 @@ from cost import median_seconds  # noqa: E402  (warm-up, then the median of repe
 
 SHARED = REPO.parent / "shared" / "data"
 STATIC = "onnxruntime int8, static conv"
+STATIC_ALL = "onnxruntime int8, static conv + feature encoder"
 TRAINED = REPO / "outputs" / "benchmarks" / "accuracy" / "cpu_scratch" / "cross_corpus_ravdess_tess___emo_db" / "seed0" / "model"
-ENGINES = ["torch fp32", "torch int8", "onnxruntime fp32", "onnxruntime int8", STATIC]
+ENGINES = ["torch fp32", "torch int8", "onnxruntime fp32", "onnxruntime int8", STATIC, STATIC_ALL]
 
 
 def engine_folder(name: str, export_dir: Path) -> Path:
-    """The export an ONNX Runtime engine runs: the static-convolution int8 graph has its own folder."""
-    return export_dir.with_name(export_dir.name + "-static") if name == STATIC else export_dir
+    """The export an ONNX Runtime engine runs: each static-convolution int8 graph has its own folder."""
+    return export_dir.with_name(export_dir.name + {STATIC: "-static", STATIC_ALL: "-static-all"}.get(name, ""))
 
 
 def calibration_audio() -> list[np.ndarray]:
@@ -74,6 +77,8 @@ def export_all(model_dir: Path, export_dir: Path) -> float:
     export(model_dir, export_dir, quantize="int8")
     seconds = time.perf_counter() - started
     export(model_dir, engine_folder(STATIC, export_dir), quantize="int8", calibration=calibration_audio())
+    export(model_dir, engine_folder(STATIC_ALL, export_dir), quantize="int8", calibration=calibration_audio(),
+           quantize_feature_encoder=True)
     return seconds
 
 
@@ -382,12 +387,12 @@ def profile_main(args, report: dict, work: Path) -> None:
                                                 args.threads, repeats),
                "onnxruntime int8": onnx_profile(work / "onnx" / INT8_NAME, work / "onnx" / ONNX_NAME, segments,
                                                 args.threads, repeats),
-               STATIC: onnx_profile(engine_folder(STATIC, work / "onnx") / INT8_NAME, work / "onnx" / ONNX_NAME,
-                                    segments, args.threads, repeats)}
+               **{name: onnx_profile(engine_folder(name, work / "onnx") / INT8_NAME, work / "onnx" / ONNX_NAME,
+                                     segments, args.threads, repeats) for name in (STATIC, STATIC_ALL)}}
     destination = args.results.with_name(args.results.stem + "_profile.json")
     destination.write_text(json.dumps({**report, "profile": profile}, indent=2) + "\n")
-    engines = ["torch fp32", "onnxruntime fp32", "onnxruntime int8", STATIC]
-    print("| part | " + " | ".join(f"{engine} ms" for engine in engines) + " |\n|---|---|---|---|---|")
+    engines = ["torch fp32", "onnxruntime fp32", "onnxruntime int8", STATIC, STATIC_ALL]
+    print("| part | " + " | ".join(f"{engine} ms" for engine in engines) + " |\n|" + "---|" * (len(engines) + 1))
     for part in [*PARTS, "rest", "total"]:
         print(f"| {PART_NAMES.get(part, part)} | " + " | ".join(f"{profile[e].get(part, 0.0):.1f}" for e in engines) + " |")
     for engine in engines[1:]:

@@ -5,7 +5,7 @@
     msemoboost explain FILE --model DIR_OR_HUB_ID [--output explain.png]
     msemoboost tsne --model DIR_OR_HUB_ID --dataset NAME_OR_PATH [--compare-baseline] [--output tsne.png]
     msemoboost enhance FILES_OR_FOLDERS... --model DIR_OR_HUB_ID --output_dir DIR [--noise white --snr 5]
-    msemoboost export MODEL_DIR --output EXPORT_DIR [--quantize int8 [--calibration FILES_OR_FOLDERS...]] [--opset 23]
+    msemoboost export MODEL_DIR --output EXPORT_DIR [--quantize int8 [--calibration FILES_OR_FOLDERS... [--quantize_feature_encoder]]] [--opset 23]
     msemoboost intensity train --dataset_name CORPUS [MORE ...] --output_dir DIR [--max_steps N]
     msemoboost intensity score DIR FILES... [--plot scores.png]
     msemoboost pretrain [CONFIG.yaml] --dataset_name CORPUS [MORE ...] --output_dir OUT [--masking ems
@@ -106,6 +106,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="with --quantize int8: also quantise the convolutions (all but the backbone's feature "
                              "encoder), statically, with activation ranges measured on these recordings (speech like "
                              "the deployment's, not a test set)")
+    export.add_argument("--quantize_feature_encoder", action="store_true",
+                        help="with --calibration: the backbone's convolutional feature encoder in int8 too (faster; "
+                             "check what it costs your model in accuracy, BENCHMARKS.md section 4)")
     export.add_argument("--opset", type=int, default=None, help="ONNX opset (default: 23, whose fused Attention and Gelu "
                         "run fastest; 18 is the lowest that works)")
 
@@ -134,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--int8 needs --onnx")
     if args.command == "export" and args.calibration and args.quantize != "int8":
         parser.error("--calibration sets the int8 convolutions' activation ranges: it needs --quantize int8")
+    if args.command == "export" and args.quantize_feature_encoder and not args.calibration:
+        parser.error("--quantize_feature_encoder quantises the feature encoder's convolutions statically: it needs "
+                     "--quantize int8 and --calibration")
     from .inference import BadAudioError
 
     commands = {"predict": run_predict, "explain": run_explain, "tsne": run_tsne, "enhance": run_enhance,
@@ -259,7 +265,8 @@ def run_export(args) -> int:
         calibration = [read_audio(path, config.sampling_rate, min_samples=config.min_input_samples)
                        for path in find_audio_files(args.calibration)]
     opset = DEFAULT_OPSET if args.opset is None else args.opset
-    for path in export(args.model_dir, args.output, quantize=args.quantize, opset=opset, calibration=calibration):
+    for path in export(args.model_dir, args.output, quantize=args.quantize, opset=opset, calibration=calibration,
+                       quantize_feature_encoder=args.quantize_feature_encoder):
         print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
     return 0
 

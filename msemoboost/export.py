@@ -21,8 +21,11 @@ per batch at run time) of the MatMul, Gemm and LSTM nodes. The feature front end
 With `--calibration FILES_OR_FOLDERS`, the convolutions of the backbone's positional embedding and of AlexNet are
 quantised too, statically: int8 weights per output channel, and activation ranges fixed from those recordings (the
 99.999th percentile of each activation's magnitude), as `QLinearConv`. The backbone's convolutional feature encoder
-stays float: quantised so, it changed 11 % of a trained model's predictions on held-out speakers. Calibrate on
-speech like the speech the model will hear, and not on a test set.
+stays float unless `--quantize_feature_encoder`: it is the backbone's slowest part in ONNX Runtime, but one uint8
+range per activation costs it accuracy, which a model may or may not absorb. On the CPU preset's 8 fold models
+(`configs/emodb_cpu.yaml`) it changed 1.7 % of the held-out predictions (UA 79.6 → 78.7), on an older recipe's 11 %;
+measure yours with `benchmarks/quantization.py` (BENCHMARKS.md section 4). Calibrate on speech like the speech the
+model will hear, and not on a test set.
 
 This module needs `onnx`, `onnxscript` and `onnxruntime` (`pip install msemoboost[onnx]`); the modeling files
 never import it.
@@ -112,12 +115,13 @@ class MSEmoBoostForONNX(nn.Module):
 
 
 def export(model_dir: str | Path, output: str | Path, quantize: str | None = None, opset: int = DEFAULT_OPSET,
-           calibration: list[np.ndarray] | None = None) -> list[Path]:
+           calibration: list[np.ndarray] | None = None, quantize_feature_encoder: bool = False) -> list[Path]:
     """Exports the classifier saved in `model_dir` to `output/model.onnx` (and `model.int8.onnx` with
     `quantize="int8"`), with `config.json` and `preprocessor_config.json` beside it. Returns the ONNX files written.
 
     `calibration`: raw waveforms at the model's sampling rate; with `quantize="int8"`, the convolutions are quantised
-    statically with activation ranges measured on them (see the module docstring).
+    statically with activation ranges measured on them (see the module docstring). `quantize_feature_encoder`: the
+    backbone's convolutional feature encoder too (it needs `calibration`).
 
     Raises `ValueError` naming the backbone type and the operator when the exporter cannot translate the model.
     """
@@ -132,6 +136,9 @@ def export(model_dir: str | Path, output: str | Path, quantize: str | None = Non
         raise ValueError("--calibration sets the int8 convolutions' activation ranges: it needs --quantize int8.")
     if calibration is not None and not len(calibration):
         raise ValueError("--calibration: no recordings to calibrate on.")
+    if quantize_feature_encoder and calibration is None:
+        raise ValueError("--quantize_feature_encoder quantises the feature encoder's convolutions statically: it needs "
+                         "--quantize int8 and --calibration.")
     model = MSEmoBoostForSequenceClassification.from_pretrained(model_dir, dtype=torch.float32).eval()
     config = model.config
     extractor = MSEmoBoostFeatureExtractor.from_pretrained(model_dir)
@@ -170,14 +177,16 @@ def export(model_dir: str | Path, output: str | Path, quantize: str | None = Non
     for name in ("config.json", "preprocessor_config.json"):  # labels, rates and segmenting, as trained
         shutil.copyfile(model_dir / name, output / name)
     if quantize == "int8":
-        written.append(quantize_int8(written[0], output / INT8_NAME, calibration, config.segment_samples))
+        written.append(quantize_int8(written[0], output / INT8_NAME, calibration, config.segment_samples,
+                                     static_feature_encoder=quantize_feature_encoder))
     (output / "export.json").write_text(json.dumps({
         "source": str(model_dir), "opset": opset, "torch": torch.__version__, "onnx": onnx.__version__,
         "files": [path.name for path in written], "inputs": INPUT_NAMES, "outputs": OUTPUT_NAMES,
         "normalizes_input": bool(extractor.do_normalize),
         "int8_convolutions": None if quantize != "int8" else
         "float" if calibration is None else
-        f"static (the backbone's feature encoder float), calibrated on {len(calibration)} recording(s)",
+        f"static (the backbone's feature encoder {'int8 too' if quantize_feature_encoder else 'float'}), "
+        f"calibrated on {len(calibration)} recording(s)",
     }, indent=2) + "\n")
     return written
 
@@ -249,10 +258,9 @@ def quantize_int8(source: Path, destination: Path, calibration: list[np.ndarray]
     the FFT, mel filter bank and DCT products stay float, as int8 activations cannot hold a power spectrum's range.
     With `calibration` waveforms, first static int8 quantisation of the Conv nodes (`QLinearConv`, weights per
     output channel, activation ranges from the 99.999th percentile over the calibration recordings), except the
-    backbone's convolutional feature encoder: quantising it changed 11 % of a trained model's predictions on held-out
-    speakers, and any one of its seven convolutions alone already moves the logits; neither per-channel equalisation
-    nor another calibration method fixed that (BENCHMARKS.md section 4). It stays float unless
-    `static_feature_encoder` (for that comparison)."""
+    backbone's convolutional feature encoder unless `static_feature_encoder`: quantising it changed 11 % of an older
+    recipe's held-out predictions and 1.7 % of the CPU preset's, any one of its seven convolutions alone moves the
+    logits, and neither per-channel equalisation nor another calibration method fixed that (BENCHMARKS.md section 4)."""
     onnx = require("onnx")
     require("onnxruntime")
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
