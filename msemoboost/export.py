@@ -23,9 +23,10 @@ quantised too, statically: int8 weights per output channel, and activation range
 99.999th percentile of each activation's magnitude), as `QLinearConv`. The backbone's convolutional feature encoder
 stays float unless `--quantize_feature_encoder`: it is the backbone's slowest part in ONNX Runtime, but one uint8
 range per activation costs it accuracy, which a model may or may not absorb. On the CPU preset's 8 fold models
-(`configs/emodb_cpu.yaml`) it changed 1.7 % of the held-out predictions (UA 79.6 → 78.7), on an older recipe's 11 %;
-measure yours with `benchmarks/quantization.py` (BENCHMARKS.md section 4). Calibrate on speech like the speech the
-model will hear, and not on a test set.
+(`configs/emodb_cpu.yaml`) it changed 1.7 % of the held-out predictions (the mean of the folds' UA 78.1 → 76.5), on an
+older recipe's 11 %; measure yours with `benchmarks/quantization.py`. Fine-tuning the model for 3 epochs on the int8
+feature encoder's output ([`simulated_int8_feature_encoder`], `benchmarks/quantization_aware.py`) won it back there
+(77.8; BENCHMARKS.md section 4). Calibrate on speech like the speech the model will hear, and not on a test set.
 
 This module needs `onnx`, `onnxscript` and `onnxruntime` (`pip install msemoboost[onnx]`); the modeling files
 never import it.
@@ -299,6 +300,8 @@ def int8_feature_encoder(int8_path: str | Path, model: MSEmoBoostForSequenceClas
     onnx = require("onnx")
     from onnx import numpy_helper
 
+    if model.msemoboost.backbone is None:
+        raise ValueError("This model has no backbone (use_backbone_features=False), so no feature encoder to quantise.")
     graph = onnx.load(str(int8_path)).graph
     constants = {tensor.name: numpy_helper.to_array(tensor) for tensor in graph.initializer}
     candidates = [[constants.get(name) for name in node.input] for node in graph.node if node.op_type == "QLinearConv"]

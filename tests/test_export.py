@@ -16,6 +16,7 @@ from msemoboost.export import (INT8_NAME, ONNX_NAME, ONNXClassifier, export, fro
                                group_norm_as_instance_norm, int8_feature_encoder, module_scopes,
                                simulated_int8_feature_encoder)
 from onnx_models import LABELS, RECIPE, pytorch_logits, save_model
+from tiny import tiny_model
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -249,6 +250,10 @@ def test_quantize_feature_encoder_makes_every_convolution_static_int8(exported, 
     with pytest.raises(ValueError, match=rf"^1 int8 convolutions for a feature encoder of {len(layers)}\.$"):
         with simulated_int8_feature_encoder(model, found[:1]):
             pass
+    guidance_only = tiny_model(use_backbone_features=False, mfcc_normalization="standardize")
+    with pytest.raises(ValueError, match=r"^This model has no backbone \(use_backbone_features=False\), so no feature "
+                                         r"encoder to quantise\.$"):
+        int8_feature_encoder(tmp_path / INT8_NAME, guidance_only)
 
 
 def test_export_and_predict_onnx_usage_errors(exported, tmp_path, capsys):
