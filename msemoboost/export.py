@@ -291,6 +291,13 @@ def quantize_int8(source: Path, destination: Path, calibration: list[np.ndarray]
     return destination
 
 
+def feature_encoder_layers(model: MSEmoBoostForSequenceClassification) -> nn.ModuleList:
+    """The backbone's convolutional feature encoder layers (each with its `conv`), as the SSL backbones name them."""
+    if model.msemoboost.backbone is None:
+        raise ValueError("This model has no backbone (use_backbone_features=False), so no feature encoder to quantise.")
+    return model.msemoboost.backbone.feature_extractor.conv_layers
+
+
 def int8_feature_encoder(int8_path: str | Path, model: MSEmoBoostForSequenceClassification) -> list[dict]:
     """What ONNX Runtime made of `model`'s feature-encoder convolutions in `int8_path`, an export of that model with
     `--quantize_feature_encoder`: for each convolution, in the order of the backbone's `conv_layers`, its `QLinearConv`'s
@@ -300,13 +307,12 @@ def int8_feature_encoder(int8_path: str | Path, model: MSEmoBoostForSequenceClas
     onnx = require("onnx")
     from onnx import numpy_helper
 
-    if model.msemoboost.backbone is None:
-        raise ValueError("This model has no backbone (use_backbone_features=False), so no feature encoder to quantise.")
+    layers = feature_encoder_layers(model)
     graph = onnx.load(str(int8_path)).graph
     constants = {tensor.name: numpy_helper.to_array(tensor) for tensor in graph.initializer}
     candidates = [[constants.get(name) for name in node.input] for node in graph.node if node.op_type == "QLinearConv"]
     found = []
-    for index, layer in enumerate(model.msemoboost.backbone.feature_extractor.conv_layers):
+    for index, layer in enumerate(layers):
         weight = layer.conv.weight.detach().float().numpy()
         matches = []
         for inputs in candidates:
@@ -337,7 +343,7 @@ def simulated_int8_feature_encoder(model: MSEmoBoostForSequenceClassification, c
     grid (in float arithmetic, so the sums may round differently). The rest of the model is unchanged, so the model
     can be fine-tuned on the features the int8 graph will give it (quantisation-aware fine-tuning,
     `benchmarks/quantization_aware.py`)."""
-    layers = model.msemoboost.backbone.feature_extractor.conv_layers
+    layers = feature_encoder_layers(model)
     if len(layers) != len(convolutions):
         raise ValueError(f"{len(convolutions)} int8 convolutions for a feature encoder of {len(layers)}.")
 
