@@ -109,6 +109,19 @@ def main(argv: list[str] | None = None) -> int:
     export.add_argument("--quantize_feature_encoder", action="store_true",
                         help="with --calibration: the backbone's convolutional feature encoder in int8 too (faster; "
                              "check what it costs your model in accuracy, BENCHMARKS.md section 4)")
+    export.add_argument("--finetune", default=None, metavar="DATASET",
+                        help="with --quantize_feature_encoder: first fine-tune the model for a few epochs on the int8 "
+                             "feature encoder's output (quantisation-aware), on this dataset id or local path (an "
+                             "audiofolder: the model's training data, never a test set); OUTPUT is then also the "
+                             "fine-tuned PyTorch model")
+    export.add_argument("--finetune_label_column", default="label",
+                        help="the label column of --finetune, named as the model's labels (default: label)")
+    export.add_argument("--finetune_split", default=None, help="only this split of --finetune (default: every split)")
+    export.add_argument("--finetune_epochs", type=float, default=3.0, help="epochs of --finetune (default: 3)")
+    export.add_argument("--finetune_learning_rate", type=float, default=1e-4,
+                        help="AdamW's learning rate for --finetune, constant (default: 1e-4)")
+    export.add_argument("--finetune_batch_size", type=int, default=8, help="utterances per step (default: 8)")
+    export.add_argument("--seed", type=int, default=0, help="seed of --finetune (default: 0)")
     export.add_argument("--opset", type=int, default=None, help="ONNX opset (default: 23, whose fused Attention and Gelu "
                         "run fastest; 18 is the lowest that works)")
 
@@ -140,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "export" and args.quantize_feature_encoder and not args.calibration:
         parser.error("--quantize_feature_encoder quantises the feature encoder's convolutions statically: it needs "
                      "--quantize int8 and --calibration")
+    if args.command == "export" and args.finetune and not args.quantize_feature_encoder:
+        parser.error("--finetune trains the model on the int8 feature encoder's output: it needs --quantize int8, "
+                     "--calibration and --quantize_feature_encoder")
     from .inference import BadAudioError
 
     commands = {"predict": run_predict, "explain": run_explain, "tsne": run_tsne, "enhance": run_enhance,
@@ -264,9 +280,21 @@ def run_export(args) -> int:
         config = MSEmoBoostConfig.from_pretrained(args.model_dir)
         calibration = [read_audio(path, config.sampling_rate, min_samples=config.min_input_samples)
                        for path in find_audio_files(args.calibration)]
+    fine_tuning = None
+    if args.finetune:
+        try:
+            from .quantization_aware import QuantizationAwareFineTuning
+        except ImportError as error:
+            raise ImportError(f"--finetune reads its data with datasets and trains with the Trainer: pip install "
+                              f"'msemoboost[train]' ({error}).") from error
+
+        fine_tuning = QuantizationAwareFineTuning(
+            args.finetune, label_column=args.finetune_label_column, split=args.finetune_split,
+            epochs=args.finetune_epochs, learning_rate=args.finetune_learning_rate, batch_size=args.finetune_batch_size,
+            seed=args.seed)
     opset = DEFAULT_OPSET if args.opset is None else args.opset
     for path in export(args.model_dir, args.output, quantize=args.quantize, opset=opset, calibration=calibration,
-                       quantize_feature_encoder=args.quantize_feature_encoder):
+                       quantize_feature_encoder=args.quantize_feature_encoder, fine_tuning=fine_tuning):
         print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
     return 0
 

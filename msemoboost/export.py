@@ -1,6 +1,7 @@
 """ONNX export of a trained MS-EmoBoost classifier, and running the exported graph with ONNX Runtime.
 
-    msemoboost export MODEL_DIR --output OUT [--quantize int8] [--opset N]
+    msemoboost export MODEL_DIR --output OUT [--quantize int8 [--calibration FILES [--quantize_feature_encoder
+                      [--finetune DATASET]]]] [--opset N]
     msemoboost predict --onnx OUT FILES...
 
 The graph takes the raw 16 kHz waveforms, right-padded, and their attention mask, and computes everything the
@@ -24,9 +25,11 @@ quantised too, statically: int8 weights per output channel, and activation range
 stays float unless `--quantize_feature_encoder`: it is the backbone's slowest part in ONNX Runtime, but one uint8
 range per activation costs it accuracy, which a model may or may not absorb. On the CPU preset's 8 fold models
 (`configs/emodb_cpu.yaml`) it changed 1.7 % of the held-out predictions (the mean of the folds' UA 78.1 → 76.5), on an
-older recipe's 11 %; measure yours with `benchmarks/quantization.py`. Fine-tuning the model for 3 epochs on the int8
-feature encoder's output ([`simulated_int8_feature_encoder`], `benchmarks/quantization_aware.py`) won it back there
-(77.8; BENCHMARKS.md section 4). Calibrate on speech like the speech the model will hear, and not on a test set.
+older recipe's 11 %; measure yours with `benchmarks/quantization.py`. `--finetune DATASET` first fine-tunes the model
+for a few epochs on the int8 feature encoder's output ([`simulated_int8_feature_encoder`],
+`msemoboost.quantization_aware`), then exports the fine-tuned model: quantisation-aware fine-tuning, which wins that
+accuracy back (BENCHMARKS.md section 4). Calibrate on speech like the speech the model will hear, and not on a test
+set.
 
 This module needs `onnx`, `onnxscript` and `onnxruntime` (`pip install msemoboost[onnx]`); the modeling files
 never import it.
@@ -39,7 +42,9 @@ import logging
 import re
 import warnings
 import shutil
+import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -49,6 +54,9 @@ from .acoustic_features import MSEmoBoostMFCC, MSEmoBoostProsody, MSEmoBoostSpec
 from .configuration_msemoboost import MSEmoBoostConfig
 from .feature_extraction_msemoboost import MSEmoBoostFeatureExtractor
 from .modeling_msemoboost import MSEmoBoostForSequenceClassification
+
+if TYPE_CHECKING:
+    from .quantization_aware import QuantizationAwareFineTuning
 
 ONNX_NAME = "model.onnx"
 INT8_NAME = "model.int8.onnx"
@@ -93,12 +101,18 @@ class MSEmoBoostForONNX(nn.Module):
     def forward(self, input_values: torch.Tensor, attention_mask: torch.Tensor):
         base = self.model.msemoboost
         lengths = attention_mask.long().sum(-1)
-        if self.normalize:  # MSEmoBoostFeatureExtractor's do_normalize, over each row's audio
-            mask = attention_mask.to(input_values.dtype)
+        if self.normalize:  # MSEmoBoostFeatureExtractor's do_normalize, over each row's audio, as numpy computes it
+            # numpy sums float32 pairwise, nearly as exactly as a float64 sum, and does the rest in float32. A plain
+            # float32 sum over a recording's samples rounds differently, and the guidance features carry that
+            # through to the logits: on a trained CPU-preset fold model, in eager PyTorch with torch.stft, the graph's
+            # formulation moved the logits up to 8.0e-5 from the model's (mean 9.7e-6) with float32 sums, 4.6e-5
+            # (mean 6.7e-6) with these.
+            mask = attention_mask.to(torch.float64)
             count = mask.sum(-1, keepdim=True)
-            mean = (input_values * mask).sum(-1, keepdim=True) / count
-            variance = ((input_values - mean).square() * mask).sum(-1, keepdim=True) / count
-            input_values = (input_values - mean) / torch.sqrt(variance + 1e-7) * mask
+            mean = ((input_values.double() * mask).sum(-1, keepdim=True) / count).to(input_values.dtype)
+            deviation = input_values - mean
+            variance = ((deviation.square().double() * mask).sum(-1, keepdim=True) / count).to(input_values.dtype)
+            input_values = deviation / torch.sqrt(variance + 1e-7) * mask.to(input_values.dtype)
         segments, segment_lengths, segments_per_utterance = base.segment_grid(input_values, lengths)
         batch_size, num_slots, segment_samples = segments.shape
         features = base.encode_segments(segments.reshape(-1, segment_samples), segment_lengths.reshape(-1))[0]
@@ -116,13 +130,19 @@ class MSEmoBoostForONNX(nn.Module):
 
 
 def export(model_dir: str | Path, output: str | Path, quantize: str | None = None, opset: int = DEFAULT_OPSET,
-           calibration: list[np.ndarray] | None = None, quantize_feature_encoder: bool = False) -> list[Path]:
+           calibration: list[np.ndarray] | None = None, quantize_feature_encoder: bool = False,
+           fine_tuning: "QuantizationAwareFineTuning | None" = None) -> list[Path]:
     """Exports the classifier saved in `model_dir` to `output/model.onnx` (and `model.int8.onnx` with
     `quantize="int8"`), with `config.json` and `preprocessor_config.json` beside it. Returns the ONNX files written.
 
     `calibration`: raw waveforms at the model's sampling rate; with `quantize="int8"`, the convolutions are quantised
     statically with activation ranges measured on them (see the module docstring). `quantize_feature_encoder`: the
     backbone's convolutional feature encoder too (it needs `calibration`).
+
+    `fine_tuning` (with `quantize_feature_encoder`): first fine-tune the model on the int8 feature encoder's output
+    (a [`~msemoboost.quantization_aware.QuantizationAwareFineTuning`]; see that module), then export the fine-tuned
+    model. Both graphs then carry the fine-tuned weights, and `output` is also the fine-tuned model's folder
+    (`model.safetensors`), which `from_pretrained` loads.
 
     Raises `ValueError` naming the backbone type and the operator when the exporter cannot translate the model.
     """
@@ -140,11 +160,54 @@ def export(model_dir: str | Path, output: str | Path, quantize: str | None = Non
     if quantize_feature_encoder and calibration is None:
         raise ValueError("--quantize_feature_encoder quantises the feature encoder's convolutions statically: it needs "
                          "--quantize int8 and --calibration.")
+    if fine_tuning is not None and not quantize_feature_encoder:
+        raise ValueError("--finetune trains the model on the int8 feature encoder's output: it needs --quantize int8, "
+                         "--calibration and --quantize_feature_encoder.")
     model = MSEmoBoostForSequenceClassification.from_pretrained(model_dir, dtype=torch.float32).eval()
     config = model.config
     extractor = MSEmoBoostFeatureExtractor.from_pretrained(model_dir)
-    wrapper = MSEmoBoostForONNX(model, normalize=bool(extractor.do_normalize)).eval()
+    fine_tuned = None
+    if fine_tuning is not None:
+        from .quantization_aware import fine_tune_for_int8
 
+        with tempfile.TemporaryDirectory(prefix="msemoboost-export-") as work:  # the int8 ranges of the model as it is
+            write_graph(model, extractor, Path(work) / ONNX_NAME, opset)
+            quantize_int8(Path(work) / ONNX_NAME, Path(work) / INT8_NAME, calibration, config.segment_samples,
+                          static_feature_encoder=True)
+            convolutions = int8_feature_encoder(Path(work) / INT8_NAME, model)
+        fine_tuned = fine_tune_for_int8(model, extractor, convolutions, fine_tuning)
+
+    output.mkdir(parents=True, exist_ok=True)
+    written = [output / ONNX_NAME]
+    write_graph(model, extractor, written[0], opset)
+    for name in ("config.json", "preprocessor_config.json"):  # labels, rates and segmenting, as trained
+        shutil.copyfile(model_dir / name, output / name)
+    if fine_tuned is not None:
+        model.save_pretrained(output)
+    if quantize == "int8":
+        written.append(quantize_int8(written[0], output / INT8_NAME, calibration, config.segment_samples,
+                                     static_feature_encoder=quantize_feature_encoder))
+    (output / "export.json").write_text(json.dumps({
+        "source": str(model_dir), "opset": opset, "torch": torch.__version__, "onnx": onnx.__version__,
+        "files": [path.name for path in written], "inputs": INPUT_NAMES, "outputs": OUTPUT_NAMES,
+        "normalizes_input": bool(extractor.do_normalize),
+        "int8_convolutions": None if quantize != "int8" else
+        "float" if calibration is None else
+        f"static (the backbone's feature encoder {'int8 too' if quantize_feature_encoder else 'float'}), "
+        f"calibrated on {len(calibration)} recording(s)",
+        "quantization_aware_fine_tuning": fine_tuned,
+    }, indent=2) + "\n")
+    return written
+
+
+def write_graph(model: MSEmoBoostForSequenceClassification, extractor: MSEmoBoostFeatureExtractor, path: Path,
+                opset: int) -> None:
+    """Writes `model`'s graph from the raw waveform to logits ([`MSEmoBoostForONNX`]) to `path`, and checks it.
+
+    Raises `ValueError` naming the backbone type and the operator when the exporter cannot translate the model."""
+    onnx = require("onnx")
+    config = model.config
+    wrapper = MSEmoBoostForONNX(model, normalize=bool(extractor.do_normalize)).eval()
     # Example inputs: two rows of different lengths, longer than one segment, so no shape is specialised.
     length = config.segment_samples + config.segment_samples // 2 + 7
     generator = torch.Generator().manual_seed(0)
@@ -166,30 +229,13 @@ def export(model_dir: str | Path, output: str | Path, quantize: str | None = Non
             )
     except Exception as error:  # the exporter raises many types; name what it could not translate
         raise ValueError(f"Cannot export this model ({backbone} backbone) to ONNX: {export_failure(error)}") from error
-
-    output.mkdir(parents=True, exist_ok=True)
-    written = [output / ONNX_NAME]
-    program.save(str(written[0]))
-    graph = onnx.load(str(written[0]), load_external_data=False)  # weights stored beside a large graph stay there
+    path.parent.mkdir(parents=True, exist_ok=True)
+    program.save(str(path))
+    graph = onnx.load(str(path), load_external_data=False)  # weights stored beside a large graph stay there
     if group_norm_as_instance_norm(graph.graph):
-        onnx.save(graph, str(written[0]))
+        onnx.save(graph, str(path))
     del graph
-    onnx.checker.check_model(str(written[0]))
-    for name in ("config.json", "preprocessor_config.json"):  # labels, rates and segmenting, as trained
-        shutil.copyfile(model_dir / name, output / name)
-    if quantize == "int8":
-        written.append(quantize_int8(written[0], output / INT8_NAME, calibration, config.segment_samples,
-                                     static_feature_encoder=quantize_feature_encoder))
-    (output / "export.json").write_text(json.dumps({
-        "source": str(model_dir), "opset": opset, "torch": torch.__version__, "onnx": onnx.__version__,
-        "files": [path.name for path in written], "inputs": INPUT_NAMES, "outputs": OUTPUT_NAMES,
-        "normalizes_input": bool(extractor.do_normalize),
-        "int8_convolutions": None if quantize != "int8" else
-        "float" if calibration is None else
-        f"static (the backbone's feature encoder {'int8 too' if quantize_feature_encoder else 'float'}), "
-        f"calibrated on {len(calibration)} recording(s)",
-    }, indent=2) + "\n")
-    return written
+    onnx.checker.check_model(str(path))
 
 
 def group_norm_as_instance_norm(graph) -> int:
@@ -351,8 +397,9 @@ def simulated_int8_feature_encoder(model: MSEmoBoostForSequenceClassification, c
         def forward(hidden_states: torch.Tensor) -> torch.Tensor:
             hidden_states = torch.fake_quantize_per_tensor_affine(
                 hidden_states, parameters["input_scale"], parameters["input_zero_point"], 0, 255)
-            hidden_states = nn.functional.conv1d(hidden_states, parameters["weight"], parameters["bias"], conv.stride,
-                                                 conv.padding, conv.dilation, conv.groups)
+            bias = None if parameters["bias"] is None else parameters["bias"].to(hidden_states.device)
+            hidden_states = nn.functional.conv1d(hidden_states, parameters["weight"].to(hidden_states.device), bias,
+                                                 conv.stride, conv.padding, conv.dilation, conv.groups)
             return torch.fake_quantize_per_tensor_affine(
                 hidden_states, parameters["output_scale"], parameters["output_zero_point"], 0, 255)
         return forward
