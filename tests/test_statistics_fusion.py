@@ -1,7 +1,6 @@
 """The whole-utterance statistics classifier (`config.utterance_statistics_classifier`): its statistics, its fusion
 with the network's log-probabilities, its fit against scikit-learn's, and train.py's use of it."""
 
-import json
 import math
 
 import numpy as np
