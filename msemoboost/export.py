@@ -177,9 +177,8 @@ def export(model_dir: str | Path, output: str | Path, quantize: str | None = Non
             convolutions = int8_feature_encoder(Path(work) / INT8_NAME, model)
         fine_tuned = fine_tune_for_int8(model, extractor, convolutions, fine_tuning)
 
-    output.mkdir(parents=True, exist_ok=True)
     written = [output / ONNX_NAME]
-    write_graph(model, extractor, written[0], opset)
+    write_graph(model, extractor, written[0], opset)  # makes `output` once the exporter has translated the model
     for name in ("config.json", "preprocessor_config.json"):  # labels, rates and segmenting, as trained
         shutil.copyfile(model_dir / name, output / name)
     if fine_tuned is not None:
@@ -202,7 +201,8 @@ def export(model_dir: str | Path, output: str | Path, quantize: str | None = Non
 
 def write_graph(model: MSEmoBoostForSequenceClassification, extractor: MSEmoBoostFeatureExtractor, path: Path,
                 opset: int) -> None:
-    """Writes `model`'s graph from the raw waveform to logits ([`MSEmoBoostForONNX`]) to `path`, and checks it.
+    """Writes `model`'s graph from the raw waveform to logits ([`MSEmoBoostForONNX`]) to `path`, and checks it. The
+    folder of `path` is made only once the exporter has translated the model, so a failed export leaves nothing.
 
     Raises `ValueError` naming the backbone type and the operator when the exporter cannot translate the model."""
     onnx = require("onnx")
