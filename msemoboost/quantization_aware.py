@@ -28,12 +28,13 @@ import numpy as np
 from transformers import Trainer, TrainingArguments
 
 from .data import AudioCollator, EmotionCorpus, load_corpus
+from .export import FEATURE_ENCODER, feature_encoder_layers, simulated_int8_feature_encoder
 
 logger = logging.getLogger(__name__)
 
 # The parameters that the fine-tuning leaves as they are: the backbone's convolutional feature encoder (its int8
 # ranges were calibrated on it) and the statistics classifier (fitted in closed form, never by gradient).
-FROZEN = (".feature_extractor.conv_layers.", "statistics_classifier.")
+FROZEN = (FEATURE_ENCODER, "statistics_classifier.")
 
 
 @dataclass
@@ -102,8 +103,6 @@ def fine_tune_for_int8(model, feature_extractor, convolutions: list[dict], fine_
     """Fine-tunes `model` in place with its feature encoder computing as the int8 graph's `convolutions` do (read back
     with [`~msemoboost.export.int8_feature_encoder`]), its feature encoder and statistics classifier frozen. Returns
     what `export.json` records: the settings, the number of utterances and each epoch's mean training loss."""
-    from .export import feature_encoder_layers, simulated_int8_feature_encoder
-
     feature_encoder_layers(model)  # a clear error for a model without a backbone
     corpus = training_corpus(fine_tuning, model.config)
     trainable = {name: parameter.requires_grad for name, parameter in model.named_parameters()}
