@@ -37,9 +37,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from msemoboost import MSEmoBoostConfig  # noqa: E402
+from msemoboost import MSEmoBoostConfig, MSEmoBoostFeatureExtractor, MSEmoBoostForSequenceClassification  # noqa: E402
 from msemoboost.data import decode_audio  # noqa: E402
-from msemoboost.export import INT8_NAME, ONNX_NAME, ONNXClassifier, export, quantize_int8  # noqa: E402
+from msemoboost.export import (DEFAULT_OPSET, INT8_NAME, INT8_SOURCE, ONNX_NAME, ONNXClassifier,  # noqa: E402
+                               quantize_int8, write_graph)
 
 from deploy import accuracy, calibration_audio, load_engine  # noqa: E402
 
@@ -65,17 +66,23 @@ def test_utterances(fold: Path, dataset: Path, labels: list[str]) -> tuple[list[
 
 
 def fold_logits(model_dir: Path, audio: list[np.ndarray], work: Path, calibration: list[np.ndarray]) -> dict:
-    """Utterance logits `(num_utterances, num_labels)` of every engine for one fold's model."""
-    export(model_dir, work / "dynamic", quantize="int8")  # the one export; both static graphs quantise its model.onnx
-    segment_samples = MSEmoBoostConfig.from_pretrained(model_dir).segment_samples
-    for folder, static_feature_encoder in (("static", False), ("static-all", True)):
-        (work / folder).mkdir()
+    """Utterance logits `(num_utterances, num_labels)` of every engine for one fold's model. The model is exported
+    once (`write_graph`, as `msemoboost export` writes it), and the three int8 graphs are quantised from the same
+    int8 source graph as `msemoboost export --quantize int8` quantises."""
+    model = MSEmoBoostForSequenceClassification.from_pretrained(model_dir, dtype=torch.float32).eval()
+    write_graph(model, MSEmoBoostFeatureExtractor.from_pretrained(model_dir), work / "fp32" / ONNX_NAME, DEFAULT_OPSET,
+                int8_source=work / INT8_SOURCE)
+    segment_samples = model.config.segment_samples
+    for folder, calibrated, static_feature_encoder in (("fp32", None, False), ("dynamic", None, False),
+                                                       ("static", calibration, False), ("static-all", calibration, True)):
+        (work / folder).mkdir(exist_ok=True)
         for name in ("config.json", "preprocessor_config.json"):
-            shutil.copyfile(work / "dynamic" / name, work / folder / name)
-        quantize_int8(work / "dynamic" / ONNX_NAME, work / folder / INT8_NAME, calibration, segment_samples,
-                      static_feature_encoder=static_feature_encoder)
+            shutil.copyfile(model_dir / name, work / folder / name)
+        if folder != "fp32":
+            quantize_int8(work / INT8_SOURCE, work / folder / INT8_NAME, calibrated, segment_samples,
+                          static_feature_encoder=static_feature_encoder)
     runners = {"torch fp32": load_engine("torch fp32", model_dir, work, threads=torch.get_num_threads())}
-    for name, folder, int8 in [("onnxruntime fp32", "dynamic", False), ("onnxruntime int8", "dynamic", True),
+    for name, folder, int8 in [("onnxruntime fp32", "fp32", False), ("onnxruntime int8", "dynamic", True),
                                (ENGINES[3], "static", True), (ENGINES[4], "static-all", True)]:
         session = ONNXClassifier(work / folder, int8=int8)
         runners[name] = lambda waveforms, session=session: session(waveforms)[0]

@@ -39,6 +39,7 @@ import contextlib
 import importlib
 import json
 import logging
+import math
 import re
 import warnings
 import shutil
@@ -60,12 +61,13 @@ if TYPE_CHECKING:
 
 ONNX_NAME = "model.onnx"
 INT8_NAME = "model.int8.onnx"
+INT8_SOURCE = "model.int8-source.onnx"  # the fp32 graph that quantize_int8 starts from (see write_graph)
 INPUT_NAMES = ["input_values", "attention_mask"]
 OUTPUT_NAMES = ["logits", "segment_logits", "segments_per_utterance"]
 # Opset 23 gives ONNX Runtime whole Attention and Gelu nodes, where opset 18 (the first whose Resize has the
 # antialiasing the spectrogram image needs) spells them out in MatMul/Softmax/Erf pieces; the fused kernels run the
 # paper-size graph about 5 % faster, fp32 and int8 (BENCHMARKS.md section 4). Its GroupNormalization has no ONNX
-# Runtime kernel, though (ONNX Runtime expands it into its function body): see `group_norm_as_instance_norm`.
+# Runtime kernel, though (ONNX Runtime expands it into its function body): see `channel_norm_in_two_levels`.
 DEFAULT_OPSET = 23
 # The module path of the SSL backbones' convolutional feature encoder (wav2vec 2.0, HuBERT, WavLM, data2vec-audio),
 # which static int8 leaves float (`quantize_int8`).
@@ -171,21 +173,23 @@ def export(model_dir: str | Path, output: str | Path, quantize: str | None = Non
         from .quantization_aware import fine_tune_for_int8
 
         with tempfile.TemporaryDirectory(prefix="msemoboost-export-") as work:  # the int8 ranges of the model as it is
-            write_graph(model, extractor, Path(work) / ONNX_NAME, opset)
-            quantize_int8(Path(work) / ONNX_NAME, Path(work) / INT8_NAME, calibration, config.segment_samples,
+            write_graph(model, extractor, Path(work) / ONNX_NAME, opset, int8_source=Path(work) / INT8_SOURCE)
+            quantize_int8(Path(work) / INT8_SOURCE, Path(work) / INT8_NAME, calibration, config.segment_samples,
                           static_feature_encoder=True)
             convolutions = int8_feature_encoder(Path(work) / INT8_NAME, model)
         fine_tuned = fine_tune_for_int8(model, extractor, convolutions, fine_tuning)
 
     written = [output / ONNX_NAME]
-    write_graph(model, extractor, written[0], opset)  # makes `output` once the exporter has translated the model
-    for name in ("config.json", "preprocessor_config.json"):  # labels, rates and segmenting, as trained
-        shutil.copyfile(model_dir / name, output / name)
-    if fine_tuned is not None:
-        model.save_pretrained(output)
-    if quantize == "int8":
-        written.append(quantize_int8(written[0], output / INT8_NAME, calibration, config.segment_samples,
-                                     static_feature_encoder=quantize_feature_encoder))
+    with tempfile.TemporaryDirectory(prefix="msemoboost-export-") as work:
+        int8_source = Path(work) / INT8_SOURCE if quantize == "int8" else None
+        write_graph(model, extractor, written[0], opset, int8_source)  # makes `output` once the exporter translated
+        for name in ("config.json", "preprocessor_config.json"):  # labels, rates and segmenting, as trained
+            shutil.copyfile(model_dir / name, output / name)
+        if fine_tuned is not None:
+            model.save_pretrained(output)
+        if quantize == "int8":
+            written.append(quantize_int8(int8_source, output / INT8_NAME, calibration, config.segment_samples,
+                                         static_feature_encoder=quantize_feature_encoder))
     (output / "export.json").write_text(json.dumps({
         "source": str(model_dir), "opset": opset, "torch": torch.__version__, "onnx": onnx.__version__,
         "files": [path.name for path in written], "inputs": INPUT_NAMES, "outputs": OUTPUT_NAMES,
@@ -200,9 +204,14 @@ def export(model_dir: str | Path, output: str | Path, quantize: str | None = Non
 
 
 def write_graph(model: MSEmoBoostForSequenceClassification, extractor: MSEmoBoostFeatureExtractor, path: Path,
-                opset: int) -> None:
+                opset: int, int8_source: Path | None = None) -> None:
     """Writes `model`'s graph from the raw waveform to logits ([`MSEmoBoostForONNX`]) to `path`, and checks it. The
     folder of `path` is made only once the exporter has translated the model, so a failed export leaves nothing.
+
+    In `path` the backbone's per-channel group norm is summed in two levels (`channel_norm_in_two_levels`), so that
+    ONNX Runtime computes it as exactly as PyTorch. With `int8_source`, the same graph is also written there with that
+    norm as one faster `InstanceNormalization` kernel (`group_norm_as_instance_norm`): the graph to give
+    `quantize_int8`, whose int8 rounding is far larger than that kernel's.
 
     Raises `ValueError` naming the backbone type and the operator when the exporter cannot translate the model."""
     onnx = require("onnx")
@@ -229,41 +238,127 @@ def write_graph(model: MSEmoBoostForSequenceClassification, extractor: MSEmoBoos
             )
     except Exception as error:  # the exporter raises many types; name what it could not translate
         raise ValueError(f"Cannot export this model ({backbone} backbone) to ONNX: {export_failure(error)}") from error
-    path.parent.mkdir(parents=True, exist_ok=True)
-    program.save(str(path))
-    graph = onnx.load(str(path), load_external_data=False)  # weights stored beside a large graph stay there
-    if group_norm_as_instance_norm(graph.graph):
-        onnx.save(graph, str(path))
-    del graph
-    onnx.checker.check_model(str(path))
+    for target, rewrite in ((path, channel_norm_in_two_levels), (int8_source, group_norm_as_instance_norm)):
+        if target is None:
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        program.save(str(target))
+        graph = onnx.load(str(target), load_external_data=False)  # weights stored beside a large graph stay there
+        if rewrite(graph.graph):
+            onnx.save(graph, str(target))
+        del graph
+        onnx.checker.check_model(str(target))
 
 
-def group_norm_as_instance_norm(graph) -> int:
-    """Rewrites in place each `GroupNormalization` node of `graph` with one group per channel as the
-    `InstanceNormalization` it equals (the same statistics per channel, the same per-channel scale and bias, the same
-    epsilon). Returns how many it rewrote.
-
-    The wav2vec 2.0 family's feature encoder normalises its first convolution's output that way
-    (`feat_extract_norm="group"`: `GroupNorm(num_groups=channels)`), and the exporter writes it as opset 21+
-    `GroupNormalization`, for which ONNX Runtime has no CPU kernel: it runs the op's function body, about ten
-    element-wise passes over the largest activation of the graph (channels × 1/5 of the samples), each with its own
-    dequantisation in the int8 graph. `InstanceNormalization` is one kernel. Groups of several channels are left as
-    they are."""
+def channel_group_norms(graph) -> list:
+    """The `GroupNormalization` nodes of `graph` with one group per channel (their scale holds as many values as
+    there are groups) and float32 statistics: the norms that `InstanceNormalization` equals."""
     from onnx import numpy_helper
 
     sizes = {tensor.name: int(np.prod(tensor.dims)) for tensor in graph.initializer}
     sizes.update({node.output[0]: int(np.prod(numpy_helper.to_array(node.attribute[0].t).shape))
                   for node in graph.node if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value"})
-    rewritten = 0
+    found = []
     for node in graph.node:
         if node.op_type != "GroupNormalization" or node.domain not in ("", "ai.onnx"):
             continue
         attributes = {attribute.name: attribute for attribute in node.attribute}
-        groups = attributes["num_groups"].i
-        if len(node.input) < 3 or sizes.get(node.input[1]) != groups:  # a channel count that is not the group count
-            continue
+        if len(node.input) < 3 or sizes.get(node.input[1]) != attributes["num_groups"].i:
+            continue  # several channels per group
         if "stash_type" in attributes and attributes["stash_type"].i != 1:  # statistics in another precision than fp32
             continue
+        found.append(node)
+    return found
+
+
+def channel_norm_in_two_levels(graph) -> int:
+    """Rewrites in place each per-channel `GroupNormalization` node of `graph` (`channel_group_norms`) whose input is
+    `(batch, channels, length)` with a known `length` as the same math in plain nodes, with its sums taken in two
+    levels: each channel's mean, then its variance as the mean of the squared deviations, each summed over runs of
+    `sum_run_length(length)` frames and then over the runs; then `(x - mean) * scale / sqrt(variance + epsilon) +
+    bias`. The others become `InstanceNormalization` (`group_norm_as_instance_norm`). Returns how many it rewrote.
+
+    The SSL backbones' feature encoder normalises its first convolution's output so (`feat_extract_norm="group"`:
+    9,599 frames per channel for a 3 s segment). ONNX Runtime's `InstanceNormalization` kernel, like its
+    `ReduceSum`, adds a channel's frames up in a few running float32 sums, whose rounding grows with their length: on
+    a CPU-preset fold model it put that layer's output 6.3e-6 (relative) from PyTorch's, a hundred times PyTorch's own
+    rounding, and that alone moved the logits by up to 1.2e-4 (BENCHMARKS.md section 4). Summed in two levels the
+    layer is within 2.3e-6 (on outputs up to 15) of float64, at about twice the kernel's time."""
+    from onnx import helper, numpy_helper
+
+    shapes = {value.name: [dim.dim_value if dim.HasField("dim_value") else None for dim in value.type.tensor_type.shape.dim]
+              for value in list(graph.value_info) + list(graph.input)}
+    rewritten = {}
+    for index, node in enumerate(channel_group_norms(graph)):
+        shape = shapes.get(node.input[0], [])
+        if len(shape) != 3 or not shape[2]:
+            continue
+        length = shape[2]
+        run = sum_run_length(length)
+        padding = -length % run
+        epsilon = next((attribute.f for attribute in node.attribute if attribute.name == "epsilon"), 1e-5)
+        prefix = f"{node.output[0]}.two_level."
+        constants = {"run_shape": np.array([0, 0, -1, run], np.int64), "last_axis": np.array([-1], np.int64),
+                     "length": np.array(length, np.float32), "epsilon": np.array(epsilon, np.float32),
+                     "column": np.array([-1, 1], np.int64)}
+        if padding:
+            constants["padding"] = np.array([0, 0, 0, 0, 0, padding], np.int64)
+        graph.initializer.extend(numpy_helper.from_array(value, prefix + name) for name, value in constants.items())
+        constant = {name: prefix + name for name in constants}
+        nodes = []
+
+        def add(op_type, inputs, **attributes):
+            output = f"{prefix}{len(nodes)}"
+            nodes.append(helper.make_node(op_type, inputs, [output], name=output, **attributes))
+            return output
+
+        def summed(values, square=False):  # (batch, channels, length) -> (batch, channels, 1)
+            if padding:  # zeros add nothing to the sums
+                values = add("Pad", [values, constant["padding"]])
+            runs = add("Reshape", [values, constant["run_shape"]])  # (batch, channels, length / run, run)
+            runs = add("ReduceSumSquare" if square else "ReduceSum", [runs, constant["last_axis"]], keepdims=0)
+            return add("ReduceSum", [runs, constant["last_axis"]], keepdims=1)
+
+        x, scale, bias = node.input[:3]
+        mean = add("Div", [summed(x), constant["length"]])
+        deviation = add("Sub", [x, mean])
+        variance = add("Div", [summed(deviation, square=True), constant["length"]])
+        deviation_scale = add("Sqrt", [add("Add", [variance, constant["epsilon"]])])
+        factor = add("Div", [add("Reshape", [scale, constant["column"]]), deviation_scale])  # (batch, channels, 1)
+        add("Add", [add("Mul", [deviation, factor]), add("Reshape", [bias, constant["column"]])])
+        nodes[-1].output[0] = node.output[0]
+        for new in nodes:  # the module scopes of the norm, for the profiles
+            new.metadata_props.extend(node.metadata_props)
+        rewritten[id(node)] = nodes
+    if rewritten:
+        replaced = [new for node in graph.node for new in rewritten.get(id(node), [node])]
+        del graph.node[:]
+        graph.node.extend(replaced)
+    return len(rewritten) + group_norm_as_instance_norm(graph)
+
+
+def sum_run_length(length: int) -> int:
+    """The run length for summing `length` values in two levels: the smallest divisor of `length` that is at least
+    its square root, when that leaves at least 8 runs (ONNX Runtime would copy the tensor to pad it), otherwise the
+    square root rounded up (the last run padded with zeros). Each float32 running sum then adds up about `run +
+    length / run` terms instead of `length`."""
+    root = math.isqrt(length - 1) + 1 if length > 1 else 1
+    divisor = next(d for d in range(root, length + 1) if length % d == 0)
+    return divisor if length // divisor >= 8 else root
+
+
+def group_norm_as_instance_norm(graph) -> int:
+    """Rewrites in place each per-channel `GroupNormalization` node of `graph` (`channel_group_norms`) as the
+    `InstanceNormalization` it equals (the same statistics per channel, the same per-channel scale and bias, the same
+    epsilon). Returns how many it rewrote.
+
+    The exporter writes `nn.GroupNorm` as opset 21+ `GroupNormalization`, for which ONNX Runtime has no CPU kernel:
+    it runs the op's function body, about ten element-wise passes over the largest activation of the graph
+    (channels × 1/5 of the samples), each with its own dequantisation in the int8 graph. `InstanceNormalization` is
+    one kernel, but a less exact one (see `channel_norm_in_two_levels`): the int8 graphs use it, whose int8 rounding
+    is far larger. Groups of several channels are left as they are."""
+    rewritten = 0
+    for node in channel_group_norms(graph):
         node.op_type = "InstanceNormalization"
         kept = [attribute for attribute in node.attribute if attribute.name == "epsilon"]
         del node.attribute[:]
