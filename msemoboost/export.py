@@ -11,11 +11,13 @@ both guidance branches, the backbone, the frame weighting, the classifier and th
 log-probabilities, and with `utterance_statistics_classifier` the whole utterance's statistics and their
 classifier's log-probabilities. Batch size and length are dynamic.
 
-Segmenting is the one place where the graph is formulated differently: PyTorch keeps only real segments, whose
-number depends on the data, while the graph computes a fixed grid of `ceil(num_samples / 3 s)` slots per utterance
-and masks the slots past each utterance's last segment out of the mean. Both read the same
-[`~MSEmoBoostModel.segment_grid`], and `tests/test_export.py` pins the two equal. A batch of very unequal lengths
-therefore costs the graph the silence slots of its short utterances; classify long recordings one at a time.
+The graph formulates three things differently from PyTorch, each pinned equal by `tests/test_export.py`. Segmenting:
+PyTorch keeps only real segments, whose number depends on the data, while the graph computes a fixed grid of
+`ceil(num_samples / 3 s)` slots per utterance and masks the slots past each utterance's last segment out of the
+mean; both read the same [`~MSEmoBoostModel.segment_grid`]. A batch of very unequal lengths therefore costs the
+graph the silence slots of its short utterances; classify long recordings one at a time. The STFTs: a four-step FFT
+of matrix products ([`~MSEmoBoostPowerSpectrogram.use_matmul_fft`]) instead of `torch.stft`. And the backbone's
+per-channel group norm, summed in two levels (`channel_norm_in_two_levels`).
 
 `--quantize int8` adds `model.int8.onnx`: ONNX Runtime's dynamic quantisation (int8 weights, activations quantised
 per batch at run time) of the MatMul, Gemm and LSTM nodes. The feature front end (STFT, filter banks) stays float.
@@ -282,14 +284,15 @@ def channel_norm_in_two_levels(graph) -> int:
     9,599 frames per channel for a 3 s segment). ONNX Runtime's `InstanceNormalization` kernel, like its
     `ReduceSum`, adds a channel's frames up in a few running float32 sums, whose rounding grows with their length: on
     a CPU-preset fold model it put that layer's output 6.3e-6 (relative) from PyTorch's, a hundred times PyTorch's own
-    rounding, and that alone moved the logits by up to 1.2e-4 (BENCHMARKS.md section 4). Summed in two levels the
-    layer is within 2.3e-6 (on outputs up to 15) of float64, at about twice the kernel's time."""
+    rounding, which every later layer carried to the logits (BENCHMARKS.md section 4). Summed in two levels the layer
+    is within 2.3e-6 (on outputs up to 15) of float64, at about twice the kernel's time (2 % of the paper-size fp32
+    graph's)."""
     from onnx import helper, numpy_helper
 
     shapes = {value.name: [dim.dim_value if dim.HasField("dim_value") else None for dim in value.type.tensor_type.shape.dim]
               for value in list(graph.value_info) + list(graph.input)}
     rewritten = {}
-    for index, node in enumerate(channel_group_norms(graph)):
+    for node in channel_group_norms(graph):
         shape = shapes.get(node.input[0], [])
         if len(shape) != 3 or not shape[2]:
             continue
@@ -329,9 +332,9 @@ def channel_norm_in_two_levels(graph) -> int:
         nodes[-1].output[0] = node.output[0]
         for new in nodes:  # the module scopes of the norm, for the profiles
             new.metadata_props.extend(node.metadata_props)
-        rewritten[id(node)] = nodes
+        rewritten[node.output[0]] = nodes  # tensor names are unique in a graph
     if rewritten:
-        replaced = [new for node in graph.node for new in rewritten.get(id(node), [node])]
+        replaced = [new for node in graph.node for new in rewritten.get(node.output[0], [node])]
         del graph.node[:]
         graph.node.extend(replaced)
     return len(rewritten) + group_norm_as_instance_norm(graph)
