@@ -31,9 +31,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from msemoboost import MSEmoBoostConfig, MSEmoBoostFeatureExtractor, MSEmoBoostForSequenceClassification  # noqa: E402
-from msemoboost.export import ONNXClassifier, export  # noqa: E402
+from msemoboost import MSEmoBoostConfig  # noqa: E402
+from msemoboost.export import export  # noqa: E402
 
+from deploy import load_engine  # noqa: E402
 from quantization import fold_dirs, test_utterances  # noqa: E402
 
 TOLERANCE = 1e-4
@@ -49,20 +50,13 @@ def fold_result(fold: Path, dataset: Path, batch_size: int, work: Path) -> dict:
     model_dir = fold / "model"
     config = MSEmoBoostConfig.from_pretrained(model_dir)
     audio, _ = test_utterances(fold, dataset, [config.id2label[i] for i in range(config.num_labels)])
-    model = MSEmoBoostForSequenceClassification.from_pretrained(model_dir).eval()
-    extractor = MSEmoBoostFeatureExtractor.from_pretrained(model_dir)
-
-    def torch_logits(waveforms):
-        with torch.inference_mode():
-            return model(**extractor(waveforms, sampling_rate=config.sampling_rate, return_tensors="pt")).logits.numpy()
-
     export(model_dir, work)
-    session = ONNXClassifier(work, threads=1)
     batches = [audio[i : i + batch_size] for i in range(0, len(audio), batch_size)]
-    logits = {"torch batched": np.concatenate([torch_logits(batch) for batch in batches]),
-              "torch one at a time": np.concatenate([torch_logits([waveform]) for waveform in audio]),
-              "onnxruntime batched": np.concatenate([session(batch)[0] for batch in batches]),
-              "onnxruntime one at a time": np.concatenate([session([waveform])[0] for waveform in audio])}
+    logits = {}
+    for engine in ("torch", "onnxruntime"):
+        run = load_engine(f"{engine} fp32", model_dir, work, threads=1)
+        logits[f"{engine} batched"] = np.concatenate([run(batch) for batch in batches])
+        logits[f"{engine} one at a time"] = np.concatenate([run([waveform]) for waveform in audio])
     return {"utterances": len(audio), "logits": logits,
             "largest_abs_logit": float(np.abs(logits["torch batched"]).max()),
             "batched": differences(logits["onnxruntime batched"], logits["torch batched"]),

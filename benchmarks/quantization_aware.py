@@ -37,12 +37,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from msemoboost import MSEmoBoostConfig, MSEmoBoostFeatureExtractor, MSEmoBoostForSequenceClassification  # noqa: E402
+from msemoboost import MSEmoBoostConfig  # noqa: E402
 from msemoboost.data import EmotionCorpus, load_corpus  # noqa: E402
-from msemoboost.export import ONNXClassifier, export  # noqa: E402
+from msemoboost.export import export  # noqa: E402
 from msemoboost.quantization_aware import QuantizationAwareFineTuning  # noqa: E402
 
-from deploy import accuracy, calibration_audio  # noqa: E402
+from deploy import accuracy, calibration_audio, load_engine  # noqa: E402
 from quantization import fold_dirs, test_utterances  # noqa: E402
 
 ROWS = ["torch fp32", "onnxruntime int8, every convolution", "onnxruntime int8, every convolution, after fine-tuning",
@@ -62,14 +62,6 @@ def logits_of(run, audio: list[np.ndarray]) -> np.ndarray:
     return np.concatenate([run(audio[i : i + 8]) for i in range(0, len(audio), 8)])
 
 
-def torch_runner(model, extractor):
-    def run(waveforms):
-        model.eval()
-        with torch.inference_mode():
-            return model(**extractor(waveforms, sampling_rate=16_000, return_tensors="pt")).logits.numpy()
-    return run
-
-
 def fold_result(fold: Path, args, corpus: EmotionCorpus, calibration: list[np.ndarray], work: Path) -> dict:
     model_dir = fold / "model"
     config = MSEmoBoostConfig.from_pretrained(model_dir)
@@ -77,19 +69,17 @@ def fold_result(fold: Path, args, corpus: EmotionCorpus, calibration: list[np.nd
     test_audio, truth = test_utterances(fold, args.dataset_name, labels)
     int8 = dict(quantize="int8", calibration=calibration, quantize_feature_encoder=True)
     export(model_dir, work / "before", **int8)
-    model = MSEmoBoostForSequenceClassification.from_pretrained(model_dir).eval()
-    extractor = MSEmoBoostFeatureExtractor.from_pretrained(model_dir)
-    logits = {ROWS[0]: logits_of(torch_runner(model, extractor), test_audio),
-              ROWS[1]: logits_of(lambda w, s=ONNXClassifier(work / "before", int8=True): s(w)[0], test_audio)}
+    threads = torch.get_num_threads()
+    logits = {ROWS[0]: logits_of(load_engine("torch fp32", model_dir, work, threads), test_audio),
+              ROWS[1]: logits_of(load_engine("onnxruntime int8", model_dir, work / "before", threads), test_audio)}
     fine_tuning = QuantizationAwareFineTuning(training_corpus(fold, corpus), epochs=args.epochs,
                                               learning_rate=args.learning_rate, seed=args.seed)
     started = time.perf_counter()
     export(model_dir, work / "after", **int8, fine_tuning=fine_tuning)
     seconds = time.perf_counter() - started
     report = json.loads((work / "after" / "export.json").read_text())["quantization_aware_fine_tuning"]
-    logits[ROWS[2]] = logits_of(lambda w, s=ONNXClassifier(work / "after", int8=True): s(w)[0], test_audio)
-    fine_tuned = MSEmoBoostForSequenceClassification.from_pretrained(work / "after").eval()
-    logits[ROWS[3]] = logits_of(torch_runner(fine_tuned, extractor), test_audio)
+    logits[ROWS[2]] = logits_of(load_engine("onnxruntime int8", work / "after", work / "after", threads), test_audio)
+    logits[ROWS[3]] = logits_of(load_engine("torch fp32", work / "after", work / "after", threads), test_audio)  # fine-tuned
     return {"truth": truth, "logits": logits, "losses": report["epoch_losses"], "export_seconds": seconds,
             "training_utterances": report["utterances"], "num_labels": len(labels)}
 

@@ -175,7 +175,7 @@ def export(model_dir: str | Path, output: str | Path, quantize: str | None = Non
         from .quantization_aware import fine_tune_for_int8
 
         with tempfile.TemporaryDirectory(prefix="msemoboost-export-") as work:  # the int8 ranges of the model as it is
-            write_graph(model, extractor, Path(work) / ONNX_NAME, opset, int8_source=Path(work) / INT8_SOURCE)
+            write_graph(model, extractor, None, opset, int8_source=Path(work) / INT8_SOURCE)
             quantize_int8(Path(work) / INT8_SOURCE, Path(work) / INT8_NAME, calibration, config.segment_samples,
                           static_feature_encoder=True)
             convolutions = int8_feature_encoder(Path(work) / INT8_NAME, model)
@@ -205,10 +205,11 @@ def export(model_dir: str | Path, output: str | Path, quantize: str | None = Non
     return written
 
 
-def write_graph(model: MSEmoBoostForSequenceClassification, extractor: MSEmoBoostFeatureExtractor, path: Path,
+def write_graph(model: MSEmoBoostForSequenceClassification, extractor: MSEmoBoostFeatureExtractor, path: Path | None,
                 opset: int, int8_source: Path | None = None) -> None:
-    """Writes `model`'s graph from the raw waveform to logits ([`MSEmoBoostForONNX`]) to `path`, and checks it. The
-    folder of `path` is made only once the exporter has translated the model, so a failed export leaves nothing.
+    """Writes `model`'s graph from the raw waveform to logits ([`MSEmoBoostForONNX`]) to `path` (unless None), and
+    checks it. The folder of `path` is made only once the exporter has translated the model, so a failed export
+    leaves nothing.
 
     In `path` the backbone's per-channel group norm is summed in two levels (`channel_norm_in_two_levels`), so that
     ONNX Runtime computes it as exactly as PyTorch. With `int8_source`, the same graph is also written there with that
