@@ -12,7 +12,8 @@ precision on real speech (see `tests/test_acoustic_features.py`):
 The windows and mel filters come from `transformers.audio_utils`. They are non-persistent buffers: they are not
 saved with the weights, and `MSEmoBoostPreTrainedModel._init_weights` fills them again after loading. They stay
 float32 when the model is cast to half precision, and features are always computed in float32: the log and the DCT
-need the range, and a bf16 window or filter bank alone would change the features by up to 16 %.
+need the range, and a bf16 window or filter bank alone would change the features by up to 16 %. A caller may ask for
+the STFT itself in float64 (`fft_dtype`), as the whole-utterance statistics do; the power is rounded to float32.
 """
 
 import math
@@ -120,8 +121,9 @@ class MSEmoBoostPowerSpectrogram(nn.Module):
                 self._buffers[name] = value.to(buffer.device)
         return self
 
-    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
-        """The subclass's `features` of each row of `waveform` `(batch_size, num_samples)`, each row on its own.
+    def forward(self, waveform: torch.Tensor, fft_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The subclass's `features` of each row of `waveform` `(batch_size, num_samples)`, each row on its own, from
+        an STFT computed in `fft_dtype` (see `power_spectrogram`).
 
         After `use_matmul_fft(rows_per_step)`, the rows go through in `ceil(batch_size / rows_per_step)` equal groups
         of at most `rows_per_step` rows (padded with fewer zero rows than there are groups), one `scan` step each (a
@@ -131,18 +133,19 @@ class MSEmoBoostPowerSpectrogram(nn.Module):
         if self.rows_per_step is None:
             rows = self.eager_rows_per_step
             if waveform.shape[0] <= rows or torch.compiler.is_compiling() or torch.jit.is_tracing():
-                return self.features(waveform)
-            return torch.cat([self.features(group) for group in waveform.split(rows)])
+                return self.features(waveform, fft_dtype)
+            return torch.cat([self.features(group, fft_dtype) for group in waveform.split(rows)])
         from torch._higher_order_ops.scan import scan
 
         rows = waveform.shape[0]
         num_groups = (rows + self.rows_per_step - 1) // self.rows_per_step
         step = (rows + num_groups - 1) // num_groups  # at most rows_per_step, and fewer than num_groups pad rows
         groups = F.pad(waveform, (0, 0, 0, num_groups * step - rows)).reshape(num_groups, step, -1)
-        _, features = scan(lambda carry, group: (carry.clone(), self.features(group)), waveform.new_zeros(()), groups)
+        _, features = scan(lambda carry, group: (carry.clone(), self.features(group, fft_dtype)), waveform.new_zeros(()),
+                           groups)
         return features.flatten(0, 1)[:rows]
 
-    def features(self, waveform: torch.Tensor) -> torch.Tensor:
+    def features(self, waveform: torch.Tensor, fft_dtype: torch.dtype = torch.float32) -> torch.Tensor:
         raise NotImplementedError
 
     def use_matmul_fft(self, rows_per_step: int | None = None):
@@ -155,7 +158,8 @@ class MSEmoBoostPowerSpectrogram(nn.Module):
         them), at about `2 * n1 * n2 * (n1 + n2)` multiply-adds per frame instead of a DFT's `n_fft ** 2`: 0.4 M at
         2048 points, 0.1 M at 800. `msemoboost.export` switches it on for the ONNX graph, where ONNX Runtime's STFT is
         about ten times slower than torch's FFT (and a direct DFT for a size that is not a power of two). PyTorch keeps
-        `torch.stft`. With `rows_per_step`, `forward` also computes the rows in groups of that many.
+        `torch.stft`, in either `fft_dtype` (the bases are kept in both, the float64 ones with the suffix
+        `_float64`). With `rows_per_step`, `forward` also computes the rows in groups of that many.
         """
         self.rows_per_step = rows_per_step
         n = self.n_fft
@@ -177,44 +181,54 @@ class MSEmoBoostPowerSpectrogram(nn.Module):
         }
         for name, value in buffers.items():
             self.register_buffer(name, value.float().to(self.window.device), persistent=False)
+            self.register_buffer(f"{name}_float64", value.to(self.window.device), persistent=False)
         self.fft_factors = (n1, n2)
 
     def frames(self, waveform: torch.Tensor) -> torch.Tensor:
-        """`(batch_size, num_samples)` → centred, zero-padded frames `(batch_size, num_frames, n_fft)`, cut as
+        """`(batch_size, num_samples)` → centred, zero-padded frames `(batch_size, num_frames, n_fft)` in the
+        waveform's dtype, cut as
         slices of hop-long chunks side by side (no gather, so no table of sample indices in an exported graph)."""
         hop, width = self.hop_length, self.n_fft
         num_frames = waveform.shape[1] // hop + 1
         num_chunks = -(-width // hop)
-        padded = F.pad(waveform.float(), (width // 2, width // 2 + num_chunks * hop - width))
+        padded = F.pad(waveform, (width // 2, width // 2 + num_chunks * hop - width))
         chunks = padded[:, : (num_frames + num_chunks - 1) * hop].unflatten(1, (-1, hop))
         return torch.cat([chunks[:, i : i + num_frames] for i in range(num_chunks)], dim=-1)[..., :width]
 
-    def power_spectrogram(self, waveform: torch.Tensor) -> torch.Tensor:
+    def power_spectrogram(self, waveform: torch.Tensor, fft_dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """`(batch_size, num_samples)` → `(batch_size, n_fft // 2 + 1, num_frames)` in float32: `num_samples //
-        hop_length + 1` centred frames (or `(num_samples - n_fft) // hop_length + 1` without `center`)."""
+        hop_length + 1` centred frames (or `(num_samples - n_fft) // hop_length + 1` without `center`).
+
+        The STFT is computed in `fft_dtype`. A float32 FFT's error is relative to each frame's strongest bin, so a bin
+        60 dB below it holds only a few significant digits; in float64 (not on Apple's MPS, which stays float32) every
+        bin is its exact power rounded to float32, whichever FFT computed it.
+        """
+        dtype = torch.float32 if waveform.device.type == "mps" else fft_dtype
         if getattr(self, "fft_factors", None) is not None and self.center:
             n1, n2 = self.fft_factors
-            frames = self.frames(waveform) * self.window.float()
+            first, twiddle, second = (getattr(self, name if dtype == torch.float32 else f"{name}_float64")
+                                      for name in ("fft_first", "fft_twiddle", "fft_second"))
+            frames = self.frames(waveform.to(dtype)) * self.window.to(dtype)
             columns = frames.unflatten(-1, (n1, n2)).transpose(-1, -2)  # (..., n2, n1): [j, i] is frame sample i * n2 + j
-            spectrum = columns @ self.fft_first.float()  # (..., n2, 2 * n1): the n1-point DFTs, real | imaginary
+            spectrum = columns @ first  # (..., n2, 2 * n1): the n1-point DFTs, real | imaginary
             real, imaginary = spectrum.chunk(2, dim=-1)
-            cos, sin = self.fft_twiddle.float()
+            cos, sin = twiddle.to(dtype)  # unpacking the buffer itself gives an export's scan two aliased inputs
             twiddled = torch.cat([real * cos + imaginary * sin, imaginary * cos - real * sin], dim=-2)  # (..., 2 n2, n1)
-            spectrum = self.fft_second.float() @ twiddled  # (..., 2 * k2, n1): the n2-point DFTs, real; imaginary
+            spectrum = second @ twiddled  # (..., 2 * k2, n1): the n2-point DFTs, real; imaginary
             real, imaginary = spectrum.chunk(2, dim=-2)
             power = torch.addcmul(real * real, imaginary, imaginary).flatten(-2)  # output k1 + n1 * k2 at k2 * n1 + k1
-            return power[..., : self.n_fft // 2 + 1].transpose(1, 2)
+            return power[..., : self.n_fft // 2 + 1].transpose(1, 2).float()
         stft = torch.stft(
-            waveform.float(),
+            waveform.to(dtype),
             n_fft=self.n_fft,
             hop_length=self.hop_length,
-            window=self.window.float(),
+            window=self.window.to(dtype),
             center=self.center,
             pad_mode="constant",
             return_complex=True,
         )
         # re^2 + im^2 straight from the two views: several times cheaper than abs().square() on CPU.
-        return torch.addcmul(stft.real * stft.real, stft.imag, stft.imag)
+        return torch.addcmul(stft.real * stft.real, stft.imag, stft.imag).float()
 
 
 class MSEmoBoostMFCC(MSEmoBoostPowerSpectrogram):
@@ -258,8 +272,8 @@ class MSEmoBoostMFCC(MSEmoBoostPowerSpectrogram):
             dtype=np.float32,
         )
 
-    def features(self, waveform: torch.Tensor) -> torch.Tensor:
-        power = self.power_spectrogram(waveform).transpose(1, 2)  # (batch_size, num_frames, num_frequency_bins)
+    def features(self, waveform: torch.Tensor, fft_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        power = self.power_spectrogram(waveform, fft_dtype).transpose(1, 2)  # (batch, num_frames, num_frequency_bins)
         log_mel = power_to_db(self.mel_power(power), amin=1e-10, top_db=self.top_db)
         return log_mel @ self.dct.float()
 
@@ -286,8 +300,8 @@ class MSEmoBoostSpectrogram(MSEmoBoostPowerSpectrogram):
         window = window_function(self.win_length, self.window_name, periodic=True, frame_length=self.n_fft)
         return {"window": torch.tensor(window, dtype=torch.float32)}
 
-    def features(self, waveform: torch.Tensor) -> torch.Tensor:
-        power = self.power_spectrogram(waveform)  # (batch_size, num_frequency_bins, num_frames)
+    def features(self, waveform: torch.Tensor, fft_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        power = self.power_spectrogram(waveform, fft_dtype)  # (batch_size, num_frequency_bins, num_frames)
         # amplitude_to_db(ref=np.max) is power_to_db of the squared amplitude with amin 1e-5 ** 2. Its reference only
         # shifts each image by a constant (the floor is top_db below the image's own peak), which the min-max scaling
         # below removes: the image is the same with any reference, so none is computed.
@@ -359,8 +373,8 @@ class MSEmoBoostProsody(MSEmoBoostPowerSpectrogram):
             "octave_penalty": torch.tensor(self.octave_cost * (high - semitones) / 12, dtype=torch.float32),
         }
 
-    def features(self, waveform: torch.Tensor) -> torch.Tensor:
-        power = self.power_spectrogram(waveform).transpose(1, 2)  # (batch_size, num_frames, num_frequency_bins)
+    def features(self, waveform: torch.Tensor, fft_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        power = self.power_spectrogram(waveform, fft_dtype).transpose(1, 2)  # (batch, num_frames, num_frequency_bins)
         autocorrelation = power[..., : self.num_bins] @ self.autocorrelation.float()  # (..., 1 + num_lags)
         zero_lag = autocorrelation[..., :1].clamp(min=torch.finfo(power.dtype).tiny)
         normalised = autocorrelation[..., 1:] / zero_lag / self.window_autocorrelation.float()

@@ -50,6 +50,13 @@ LOGIT_EXCLUDED = -1.0e4
 # What `config.prosody_statistics` adds per segment (`MSEmoBoostMFCCEncoder.prosody_statistics`).
 NUM_PROSODY_STATISTICS = 9
 NUM_PROSODY_DISTRIBUTION_STATISTICS = 11  # config.utterance_distribution_statistics with prosody_statistics
+# The dtype of the whole-utterance statistics' STFTs (`MSEmoBoostMFCCEncoder.utterance_statistics`). Their medians,
+# percentiles and pitch argmax read the weak bins of the spectrum, which a float32 FFT gets only to a few digits, and
+# a fitted statistics classifier reads them steeply (up to 25 logits per unit): on the CPU preset's trained models two
+# float32 FFTs (torch.stft's and the ONNX graph's) gave logits up to 2.8e-4 apart, and either is as far from exact.
+# In float64 every bin is its exact power rounded to float32 (BENCHMARKS.md section 4). The segments' features,
+# where it made no measurable difference, stay float32.
+UTTERANCE_FFT_DTYPE = torch.float64
 
 
 @dataclass
@@ -398,12 +405,14 @@ class MSEmoBoostMFCCEncoder(nn.Module):
         followed by those of `distribution_shape_statistics` with `config.utterance_distribution_statistics`:
         `(batch_size, num_utterance_statistics)`. They are taken over the frames whose analysis windows lie within
         the utterance (and the first frame, for an utterance shorter than half a window), which do not see the
-        padding; the prosody's audio fraction is the utterance's length over one segment's."""
-        mfcc = self.mfcc(waveform)
+        padding; the prosody's audio fraction is the utterance's length over one segment's.
+
+        Their STFTs are computed in float64 (`UTTERANCE_FFT_DTYPE`), then rounded to float32."""
+        mfcc = self.mfcc(waveform, UTTERANCE_FFT_DTYPE)
         half_window = max(self.mfcc.n_fft, self.prosody.n_fft if self.prosody is not None else 0) // 2
         frames = torch.arange(mfcc.shape[1], device=mfcc.device)
         inside = ((frames * self.hop_length + half_window <= lengths[:, None]) | (frames == 0)).to(mfcc.dtype)[..., None]
-        prosody_frames = self.prosody(waveform) if self.prosody is not None else None
+        prosody_frames = self.prosody(waveform, UTTERANCE_FFT_DTYPE) if self.prosody is not None else None
         statistics = self.segment_statistics(waveform, mfcc, inside, lengths, prosody_frames)
         if self.distribution_statistics:
             statistics = torch.cat([statistics, self.distribution_shape_statistics(mfcc, prosody_frames, inside)], -1)

@@ -143,14 +143,33 @@ def test_each_spectrogram_image_is_scaled_on_its_own_whatever_its_level(segments
 def test_a_spectrogram_of_small_dynamic_range_still_spans_zero_to_one(monkeypatch):
     spectrogram = MSEmoBoostSpectrogram(CONFIG)
     power = 1.0 + 0.1 * torch.rand(1, 401, 301, generator=torch.Generator().manual_seed(0))  # under 0.5 dB of range
-    monkeypatch.setattr(spectrogram, "power_spectrogram", lambda waveform: power)
+    monkeypatch.setattr(spectrogram, "power_spectrogram", lambda waveform, fft_dtype: power)
     image = spectrogram(torch.zeros(1, 48_000))
     expected = 10 * torch.log10(power[:, :200])
     expected = ((expected - expected.amin()) / (expected.amax() - expected.amin())).flip(1)
     torch.testing.assert_close(image, expected, rtol=0, atol=1e-5)
     silent = torch.ones(1, 401, 301)  # no range at all: an all-zero image, not 0 / 0
-    monkeypatch.setattr(spectrogram, "power_spectrogram", lambda waveform: silent)
+    monkeypatch.setattr(spectrogram, "power_spectrogram", lambda waveform, fft_dtype: silent)
     assert torch.equal(spectrogram(torch.zeros(1, 48_000)), torch.zeros(1, 200, 301))
+
+
+@pytest.mark.parametrize("four_step", [False, True], ids=["torch.stft", "four-step FFT"])
+@pytest.mark.parametrize("module_class", [MSEmoBoostMFCC, MSEmoBoostProsody])
+def test_a_float64_stft_gives_every_bin_its_exact_power_rounded_to_float32(segments, module_class, four_step):
+    module = module_class(CONFIG)
+    if four_step:  # the exported graph's FFT
+        module.use_matmul_fft()
+    waveform = pre_emphasis(torch.from_numpy(np.stack(segments)), 0.97)
+    exact = np.abs(librosa.stft(waveform.double().numpy(), n_fft=module.n_fft, hop_length=module.hop_length,
+                                window=module.window.double().numpy(), center=True, pad_mode="constant")) ** 2
+    peak = exact.max(axis=1, keepdims=True)  # each frame's strongest bin
+    found = module.power_spectrogram(waveform, torch.float64)
+    assert found.dtype == torch.float32 and found.shape == exact.shape
+    # Within one unit in the last place of each bin's own power (the float64 FFT's error is 1e-16 of the frame's peak).
+    assert (np.abs(found.numpy() - exact) <= 2.0**-23 * exact + 1e-12 * peak).all()
+    # A float32 FFT is good to about 1e-6 of the frame's peak: its weak bins miss that bound by orders of magnitude.
+    error = np.abs(module.power_spectrogram(waveform).numpy() - exact)
+    assert (error <= 1e-5 * peak).all() and not (error <= 2.0**-23 * exact + 1e-12 * peak).all()
 
 
 def test_prosody_finds_the_pitch_of_periodic_sound_and_no_voice_in_noise():
