@@ -53,9 +53,10 @@ NUM_PROSODY_DISTRIBUTION_STATISTICS = 11  # config.utterance_distribution_statis
 # The dtype of the whole-utterance statistics' STFTs (`MSEmoBoostMFCCEncoder.utterance_statistics`). Their medians,
 # percentiles and pitch argmax read the weak bins of the spectrum, which a float32 FFT gets only to a few digits, and
 # a fitted statistics classifier reads them steeply (up to 25 logits per unit): on the CPU preset's trained models two
-# float32 FFTs (torch.stft's and the ONNX graph's) gave logits up to 2.8e-4 apart, and either is as far from exact.
-# In float64 every bin is its exact power rounded to float32 (BENCHMARKS.md section 4). The segments' features,
-# where it made no measurable difference, stay float32.
+# float32 FFTs (torch.stft's and the ONNX graph's) gave logits up to 2.8e-4 apart, torch.stft's up to 1.6e-4 from
+# exact. In float64 every bin is its exact power rounded to float32: 6.9e-5 apart at worst. It costs those models
+# 1.2-1.3x their time (BENCHMARKS.md section 4); the segments' features, where it made no measurable difference,
+# stay float32, and models without the statistics classifier never compute these.
 UTTERANCE_FFT_DTYPE = torch.float64
 
 
