@@ -13,7 +13,7 @@ The windows and mel filters come from `transformers.audio_utils`. They are non-p
 saved with the weights, and `MSEmoBoostPreTrainedModel._init_weights` fills them again after loading. They stay
 float32 when the model is cast to half precision, and features are always computed in float32: the log and the DCT
 need the range, and a bf16 window or filter bank alone would change the features by up to 16 %. A caller may ask for
-the STFT itself in float64 (`fft_dtype`), as the whole-utterance statistics do; the power is rounded to float32.
+the STFT itself in float64 (`fft_dtype`), as the whole-utterance MFCC does; the power is rounded to float32.
 """
 
 import math

@@ -50,13 +50,13 @@ LOGIT_EXCLUDED = -1.0e4
 # What `config.prosody_statistics` adds per segment (`MSEmoBoostMFCCEncoder.prosody_statistics`).
 NUM_PROSODY_STATISTICS = 9
 NUM_PROSODY_DISTRIBUTION_STATISTICS = 11  # config.utterance_distribution_statistics with prosody_statistics
-# The dtype of the whole-utterance statistics' STFTs (`MSEmoBoostMFCCEncoder.utterance_statistics`). Their medians,
-# percentiles and pitch argmax read the weak bins of the spectrum, which a float32 FFT gets only to a few digits, and
-# a fitted statistics classifier reads them steeply (up to 25 logits per unit): on the CPU preset's trained models two
-# float32 FFTs (torch.stft's and the ONNX graph's) gave logits up to 2.8e-4 apart, torch.stft's up to 1.6e-4 from
-# exact. In float64 every bin is its exact power rounded to float32: 6.9e-5 apart at worst. It costs those models
-# 1.2-1.3x their time (BENCHMARKS.md section 4); the segments' features, where it made no measurable difference,
-# stay float32, and models without the statistics classifier never compute these.
+# The dtype of the whole-utterance MFCC's STFT (`MSEmoBoostMFCCEncoder.utterance_statistics`). The MFCC's medians
+# and percentiles read the weak bins of the spectrum, which a float32 FFT gets only to a digit or two, and a fitted
+# statistics classifier reads them steeply (up to 25 logits per unit): on the CPU preset's trained models two float32
+# FFTs (torch.stft's and the ONNX graph's) gave logits up to 2.8e-4 apart, torch.stft's up to 1.6e-4 from exact. In
+# float64 every bin is its exact power rounded to float32: 6.9e-5 apart at worst. The prosody's STFT and the segments'
+# features, where float64 made no measurable difference, stay float32. It costs the CPU preset's model about 1.2x its
+# time; models without the statistics classifier never compute this (BENCHMARKS.md section 4).
 UTTERANCE_FFT_DTYPE = torch.float64
 
 
@@ -408,12 +408,12 @@ class MSEmoBoostMFCCEncoder(nn.Module):
         the utterance (and the first frame, for an utterance shorter than half a window), which do not see the
         padding; the prosody's audio fraction is the utterance's length over one segment's.
 
-        Their STFTs are computed in float64 (`UTTERANCE_FFT_DTYPE`), then rounded to float32."""
+        The MFCC's STFT is computed in float64 (`UTTERANCE_FFT_DTYPE`), then rounded to float32."""
         mfcc = self.mfcc(waveform, UTTERANCE_FFT_DTYPE)
         half_window = max(self.mfcc.n_fft, self.prosody.n_fft if self.prosody is not None else 0) // 2
         frames = torch.arange(mfcc.shape[1], device=mfcc.device)
         inside = ((frames * self.hop_length + half_window <= lengths[:, None]) | (frames == 0)).to(mfcc.dtype)[..., None]
-        prosody_frames = self.prosody(waveform, UTTERANCE_FFT_DTYPE) if self.prosody is not None else None
+        prosody_frames = self.prosody(waveform) if self.prosody is not None else None
         statistics = self.segment_statistics(waveform, mfcc, inside, lengths, prosody_frames)
         if self.distribution_statistics:
             statistics = torch.cat([statistics, self.distribution_shape_statistics(mfcc, prosody_frames, inside)], -1)
