@@ -452,7 +452,7 @@ def fold_training_arguments(
     selection on the validation speakers when early stopping is on; no evaluation when there is nothing to validate on."""
     # Label smoothing is the model's own (config.label_smoothing, set in train_model), so that it keeps the class
     # weights and the segment-level loss; the Trainer's label smoother would replace that loss.
-    changes = {"output_dir": str(output_dir), "push_to_hub": False, "remove_unused_columns": False, "label_names": ["labels"],
+    changes = {"output_dir": str(output_dir), "push_to_hub": False, "remove_unused_columns": False,
                "label_smoothing_factor": 0.0}
     if not has_validation:
         changes.update(eval_strategy="no", load_best_model_at_end=False)
@@ -604,7 +604,7 @@ def train_model(
     if training_args.label_smoothing_factor:
         model.config.label_smoothing = training_args.label_smoothing_factor
     mixup = BatchMixup(mixup_alpha, len(corpus.label_names), training_args.seed) if mixup_alpha else None
-    label_masks = "label_mask" in corpus.dataset.column_names  # --mask_absent_classes with extra corpora
+    class_masks = "class_mask" in corpus.dataset.column_names  # --mask_absent_classes with extra corpora
     has_validation = len(rows_validation) > 0
     patience = protocol_args.early_stopping_patience if has_validation else None
     if protocol_args.early_stopping_patience is not None and not has_validation:
@@ -622,8 +622,8 @@ def train_model(
         eval_dataset=corpus.dataset.select(rows_validation) if has_validation else None,
         data_collator=AudioCollator(feature_extractor),
         train_data_collator=AudioCollator(
-            feature_extractor, augmentation, return_clean=model_args.use_se_head, mixup=mixup, label_masks=label_masks
-        ) if augmentation or mixup or label_masks else None,
+            feature_extractor, augmentation, return_clean=model_args.use_se_head, mixup=mixup, class_masks=class_masks
+        ) if augmentation or mixup or class_masks else None,
         processing_class=feature_extractor,
         compute_metrics=WaUaMetrics(),
         part_learning_rates={"backbone": model_args.backbone_learning_rate, "guidance": model_args.guidance_learning_rate},

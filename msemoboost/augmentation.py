@@ -104,7 +104,7 @@ class BatchMixup:
     `input_values` (and `clean_input_values`, the speech-enhancement target, so that it stays the clean part of the
     mixture) become `λ x + (1 - λ) x[π]` `(batch_size, num_samples)`, the `attention_mask` the union of the two
     utterances' masks, and `labels` the class probabilities `λ onehot(y) + (1 - λ) onehot(y[π])` `(batch_size,
-    num_labels)`, which the model's loss takes as soft targets. A `label_mask` (the classes of each utterance's
+    num_labels)`, which the model's loss takes as soft targets. A `class_mask` (the classes of each utterance's
     corpus) becomes the union of the two utterances' masks.
 
     Args:
@@ -134,8 +134,8 @@ class BatchMixup:
                 mixed[key] = weight * batch[key] + (1 - weight) * batch[key][permutation]
         if "attention_mask" in batch:
             mixed["attention_mask"] = torch.maximum(batch["attention_mask"], batch["attention_mask"][permutation])
-        if "label_mask" in batch:
-            mixed["label_mask"] = batch["label_mask"] | batch["label_mask"][permutation]
+        if "class_mask" in batch:
+            mixed["class_mask"] = batch["class_mask"] | batch["class_mask"][permutation]
         one_hot = torch.nn.functional.one_hot(labels, self.num_labels).float()
         mixed["labels"] = weight * one_hot + (1 - weight) * one_hot[permutation]
         return mixed

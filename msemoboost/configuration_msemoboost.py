@@ -330,6 +330,21 @@ class MSEmoBoostConfig(PreTrainedConfig):
         super().__post_init__(**kwargs)
         self._validate_sizes()
 
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs) -> "MSEmoBoostConfig":
+        """As transformers' own configs: `num_labels` given to `from_pretrained` (with or without new `id2label` and
+        `label2id`) replaces the saved label maps, for a new head, instead of disagreeing with them.
+        (transformers sets `num_labels` before it sets the other keyword arguments.)"""
+        num_labels = kwargs.get("num_labels")
+        if num_labels is not None:
+            config_dict = dict(config_dict)
+            if "id2label" in kwargs:
+                config_dict["id2label"] = kwargs["id2label"]
+                config_dict["label2id"] = kwargs.get("label2id")
+            elif len(config_dict.get("id2label") or {}) != num_labels:
+                config_dict["id2label"] = config_dict["label2id"] = None
+        return super().from_dict(config_dict, **kwargs)
+
     def _validate_prosody(self):
         if not 0 < self.pitch_min_hz < self.pitch_max_hz <= self.sampling_rate / 2:
             raise ValueError(

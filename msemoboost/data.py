@@ -221,20 +221,20 @@ class AudioCollator:
             speech-enhancement head.
         mixup (*optional*): a callable `batch -> batch` applied to the padded batch last, e.g.
             [`~msemoboost.augmentation.BatchMixup`] (which makes `labels` class probabilities).
-        label_masks (`bool`): also return `label_mask`, the rows' `label_mask` column (the classes of each
+        class_masks (`bool`): also return `class_mask`, the rows' `class_mask` column (the classes of each
             utterance's corpus, which [`combine_corpora`] writes), for the model's loss.
 
     Returns `input_values` `(batch_size, num_samples)`, `attention_mask`, `labels` `(batch_size,)`, with
-    `return_clean` `clean_input_values` `(batch_size, num_samples)`, and with `label_masks` `label_mask`
+    `return_clean` `clean_input_values` `(batch_size, num_samples)`, and with `class_masks` `class_mask`
     `(batch_size, num_labels)`.
     """
 
-    def __init__(self, feature_extractor, noise=None, return_clean: bool = False, mixup=None, label_masks: bool = False):
+    def __init__(self, feature_extractor, noise=None, return_clean: bool = False, mixup=None, class_masks: bool = False):
         self.feature_extractor = feature_extractor
         self.noise = noise
         self.return_clean = return_clean
         self.mixup = mixup
-        self.label_masks = label_masks
+        self.class_masks = class_masks
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         rate = self.feature_extractor.sampling_rate
@@ -242,8 +242,8 @@ class AudioCollator:
         noisy = [self.noise(waveform, row) for waveform, row in zip(clean, rows)] if self.noise else clean
         batch = self.feature_extractor(noisy, sampling_rate=rate, return_tensors="pt")
         batch["labels"] = torch.tensor([row["labels"] for row in rows], dtype=torch.long)
-        if self.label_masks:
-            batch["label_mask"] = torch.tensor([row["label_mask"] for row in rows], dtype=torch.bool)
+        if self.class_masks:
+            batch["class_mask"] = torch.tensor([row["class_mask"] for row in rows], dtype=torch.bool)
         if self.return_clean:
             targets = torch.zeros_like(batch["input_values"])
             for index, (speech, mixture) in enumerate(zip(clean, noisy)):
@@ -260,7 +260,7 @@ class AudioCollator:
 class CombinedCorpus:
     """The evaluated corpus and extra training corpora in one table, with one label space.
 
-    `corpus.dataset` holds the evaluated corpus's rows first, then the extra corpora's (`extra_rows`); the `corpus` column names each row's source (and with `label_masks`, the `label_mask` column says which classes of the label space that source has). Extra corpora's speakers are prefixed with their
+    `corpus.dataset` holds the evaluated corpus's rows first, then the extra corpora's (`extra_rows`); the `corpus` column names each row's source (and with `class_masks`, the `class_mask` column says which classes of the label space that source has). Extra corpora's speakers are prefixed with their
     corpus name, so that speakers of different corpora never merge. `report` says, per corpus, how many
     utterances were kept and how many were dropped for a label outside the label space.
     """
@@ -276,15 +276,15 @@ def combine_corpora(
     extras: list[tuple[str, EmotionCorpus]],
     shared_labels_only: bool = False,
     keep_extra_labels: bool = False,
-    label_masks: bool = False,
+    class_masks: bool = False,
 ) -> CombinedCorpus:
     """Pools `extras` (`(name, corpus)` pairs) with `evaluated`, matching labels by name.
 
     The label space is the evaluated corpus's classes; with `keep_extra_labels`, the extra corpora's other classes
     are added (they are trained on, never tested). With `shared_labels_only` (the cross-corpus setting) it is the
     classes the evaluated corpus shares with the extra corpora, and evaluated rows of other classes are dropped too.
-    With `label_masks`, each row gets a `label_mask` column: for each class of the label space, whether the row's
-    corpus has it (for the model's `label_mask`, see [`AudioCollator`]). The column is left out when every corpus
+    With `class_masks`, each row gets a `class_mask` column: for each class of the label space, whether the row's
+    corpus has it (for the model's `class_mask`, see [`AudioCollator`]). The column is left out when every corpus
     has every class of the label space, where the masks would all be true.
     Raises `ValueError` naming the corpus when an extra corpus shares no class with the evaluated one.
     """
@@ -314,7 +314,7 @@ def combine_corpora(
     index = {name: i for i, name in enumerate(label_names)}
     parts = [(evaluated_name, evaluated), *extras]
     has_class = [[label in part.label_names for label in label_names] for _, part in parts]
-    label_masks = label_masks and not all(all(has) for has in has_class)  # all-true masks would change nothing
+    class_masks = class_masks and not all(all(has) for has in has_class)  # all-true masks would change nothing
 
     tables, report, sources = [], {}, []
     for number, (name, part) in enumerate(parts):
@@ -328,8 +328,8 @@ def combine_corpora(
             desc=f"Labels of {name}",
         )
         table = table.add_column("corpus", [name] * len(table))
-        if label_masks:
-            table = table.add_column("label_mask", [has_class[number]] * len(table))
+        if class_masks:
+            table = table.add_column("class_mask", [has_class[number]] * len(table))
         tables.append(table)
         sources.append(np.full(len(table), number))
         report[name] = {"utterances": len(table), "dropped": dict(sorted(dropped.items())), "num_dropped": sum(dropped.values())}

@@ -21,6 +21,7 @@ Data flow for one utterance, in the order this file defines it:
    on noisy audio.
 """
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -43,7 +44,7 @@ from .configuration_msemoboost import MSEmoBoostConfig
 
 logger = logging.get_logger(__name__)
 
-# The logit that `label_mask` gives the classes it leaves out: low enough that their softmax probability is exactly 0
+# The logit that `class_mask` gives the classes it leaves out: low enough that their softmax probability is exactly 0
 # in float32, finite so that a zero target times its log-probability stays 0.
 LOGIT_EXCLUDED = -1.0e4
 
@@ -543,26 +544,26 @@ def average_over_segments(values: torch.Tensor, segments_per_utterance: torch.Te
     return totals / counts
 
 
-def checked_label_mask(label_mask: torch.Tensor, targets: torch.Tensor, num_labels: int, smoothing: float) -> torch.Tensor:
-    """`label_mask` `(batch_size, num_labels)` as a bool tensor on the device of `targets` (class indices
+def checked_class_mask(class_mask: torch.Tensor, targets: torch.Tensor, num_labels: int, smoothing: float) -> torch.Tensor:
+    """`class_mask` `(batch_size, num_labels)` as a bool tensor on the device of `targets` (class indices
     `(batch_size,)` or probabilities `(batch_size, num_labels)`), after checking that every target lies in it."""
     batch_size = targets.shape[0]
-    if tuple(label_mask.shape) != (batch_size, num_labels):
-        raise ValueError(f"label_mask must have shape (batch_size, num_labels) = ({batch_size}, {num_labels}), got {tuple(label_mask.shape)}.")
+    if tuple(class_mask.shape) != (batch_size, num_labels):
+        raise ValueError(f"class_mask must have shape (batch_size, num_labels) = ({batch_size}, {num_labels}), got {tuple(class_mask.shape)}.")
     if smoothing:
         raise ValueError(
-            "label_mask cannot be combined with label smoothing, which spreads probability over every class, "
+            "class_mask cannot be combined with label smoothing, which spreads probability over every class, "
             "including those the mask leaves out. Set label_smoothing to 0."
         )
-    label_mask = label_mask.to(device=targets.device, dtype=torch.bool)
+    class_mask = class_mask.to(device=targets.device, dtype=torch.bool)
     soft = targets.dim() == 2
-    outside = ((targets > 0) & ~label_mask).any(-1) if soft else ~label_mask.gather(1, targets[:, None]).squeeze(1)
+    outside = ((targets > 0) & ~class_mask).any(-1) if soft else ~class_mask.gather(1, targets[:, None]).squeeze(1)
     if outside.any():
         raise ValueError(
-            f"label_mask leaves out the label of utterance(s) {outside.nonzero()[:, 0].tolist()}: every utterance's "
+            f"class_mask leaves out the label of utterance(s) {outside.nonzero()[:, 0].tolist()}: every utterance's "
             "label must be among the classes its mask allows."
         )
-    return label_mask
+    return class_mask
 
 
 def segment_slots(
@@ -1090,7 +1091,7 @@ class MSEmoBoostForSequenceClassification(MSEmoBoostPreTrainedModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         output_attentions: bool | None = None,
-        label_mask: torch.Tensor | None = None,
+        class_mask: torch.Tensor | None = None,
         **kwargs,
     ) -> MSEmoBoostSequenceClassifierOutput | tuple:
         r"""
@@ -1110,13 +1111,15 @@ class MSEmoBoostForSequenceClassification(MSEmoBoostPreTrainedModel):
                 Return a [`MSEmoBoostSequenceClassifierOutput`] rather than a tuple.
             output_attentions (`bool`, *optional*):
                 Return the backbone's attention weights of every segment.
-            label_mask (`torch.BoolTensor` of shape `(batch_size, num_labels)`, *optional*):
+            class_mask (`torch.BoolTensor` of shape `(batch_size, num_labels)`, *optional*):
                 For training on several corpora: the classes each utterance's corpus has. Its loss is the
                 cross-entropy over those classes only (the others are left out of its softmax), so that a class that
                 only some corpora have is not learnt as "not that corpus". Single-label classification only; the
-                `logits` are not changed.
+                `logits` are not changed. (Its name holds no "label": `Trainer` takes every forward argument whose
+                name does for a label, and would then evaluate a batch without it as unlabelled.)
             kwargs:
-                Other keyword arguments (such as those `Trainer` may pass) are accepted and ignored.
+                Other keyword arguments (such as those `Trainer` may pass) are accepted and ignored, except
+                `label_mask`, the former name of `class_mask`, which is used as `class_mask` with a `FutureWarning`.
 
         Returns:
             [`MSEmoBoostSequenceClassifierOutput`] with `logits` of shape `(batch_size, num_labels)`: for each
@@ -1127,6 +1130,11 @@ class MSEmoBoostForSequenceClassification(MSEmoBoostPreTrainedModel):
             is given when `labels` (or, with the SE head, `clean_input_values`) is.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if kwargs.get("label_mask") is not None:
+            if class_mask is not None:
+                raise ValueError("Give class_mask only: label_mask is its former name.")
+            warnings.warn("label_mask is deprecated: pass class_mask instead.", FutureWarning, stacklevel=2)
+            class_mask = kwargs["label_mask"]
         train_se = self.se_head is not None and clean_input_values is not None
         outputs = self.msemoboost(
             input_values,
@@ -1146,11 +1154,11 @@ class MSEmoBoostForSequenceClassification(MSEmoBoostPreTrainedModel):
         classification_loss = statistics_loss = se_loss = None
         if labels is not None:
             classification_loss = self.classification_loss(
-                segment_logits, logits, labels, outputs.segments_per_utterance, label_mask=label_mask
+                segment_logits, logits, labels, outputs.segments_per_utterance, class_mask=class_mask
             )
             if self.config.classify_statistics and self.config.statistics_loss_weight > 0:
                 statistics_loss = self.statistics_loss(
-                    outputs.segment_features, labels, outputs.segments_per_utterance, label_mask=label_mask
+                    outputs.segment_features, labels, outputs.segments_per_utterance, class_mask=class_mask
                 )
         if train_se:
             if clean_input_values.shape != input_values.shape:
@@ -1188,7 +1196,7 @@ class MSEmoBoostForSequenceClassification(MSEmoBoostPreTrainedModel):
         segment_features: torch.Tensor,
         labels: torch.Tensor,
         segments_per_utterance: torch.LongTensor,
-        label_mask: torch.Tensor | None = None,
+        class_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """With `config.classify_statistics`: the [`~MSEmoBoostForSequenceClassification.classification_loss`] of the
         logits that the classifier gives the statistics alone, from its columns for them (the last
@@ -1199,7 +1207,7 @@ class MSEmoBoostForSequenceClassification(MSEmoBoostPreTrainedModel):
             segment_features[:, -num_statistics:], self.classifier.weight[:, -num_statistics:], self.classifier.bias
         )
         logits = self.utterance_logits(segment_logits, segments_per_utterance)
-        return self.classification_loss(segment_logits, logits, labels, segments_per_utterance, label_mask=label_mask)
+        return self.classification_loss(segment_logits, logits, labels, segments_per_utterance, class_mask=class_mask)
 
     def utterance_statistics(self, input_values: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """The MFCC and prosody statistics of each whole utterance that `config.utterance_statistics_classifier`
@@ -1243,7 +1251,7 @@ class MSEmoBoostForSequenceClassification(MSEmoBoostPreTrainedModel):
         logits: torch.Tensor,
         labels: torch.Tensor,
         segments_per_utterance: torch.LongTensor,
-        label_mask: torch.Tensor | None = None,
+        class_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The loss of `config.problem_type`, at `config.loss_level`.
 
@@ -1254,7 +1262,7 @@ class MSEmoBoostForSequenceClassification(MSEmoBoostPreTrainedModel):
           `loss_level="segment"` (the paper) every segment `(num_segments, num_labels)` is scored against its
           utterance's label; at `"utterance"` the utterance `logits` `(batch_size, num_labels)` are, which is then
           exactly `cross_entropy(logits, labels)`. The mean is weighted: it divides by the summed class weights of
-          the targets, as `cross_entropy` does for class indices. With a `label_mask` `(batch_size, num_labels)`,
+          the targets, as `cross_entropy` does for class indices. With a `class_mask` `(batch_size, num_labels)`,
           each utterance's cross-entropy is over the classes its mask allows: exactly the cross-entropy of those
           columns alone (the other logits are replaced by `LOGIT_EXCLUDED`, whose probability is 0 in float32).
         - multi-label classification: binary cross-entropy with logits on the utterance `logits` (float `labels` of
@@ -1264,8 +1272,8 @@ class MSEmoBoostForSequenceClassification(MSEmoBoostPreTrainedModel):
         """
         problem_type = self.config.problem_type or "single_label_classification"
         batch_size, num_labels = logits.shape
-        if label_mask is not None and problem_type != "single_label_classification":
-            raise ValueError(f"label_mask applies to single-label classification; this model's problem_type is {problem_type}.")
+        if class_mask is not None and problem_type != "single_label_classification":
+            raise ValueError(f"class_mask applies to single-label classification; this model's problem_type is {problem_type}.")
         if problem_type == "multi_label_classification":
             if labels.shape != (batch_size, num_labels):
                 raise ValueError(f"multi-label labels must have shape ({batch_size}, {num_labels}), got {tuple(labels.shape)}.")
@@ -1299,8 +1307,8 @@ class MSEmoBoostForSequenceClassification(MSEmoBoostPreTrainedModel):
                 )
             targets = labels.to(logits.device)
         smoothing = self.config.label_smoothing
-        if label_mask is not None:
-            label_mask = checked_label_mask(label_mask, targets, num_labels, smoothing)
+        if class_mask is not None:
+            class_mask = checked_class_mask(class_mask, targets, num_labels, smoothing)
         weight = None
         if self.config.class_weights is not None:
             weight = torch.tensor(self.config.class_weights, dtype=torch.float32, device=logits.device)
@@ -1308,10 +1316,10 @@ class MSEmoBoostForSequenceClassification(MSEmoBoostPreTrainedModel):
         if self.config.loss_level == "segment":
             scores = segment_logits
             targets = torch.repeat_interleave(targets, segments_per_utterance.to(targets.device), dim=0)
-            if label_mask is not None:
-                label_mask = torch.repeat_interleave(label_mask, segments_per_utterance.to(label_mask.device), dim=0)
-        if label_mask is not None:
-            scores = scores.float().masked_fill(~label_mask, LOGIT_EXCLUDED)
+            if class_mask is not None:
+                class_mask = torch.repeat_interleave(class_mask, segments_per_utterance.to(class_mask.device), dim=0)
+        if class_mask is not None:
+            scores = scores.float().masked_fill(~class_mask, LOGIT_EXCLUDED)
         if not soft:
             return F.cross_entropy(scores.float(), targets, weight=weight, label_smoothing=smoothing)
         total = F.cross_entropy(scores.float(), targets, weight=weight, label_smoothing=smoothing, reduction="sum")

@@ -136,6 +136,38 @@ def test_bad_files_are_skipped_one_line_each_and_every_good_file_is_written(mode
     assert [path.name for path in tmp_path.iterdir() if "partial" in path.name] == []
 
 
+def test_a_recording_the_model_refuses_is_skipped_and_its_batch_mates_are_classified(model_dir, tmp_path, capsys, monkeypatch):
+    from msemoboost.modeling_msemoboost import MSEmoBoostModel
+
+    refused_length = 36_000  # decodes and passes every check of the audio; the model refuses it
+    check = MSEmoBoostModel.utterance_lengths
+
+    def refusing(self, input_values, attention_mask):
+        lengths = check(self, input_values, attention_mask)
+        if (lengths == refused_length).any():
+            raise ValueError(f"utterance(s) {(lengths == refused_length).nonzero().flatten().tolist()} refused here.")
+        return lengths
+
+    monkeypatch.setattr(MSEmoBoostModel, "utterance_lengths", refusing)
+    lengths = {"a.wav": 20_000, "b.wav": refused_length, "c.wav": 52_000, "d.wav": 30_000}
+    for seed, (name, length) in enumerate(lengths.items()):
+        soundfile.write(tmp_path / name, speech_like(length, seed), 16000, subtype="FLOAT")
+    output = tmp_path / "out.csv"
+    assert main(["predict", str(tmp_path), "--model", str(model_dir), "--output", str(output), "--batch_size", "4"]) == 1
+
+    error = capsys.readouterr().err
+    assert f"skipped {tmp_path / 'b.wav'}: utterance(s) [0] refused here.\n" in error
+    assert "1 of 4 recording(s) skipped:" in error
+    rows = read_csv(output)
+    assert [Path(row["file"]).name for row in rows] == ["a.wav", "c.wav", "d.wav"]
+    classifier, extractor = load_classifier(str(model_dir), "cpu")
+    for row in rows:
+        with torch.no_grad():
+            inputs = extractor(read_audio(row["file"], 16000), sampling_rate=16000, return_tensors="pt")
+            expected = classifier(**inputs).logits.softmax(-1)[0]
+        np.testing.assert_allclose([float(row[label]) for label in LABELS], expected.numpy(), rtol=0, atol=1e-5)
+
+
 def test_when_no_file_can_be_classified_nothing_is_written(model_dir, tmp_path, capsys):
     bad_recordings(tmp_path / "bad")
     output = tmp_path / "out.csv"

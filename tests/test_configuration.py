@@ -64,6 +64,23 @@ def test_num_labels_disagreeing_with_id2label_is_refused():
         MSEmoBoostConfig(id2label={0: "angry", 1: "sad"}, label2id={"angry": 1, "sad": 0})
 
 
+@pytest.mark.parametrize("new_labels", [None, list("abcdefg"), list("wxyz")], ids=["num_labels", "seven", "four"])
+def test_from_pretrained_with_new_labels_replaces_the_saved_ones_as_wav2vec2_does(tmp_path, new_labels):
+    # What transformers' audio-classification example passes to fine-tune a checkpoint on a corpus's own classes.
+    saved = {"id2label": dict(enumerate("abcd")), "label2id": {label: index for index, label in enumerate("abcd")}}
+    tiny_config(**saved).save_pretrained(tmp_path / "msemoboost")
+    Wav2Vec2Config(**saved).save_pretrained(tmp_path / "wav2vec2")
+    kwargs = {"num_labels": 7 if new_labels is None else len(new_labels)}
+    if new_labels is not None:
+        kwargs["id2label"] = {str(index): label for index, label in enumerate(new_labels)}
+        kwargs["label2id"] = {label: str(index) for index, label in enumerate(new_labels)}
+    ours = MSEmoBoostConfig.from_pretrained(tmp_path / "msemoboost", **kwargs)
+    theirs = Wav2Vec2Config.from_pretrained(tmp_path / "wav2vec2", **kwargs)
+    assert (ours.num_labels, ours.id2label, ours.label2id) == (theirs.num_labels, theirs.id2label, theirs.label2id)
+    assert ours.num_labels == kwargs["num_labels"]
+    assert ours.id2label[6 if new_labels is None else "1"] == ("LABEL_6" if new_labels is None else new_labels[1])
+
+
 def test_model_with_no_features_is_refused():
     with pytest.raises(ValueError, match="no features to classify"):
         tiny_config(use_backbone_features=False, use_mfcc=False, use_spectrogram=False)

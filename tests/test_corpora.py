@@ -56,9 +56,9 @@ def test_mask_absent_classes_scores_each_corpus_s_utterances_over_its_own_classe
     seen = []
     loss = MSEmoBoostForSequenceClassification.classification_loss
 
-    def recording(self, segment_logits, logits, labels, segments_per_utterance, label_mask=None):
-        seen.append((labels.clone(), None if label_mask is None else label_mask.clone()))
-        return loss(self, segment_logits, logits, labels, segments_per_utterance, label_mask=label_mask)
+    def recording(self, segment_logits, logits, labels, segments_per_utterance, class_mask=None):
+        seen.append((labels.clone(), None if class_mask is None else class_mask.clone()))
+        return loss(self, segment_logits, logits, labels, segments_per_utterance, class_mask=class_mask)
 
     monkeypatch.setattr(MSEmoBoostForSequenceClassification, "classification_loss", recording)
     extra = extra_corpus(corpus_dir, tmp_path / "extra", ["spk1", "spk2"], {"sad": "calm"})  # has no "sad"
@@ -77,7 +77,7 @@ def test_mask_absent_classes_scores_each_corpus_s_utterances_over_its_own_classe
     assert seen and all(mask is None for _, mask in seen)  # one softmax over every class
 
 
-def test_label_masks_are_written_only_when_some_corpus_lacks_a_class():
+def test_class_masks_are_written_only_when_some_corpus_lacks_a_class():
     import datasets
 
     from msemoboost.data import EmotionCorpus, combine_corpora
@@ -88,14 +88,14 @@ def test_label_masks_are_written_only_when_some_corpus_lacks_a_class():
 
     evaluated = corpus(["angry", "bored", "sad"], [0, 1, 2])
     lacking = combine_corpora(evaluated, "emodb", [("ravdess", corpus(["angry", "calm", "sad"], [0, 1, 2, 2]))],
-                              label_masks=True)
-    assert lacking.corpus.dataset["label_mask"] == [[True] * 3] * 3 + [[True, False, True]] * 3  # "calm" dropped
+                              class_masks=True)
+    assert lacking.corpus.dataset["class_mask"] == [[True] * 3] * 3 + [[True, False, True]] * 3  # "calm" dropped
     complete = combine_corpora(evaluated, "emodb", [("other", corpus(["angry", "bored", "sad"], [2, 1]))],
-                               label_masks=True)
-    assert "label_mask" not in complete.corpus.dataset.column_names  # every corpus has every class
+                               class_masks=True)
+    assert "class_mask" not in complete.corpus.dataset.column_names  # every corpus has every class
     shared = combine_corpora(evaluated, "emodb", [("ravdess", corpus(["angry", "calm", "sad"], [0, 2]))],
-                             shared_labels_only=True, label_masks=True)
-    assert shared.corpus.label_names == ["angry", "sad"] and "label_mask" not in shared.corpus.dataset.column_names
+                             shared_labels_only=True, class_masks=True)
+    assert shared.corpus.label_names == ["angry", "sad"] and "class_mask" not in shared.corpus.dataset.column_names
 
 
 def test_masking_absent_classes_cannot_be_combined_with_label_smoothing(corpus_dir, tmp_path, capsys):

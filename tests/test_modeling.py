@@ -266,7 +266,7 @@ def test_soft_labels_and_label_smoothing_in_the_cross_entropy():
         tiny_config(label_smoothing=1.0)
 
 
-def test_a_label_mask_scores_each_utterance_over_its_own_classes_only():
+def test_a_class_mask_scores_each_utterance_over_its_own_classes_only():
     weights = [1.0, 3.0, 0.5, 1.0]
     model = MSEmoBoostForSequenceClassification(tiny_config(class_weights=weights)).eval()
     inputs = batch([speech_like(120_000), speech_like(30_000, 1)])  # 3 segments and 1
@@ -274,7 +274,7 @@ def test_a_label_mask_scores_each_utterance_over_its_own_classes_only():
     mask = torch.tensor([[True, False, True, True], [True, True, True, True]])  # the first corpus lacks class 1
     segment_logits = model.classifier(model.msemoboost(**inputs).segment_features).detach().requires_grad_()
     with torch.no_grad():
-        outputs = model(**inputs, labels=labels, label_mask=mask)
+        outputs = model(**inputs, labels=labels, class_mask=mask)
         plain = model(**inputs, labels=labels)
     torch.testing.assert_close(outputs.logits, plain.logits)  # the mask changes the loss, never the logits
     # Parity with the cross-entropy of the allowed columns alone: segments 0-2 over classes 0, 2, 3 (label 2 is
@@ -283,23 +283,37 @@ def test_a_label_mask_scores_each_utterance_over_its_own_classes_only():
     last = F.cross_entropy(segment_logits[3:], torch.tensor([1]), reduction="none") * weights[1]
     expected = (first.sum() + last.sum()) / (3 * weights[2] + weights[1])
     torch.testing.assert_close(outputs.loss, expected)
-    loss = model.classification_loss(segment_logits, plain.logits, labels, torch.tensor([3, 1]), label_mask=mask)
+    loss = model.classification_loss(segment_logits, plain.logits, labels, torch.tensor([3, 1]), class_mask=mask)
     loss.backward()
     assert segment_logits.grad[:3, 1].abs().max() == 0 and segment_logits.grad[3, 1] != 0  # no push on a class it lacks
     soft = torch.tensor([[0.0, 0.0, 0.75, 0.25], [0.0, 1.0, 0.0, 0.0]])  # mixup's targets
     with torch.no_grad():
-        mixed = model(**inputs, labels=soft, label_mask=mask).loss
+        mixed = model(**inputs, labels=soft, class_mask=mask).loss
     allowed = segment_logits[:3, [0, 2, 3]].log_softmax(-1)  # columns 0, 2, 3: targets 0, 0.75, 0.25
     numerator = -(0.75 * weights[2] * allowed[:, 1] + 0.25 * weights[3] * allowed[:, 2]).sum()
     numerator = numerator - weights[1] * segment_logits[3].log_softmax(-1)[1]
     torch.testing.assert_close(mixed, (numerator / (3 * (0.75 * weights[2] + 0.25 * weights[3]) + weights[1])).detach())
-    with pytest.raises(ValueError, match=r"^label_mask leaves out the label of utterance\(s\) \[0\]: every utterance's label must"):
-        model(**inputs, labels=torch.tensor([1, 1]), label_mask=mask)
-    with pytest.raises(ValueError, match=r"^label_mask must have shape \(batch_size, num_labels\) = \(2, 4\), got \(2, 3\)."):
-        model(**inputs, labels=labels, label_mask=mask[:, :3])
+    with pytest.raises(ValueError, match=r"^class_mask leaves out the label of utterance\(s\) \[0\]: every utterance's label must"):
+        model(**inputs, labels=torch.tensor([1, 1]), class_mask=mask)
+    with pytest.raises(ValueError, match=r"^class_mask must have shape \(batch_size, num_labels\) = \(2, 4\), got \(2, 3\)."):
+        model(**inputs, labels=labels, class_mask=mask[:, :3])
     model.config.label_smoothing = 0.1
-    with pytest.raises(ValueError, match=r"^label_mask cannot be combined with label smoothing"):
-        model(**inputs, labels=labels, label_mask=mask)
+    with pytest.raises(ValueError, match=r"^class_mask cannot be combined with label smoothing"):
+        model(**inputs, labels=labels, class_mask=mask)
+
+
+def test_the_former_label_mask_keyword_still_masks_with_a_future_warning():
+    model = tiny_model()
+    inputs = batch([speech_like(60_000), speech_like(30_000, 1)])
+    labels = torch.tensor([2, 1])
+    mask = torch.tensor([[True, False, True, True], [True, True, True, True]])
+    with torch.no_grad():
+        wanted = model(**inputs, labels=labels, class_mask=mask).loss
+        with pytest.warns(FutureWarning, match=r"^label_mask is deprecated: pass class_mask instead.$"):
+            former = model(**inputs, labels=labels, label_mask=mask).loss
+    assert former.item() == wanted.item() != model(**inputs, labels=labels).loss.item()
+    with pytest.raises(ValueError, match=r"^Give class_mask only: label_mask is its former name.$"):
+        model(**inputs, labels=labels, class_mask=mask, label_mask=mask)
 
 
 def test_gradients_reach_every_branch():

@@ -56,9 +56,9 @@ def test_bad_augmentation_settings_are_refused(arguments, message):
 def test_mixup_mixes_waveforms_masks_and_labels_with_one_seeded_draw():
     values = torch.randn(3, 10)
     mask = torch.tensor([[1] * 10, [1] * 6 + [0] * 4, [1] * 3 + [0] * 7])
-    label_mask = torch.tensor([[True, False, True, True], [True] * 4, [False, True, True, False]])  # per corpus
+    class_mask = torch.tensor([[True, False, True, True], [True] * 4, [False, True, True, False]])  # per corpus
     batch = {"input_values": values * mask, "attention_mask": mask, "labels": torch.tensor([0, 2, 2]),
-             "clean_input_values": values, "label_mask": label_mask}
+             "clean_input_values": values, "class_mask": class_mask}
     mixed = BatchMixup(0.4, num_labels=4, seed=5)(batch)
     rng = np.random.default_rng(5)  # the draws in their order: the weight, then the permutation
     weight, permutation = rng.beta(0.4, 0.4), torch.from_numpy(rng.permutation(3))
@@ -66,7 +66,7 @@ def test_mixup_mixes_waveforms_masks_and_labels_with_one_seeded_draw():
     torch.testing.assert_close(mixed["input_values"], weight * values * mask + (1 - weight) * (values * mask)[permutation])
     torch.testing.assert_close(mixed["clean_input_values"], weight * values + (1 - weight) * values[permutation])
     assert torch.equal(mixed["attention_mask"], torch.maximum(mask, mask[permutation]))
-    assert torch.equal(mixed["label_mask"], label_mask | label_mask[permutation])  # both utterances' classes
+    assert torch.equal(mixed["class_mask"], class_mask | class_mask[permutation])  # both utterances' classes
     one_hot = torch.eye(4)[[0, 2, 2]]
     torch.testing.assert_close(mixed["labels"], weight * one_hot + (1 - weight) * one_hot[permutation])
     assert torch.equal(batch["labels"], torch.tensor([0, 2, 2]))  # the batch given is left as it was

@@ -10,6 +10,7 @@ from transformers import set_seed
 
 from msemoboost import MSEmoBoostForSequenceClassification
 from msemoboost.acoustic_features import pre_emphasis
+from msemoboost.modeling_msemoboost import MSEmoBoostStatisticsClassifier
 from msemoboost.statistics_fusion import (
     ABSENT_CLASS_BIAS,
     C_GRID,
@@ -187,6 +188,23 @@ def test_fit_is_scikit_learn_s_logistic_regression_with_c_chosen_by_speaker_cros
     # The absent class: weight 0, a bias that gives it probability 0.
     assert model.statistics_classifier.bias[3].item() == ABSENT_CLASS_BIAS
     assert not model.statistics_classifier.weight[3].any() and log_probabilities[:, 3].exp().max() == 0
+
+
+def test_the_penalty_with_the_best_cross_validated_ua_is_chosen_the_strongest_among_ties():
+    # One weak cue among 60 noisy statistics, 48 utterances: the penalty matters. Cross-validated UA by C:
+    # 1e-4 and 1e-3 20/48, 1e-2 and 0.1 21/48 (the best, tied), 1 18/48, 10 15/48.
+    model = tiny_model(utterance_statistics_classifier=True, **STATISTICS)
+    rng = np.random.default_rng(3)
+    groups, labels = np.repeat(np.arange(4), 12), np.tile(np.arange(3), 16)
+    statistics = rng.standard_normal((48, 60))
+    statistics[:, 0] += 0.8 * labels
+    statistics[:, 1] += 0.6 * (labels == 2)
+    model.statistics_classifier = MSEmoBoostStatisticsClassifier(60, 4)
+    fit = fit_statistics_classifier(model, statistics, labels, groups)
+    scores = {c: round(ua * 48) for c, ua in fit["cross_validated_ua"].items()}
+    assert scores == {"0.0001": 20, "0.001": 20, "0.01": 21, "0.1": 21, "1": 18, "10": 15}
+    assert fit["c"] == 0.01
+    assert fit["cross_validated_ua"]["0.01"] == pytest.approx(21 / 48, abs=1e-12)  # equal classes: UA is WA
 
 
 def test_a_two_class_fit_gives_scikit_learn_s_binary_probabilities():
