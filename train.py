@@ -168,6 +168,13 @@ class ModelArguments:
         metadata={"help": "Train a speech-enhancement head on the SSL frames jointly (needs noise augmentation for "
                   "its clean/noisy pairs). Its target, size and loss weight: se_* in --model_config_overrides."},
     )
+    speaker_normalization: bool = field(
+        default=False,
+        metadata={"help": "The whole-utterance statistics classifier reads each speaker's statistics standardised by "
+                  "that speaker's own mean and deviation (config.speaker_normalization; needs "
+                  "utterance_statistics_classifier). Every speaker, training and test, is standardised over its own "
+                  "recordings only, a test speaker over its unlabelled test audio."},
+    )
 
 
 @dataclass
@@ -555,6 +562,8 @@ def model_overrides(model_args: ModelArguments) -> dict:
     overrides = read_json_argument(model_args.model_config_overrides)
     if model_args.use_se_head:
         overrides["use_se_head"] = True
+    if model_args.speaker_normalization:
+        overrides["speaker_normalization"] = True
     return overrides
 
 
@@ -588,6 +597,10 @@ def train_model(
         model = load_for_transfer(
             model_args.model_name_or_path, corpus.label_names, class_weights=overrides.get("class_weights"), **freezing
         )
+        if model_args.speaker_normalization and not model.config.utterance_statistics_classifier:
+            raise ValueError(f"--speaker_normalization true standardises what the statistics classifier reads, and "
+                             f"{model_args.model_name_or_path} has none (utterance_statistics_classifier).")
+        model.config.speaker_normalization = model_args.speaker_normalization or model.config.speaker_normalization
     else:
         model = build_model(
             corpus.label_names,
@@ -754,7 +767,10 @@ def run_fold(
             network = trainer.predict(test_set, metric_key_prefix="test")
         parts = {
             "network_logits": network.predictions,
-            "statistics_log_probabilities": statistics_log_probabilities(trainer.model, test_set, AudioCollator(feature_extractor)),
+            # With speaker normalisation, each test speaker's statistics are standardised over its own test audio.
+            "statistics_log_probabilities": statistics_log_probabilities(
+                trainer.model, test_set, AudioCollator(feature_extractor), groups=corpus.speakers[fold.test]
+            ),
             "labels": corpus.labels[fold.test],
             "utterance_statistics_weight": trainer.model.config.utterance_statistics_weight,
         }
@@ -1073,7 +1089,8 @@ def main(argv: list[str] | None = None, callbacks=()) -> dict:
         summary["architecture"] = {key: getattr(config, key) for key in (
             "frame_weighting", "classifier_input", "mfcc_normalization", "mfcc_pool_frames", "mfcc_statistics",
             "prosody_statistics", "classify_statistics", "utterance_statistics_classifier",
-            "utterance_distribution_statistics", "utterance_statistics_weight", "use_weighted_layer_sum",
+            "utterance_distribution_statistics", "utterance_statistics_weight", "speaker_normalization",
+            "use_weighted_layer_sum",
             "pooled_normalization", "segment_length_s")}
         if weight_choice:  # the final model's
             summary["architecture"]["utterance_statistics_weight"] = weight_choice["weight"]

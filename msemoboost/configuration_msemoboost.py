@@ -191,6 +191,17 @@ class MSEmoBoostConfig(PreTrainedConfig):
             5th, 50th and 95th percentiles of the pitch over voiced frames and of the energy over loud frames, the
             pitch's 5th-to-95th percentile range, the slopes of both and their skewness (11 values). Needs
             `utterance_statistics_classifier`. A recipe option.
+        speaker_normalization (`bool`, *optional*, defaults to `False`):
+            The utterance statistics classifier reads each utterance's statistics standardised by the mean and
+            standard deviation of its **group**'s (a speaker's, a session's, a corpus's): the classical speaker
+            normalisation of emotion recognition, which takes away what is constant in a voice and a recording. The
+            groups are given at inference (`group_ids`, or `group_mean` and `group_scale`, in `forward`); they need no
+            labels. An utterance without a group, or in a group of fewer than `speaker_normalization_min_utterances`,
+            is standardised by the training data's statistics instead. `fit_statistics_classifier` fits the classifier
+            on the training utterances standardised per speaker. Needs `utterance_statistics_classifier`. A recipe
+            option.
+        speaker_normalization_min_utterances (`int`, *optional*, defaults to 2):
+            The fewest utterances of a group whose own statistics standardise them, with `speaker_normalization`.
         pooled_normalization (`str`, *optional*, defaults to `"none"`):
             `"none"`: the classifier reads `X'_w` as pooled (the paper). `"batch_norm"`: each dimension of `X'_w` is
             standardised, with the statistics of the training segments (batch statistics while training, their
@@ -303,6 +314,8 @@ class MSEmoBoostConfig(PreTrainedConfig):
     utterance_statistics_classifier: bool = False
     utterance_statistics_weight: float = 1.0
     utterance_distribution_statistics: bool = False
+    speaker_normalization: bool = False
+    speaker_normalization_min_utterances: int = 2
     pooled_normalization: str = "none"
     use_weighted_layer_sum: bool = False
     loss_level: str = "segment"
@@ -434,6 +447,16 @@ class MSEmoBoostConfig(PreTrainedConfig):
             raise ValueError(
                 "utterance_distribution_statistics=True needs utterance_statistics_classifier=True: only that "
                 "classifier reads the whole utterance's distribution statistics."
+            )
+        if self.speaker_normalization and not self.utterance_statistics_classifier:
+            raise ValueError(
+                "speaker_normalization=True needs utterance_statistics_classifier=True: it standardises the statistics "
+                "that classifier reads."
+            )
+        if self.speaker_normalization_min_utterances < 2:
+            raise ValueError(
+                "speaker_normalization_min_utterances must be at least 2 (a standard deviation needs two utterances), "
+                f"got {self.speaker_normalization_min_utterances}."
             )
         if not self.utterance_statistics_weight >= 0:
             raise ValueError(

@@ -616,12 +616,13 @@ def segment_bounds(lengths: torch.LongTensor, segment_samples: int) -> tuple[tor
 
 class MSEmoBoostStatisticsClassifier(nn.Module):
     """A linear classifier on the whole utterance's statistics (`config.utterance_statistics_classifier`): the
-    statistics are standardised with `mean` and `scale`, then `weight` and `bias` give the logits. All four are
-    buffers, not parameters: the classifier is fitted after training, as a convex logistic regression
-    (`msemoboost.statistics_fusion.fit_statistics_classifier`), never by gradient. Until fitted its weights are 0,
-    a uniform distribution.
+    statistics are standardised with `mean` and `scale` (the training data's), then `weight` and `bias` give the
+    logits. All four are buffers, not parameters: the classifier is fitted after training, as a convex logistic
+    regression (`msemoboost.statistics_fusion.fit_statistics_classifier`), never by gradient. Until fitted its
+    weights are 0, a uniform distribution.
 
-    Forward input: statistics of shape `(batch_size, num_statistics)`.
+    Forward inputs: `statistics` of shape `(batch_size, num_statistics)`; optionally each utterance's own `mean` and
+    `scale` `(batch_size, num_statistics)` to standardise it with instead (its group's, `config.speaker_normalization`).
     Forward output: log-probabilities of shape `(batch_size, num_labels)`.
     """
 
@@ -632,9 +633,30 @@ class MSEmoBoostStatisticsClassifier(nn.Module):
         self.register_buffer("weight", torch.zeros(num_labels, num_statistics))
         self.register_buffer("bias", torch.zeros(num_labels))
 
-    def forward(self, statistics: torch.Tensor) -> torch.Tensor:
-        standardised = (statistics - self.mean) / self.scale
+    def forward(
+        self, statistics: torch.Tensor, mean: torch.Tensor | None = None, scale: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        mean = self.mean if mean is None else mean
+        scale = self.scale if scale is None else scale
+        standardised = (statistics - mean) / scale
         return F.linear(standardised, self.weight, self.bias).log_softmax(-1)
+
+    def group_statistics(self, statistics: torch.Tensor, group_ids: torch.Tensor, min_utterances: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each utterance's group's mean and standard deviation of `statistics` `(batch_size, num_statistics)`, over
+        the utterances that share its id in `group_ids` `(batch_size,)`, as `(mean, scale)`, each `(batch_size,
+        num_statistics)`. An utterance whose id is negative, or whose group has fewer than `min_utterances`, gets
+        the training data's `mean` and `scale`; so does a statistic that is constant over a group (its scale)."""
+        mean = self.mean.to(statistics.dtype).expand_as(statistics).clone()
+        scale = self.scale.to(statistics.dtype).expand_as(statistics).clone()
+        for group in torch.unique(group_ids):
+            rows = group_ids == group
+            if group < 0 or int(rows.sum()) < min_utterances:
+                continue
+            values = statistics[rows].double()
+            deviation = values.std(0, correction=0)
+            mean[rows] = values.mean(0).to(statistics.dtype)
+            scale[rows] = torch.where(deviation > 0, deviation.to(statistics.dtype), scale[rows])
+        return mean, scale
 
 
 class MSEmoBoostSpeechEnhancementHead(nn.Module):
@@ -1092,6 +1114,9 @@ class MSEmoBoostForSequenceClassification(MSEmoBoostPreTrainedModel):
         return_dict: bool | None = None,
         output_attentions: bool | None = None,
         class_mask: torch.Tensor | None = None,
+        group_ids: torch.Tensor | None = None,
+        group_mean: torch.Tensor | None = None,
+        group_scale: torch.Tensor | None = None,
         **kwargs,
     ) -> MSEmoBoostSequenceClassifierOutput | tuple:
         r"""
@@ -1117,6 +1142,17 @@ class MSEmoBoostForSequenceClassification(MSEmoBoostPreTrainedModel):
                 only some corpora have is not learnt as "not that corpus". Single-label classification only; the
                 `logits` are not changed. (Its name holds no "label": `Trainer` takes every forward argument whose
                 name does for a label, and would then evaluate a batch without it as unlabelled.)
+            group_ids (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
+                With `config.speaker_normalization`: each utterance's group (speaker, session, corpus). The
+                statistics classifier reads each utterance's statistics standardised by those of the batch's
+                utterances of its group; a negative id, or a group of fewer than
+                `config.speaker_normalization_min_utterances` in the batch, is standardised by the training data's.
+            group_mean (`torch.FloatTensor` of shape `(batch_size, num_statistics)`, *optional*):
+                With `config.speaker_normalization`, instead of `group_ids`: each utterance's group's mean of the
+                utterance statistics, computed beforehand over the whole group (see
+                [`~MSEmoBoostForSequenceClassification.group_normalization`]), for a group larger than a batch.
+            group_scale (`torch.FloatTensor` of shape `(batch_size, num_statistics)`, *optional*):
+                The standard deviations that go with `group_mean`.
             kwargs:
                 Other keyword arguments (such as those `Trainer` may pass) are accepted and ignored, except
                 `label_mask`, the former name of `class_mask`, which is used as `class_mask` with a `FutureWarning`.
@@ -1126,7 +1162,8 @@ class MSEmoBoostForSequenceClassification(MSEmoBoostPreTrainedModel):
             utterance, the mean of its segments' log-probabilities (for a one-segment utterance, its
             log-probabilities); `softmax` of them gives normalised class probabilities. With
             `config.utterance_statistics_classifier`, in `eval()` mode, the statistics classifier's log-probabilities
-            (times `config.utterance_statistics_weight`) are added; the `loss` is the network's, without them. `loss`
+            (times `config.utterance_statistics_weight`; with `config.speaker_normalization`, of the statistics
+            standardised by group) are added; the `loss` is the network's, without them. `loss`
             is given when `labels` (or, with the SE head, `clean_input_values`) is.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
@@ -1135,6 +1172,7 @@ class MSEmoBoostForSequenceClassification(MSEmoBoostPreTrainedModel):
                 raise ValueError("Give class_mask only: label_mask is its former name.")
             warnings.warn("label_mask is deprecated: pass class_mask instead.", FutureWarning, stacklevel=2)
             class_mask = kwargs["label_mask"]
+        grouping = self.checked_grouping(input_values.shape[0], group_ids, group_mean, group_scale)
         train_se = self.se_head is not None and clean_input_values is not None
         outputs = self.msemoboost(
             input_values,
@@ -1171,7 +1209,7 @@ class MSEmoBoostForSequenceClassification(MSEmoBoostPreTrainedModel):
             )
 
         if fuse_statistics:
-            logits = logits + self.statistics_logits(input_values, attention_mask)
+            logits = logits + self.statistics_logits(input_values, attention_mask, **grouping)
 
         losses = [
             classification_loss,
@@ -1225,18 +1263,76 @@ class MSEmoBoostForSequenceClassification(MSEmoBoostPreTrainedModel):
         emphasised = pre_emphasis(input_values, self.config.pre_emphasis)
         return self.msemoboost.mfcc_encoder.utterance_statistics(emphasised, lengths)
 
-    def statistics_logits(self, input_values: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def statistics_logits(
+        self,
+        input_values: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        group_ids: torch.Tensor | None = None,
+        group_mean: torch.Tensor | None = None,
+        group_scale: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """What `config.utterance_statistics_classifier` adds to the utterance `logits` at inference: the statistics
         classifier's log-probabilities for each whole utterance, times `config.utterance_statistics_weight`,
-        `(batch_size, num_labels)`, from raw waveforms `(batch_size, num_samples)` and their `attention_mask`."""
+        `(batch_size, num_labels)`, from raw waveforms `(batch_size, num_samples)` and their `attention_mask`
+        (and, with `config.speaker_normalization`, their groups, as in `forward`)."""
         if self.statistics_classifier is None:
             raise ValueError("statistics_logits() needs config.utterance_statistics_classifier=True.")
-        return self.weighted_statistics_log_probabilities(self.utterance_statistics(input_values, attention_mask))
+        statistics = self.utterance_statistics(input_values, attention_mask)
+        if group_ids is not None:
+            group_mean, group_scale = self.group_normalization(statistics, group_ids)
+        return self.weighted_statistics_log_probabilities(statistics, group_mean, group_scale)
 
-    def weighted_statistics_log_probabilities(self, statistics: torch.Tensor) -> torch.Tensor:
-        """The statistics classifier's log-probabilities of `statistics` `(batch_size, num_statistics)`, times
+    def weighted_statistics_log_probabilities(
+        self, statistics: torch.Tensor, group_mean: torch.Tensor | None = None, group_scale: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The statistics classifier's log-probabilities of `statistics` `(batch_size, num_statistics)` (standardised
+        by `group_mean` and `group_scale` when given, else by the training data's), times
         `config.utterance_statistics_weight`: `(batch_size, num_labels)`."""
-        return self.config.utterance_statistics_weight * self.statistics_classifier(statistics)
+        return self.config.utterance_statistics_weight * self.statistics_classifier(statistics, group_mean, group_scale)
+
+    def group_normalization(self, statistics: torch.Tensor, group_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """With `config.speaker_normalization`: the `(group_mean, group_scale)` of each utterance, each `(batch_size,
+        num_statistics)`, over the utterances of its group among `statistics` `(batch_size, num_statistics)` (from
+        [`~MSEmoBoostForSequenceClassification.utterance_statistics`]) with `group_ids` `(batch_size,)`. To
+        normalise a group larger than a batch, compute its utterances' statistics batch by batch, call this once on
+        all of them, and give each batch its rows of the result in `forward`."""
+        self.checked_grouping(statistics.shape[0], group_ids, None, None)
+        return self.statistics_classifier.group_statistics(
+            statistics, group_ids.to(statistics.device), self.config.speaker_normalization_min_utterances
+        )
+
+    def checked_grouping(
+        self,
+        batch_size: int,
+        group_ids: torch.Tensor | None,
+        group_mean: torch.Tensor | None,
+        group_scale: torch.Tensor | None,
+    ) -> dict:
+        """The `forward` inputs for speaker normalisation, checked against the model and the batch."""
+        given = {name: value for name, value in (("group_ids", group_ids), ("group_mean", group_mean),
+                                                 ("group_scale", group_scale)) if value is not None}
+        if not given:
+            return {}
+        if not self.config.speaker_normalization:
+            raise ValueError(
+                f"{' and '.join(given)} given, but this model does not normalise by group: it was built without "
+                "config.speaker_normalization (train it with --speaker_normalization true)."
+            )
+        if group_ids is not None and (group_mean is not None or group_scale is not None):
+            raise ValueError("Give group_ids, or group_mean and group_scale computed beforehand, not both.")
+        if group_ids is not None:
+            if tuple(group_ids.shape) != (batch_size,) or group_ids.is_floating_point():
+                raise ValueError(f"group_ids must hold one integer id per utterance, shape ({batch_size},); got shape "
+                                 f"{tuple(group_ids.shape)} of dtype {group_ids.dtype}.")
+            return {"group_ids": group_ids}
+        shape = (batch_size, self.statistics_classifier.mean.numel())
+        if group_mean is None or group_scale is None or tuple(group_mean.shape) != shape or tuple(group_scale.shape) != shape:
+            raise ValueError(
+                f"group_mean and group_scale go together, each of shape (batch_size, num_statistics) = {shape}; got "
+                f"{None if group_mean is None else tuple(group_mean.shape)} and "
+                f"{None if group_scale is None else tuple(group_scale.shape)}."
+            )
+        return {"group_mean": group_mean, "group_scale": group_scale}
 
     def utterance_logits(self, segment_logits: torch.Tensor, segments_per_utterance: torch.LongTensor) -> torch.Tensor:
         """`(num_segments, num_labels)` → `(batch_size, num_labels)`: the mean of each utterance's segments'

@@ -51,16 +51,34 @@ def utterance_statistics(
 
 
 def statistics_log_probabilities(
-    model: MSEmoBoostForSequenceClassification, dataset, collator, batch_size: int = 8
+    model: MSEmoBoostForSequenceClassification, dataset, collator, batch_size: int = 8, groups: np.ndarray | None = None
 ) -> np.ndarray:
     """The fitted statistics classifier's log-probabilities of every row of `dataset`, not weighted by
-    `config.utterance_statistics_weight`: `(len(dataset), num_labels)`, float64."""
+    `config.utterance_statistics_weight`: `(len(dataset), num_labels)`, float64. With `config.speaker_normalization`,
+    each row's statistics are standardised by those of its group among `groups` `(len(dataset),)` (speakers: any
+    hashable values), over all of `dataset`'s rows of that group."""
     if model.statistics_classifier is None:
         raise ValueError("statistics_log_probabilities() needs a model with config.utterance_statistics_classifier=True.")
     statistics = utterance_statistics(model, dataset, collator, batch_size)
+    return classify_statistics(model, statistics, groups)
+
+
+def group_codes(groups) -> torch.Tensor:
+    """Integer ids `(num_utterances,)` of `groups` (speaker names or any hashable values), for `group_ids`."""
+    return torch.from_numpy(np.unique(np.asarray(groups), return_inverse=True)[1].reshape(-1).astype(np.int64))
+
+
+def classify_statistics(model: MSEmoBoostForSequenceClassification, statistics: np.ndarray, groups=None) -> np.ndarray:
+    """The statistics classifier's unweighted log-probabilities of `statistics` `(num_utterances, num_statistics)`,
+    standardised by group (`groups`, one per utterance) with `config.speaker_normalization`: `(num_utterances,
+    num_labels)`, float64."""
     classifier = model.statistics_classifier
+    values = torch.from_numpy(statistics).to(classifier.mean.device, classifier.mean.dtype)
     with torch.no_grad():
-        log_probabilities = classifier(torch.from_numpy(statistics).to(classifier.mean.device, classifier.mean.dtype))
+        if model.config.speaker_normalization and groups is not None:
+            log_probabilities = classifier(values, *model.group_normalization(values, group_codes(groups)))
+        else:
+            log_probabilities = classifier(values)
     return log_probabilities.double().cpu().numpy()
 
 
@@ -108,7 +126,10 @@ def fit_statistics_classifier(
     `(num_utterances, num_statistics)` (from [`utterance_statistics`]) with class indices `labels`
     `(num_utterances,)`, its penalty `C` chosen from `c_grid` by the UA of speaker-grouped cross-validation
     ([`cross_validated_ua`]; `groups` are the utterances' speakers), then refitted on every utterance. A class that
-    no utterance has gets weight 0 and bias `ABSENT_CLASS_BIAS`.
+    no utterance has gets weight 0 and bias `ABSENT_CLASS_BIAS`. The classifier's `mean` and `scale` are the
+    training utterances' statistics. With `config.speaker_normalization`, each speaker's statistics are first
+    standardised by that speaker's own mean and standard deviation (as the model standardises each group at
+    inference), and the regression is fitted on those.
 
     Returns `{"c": the chosen C, "cross_validated_ua": {C: UA}}`.
     """
@@ -124,11 +145,23 @@ def fit_statistics_classifier(
     present = np.unique(labels)
     if len(present) < 2:
         raise ValueError(f"The statistics classifier needs at least 2 classes in its training data, got {len(present)}.")
+    from sklearn.preprocessing import StandardScaler
+
+    pooled = StandardScaler().fit(statistics)  # the training data's: the standardisation of an utterance without a group
+    with torch.no_grad():
+        classifier.mean.copy_(torch.from_numpy(pooled.mean_)), classifier.scale.copy_(torch.from_numpy(pooled.scale_))
+    if model.config.speaker_normalization:  # each speaker standardised by its own statistics; no labels used
+        values = torch.from_numpy(statistics)
+        mean, scale = model.group_normalization(values, group_codes(groups))
+        statistics = ((values - mean) / scale).numpy()
     scores = {c: cross_validated_ua(statistics, labels, groups, c, seed) for c in c_grid}
     best = max(c_grid, key=lambda c: scores[c])  # the strongest penalty among equal scores: the grid ascends
     fitted = _logistic_regression(best).fit(statistics, labels)
     scaler, regression = fitted[0], fitted[1]
     coefficients, intercepts = regression.coef_, regression.intercept_
+    if model.config.speaker_normalization:  # the regression's own standardisation of them, folded into its weights
+        coefficients = coefficients / scaler.scale_
+        intercepts = intercepts - coefficients @ scaler.mean_
     if len(present) == 2:  # scikit-learn's binary model: the logit of the second class against the first
         coefficients = np.concatenate([np.zeros_like(coefficients), coefficients])
         intercepts = np.concatenate([np.zeros_like(intercepts), intercepts])
@@ -137,12 +170,13 @@ def fit_statistics_classifier(
     bias = np.full(num_labels, ABSENT_CLASS_BIAS)
     weight[regression.classes_], bias[regression.classes_] = coefficients, intercepts
     with torch.no_grad():
-        for name, value in (("mean", scaler.mean_), ("scale", scaler.scale_), ("weight", weight), ("bias", bias)):
+        for name, value in (("weight", weight), ("bias", bias)):
             getattr(classifier, name).copy_(torch.from_numpy(np.asarray(value)))
     logger.info(
         f"Statistics classifier: C={best:g} (cross-validated UA by C: "
         + ", ".join(f"{c:g}: {score:.3f}" for c, score in scores.items())
-        + f"), fitted on {len(labels)} utterances of {len(np.unique(groups))} speaker(s)."
+        + f"), fitted on {len(labels)} utterances of {len(np.unique(groups))} speaker(s)"
+        + (", each standardised by its own statistics." if model.config.speaker_normalization else ".")
     )
     return {"c": best, "cross_validated_ua": {f"{c:g}": score for c, score in scores.items()}}
 

@@ -14,6 +14,7 @@ from msemoboost.modeling_msemoboost import MSEmoBoostStatisticsClassifier
 from msemoboost.statistics_fusion import (
     ABSENT_CLASS_BIAS,
     C_GRID,
+    classify_statistics,
     fit_statistics_classifier,
     statistics_classifier_off,
     utterance_statistics,
@@ -404,3 +405,87 @@ def test_fusion_weight_reads_train_py_s_parts_and_scores_the_nested_choice(tmp_p
     with pytest.raises(FileNotFoundError, match=r"holds no folds/\*/fusion_parts.npz: train.py writes them for models "
                                                 r"with utterance_statistics_classifier"):
         fusion_weight.read_parts(tmp_path / "folds" / "a")
+
+
+def test_speaker_normalization_fits_the_regression_on_each_speaker_s_own_standardised_statistics():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    model = tiny_model(utterance_statistics_classifier=True, speaker_normalization=True, **STATISTICS)
+    groups = np.repeat(np.array(["s1", "s2", "s3", "s4"]), 30)
+    labels = np.tile(np.arange(3), 40)
+    statistics = separable_statistics(model.statistics_classifier.mean.numel(), labels, np.repeat(np.arange(4), 30))
+    fit = fit_statistics_classifier(model, statistics, labels, groups, c_grid=(0.1,))
+
+    by_speaker = np.empty_like(statistics)
+    for speaker in np.unique(groups):
+        rows = groups == speaker
+        by_speaker[rows] = (statistics[rows] - statistics[rows].mean(0)) / statistics[rows].std(0)
+    reference = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, class_weight="balanced", max_iter=5000))
+    wanted = reference.fit(by_speaker, labels).predict_log_proba(by_speaker)
+    classifier = model.statistics_classifier
+    np.testing.assert_allclose(classifier.mean.numpy(), statistics.mean(0), rtol=1e-6)  # the fallback: all of them (float32)
+    np.testing.assert_allclose(classifier.scale.numpy(), statistics.std(0), rtol=1e-6)
+    got = classify_statistics(model, statistics, groups)
+    np.testing.assert_allclose(got[:, :3], wanted, rtol=0, atol=1e-4)
+    assert fit["c"] == 0.1
+    # Without groups, every utterance is standardised by the training data's statistics instead: other answers.
+    assert np.abs(classify_statistics(model, statistics)[:, :3] - wanted).max() > 0.1
+
+
+def test_group_ids_standardise_each_utterance_by_its_group_in_the_batch_and_small_groups_by_the_training_data():
+    model = tiny_model(utterance_statistics_classifier=True, speaker_normalization=True, **STATISTICS)
+    classifier = model.statistics_classifier
+    waveforms, mask = padded([24_000, 40_000, 50_000, 33_000, 45_000, 30_000])
+    with torch.no_grad():
+        statistics = model.utterance_statistics(waveforms, mask)
+        classifier.mean.copy_(statistics.mean(0) + 1.0)
+        classifier.scale.copy_(statistics.std(0) + 2.0)
+        classifier.weight.copy_(torch.randn(classifier.weight.shape, generator=torch.Generator().manual_seed(0)))
+        group_ids = torch.tensor([0, 1, 0, 1, 0, -1])  # 3 of group 0, 2 of group 1, one without a group
+        mean, scale = model.group_normalization(statistics, group_ids)
+        expected_mean = torch.stack([statistics[[0, 2, 4]].mean(0), statistics[[1, 3]].mean(0)])
+        expected_scale = torch.stack([statistics[[0, 2, 4]].std(0, correction=0), statistics[[1, 3]].std(0, correction=0)])
+        torch.testing.assert_close(mean[[0, 2, 4]], expected_mean[0].expand(3, -1))
+        torch.testing.assert_close(scale[[1, 3]], expected_scale[1].expand(2, -1))
+        assert torch.equal(mean[5], classifier.mean) and torch.equal(scale[5], classifier.scale)
+        # A group of one is standardised by the training data's statistics, as one without a group.
+        small_mean, small_scale = model.group_normalization(statistics, torch.tensor([0, 1, 0, 1, 0, 2]))
+        assert torch.equal(small_mean[5], classifier.mean) and torch.equal(small_scale[5], classifier.scale)
+
+        network = tiny_model(utterance_statistics_classifier=True, speaker_normalization=True,
+                             utterance_statistics_weight=0.0, **STATISTICS)(waveforms, mask).logits
+        grouped = model(waveforms, mask, group_ids=group_ids).logits
+        torch.testing.assert_close(grouped, network + classifier(statistics, mean, scale))
+        # The same statistics computed beforehand over the whole group: the same logits.
+        torch.testing.assert_close(model(waveforms, mask, group_mean=mean, group_scale=scale).logits, grouped)
+        # Batch by batch with the group's statistics of every batch, as for a group larger than a batch.
+        halves = [model(waveforms[rows], mask[rows], group_mean=mean[rows], group_scale=scale[rows]).logits
+                  for rows in (slice(0, 3), slice(3, 6))]
+        torch.testing.assert_close(torch.cat(halves), grouped)
+        ungrouped = model(waveforms, mask).logits
+        torch.testing.assert_close(ungrouped, network + classifier(statistics))
+        assert not torch.allclose(ungrouped[:5], grouped[:5])
+
+
+def test_group_inputs_are_checked_against_the_model_and_the_batch():
+    waveforms, mask = padded([24_000, 40_000])
+    plain = tiny_model(utterance_statistics_classifier=True, **STATISTICS)
+    with pytest.raises(ValueError, match=r"^group_ids given, but this model does not normalise by group: it was built "
+                                         r"without config.speaker_normalization \(train it with --speaker_normalization true\).$"):
+        plain(waveforms, mask, group_ids=torch.tensor([0, 0]))
+    model = tiny_model(utterance_statistics_classifier=True, speaker_normalization=True, **STATISTICS)
+    num_statistics = model.statistics_classifier.mean.numel()
+    with pytest.raises(ValueError, match=r"^group_ids must hold one integer id per utterance, shape \(2,\); got shape \(3,\)"):
+        model(waveforms, mask, group_ids=torch.tensor([0, 0, 1]))
+    with pytest.raises(ValueError, match=r"^Give group_ids, or group_mean and group_scale computed beforehand, not both.$"):
+        model(waveforms, mask, group_ids=torch.tensor([0, 0]), group_mean=torch.zeros(2, num_statistics))
+    with pytest.raises(ValueError, match=rf"^group_mean and group_scale go together, each of shape \(batch_size, "
+                                         rf"num_statistics\) = \(2, {num_statistics}\); got \(2, {num_statistics}\) and None.$"):
+        model(waveforms, mask, group_mean=torch.zeros(2, num_statistics))
+    with pytest.raises(ValueError, match=r"^speaker_normalization=True needs utterance_statistics_classifier=True"):
+        tiny_config(speaker_normalization=True, **STATISTICS)
+    with pytest.raises(ValueError, match=r"^speaker_normalization_min_utterances must be at least 2"):
+        tiny_config(utterance_statistics_classifier=True, speaker_normalization=True,
+                    speaker_normalization_min_utterances=1, **STATISTICS)

@@ -776,3 +776,34 @@ def test_the_statistics_classifier_is_fitted_in_each_fold_and_its_weight_chosen_
     # Resumed after its folds: they are read back and scored the same.
     (output / "results.json").unlink()
     assert train.main(run)["ua"] == summary["ua"]
+
+
+def test_speaker_normalization_standardises_each_test_speaker_by_its_own_test_audio(corpus_dir, tmp_path):
+    from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
+
+    from msemoboost.data import AudioCollator
+
+    arguments = list(TINY_TRAIN_ARGS)
+    position = arguments.index("--model_config_overrides") + 1
+    arguments[position] = json.dumps({**json.loads(arguments[position]), "mfcc_statistics": True,
+                                      "utterance_statistics_classifier": True})
+    output = tmp_path / "out"
+    summary = train.main(["--dataset_name", str(corpus_dir), "--output_dir", str(output), *arguments, "--folds", "0",
+                          "--final_model", "false", "--speaker_normalization", "true"])
+    assert summary["architecture"]["speaker_normalization"] is True
+    name = summary["folds"][0]["fold"]
+    directory = output / "folds" / name
+    model = AutoModelForAudioClassification.from_pretrained(directory / "model").eval()
+    assert model.config.speaker_normalization is True
+    predictions = read_csv(directory / "predictions.csv")
+    assert {row["speaker"] for row in predictions} == set(summary["folds"][0]["test_speakers"]) and len(predictions) > 2
+    files = {Path(row["file_name"]).name: corpus_dir / row["file_name"] for row in read_csv(corpus_dir / "metadata.csv")}
+    rows = [{"audio": {"path": str(files[row["utterance_id"]]), "bytes": None}, "labels": 0} for row in predictions]
+    batch = AudioCollator(AutoFeatureExtractor.from_pretrained(directory / "model"))(rows)
+    expected = torch.tensor([[float(row[label]) for label in model.config.id2label.values()] for row in predictions])
+    with torch.no_grad():
+        # The one test speaker's utterances standardised by their own statistics: the fold's predictions.
+        grouped = model(batch["input_values"], batch["attention_mask"], group_ids=torch.zeros(len(rows), dtype=torch.long))
+        ungrouped = model(batch["input_values"], batch["attention_mask"])
+    torch.testing.assert_close(grouped.logits.softmax(-1), expected, rtol=0, atol=2e-6)
+    assert (ungrouped.logits.softmax(-1) - expected).abs().max() > 1e-3
