@@ -8,6 +8,9 @@
     python benchmarks/anchors.py --dataset_name ../shared/data/ravdess --num_folds 6
     python benchmarks/anchors.py --protocol cross_corpus --dataset_name ../shared/data/emodb \\
         --extra_train_datasets ../shared/data/ravdess
+    python benchmarks/anchors.py --speaker_normalization                # each speaker standardised by its own statistics
+    python benchmarks/anchors.py --protocol leave_one_corpus_out --dataset_name ../shared/data/emodb \\
+        --extra_train_datasets ../shared/data/{ravdess,tess,nemo,ased} [--speaker_normalization]
 
 Folds come from `msemoboost.protocols.make_folds` with train.py's corpus loading, so the test utterances of every
 fold are the model's. Each fold's SVM is standardised on its training part; its C is chosen on the fold's validation
@@ -17,8 +20,10 @@ the anchors still choose C on train.py's default share of validation speakers: t
 utterances the final SVM is fitted on (training + validation), are the same either way. The anchors named "the
 model's statistics classifier" are the model's whole-utterance statistics classifier on its own
 (`utterance_statistics_classifier`, `msemoboost.statistics_fusion`), fitted on each fold's training + validation
-utterances exactly as train.py fits it in the model (C by cross-validation over those speakers). Functionals are computed
-from the same decoded 16 kHz waveforms the model reads, and cached in outputs/benchmarks/opensmile/.
+utterances exactly as train.py fits it in the model (C by cross-validation over those speakers). Features are computed
+from the same decoded 16 kHz waveforms the model reads, and cached per corpus in outputs/benchmarks/features/.
+`leave_one_corpus_out` tests each corpus once with the anchors trained on all the others (train.py's `cross_corpus`
+folds, over the classes they share).
 """
 
 import argparse
@@ -53,30 +58,53 @@ ANCHORS = {
 from msemoboost.statistics_fusion import C_GRID  # noqa: E402  (the statistics classifier's grid is the anchors')
 
 
+def cached_per_corpus(corpus, name: str, compute) -> np.ndarray:
+    """Features of every row of `corpus.dataset`, `(num_rows, num_features)`, cached on disk per source corpus and
+    utterance (outputs/benchmarks/features/NAME_CORPUS.npz), so that every fold and every protocol that reads a corpus
+    computes each of its utterances once. `compute(rows)` gives the features of those row indices."""
+    table = corpus.dataset
+    sources = np.asarray(table["corpus"]) if "corpus" in table.column_names else np.full(len(table), "")
+    utterances = np.asarray(table["utterance_id"])
+    features = None
+    for source in np.unique(sources):
+        rows = np.flatnonzero(sources == source)
+        cache = REPO / "outputs" / "benchmarks" / "features" / f"{name}_{source or 'corpus'}.npz"
+        known = dict(np.load(cache, allow_pickle=False)) if cache.exists() else {"ids": np.array([], dtype=str)}
+        index = {utterance: position for position, utterance in enumerate(known["ids"])}
+        missing = [row for row in rows if utterances[row] not in index]
+        if missing:
+            computed = np.asarray(compute(np.asarray(missing)), dtype=np.float64)
+            ids = np.concatenate([known["ids"], utterances[missing]])
+            values = computed if "features" not in known else np.concatenate([known["features"], computed])
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(cache, ids=ids, features=values)
+            known = {"ids": ids, "features": values}
+            index = {utterance: position for position, utterance in enumerate(ids)}
+        part = known["features"][[index[utterance] for utterance in utterances[rows]]]
+        if features is None:
+            features = np.empty((len(table), part.shape[1]))
+        features[rows] = part
+    return features
+
+
 def functionals(corpus, feature_set: str) -> np.ndarray:
     """openSMILE functionals of every row of `corpus.dataset`, `(num_rows, num_features)`, cached on disk."""
     import opensmile
 
     from msemoboost.data import decode_audio
 
-    ids = "\n".join(f"{corpus_name}/{utterance}" for corpus_name, utterance in zip(
-        corpus.dataset["corpus"] if "corpus" in corpus.dataset.column_names else [""] * len(corpus.dataset),
-        corpus.dataset["utterance_id"]))
-    key = hashlib.sha1(f"{feature_set}\n{ids}".encode()).hexdigest()[:16]
-    cache = REPO / "outputs" / "benchmarks" / "opensmile" / f"{feature_set}_{key}.npy"
-    if cache.exists():
-        return np.load(cache)
     smile = opensmile.Smile(
         feature_set=getattr(opensmile.FeatureSet, feature_set), feature_level=opensmile.FeatureLevel.Functionals
     )
-    rows = []
-    for index in range(len(corpus.dataset)):
-        waveform = decode_audio(corpus.dataset[index]["audio"], corpus.sampling_rate)
-        rows.append(smile.process_signal(waveform, corpus.sampling_rate).to_numpy()[0])
-    features = np.nan_to_num(np.asarray(rows, dtype=np.float64))
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    np.save(cache, features)
-    return features
+
+    def compute(rows: np.ndarray) -> np.ndarray:
+        found = []
+        for index in rows:
+            waveform = decode_audio(corpus.dataset[int(index)]["audio"], corpus.sampling_rate)
+            found.append(smile.process_signal(waveform, corpus.sampling_rate).to_numpy()[0])
+        return np.nan_to_num(np.asarray(found, dtype=np.float64))
+
+    return cached_per_corpus(corpus, feature_set, compute)
 
 
 def mfcc_statistics(corpus, config, prosody: bool = False) -> np.ndarray:
@@ -106,41 +134,45 @@ def mfcc_statistics(corpus, config, prosody: bool = False) -> np.ndarray:
     return np.asarray(rows)
 
 
-def statistics_classifier_model(corpus, config, distributions: bool):
+def statistics_classifier_model(corpus, config, distributions: bool, speaker_normalization: bool = False):
     """A model that holds only the MFCC branch's statistics and an unfitted whole-utterance statistics classifier
-    (with `distributions`, on the distribution statistics too), for `corpus`'s labels."""
+    (with `distributions`, on the distribution statistics too; with `speaker_normalization`, on statistics
+    standardised per speaker), for `corpus`'s labels."""
     from msemoboost import MSEmoBoostForSequenceClassification
 
     config = copy.deepcopy(config)
     config.use_backbone_features, config.use_spectrogram = False, False
     config.mfcc_statistics = config.prosody_statistics = config.utterance_statistics_classifier = True
     config.utterance_distribution_statistics = distributions
+    config.speaker_normalization = speaker_normalization
     config.num_labels = len(corpus.label_names)
     return MSEmoBoostForSequenceClassification(config).eval()
 
 
 def model_statistics(corpus, model) -> np.ndarray:
-    """`model.utterance_statistics` of every row of `corpus.dataset`, `(num_rows, num_statistics)`."""
+    """`model.utterance_statistics` of every row of `corpus.dataset`, `(num_rows, num_statistics)`, cached on disk
+    (they depend on the model's feature settings, never on its fitted weights)."""
     from msemoboost import MSEmoBoostFeatureExtractor
     from msemoboost.data import AudioCollator
     from msemoboost.statistics_fusion import utterance_statistics
 
     extractor = MSEmoBoostFeatureExtractor(sampling_rate=corpus.sampling_rate, do_normalize=True)
-    return utterance_statistics(model, corpus.dataset, AudioCollator(extractor))
+    settings = {key: value for key, value in model.config.to_diff_dict().items()
+                if key not in ("id2label", "label2id", "num_labels", "speaker_normalization", "transformers_version")}
+    key = hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return cached_per_corpus(corpus, f"model_statistics_{key}",
+                             lambda rows: utterance_statistics(model, corpus.dataset.select(rows), AudioCollator(extractor)))
 
 
 def statistics_classifier_fold(model, features, labels, speakers, fold) -> tuple[np.ndarray, float]:
     """Test predictions of one fold by the model's statistics classifier, fitted on the fold's training and
     validation parts as train.py fits it (C by cross-validation over their speakers), and the C chosen."""
-    import torch
-
-    from msemoboost.statistics_fusion import fit_statistics_classifier
+    from msemoboost.statistics_fusion import classify_statistics, fit_statistics_classifier
 
     seen = np.concatenate([fold.train, fold.validation])
     fitted = fit_statistics_classifier(model, features[seen], labels[seen], speakers[seen])
-    with torch.no_grad():
-        log_probabilities = model.statistics_classifier(torch.from_numpy(features[fold.test]).to(model.statistics_classifier.mean.dtype))
-    return log_probabilities.argmax(-1).numpy(), fitted["c"]
+    # With speaker normalisation, each test speaker is standardised by its own test utterances (no labels).
+    return classify_statistics(model, features[fold.test], speakers[fold.test]).argmax(-1), fitted["c"]
 
 
 def svm_fold(features, labels, fold, kernel: str) -> tuple[np.ndarray, float]:
@@ -166,20 +198,23 @@ def svm_fold(features, labels, fold, kernel: str) -> tuple[np.ndarray, float]:
     return model(best).fit(features[seen], labels[seen]).predict(features[fold.test]), best
 
 
-def normalize_per_corpus(features: np.ndarray, corpora: np.ndarray) -> np.ndarray:
-    """Each corpus's functionals standardised with that corpus's own mean and standard deviation (no labels used):
-    the usual first step of cross-corpus emotion recognition, which removes recording-level offsets."""
+def normalize_per_group(features: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Each group's functionals standardised with that group's own mean and standard deviation (no labels used):
+    per corpus, the usual first step of cross-corpus emotion recognition, which removes recording-level offsets; per
+    speaker, the classical speaker normalisation."""
     normalized = np.empty_like(features)
-    for name in np.unique(corpora):
-        rows = corpora == name
+    for name in np.unique(groups):
+        rows = groups == name
         mean, std = features[rows].mean(0), features[rows].std(0)
         normalized[rows] = (features[rows] - mean) / np.where(std > 0, std, 1.0)
     return normalized
 
 
-def run_anchors(argv: list[str], anchors=tuple(ANCHORS), corpus_normalization: bool = False) -> dict:
+def run_anchors(argv: list[str], anchors=tuple(ANCHORS), corpus_normalization: bool = False,
+                speaker_normalization: bool = False) -> dict:
     """WA/UA of each anchor on train.py's folds for the train.py arguments `argv` (dataset, protocol, extras, seed).
-    With `corpus_normalization`, functionals are first standardised per corpus ([`normalize_per_corpus`])."""
+    With `corpus_normalization`, functionals are first standardised per corpus, with `speaker_normalization` per
+    speaker ([`normalize_per_group`]; the statistics classifier then uses the model's own speaker normalisation)."""
     import train
     from msemoboost.protocols import make_folds
     from msemoboost.reporting import confusion_matrix, mean_std
@@ -201,15 +236,18 @@ def run_anchors(argv: list[str], anchors=tuple(ANCHORS), corpus_normalization: b
         feature_set, kernel = ANCHORS[anchor]
         model = None
         if feature_set in (UTTERANCE_STATISTICS, UTTERANCE_DISTRIBUTION_STATISTICS):
-            model = statistics_classifier_model(corpus, config, distributions=feature_set == UTTERANCE_DISTRIBUTION_STATISTICS)
+            model = statistics_classifier_model(corpus, config, distributions=feature_set == UTTERANCE_DISTRIBUTION_STATISTICS,
+                                                speaker_normalization=speaker_normalization)
             features = model_statistics(corpus, model)
         elif feature_set in (MFCC_STATISTICS, MFCC_AND_PROSODY_STATISTICS):
             features = mfcc_statistics(corpus, config, prosody=feature_set == MFCC_AND_PROSODY_STATISTICS)
         else:
             features = functionals(corpus, feature_set)
         if corpus_normalization:
-            features = normalize_per_corpus(features, np.asarray(corpus.dataset["corpus"]) if "corpus" in
-                                            corpus.dataset.column_names else np.zeros(len(features)))
+            features = normalize_per_group(features, np.asarray(corpus.dataset["corpus"]) if "corpus" in
+                                           corpus.dataset.column_names else np.zeros(len(features)))
+        if speaker_normalization and model is None:  # the statistics classifier normalises by speaker itself
+            features = normalize_per_group(features, np.asarray(corpus.speakers))
         per_fold, matrix = [], 0
         for fold in folds:
             if model is not None:
@@ -241,19 +279,54 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--corpus_normalization", action="store_true",
                         help="standardise each corpus's functionals with its own statistics first (cross-corpus)")
+    parser.add_argument("--speaker_normalization", action="store_true",
+                        help="standardise each speaker's features with its own statistics first (test speakers over "
+                             "their own unlabelled test utterances); the statistics classifier with the model's own "
+                             "speaker normalisation")
     parser.add_argument("--anchors", nargs="+", choices=list(ANCHORS), default=list(ANCHORS), metavar="ANCHOR",
                         help=f"the anchors to run (default: all): {', '.join(map(repr, ANCHORS))}")
     parser.add_argument("--output", help="JSON file for the results (default: print only)")
     args = parser.parse_args()
-    argv = ["--dataset_name", args.dataset_name, "--label_column", "emotion", "--speaker_column", "speaker",
-            "--protocol", args.protocol, "--seed", str(args.seed), "--output_dir", "/tmp/unused"]
-    if args.num_folds:
-        argv += ["--num_folds", str(args.num_folds)]
-    if args.extra_train_datasets:
-        argv += ["--extra_train_datasets", *args.extra_train_datasets]
-    results = run_anchors(argv, anchors=args.anchors, corpus_normalization=args.corpus_normalization)
+
+    def arguments(protocol: str, dataset_name: str, extras: list[str] | None) -> list[str]:
+        argv = ["--dataset_name", dataset_name, "--label_column", "emotion", "--speaker_column", "speaker",
+                "--protocol", protocol, "--seed", str(args.seed), "--output_dir", "/tmp/unused"]
+        if args.num_folds:
+            argv += ["--num_folds", str(args.num_folds)]
+        return argv + (["--extra_train_datasets", *extras] if extras else [])
+
+    options = dict(anchors=args.anchors, corpus_normalization=args.corpus_normalization,
+                   speaker_normalization=args.speaker_normalization)
+    if args.protocol == "leave_one_corpus_out":
+        results = leave_one_corpus_out([args.dataset_name, *(args.extra_train_datasets or [])], arguments, options)
+    else:
+        results = run_anchors(arguments(args.protocol, args.dataset_name, args.extra_train_datasets), **options)
     if args.output:
         Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
+
+
+def leave_one_corpus_out(corpora: list[str], arguments, options: dict) -> dict:
+    """Each corpus tested once by the anchors trained on all the others (train.py's `cross_corpus` folds, over the
+    classes the tested corpus shares with them): per corpus and mean WA/UA of each anchor."""
+    if len(corpora) < 2:
+        raise SystemExit("leave_one_corpus_out needs 2 corpora or more: --dataset_name A --extra_train_datasets B ...")
+    per_corpus = {}
+    for tested in corpora:
+        print(f"== tested on {Path(tested).name}, trained on {', '.join(Path(c).name for c in corpora if c != tested)}", flush=True)
+        per_corpus[Path(tested).name] = run_anchors(
+            arguments("cross_corpus", tested, [c for c in corpora if c != tested]), **options
+        )
+    results = {}
+    for anchor in options["anchors"]:
+        rows = {name: {"wa": found[anchor]["wa"]["mean"], "ua": found[anchor]["ua"]["mean"],
+                       "label_names": found[anchor]["label_names"], "num_test": found[anchor]["folds"][0]["num_test"]}
+                for name, found in per_corpus.items()}
+        results[anchor] = {"per_corpus": rows, "wa": float(np.mean([row["wa"] for row in rows.values()])),
+                           "ua": float(np.mean([row["ua"] for row in rows.values()])),
+                           "details": {name: found[anchor] for name, found in per_corpus.items()}}
+        print(f"{anchor}: mean over corpora WA {results[anchor]['wa']:.2%}  UA {results[anchor]['ua']:.2%}  ("
+              + ", ".join(f"{name} {row['ua']:.1%}" for name, row in rows.items()) + ")", flush=True)
+    return results
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """`msemoboost` command line: use, export and deploy a trained model, and pretrain a backbone (EMS).
 
     msemoboost predict --model DIR_OR_HUB_ID FILES_OR_FOLDERS... [--timeline] [--output out.csv|out.json]
+        [--group_by folder]      (a model trained with --speaker_normalization: each folder's recordings, one
+                                  speaker's, normalise each other; --group_column COLUMN with --dataset)
     msemoboost predict --onnx EXPORT_DIR FILES_OR_FOLDERS... [--int8]     (ONNX Runtime, see `msemoboost export`)
     msemoboost explain FILE --model DIR_OR_HUB_ID [--output explain.png]
     msemoboost tsne --model DIR_OR_HUB_ID --dataset NAME_OR_PATH [--compare-baseline] [--output tsne.png]
@@ -62,6 +64,13 @@ def main(argv: list[str] | None = None) -> int:
     predict.add_argument("--timeline", action="store_true", help="also give one row per 3 s segment")
     predict.add_argument("--output", help="write a .csv or .json file instead of printing a table")
     predict.add_argument("--batch_size", type=int, default=8, help="recordings per forward pass (default: 8)")
+    grouping = predict.add_mutually_exclusive_group()
+    grouping.add_argument("--group_column", default=None,
+                          help="with --dataset and a model trained with --speaker_normalization: the column naming each "
+                               "recording's group (speaker, session); the recordings of a group normalise each other")
+    grouping.add_argument("--group_by", choices=["folder"], default=None,
+                          help="with files and folders and a model trained with --speaker_normalization: the "
+                               "recordings of one folder are one group (speaker) and normalise each other")
     predict.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
 
     explain = commands.add_parser("explain", help="plot the guidance frame weights X_enh of one recording")
@@ -148,6 +157,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "predict" and args.int8 and not args.onnx:
         parser.error("--int8 needs --onnx")
+    if args.command == "predict" and (args.group_column or args.group_by) and args.onnx:
+        parser.error("--group_column and --group_by need --model: the ONNX graph takes no group statistics")
+    if args.command == "predict" and args.group_column and not args.dataset:
+        parser.error("--group_column names a column of --dataset; for files and folders use --group_by folder")
+    if args.command == "predict" and args.group_by and args.dataset:
+        parser.error("--group_by folder groups files and folders; for --dataset use --group_column")
     if args.command == "export" and args.calibration and args.quantize != "int8":
         parser.error("--calibration sets the int8 convolutions' activation ranges: it needs --quantize int8")
     if args.command == "export" and args.quantize_feature_encoder and not args.calibration:
@@ -190,24 +205,27 @@ def pixel_size(text: str) -> tuple[int, int]:
     return width, height
 
 
-def recordings(args) -> list[tuple[str, object]]:
-    """(name, source) of every input recording, in order: file paths, or undecoded `datasets` audio values."""
+def recordings(args) -> list[tuple[str, object, str | None]]:
+    """(name, source, group) of every input recording, in order: file paths, or undecoded `datasets` audio values;
+    the group (its folder with `--group_by folder`, its `--group_column` value) is None without grouping."""
     from .inference import find_audio_files
 
     if not args.dataset:
         if not args.inputs:
             raise ValueError("Give audio files or folders, or --dataset.")
-        return [(str(path), path) for path in find_audio_files(args.inputs)]
+        return [(str(path), path, str(path.parent) if args.group_by else None) for path in find_audio_files(args.inputs)]
     import datasets
 
     source = datasets.load_dataset(args.dataset, split=args.split)
     splits = source.items() if isinstance(source, datasets.DatasetDict) else [(args.split or "data", source)]
     found = []
     for split, table in splits:
-        if args.audio_column not in table.column_names:
-            raise ValueError(f"Column {args.audio_column!r} is not in {args.dataset}; its columns are {table.column_names}.")
+        for column in (args.audio_column, args.group_column):
+            if column and column not in table.column_names:
+                raise ValueError(f"Column {column!r} is not in {args.dataset}; its columns are {table.column_names}.")
+        groups = [str(group) for group in table[args.group_column]] if args.group_column else [None] * len(table)
         for row, audio in enumerate(table.cast_column(args.audio_column, datasets.Audio(decode=False))[args.audio_column]):
-            found.append((audio.get("path") or f"{split}/{row}", audio))
+            found.append((audio.get("path") or f"{split}/{row}", audio, groups[row]))
     if not found:
         raise ValueError(f"{args.dataset} holds no rows.")
     return found
@@ -216,13 +234,16 @@ def recordings(args) -> list[tuple[str, object]]:
 def run_predict(args) -> int:
     from tqdm.auto import tqdm
 
-    from .inference import BadAudioError, load_classifier, predict, read_audio
+    import torch
+
+    from .inference import BadAudioError, group_normalization, load_classifier, predict, read_audio
 
     if args.output and Path(args.output).suffix.lower() not in (".csv", ".json"):
         raise ValueError(f"--output must end in .csv or .json, got {args.output}.")
     if args.batch_size < 1:
         raise ValueError(f"--batch_size must be at least 1, got {args.batch_size}.")
     sources = recordings(args)
+    total = len(sources)
     if args.onnx:
         from .export import ONNXClassifier
 
@@ -239,21 +260,46 @@ def run_predict(args) -> int:
         failures.append(reason)
         tqdm.write(f"skipped {reason}", file=sys.stderr)
 
-    def classify(batch) -> None:
+    def read(name: str, source) -> np.ndarray | None:
         try:
-            predictions.extend(run([w for _, w in batch], [n for n, _ in batch]))
+            return read_audio(source, config.sampling_rate, name, config.min_input_samples)
+        except BadAudioError as error:
+            skip(str(error))
+            return None
+
+    # With groups: first every group's statistics over all its readable recordings, then each batch normalised by them.
+    normalization = {}
+    if args.group_column or args.group_by:
+        readable = [(name, waveform, group) for name, source, group in sources
+                    if (waveform := read(name, source)) is not None]
+        sources = [(name, source, group) for name, source, group in sources if name in {item[0] for item in readable}]
+        if readable:
+            mean, scale = group_normalization(classifier, extractor, [w for _, w, _ in readable], [g for _, _, g in readable])
+            normalization = {name: (group, mean[row], scale[row]) for row, (name, _, group) in enumerate(readable)}
+
+    def classify(batch) -> None:
+        names = [n for n, _ in batch]
+        grouped = {}
+        if normalization:
+            grouped = {"group_mean": torch.stack([normalization[n][1] for n in names]),
+                       "group_scale": torch.stack([normalization[n][2] for n in names])}
+        try:
+            found = run([w for _, w in batch], names, **grouped)
         except ValueError as error:  # one recording the model refuses: classify each alone, so only it is skipped
             if len(batch) == 1:
                 skip(f"{batch[0][0]}: {error}")
             else:
                 for item in batch:
                     classify([item])
+            return
+        for prediction in found:
+            prediction.group = normalization[prediction.name][0] if normalization else None
+        predictions.extend(found)
 
-    for position, (name, source) in enumerate(tqdm(sources, unit="file", file=sys.stderr)):
-        try:
-            batch.append((name, read_audio(source, config.sampling_rate, name, config.min_input_samples)))
-        except BadAudioError as error:
-            skip(str(error))
+    for position, (name, source, _) in enumerate(tqdm(sources, unit="file", file=sys.stderr)):
+        waveform = read(name, source)
+        if waveform is not None:
+            batch.append((name, waveform))
         if batch and (len(batch) == args.batch_size or position == len(sources) - 1):
             classify(batch)
             batch = []
@@ -263,7 +309,7 @@ def run_predict(args) -> int:
     else:
         print("No recording could be classified; nothing was written.", file=sys.stderr)
     if failures:
-        print(f"{len(failures)} of {len(sources)} recording(s) skipped:", file=sys.stderr)
+        print(f"{len(failures)} of {total} recording(s) skipped:", file=sys.stderr)
         for failure in failures:
             print(f"  {failure}", file=sys.stderr)
         return EXIT_SOME_FILES_FAILED
@@ -350,8 +396,10 @@ def run_intensity(args) -> int:
 
 
 def write_predictions(predictions, labels: list[str], output: str | None, timeline: bool) -> None:
+    grouped = any(p.group is not None for p in predictions)
     file_rows = [
-        {"file": p.name, "prediction": labels[int(p.probabilities.argmax())], **dict(zip(labels, p.probabilities.tolist()))}
+        {"file": p.name, **({"group": p.group} if grouped else {}), "prediction": labels[int(p.probabilities.argmax())],
+         **dict(zip(labels, p.probabilities.tolist()))}
         for p in predictions
     ]
     segment_rows = [

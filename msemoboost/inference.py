@@ -93,25 +93,57 @@ class Prediction:
     probabilities: np.ndarray  # (num_labels,): utterance-level class probabilities
     segment_probabilities: np.ndarray  # (num_segments, num_labels)
     segment_bounds: np.ndarray  # (num_segments, 2): start and end of each segment's audio, in seconds
+    group: str | None = None  # the group (speaker) whose recordings normalised this one's statistics, if any
 
 
 @torch.no_grad()
-def predict(classifier, extractor, waveforms: list[np.ndarray], names: list[str]) -> list[Prediction]:
+def predict(
+    classifier, extractor, waveforms: list[np.ndarray], names: list[str], group_mean: torch.Tensor | None = None,
+    group_scale: torch.Tensor | None = None,
+) -> list[Prediction]:
     """Classifies several recordings in one forward pass: their 3 s segments are batched together.
 
     The utterance probabilities are the softmax of the model's own `logits` (the mean of segment log-probabilities,
-    plus, with `config.utterance_statistics_classifier`, the statistics classifier's); the segments' are the
-    network's alone.
+    plus, with `config.utterance_statistics_classifier`, the statistics classifier's, with `config.speaker_normalization`
+    of the statistics standardised by `group_mean` and `group_scale` `(num_recordings, num_statistics)` when given,
+    see [`group_normalization`]); the segments' are the network's alone.
     """
     inputs = extractor(waveforms, sampling_rate=extractor.sampling_rate, return_tensors="pt").to(classifier.device)
     outputs = classifier.msemoboost(**inputs)
     segment_log_probs = classifier.classifier(outputs.segment_features).log_softmax(-1)
     utterance_log_probs = average_over_segments(segment_log_probs, outputs.segments_per_utterance)
     if classifier.statistics_classifier is not None:  # as the model's forward adds it at inference
-        utterance_log_probs = utterance_log_probs + classifier.statistics_logits(**inputs)
+        if group_mean is not None:
+            group_mean, group_scale = group_mean.to(classifier.device), group_scale.to(classifier.device)
+        utterance_log_probs = utterance_log_probs + classifier.statistics_logits(
+            **inputs, group_mean=group_mean, group_scale=group_scale
+        )
     per_file = torch.split(segment_log_probs.float().cpu(), outputs.segments_per_utterance.tolist())
     return predictions(names, waveforms, utterance_log_probs.float().cpu().numpy(), [p.numpy() for p in per_file],
                        classifier.config)
+
+
+@torch.no_grad()
+def group_normalization(classifier, extractor, waveforms: list[np.ndarray], groups: list) -> tuple[torch.Tensor, torch.Tensor]:
+    """For a model with `config.speaker_normalization`: each recording's `(group_mean, group_scale)`, each
+    `(num_recordings, num_statistics)`, over all the recordings of its group (`groups`, one hashable name per
+    recording), to pass to [`predict`] (or the model's `forward`) in batches of any size. Recordings of one group
+    normalise each other; no labels are used."""
+    if not classifier.config.speaker_normalization:
+        raise ValueError(
+            "This model does not normalise by group (speaker): it was trained without --speaker_normalization, so "
+            "grouping recordings would change nothing."
+        )
+    statistics = []
+    for waveform in waveforms:
+        inputs = extractor([waveform], sampling_rate=extractor.sampling_rate, return_tensors="pt").to(classifier.device)
+        statistics.append(classifier.utterance_statistics(**inputs)[0])
+    return classifier.group_normalization(torch.stack(statistics), group_codes(groups))
+
+
+def group_codes(groups) -> torch.Tensor:
+    """Integer ids `(num_utterances,)` of `groups` (speaker names or any hashable values), for `group_ids`."""
+    return torch.from_numpy(np.unique(np.asarray(groups, dtype=str), return_inverse=True)[1].reshape(-1).astype(np.int64))
 
 
 def predictions(names: list[str], waveforms: list[np.ndarray], utterance_log_probs: np.ndarray,

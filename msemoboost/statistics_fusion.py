@@ -17,6 +17,7 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
+from .inference import group_codes
 from .modeling_msemoboost import MSEmoBoostForSequenceClassification
 from .training import load_wa_ua
 
@@ -61,11 +62,6 @@ def statistics_log_probabilities(
         raise ValueError("statistics_log_probabilities() needs a model with config.utterance_statistics_classifier=True.")
     statistics = utterance_statistics(model, dataset, collator, batch_size)
     return classify_statistics(model, statistics, groups)
-
-
-def group_codes(groups) -> torch.Tensor:
-    """Integer ids `(num_utterances,)` of `groups` (speaker names or any hashable values), for `group_ids`."""
-    return torch.from_numpy(np.unique(np.asarray(groups), return_inverse=True)[1].reshape(-1).astype(np.int64))
 
 
 def classify_statistics(model: MSEmoBoostForSequenceClassification, statistics: np.ndarray, groups=None) -> np.ndarray:

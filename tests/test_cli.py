@@ -168,6 +168,101 @@ def test_a_recording_the_model_refuses_is_skipped_and_its_batch_mates_are_classi
         np.testing.assert_allclose([float(row[label]) for label in LABELS], expected.numpy(), rtol=0, atol=1e-5)
 
 
+@pytest.fixture(scope="module")
+def normalizing_model_dir(tmp_path_factory) -> Path:
+    """A model trained with speaker normalisation: its statistics classifier reads statistics standardised by group."""
+    directory = tmp_path_factory.mktemp("normalizing")
+    model = tiny_model(id2label=dict(enumerate(LABELS)), label2id={label: i for i, label in enumerate(LABELS)},
+                       mfcc_statistics=True, utterance_statistics_classifier=True, speaker_normalization=True)
+    classifier = model.statistics_classifier
+    with torch.no_grad():
+        classifier.weight.copy_(torch.randn(classifier.weight.shape, generator=torch.Generator().manual_seed(0)))
+        classifier.scale.fill_(3.0)
+    model.save_pretrained(directory)
+    MSEmoBoostFeatureExtractor().save_pretrained(directory)
+    return directory
+
+
+def speakers_in_folders(root: Path) -> dict[str, list[Path]]:
+    """Two folders, one speaker each, of 3 recordings: each folder is one group."""
+    folders = {}
+    for speaker, (pitch_seed, lengths) in {"anna": (0, (20_000, 36_000, 28_000)), "ben": (5, (30_000, 24_000, 41_000))}.items():
+        (root / speaker).mkdir(parents=True)
+        folders[speaker] = []
+        for number, length in enumerate(lengths):
+            path = root / speaker / f"{number}.wav"
+            soundfile.write(path, speech_like(length, pitch_seed + number), 16000, subtype="FLOAT")
+            folders[speaker].append(path)
+    return folders
+
+
+def grouped_probabilities(model_dir: Path, files: list[Path]) -> np.ndarray:
+    """The model's probabilities of `files`, one group, each batch normalised by the group's statistics."""
+    classifier, extractor = load_classifier(str(model_dir), "cpu")
+    waveforms = [read_audio(path, 16000) for path in files]
+    with torch.no_grad():
+        statistics = torch.cat([classifier.utterance_statistics(**extractor([w], sampling_rate=16000, return_tensors="pt"))
+                                for w in waveforms])
+        mean, scale = classifier.group_normalization(statistics, torch.zeros(len(files), dtype=torch.long))
+        return np.stack([
+            classifier(**extractor([w], sampling_rate=16000, return_tensors="pt"), group_mean=mean[[row]],
+                       group_scale=scale[[row]]).logits.softmax(-1)[0].numpy()
+            for row, w in enumerate(waveforms)
+        ])
+
+
+def test_group_by_folder_normalises_each_folder_s_recordings_by_their_own_statistics(normalizing_model_dir, tmp_path):
+    folders = speakers_in_folders(tmp_path / "audio")
+    output = tmp_path / "out.csv"
+    assert main(["predict", str(tmp_path / "audio"), "--model", str(normalizing_model_dir), "--group_by", "folder",
+                 "--output", str(output), "--batch_size", "2"]) == 0
+    rows = {row["file"]: row for row in read_csv(output)}
+    assert list(next(iter(rows.values())))[:3] == ["file", "group", "prediction"]
+    for speaker, files in folders.items():
+        expected = grouped_probabilities(normalizing_model_dir, files)
+        for path, wanted in zip(files, expected):
+            assert rows[str(path)]["group"] == str(tmp_path / "audio" / speaker)
+            np.testing.assert_allclose([float(rows[str(path)][label]) for label in LABELS], wanted, rtol=0, atol=1e-5)
+    main(["predict", str(tmp_path / "audio"), "--model", str(normalizing_model_dir), "--output", str(tmp_path / "plain.csv")])
+    plain = read_csv(tmp_path / "plain.csv")
+    assert "group" not in plain[0]  # without grouping, predict is as it always was: the training data's statistics
+    assert max(abs(float(row[label]) - float(rows[row["file"]][label])) for row in plain for label in LABELS) > 1e-3
+
+
+def test_group_column_groups_the_rows_of_a_dataset(normalizing_model_dir, tmp_path):
+    folders = speakers_in_folders(tmp_path / "corpus" / "audio")
+    with open(tmp_path / "corpus" / "metadata.csv", "w") as file:
+        file.write("file_name,speaker\n")
+        for speaker, files in folders.items():
+            file.writelines(f"audio/{speaker}/{path.name},{speaker}\n" for path in files)
+    output = tmp_path / "out.json"
+    assert main(["predict", "--dataset", str(tmp_path / "corpus"), "--group_column", "speaker", "--model",
+                 str(normalizing_model_dir), "--output", str(output)]) == 0
+    rows = json.loads(output.read_text())["files"]
+    for speaker, files in folders.items():
+        found = [row for row in rows if row["group"] == speaker]
+        assert sorted(Path(row["file"]).name for row in found) == [path.name for path in files]
+        expected = grouped_probabilities(normalizing_model_dir, [folders[speaker][int(Path(r["file"]).stem)] for r in found])
+        np.testing.assert_allclose([[row[label] for label in LABELS] for row in found], expected, rtol=0, atol=1e-5)
+
+
+def test_grouping_is_refused_where_it_cannot_normalise(model_dir, normalizing_model_dir, tmp_path, capsys):
+    speakers_in_folders(tmp_path / "audio")
+    assert main(["predict", str(tmp_path / "audio"), "--model", str(model_dir), "--group_by", "folder"]) == 2
+    assert ("error: This model does not normalise by group (speaker): it was trained without --speaker_normalization"
+            in capsys.readouterr().err)
+    for arguments, message in [
+        (["--group_column", "speaker"], "--group_column names a column of --dataset; for files and folders use --group_by folder"),
+        (["--group_by", "folder", "--dataset", str(tmp_path)], "--group_by folder groups files and folders; for --dataset use --group_column"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["predict", str(tmp_path / "audio"), "--model", str(normalizing_model_dir), *arguments])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["predict", str(tmp_path / "audio"), "--onnx", str(tmp_path), "--group_by", "folder"])
+    assert "--group_column and --group_by need --model: the ONNX graph takes no group statistics" in capsys.readouterr().err
+
+
 def test_when_no_file_can_be_classified_nothing_is_written(model_dir, tmp_path, capsys):
     bad_recordings(tmp_path / "bad")
     output = tmp_path / "out.csv"
