@@ -14,7 +14,10 @@ after it override the file. Protocols (`--protocol`):
 - `loso`: leave-one-speaker-out (with `--num_folds` smaller than the number of speakers, speakers are grouped into
   that many folds);
 - `kfold`: stratified k-fold over utterances;
-- `splits`: the dataset's own train / validation / test splits.
+- `splits`: the dataset's own train / validation / test splits;
+- `cross_corpus`: train on `--extra_train_datasets` only, test on all of `--dataset_name` over the classes they share;
+- `leave_one_corpus_out`: each of `--dataset_name` and `--extra_train_datasets` tested once by a model trained on all
+  the others (a `cross_corpus` run each, in `OUTPUT_DIR/<corpus>`), with per-corpus and mean WA/UA.
 
 Early stopping and the choice of the best checkpoint use a validation part drawn from each fold's *training*
 speakers only (whole speakers, `--validation_fraction` of them, chosen with scikit-learn's `StratifiedGroupKFold`):
@@ -98,6 +101,7 @@ from msemoboost.training import (
 logger = logging.getLogger("msemoboost.train")
 REPO = Path(__file__).resolve().parent
 DEMO_CONFIG = REPO / "configs" / "demo.yaml"
+LEAVE_ONE_CORPUS_OUT = "leave_one_corpus_out"
 MODEL_CARD_TEMPLATE = REPO / "model_card.md"
 
 
@@ -293,8 +297,9 @@ class NoiseArguments:
 class ProtocolArguments:
     protocol: str = field(
         default="loso",
-        metadata={"help": f"Evaluation protocol, one of {list(PROTOCOLS)}. cross_corpus trains on "
-                  "--extra_train_datasets only and tests on all of --dataset_name, over the emotions they share."},
+        metadata={"help": f"Evaluation protocol, one of {[*PROTOCOLS, LEAVE_ONE_CORPUS_OUT]}. cross_corpus trains on "
+                  "--extra_train_datasets only and tests on all of --dataset_name, over the emotions they share; "
+                  "leave_one_corpus_out tests each of --dataset_name and --extra_train_datasets once so."},
     )
     num_folds: int | None = field(
         default=None, metadata={"help": "loso: group speakers into this many folds (default: one per speaker). "
@@ -374,8 +379,8 @@ def parse_arguments(
     )
     if not (data_args.dataset_name or data_args.demo):
         parser.error("give --dataset_name (or --demo for the built-in corpus)")
-    if protocol_args.protocol not in PROTOCOLS:
-        parser.error(f"--protocol must be one of {list(PROTOCOLS)}")
+    if protocol_args.protocol not in (*PROTOCOLS, LEAVE_ONE_CORPUS_OUT):
+        parser.error(f"--protocol must be one of {[*PROTOCOLS, LEAVE_ONE_CORPUS_OUT]}")
     if model_args.use_se_head and noise_args.noise_augmentation_probability <= 0:
         parser.error("--use_se_head learns from clean/noisy pairs: set --noise_augmentation_probability above 0")
     if model_args.unfreeze_stages:
@@ -426,8 +431,8 @@ def parse_arguments(
         logger.warning(f"--parallel_folds {protocol_args.parallel_folds} is ignored: this run already spans "
                        f"{training_args.world_size} processes, which train each fold together, one fold after another.")
         protocol_args.parallel_folds = 1
-    if protocol_args.protocol == "cross_corpus" and not data_args.extra_train_datasets:
-        parser.error("--protocol cross_corpus trains on --extra_train_datasets only: name at least one")
+    if protocol_args.protocol in ("cross_corpus", LEAVE_ONE_CORPUS_OUT) and not data_args.extra_train_datasets:
+        parser.error(f"--protocol {protocol_args.protocol} trains on --extra_train_datasets only: name at least one")
     if data_args.mask_absent_classes and data_args.extra_train_datasets and training_args.label_smoothing_factor:
         parser.error("--mask_absent_classes (on by default with --extra_train_datasets) cannot be combined with "
                      "--label_smoothing_factor, which spreads probability over every class, including those an "
@@ -1023,6 +1028,8 @@ def main(argv: list[str] | None = None, callbacks=()) -> dict:
     transformers.utils.logging.set_verbosity_warning()
     output_dir = Path(training_args.output_dir)
     prepare_output_dir(output_dir, protocol_args.overwrite_output_dir, training_args)
+    if protocol_args.protocol == LEAVE_ONE_CORPUS_OUT:
+        return leave_one_corpus_out(sys.argv[1:] if argv is None else argv, data_args, output_dir, training_args, callbacks)
 
     if data_args.demo:
         with training_args.main_process_first():
@@ -1136,6 +1143,51 @@ def main(argv: list[str] | None = None, callbacks=()) -> dict:
             raise ValueError("--push_to_hub needs a model directory: keep --final_model true (or --save_fold_models for splits).")
         if training_args.process_index == 0:
             push_model(model_dir, training_args, feature_extractor)
+    return summary
+
+
+
+def leave_one_corpus_out(argv: list[str], data_args: DataArguments, output_dir: Path, training_args, callbacks) -> dict:
+    """--protocol leave_one_corpus_out: a `cross_corpus` run (`main`) for each corpus in turn, tested on that corpus
+    over the classes it shares with the others and trained on all the others, in `output_dir/<corpus>`; then the
+    per-corpus and mean WA/UA in `output_dir/results.json`. Each corpus keeps its own columns (`--label_column` etc.
+    for `--dataset_name`, `--extra_train_columns` for the others)."""
+    corpora = [data_args.dataset_name, *data_args.extra_train_datasets]
+    names = [corpus_name(dataset_name) for dataset_name in corpora]
+    if len(set(names)) < len(names):
+        raise ValueError(f"leave_one_corpus_out names its runs after the corpora, and two share a name: {names}.")
+    own = {"label_column": data_args.label_column, "speaker_column": data_args.speaker_column or "",
+           "audio_column": data_args.audio_column}
+    given = read_json_argument(data_args.extra_train_columns) if data_args.extra_train_columns else {}
+    columns = {dataset_name: {**own, **given.get(dataset_name, {})} for dataset_name in corpora}
+    runs = {}
+    for tested, name in zip(corpora, names):
+        others = [dataset_name for dataset_name in corpora if dataset_name != tested]
+        logger.info(f"Leave one corpus out: testing {name}, training on {', '.join(corpus_name(o) for o in others)}.")
+        runs[name] = main([
+            *argv, "--protocol", "cross_corpus", "--dataset_name", tested, "--extra_train_datasets", *others,
+            "--extra_train_columns", json.dumps({other: columns[other] for other in others}),
+            "--output_dir", str(output_dir / name),
+            *[word for key, value in columns[tested].items() for word in (f"--{key}", value)],
+        ], callbacks)
+    if training_args.process_index != 0:
+        return {}
+    per_corpus = {
+        name: {"wa": run["wa"]["mean"], "ua": run["ua"]["mean"], "num_test": run["num_utterances"],
+               "label_names": run["label_names"], "corpora": run["corpora"]}
+        for name, run in runs.items()
+    }
+    summary = {
+        "protocol": LEAVE_ONE_CORPUS_OUT,
+        "corpora": names,
+        "per_corpus": per_corpus,
+        "wa": mean_std([row["wa"] for row in per_corpus.values()]),
+        "ua": mean_std([row["ua"] for row in per_corpus.values()]),
+    }
+    write_json(output_dir / "results.json", summary)
+    print(f"{LEAVE_ONE_CORPUS_OUT} over {len(names)} corpora: WA {summary['wa']['mean']:.2%} ± {summary['wa']['std']:.2%}  "
+          f"UA {summary['ua']['mean']:.2%} ± {summary['ua']['std']:.2%}  ("
+          + ", ".join(f"{name} {row['ua']:.1%}" for name, row in per_corpus.items()) + ")")
     return summary
 
 

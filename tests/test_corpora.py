@@ -120,6 +120,30 @@ def test_cross_corpus_trains_on_the_extra_corpora_and_tests_the_shared_classes(c
     assert (tmp_path / "out" / "model" / "model.safetensors").exists()  # the published model is the fold's
 
 
+def test_leave_one_corpus_out_tests_each_corpus_once_trained_on_all_the_others(corpus_dir, tmp_path):
+    first = extra_corpus(corpus_dir, tmp_path / "first", ["spk1", "spk2", "spk3"], {"sad": "calm"})
+    second = extra_corpus(corpus_dir, tmp_path / "second", ["spk4", "spk5", "spk6"], {})
+    columns = {str(path): {"label_column": "emo", "speaker_column": "actor"} for path in (first, second)}
+    output = tmp_path / "out"
+    summary = run(corpus_dir, output, "--protocol", "leave_one_corpus_out", "--extra_train_datasets", str(first),
+                  str(second), "--extra_train_columns", json.dumps(columns), "--num_train_epochs", "1")
+    assert summary["corpora"] == ["demo", "first", "second"]
+    runs = {name: json.loads((output / name / "results.json").read_text()) for name in summary["corpora"]}
+    for name, tested in runs.items():
+        assert tested["protocol"] == "cross_corpus" and tested["data"]["dataset_name"].endswith(name)
+        assert sorted(tested["corpora"]) == ["demo", "first", "second"]  # tested on itself, trained on the others
+        assert summary["per_corpus"][name]["ua"] == tested["ua"]["mean"]
+        assert summary["per_corpus"][name]["num_test"] == tested["num_utterances"]
+    # Over the classes each shares with the others: "calm" (only in first) and nothing else is left out.
+    assert runs["demo"]["label_names"] == ["angry", "happy", "neutral", "sad"] and runs["demo"]["num_utterances"] == 72
+    assert runs["first"]["label_names"] == ["angry", "happy", "neutral"] and runs["first"]["num_utterances"] == 30
+    assert runs["second"]["label_names"] == ["angry", "happy", "neutral", "sad"]
+    # Trained over the tested corpus's classes only: second's "sad" utterances are left out when first is tested.
+    assert runs["first"]["corpora"]["second"] == {"utterances": 30, "dropped": {"sad": 6}, "num_dropped": 6}
+    assert summary["ua"]["mean"] == pytest.approx(sum(r["ua"]["mean"] for r in runs.values()) / 3, abs=1e-12)
+    assert json.loads((output / "results.json").read_text()) == summary
+
+
 def test_transfer_starts_each_fold_from_a_trained_checkpoint(corpus_dir, tmp_path):
     extra = extra_corpus(corpus_dir, tmp_path / "extra", ["spk1", "spk2", "spk3", "spk4"], {"sad": "calm"})
     run(corpus_dir, tmp_path / "pre", "--protocol", "cross_corpus", "--extra_train_datasets", str(extra),
