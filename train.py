@@ -381,6 +381,9 @@ def parse_arguments(
         parser.error("give --dataset_name (or --demo for the built-in corpus)")
     if protocol_args.protocol not in (*PROTOCOLS, LEAVE_ONE_CORPUS_OUT):
         parser.error(f"--protocol must be one of {[*PROTOCOLS, LEAVE_ONE_CORPUS_OUT]}")
+    if model_args.speaker_normalization and noise_args.eval_snr:
+        parser.error("--eval_snr tests the model in noise without groups, and --speaker_normalization true needs each "
+                     "test speaker's recordings together: run them apart")
     if model_args.use_se_head and noise_args.noise_augmentation_probability <= 0:
         parser.error("--use_se_head learns from clean/noisy pairs: set --noise_augmentation_probability above 0")
     if model_args.unfreeze_stages:

@@ -378,6 +378,17 @@ def test_a_statistics_weight_grid_with_a_negative_or_infinite_weight_is_refused(
             train.parse_arguments(["--dataset_name", "x", "--statistics_weight_grid", *grid])
 
 
+def test_speaker_normalization_is_refused_where_test_speakers_cannot_be_grouped(capsys):
+    with pytest.raises(SystemExit):
+        train.parse_arguments(["--dataset_name", "x", "--speaker_normalization", "true", "--eval_snr", "10"])
+    assert ("--eval_snr tests the model in noise without groups, and --speaker_normalization true needs each test "
+            "speaker's recordings together: run them apart") in " ".join(capsys.readouterr().err.split())
+    for protocol in ("cross_corpus", "leave_one_corpus_out"):
+        with pytest.raises(SystemExit):
+            train.parse_arguments(["--dataset_name", "x", "--protocol", protocol])
+        assert f"--protocol {protocol} trains on --extra_train_datasets only: name at least one" in capsys.readouterr().err
+
+
 def test_the_guidance_only_ablation_of_a_preset_drops_the_preset_s_backbone(caplog):
     from msemoboost.training import build_model, read_arguments_file
 
