@@ -1,0 +1,127 @@
+"""Speaker normalisation of the statistics classifier, with and without, on the same networks of a finished run.
+
+    python benchmarks/speaker_normalization.py outputs/emodb_cpu_sn_seed0 [MORE RUNS] --output results.json
+
+A train.py run with `utterance_statistics_classifier` (and `--save_fold_models`) keeps each fold's model and its two
+parts apart (`folds/<fold>/fusion_parts.npz`). Speaker normalisation changes only the statistics classifier, which is
+fitted after training, so both variants can be scored on one run's networks. For every fold, the statistics
+classifier is fitted again on the fold's training utterances as train.py fits it, once with each speaker standardised
+by its own statistics and once with the training data's statistics for all, and each variant is fused with the
+fold's network at the weight chosen on the other folds (`choose_statistics_weight`, the run's own
+`--statistics_weight_grid`). The variant the run was trained with must reproduce its recorded parts, which the script
+checks before it reports. Test speakers are standardised over their own test utterances; no labels are used.
+"""
+
+import argparse
+import copy
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def run_folds(run: Path):
+    """The run's corpus (loaded as train.py loaded it), its folds and its recorded results."""
+    import train
+    from msemoboost.protocols import make_folds
+
+    summary = json.loads((run / "results.json").read_text())
+    data, protocol, training = summary["data"], summary["protocol_arguments"], summary["training"]
+    argv = ["--dataset_name", data["dataset_name"], "--label_column", data["label_column"],
+            "--speaker_column", data["speaker_column"] or "", "--audio_column", data["audio_column"],
+            "--protocol", protocol["protocol"], "--seed", str(training["seed"]), "--output_dir", "/tmp/unused",
+            "--validation_fraction", str(protocol["validation_fraction"])]
+    if protocol["num_folds"]:
+        argv += ["--num_folds", str(protocol["num_folds"])]
+    model_args, data_args, _, protocol_args, training_args, _ = train.parse_arguments(argv)
+    corpus, extra_rows, _ = train.load_corpora(data_args, train.model_config(model_args), protocol_args.protocol)
+    folds = make_folds(protocol_args.protocol, corpus.labels, corpus.speakers, corpus.splits, protocol_args.num_folds,
+                       protocol_args.validation_fraction, training_args.seed, protocol_args.train_split,
+                       protocol_args.validation_split, protocol_args.test_split, extra_rows)
+    recorded = [fold["fold"] for fold in summary["folds"]]
+    folds = [fold for fold in folds if fold.name in recorded]
+    return corpus, folds, summary
+
+
+def compare(run: Path) -> dict:
+    from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
+
+    from msemoboost.data import AudioCollator
+    from msemoboost.reporting import mean_std
+    from msemoboost.statistics_fusion import (
+        STATISTICS_WEIGHT_GRID, choose_statistics_weight, classify_statistics, fit_statistics_classifier,
+        fused_logits, utterance_statistics,
+    )
+    from msemoboost.training import load_wa_ua
+
+    corpus, folds, summary = run_folds(run)
+    grid = summary["protocol_arguments"]["statistics_weight_grid"] or STATISTICS_WEIGHT_GRID
+    metric = load_wa_ua()
+    speakers, labels = np.asarray(corpus.speakers), corpus.labels
+    statistics = None
+    parts = {"speaker": {}, "global": {}}
+    for fold in folds:
+        directory = run / "folds" / fold.name
+        model = AutoModelForAudioClassification.from_pretrained(directory / "model").eval()
+        if statistics is None:  # the statistics depend on the model's settings only, never on its weights
+            collator = AudioCollator(AutoFeatureExtractor.from_pretrained(directory / "model"))
+            statistics = utterance_statistics(model, corpus.dataset, collator)
+        recorded = dict(np.load(directory / "fusion_parts.npz"))
+        for variant in parts:
+            fitted = copy.deepcopy(model)
+            fitted.config.speaker_normalization = variant == "speaker"
+            fit_statistics_classifier(fitted, statistics[fold.train], labels[fold.train], speakers[fold.train],
+                                      seed=summary["training"]["seed"])
+            log_probabilities = classify_statistics(fitted, statistics[fold.test], speakers[fold.test])
+            if fitted.config.speaker_normalization == model.config.speaker_normalization:
+                gap = np.abs(log_probabilities - recorded["statistics_log_probabilities"]).max()
+                if gap > 1e-4:
+                    raise ValueError(f"{directory}: the refitted statistics classifier is {gap:.2g} from the run's own parts.")
+            parts[variant][fold.name] = {**recorded, "statistics_log_probabilities": log_probabilities}
+
+    def scores(variant: str) -> dict:
+        choice = choose_statistics_weight(parts[variant], grid)
+        fused = {name: metric.compute(predictions=fused_logits(folds_parts, choice["nested"][name]).argmax(-1),
+                                      references=folds_parts["labels"])
+                 for name, folds_parts in parts[variant].items()}
+        alone = {name: metric.compute(predictions=folds_parts["statistics_log_probabilities"].argmax(-1),
+                                      references=folds_parts["labels"])
+                 for name, folds_parts in parts[variant].items()}
+        return {
+            "fused_ua": mean_std([score["ua"] for score in fused.values()]),
+            "fused_wa": mean_std([score["wa"] for score in fused.values()]),
+            "statistics_alone_ua": mean_std([score["ua"] for score in alone.values()]),
+            "nested_weights": choice["nested"],
+            "per_fold_fused_ua": {name: score["ua"] for name, score in fused.items()},
+        }
+
+    network = [metric.compute(predictions=p["network_logits"].argmax(-1), references=p["labels"])["ua"]
+               for p in parts["speaker"].values()]
+    return {"run": str(run), "seed": summary["training"]["seed"], "network_alone_ua": mean_std(network),
+            "with_speaker_normalization": scores("speaker"), "without": scores("global")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", type=Path, help="train.py output folders")
+    parser.add_argument("--output", help="JSON file for the results (default: print only)")
+    args = parser.parse_args()
+    results = []
+    for run in args.runs:
+        found = compare(run)
+        results.append(found)
+        print(f"{run} (seed {found['seed']}): network alone UA {found['network_alone_ua']['mean']:.2%}; "
+              + "; ".join(f"{name}: fused UA {found[key]['fused_ua']['mean']:.2%} (statistics alone "
+                          f"{found[key]['statistics_alone_ua']['mean']:.2%})"
+                          for name, key in (("with speaker normalisation", "with_speaker_normalization"),
+                                            ("without", "without"))), flush=True)
+    if args.output:
+        Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
