@@ -9,7 +9,9 @@ classifier is fitted again on the fold's training utterances as train.py fits it
 by its own statistics and once with the training data's statistics for all, and each variant is fused with the
 fold's network at the weight chosen on the other folds (`choose_statistics_weight`, the run's own
 `--statistics_weight_grid`). The variant the run was trained with must reproduce its recorded parts, which the script
-checks before it reports. Test speakers are standardised over their own test utterances; no labels are used.
+checks before it reports. Test speakers are standardised over their own test utterances; no labels are used. A third
+row scores the speaker-normalised classifier on recordings given without a group (each standardised by the training
+data's statistics), as `msemoboost predict` without `--group_by` would.
 """
 
 import argparse
@@ -63,7 +65,8 @@ def compare(run: Path) -> dict:
     metric = load_wa_ua()
     speakers, labels = np.asarray(corpus.speakers), corpus.labels
     statistics = None
-    parts = {"speaker": {}, "global": {}}
+    # "ungrouped": fitted with speaker normalisation, tested one recording at a time (the training data's statistics).
+    parts = {"speaker": {}, "global": {}, "ungrouped": {}}
     for fold in folds:
         directory = run / "folds" / fold.name
         model = AutoModelForAudioClassification.from_pretrained(directory / "model").eval()
@@ -71,7 +74,7 @@ def compare(run: Path) -> dict:
             collator = AudioCollator(AutoFeatureExtractor.from_pretrained(directory / "model"))
             statistics = utterance_statistics(model, corpus.dataset, collator)
         recorded = dict(np.load(directory / "fusion_parts.npz"))
-        for variant in parts:
+        for variant in ("speaker", "global"):
             fitted = copy.deepcopy(model)
             fitted.config.speaker_normalization = variant == "speaker"
             fit_statistics_classifier(fitted, statistics[fold.train], labels[fold.train], speakers[fold.train],
@@ -82,6 +85,9 @@ def compare(run: Path) -> dict:
                 if gap > 1e-4:
                     raise ValueError(f"{directory}: the refitted statistics classifier is {gap:.2g} from the run's own parts.")
             parts[variant][fold.name] = {**recorded, "statistics_log_probabilities": log_probabilities}
+            if variant == "speaker":
+                parts["ungrouped"][fold.name] = {**recorded, "statistics_log_probabilities": classify_statistics(
+                    fitted, statistics[fold.test])}
 
     def scores(variant: str) -> dict:
         choice = choose_statistics_weight(parts[variant], grid)
@@ -102,7 +108,8 @@ def compare(run: Path) -> dict:
     network = [metric.compute(predictions=p["network_logits"].argmax(-1), references=p["labels"])["ua"]
                for p in parts["speaker"].values()]
     return {"run": str(run), "seed": summary["training"]["seed"], "network_alone_ua": mean_std(network),
-            "with_speaker_normalization": scores("speaker"), "without": scores("global")}
+            "with_speaker_normalization": scores("speaker"), "without": scores("global"),
+            "with_speaker_normalization_tested_ungrouped": scores("ungrouped")}
 
 
 def main() -> None:
@@ -118,7 +125,9 @@ def main() -> None:
               + "; ".join(f"{name}: fused UA {found[key]['fused_ua']['mean']:.2%} (statistics alone "
                           f"{found[key]['statistics_alone_ua']['mean']:.2%})"
                           for name, key in (("with speaker normalisation", "with_speaker_normalization"),
-                                            ("without", "without"))), flush=True)
+                                            ("without", "without"),
+                                            ("fitted with it, tested ungrouped", "with_speaker_normalization_tested_ungrouped"))),
+              flush=True)
     if args.output:
         Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
 
