@@ -269,6 +269,10 @@ def run_predict(args) -> int:
 
     # With groups: first every group's statistics over all its readable recordings, then each batch normalised by them.
     normalization = {}
+    if not (args.group_column or args.group_by) and getattr(config, "speaker_normalization", False):
+        print("Note: this model was trained with speaker normalisation; without --group_by folder or --group_column, "
+              "each recording is standardised by the training data's statistics, which scored lower than grouped "
+              "recordings (README, Speaker normalisation).", file=sys.stderr)
     if args.group_column or args.group_by:
         readable = [(name, waveform, group) for name, source, group in sources
                     if (waveform := read(name, source)) is not None]

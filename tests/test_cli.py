@@ -211,7 +211,7 @@ def grouped_probabilities(model_dir: Path, files: list[Path]) -> np.ndarray:
         ])
 
 
-def test_group_by_folder_normalises_each_folder_s_recordings_by_their_own_statistics(normalizing_model_dir, tmp_path):
+def test_group_by_folder_normalises_each_folder_s_recordings_by_their_own_statistics(normalizing_model_dir, tmp_path, capsys):
     folders = speakers_in_folders(tmp_path / "audio")
     output = tmp_path / "out.csv"
     assert main(["predict", str(tmp_path / "audio"), "--model", str(normalizing_model_dir), "--group_by", "folder",
@@ -224,6 +224,8 @@ def test_group_by_folder_normalises_each_folder_s_recordings_by_their_own_statis
             assert rows[str(path)]["group"] == str(tmp_path / "audio" / speaker)
             np.testing.assert_allclose([float(rows[str(path)][label]) for label in LABELS], wanted, rtol=0, atol=1e-5)
     main(["predict", str(tmp_path / "audio"), "--model", str(normalizing_model_dir), "--output", str(tmp_path / "plain.csv")])
+    assert ("Note: this model was trained with speaker normalisation; without --group_by folder or --group_column, each "
+            "recording is standardised by the training data's statistics") in capsys.readouterr().err
     plain = read_csv(tmp_path / "plain.csv")
     assert "group" not in plain[0]  # without grouping, predict is as it always was: the training data's statistics
     assert max(abs(float(row[label]) - float(rows[row["file"]][label])) for row in plain for label in LABELS) > 1e-3
