@@ -409,6 +409,10 @@ def parse_arguments(
             logger.warning(f"--use_mfcc false: {', '.join(dropped)} (statistics of the MFCC branch) "
                            f"{'is' if len(dropped) == 1 else 'are'} dropped from --model_config_overrides.")
             model_args.model_config_overrides = json.dumps(overrides)
+        if model_args.speaker_normalization and "utterance_statistics_classifier" in dropped:
+            logger.warning("--use_mfcc false: --speaker_normalization is off, with the statistics classifier it "
+                           "normalises.")
+            model_args.speaker_normalization = False
     if model_args.backbone_pretraining and not model_args.backbone:
         parser.error("--backbone_pretraining pretrains the folder that --backbone names: give --backbone")
     to_pretrain = model_args.backbone_pretraining and not model_args.model_name_or_path

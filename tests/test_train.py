@@ -369,6 +369,13 @@ def test_the_ablations_without_the_mfcc_branch_drop_the_preset_s_statistics(capl
     from msemoboost import MSEmoBoostConfig
 
     MSEmoBoostConfig(use_mfcc=False, **overrides)  # the statistics would otherwise be refused without the MFCC branch
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="msemoboost.train"):
+        model_args = train.parse_arguments([preset, "--dataset_name", "x", "--use_mfcc", "false",
+                                            "--speaker_normalization", "true"])[0]
+    assert model_args.speaker_normalization is False
+    assert caplog.messages[-1] == ("--use_mfcc false: --speaker_normalization is off, with the statistics classifier "
+                                   "it normalises.")
 
 
 def test_a_statistics_weight_grid_with_a_negative_or_infinite_weight_is_refused():
