@@ -273,13 +273,15 @@ def run_predict(args) -> int:
         print("Note: this model was trained with speaker normalisation; without --group_by folder or --group_column, "
               "each recording is standardised by the training data's statistics, which scored lower than grouped "
               "recordings (README, Speaker normalisation).", file=sys.stderr)
-    if args.group_column or args.group_by:
+    if args.group_column or args.group_by:  # every recording is read once, here, and kept for its batch
         readable = [(name, waveform, group) for name, source, group in sources
                     if (waveform := read(name, source)) is not None]
-        sources = [(name, source, group) for name, source, group in sources if name in {item[0] for item in readable}]
         if readable:
             mean, scale = group_normalization(classifier, extractor, [w for _, w, _ in readable], [g for _, _, g in readable])
             normalization = {name: (group, mean[row], scale[row]) for row, (name, _, group) in enumerate(readable)}
+        waveforms, count = [(name, waveform) for name, waveform, _ in readable], len(readable)
+    else:  # read one at a time, as the batches need them
+        waveforms, count = ((name, read(name, source)) for name, source, _ in sources), len(sources)
 
     def classify(batch) -> None:
         names = [n for n, _ in batch]
@@ -300,11 +302,10 @@ def run_predict(args) -> int:
             prediction.group = normalization[prediction.name][0] if normalization else None
         predictions.extend(found)
 
-    for position, (name, source, _) in enumerate(tqdm(sources, unit="file", file=sys.stderr)):
-        waveform = read(name, source)
+    for position, (name, waveform) in enumerate(tqdm(waveforms, total=count, unit="file", file=sys.stderr)):
         if waveform is not None:
             batch.append((name, waveform))
-        if batch and (len(batch) == args.batch_size or position == len(sources) - 1):
+        if batch and (len(batch) == args.batch_size or position == count - 1):
             classify(batch)
             batch = []
 
