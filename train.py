@@ -17,7 +17,9 @@ after it override the file. Protocols (`--protocol`):
 - `splits`: the dataset's own train / validation / test splits;
 - `cross_corpus`: train on `--extra_train_datasets` only, test on all of `--dataset_name` over the classes they share;
 - `leave_one_corpus_out`: each of `--dataset_name` and `--extra_train_datasets` tested once by a model trained on all
-  the others (a `cross_corpus` run each, in `OUTPUT_DIR/<corpus>`), with per-corpus and mean WA/UA.
+  the others (a `cross_corpus` run each, in `OUTPUT_DIR/<corpus>`), with per-corpus and mean WA/UA;
+- `train_only`: no test; the final model trains on every utterance of `--dataset_name` and `--extra_train_datasets`,
+  over the union of their classes (configs/multicorpus_cpu.yaml; evaluate such a recipe with leave_one_corpus_out).
 
 Early stopping and the choice of the best checkpoint use a validation part drawn from each fold's *training*
 speakers only (whole speakers, `--validation_fraction` of them, chosen with scikit-learn's `StratifiedGroupKFold`):
@@ -218,6 +220,12 @@ class DataArguments:
     keep_extra_labels: bool = field(
         default=False, metadata={"help": "Also train on extra corpora's classes that the evaluated corpus lacks."}
     )
+    corpus_languages: str | None = field(
+        default=None,
+        metadata={"help": "The language of each corpus, as a JSON object {corpus: language code}, e.g. "
+                  "'{\"emodb\": \"de\"}' (corpus: the folder's name or the Hub id): the model card lists them, and "
+                  "its metadata names the languages."},
+    )
     mask_absent_classes: bool = field(
         default=True,
         metadata={"help": "With extra corpora: score each training utterance's loss over the classes its own corpus "
@@ -299,7 +307,8 @@ class ProtocolArguments:
         default="loso",
         metadata={"help": f"Evaluation protocol, one of {[*PROTOCOLS, LEAVE_ONE_CORPUS_OUT]}. cross_corpus trains on "
                   "--extra_train_datasets only and tests on all of --dataset_name, over the emotions they share; "
-                  "leave_one_corpus_out tests each of --dataset_name and --extra_train_datasets once so."},
+                  "leave_one_corpus_out tests each of --dataset_name and --extra_train_datasets once so; train_only "
+                  "tests nothing and trains the final model on all of them, over the union of their classes."},
     )
     num_folds: int | None = field(
         default=None, metadata={"help": "loso: group speakers into this many folds (default: one per speaker). "
@@ -438,6 +447,16 @@ def parse_arguments(
         logger.warning(f"--parallel_folds {protocol_args.parallel_folds} is ignored: this run already spans "
                        f"{training_args.world_size} processes, which train each fold together, one fold after another.")
         protocol_args.parallel_folds = 1
+    if protocol_args.protocol == "train_only" and not protocol_args.final_model:
+        parser.error("--protocol train_only tests nothing and only trains the final model: keep --final_model true")
+    if protocol_args.protocol == "train_only" and noise_args.eval_snr:
+        parser.error("--protocol train_only tests nothing, so --eval_snr has nothing to test in noise")
+    if data_args.corpus_languages:
+        named = [data_args.dataset_name, *(data_args.extra_train_datasets or [])]
+        unknown = sorted(set(read_json_argument(data_args.corpus_languages)) - {corpus_name(name) for name in named})
+        if unknown:
+            parser.error(f"--corpus_languages names {unknown}, which are not among the run's corpora "
+                         f"{[corpus_name(name) for name in named]}")
     if protocol_args.protocol in ("cross_corpus", LEAVE_ONE_CORPUS_OUT) and not data_args.extra_train_datasets:
         parser.error(f"--protocol {protocol_args.protocol} trains on --extra_train_datasets only: name at least one")
     if data_args.mask_absent_classes and data_args.extra_train_datasets and training_args.label_smoothing_factor:
@@ -554,7 +573,8 @@ def load_corpora(data_args: DataArguments, config, protocol: str):
             "emotion recognition needs at least 2."
         )
     if not data_args.extra_train_datasets:
-        return corpus, np.array([], dtype=int), {name: {"utterances": len(corpus.dataset), "dropped": {}, "num_dropped": 0}}
+        report = {"utterances": len(corpus.dataset), "dropped": {}, "num_dropped": 0, "label_names": corpus.label_names}
+        return corpus, np.array([], dtype=int), {name: report}
     per_corpus = read_json_argument(data_args.extra_train_columns)
     unknown = sorted(set(per_corpus) - set(data_args.extra_train_datasets))
     if unknown:
@@ -564,7 +584,8 @@ def load_corpora(data_args: DataArguments, config, protocol: str):
         extra_columns = {**columns, **per_corpus.get(dataset_name, {})}
         extras.append((corpus_name(dataset_name), load_corpus(dataset_name, require_speaker=False, **extra_columns, **options)))
     combined = combine_corpora(
-        corpus, name, extras, protocol == "cross_corpus", data_args.keep_extra_labels, data_args.mask_absent_classes
+        corpus, name, extras, protocol == "cross_corpus", data_args.keep_extra_labels or protocol == "train_only",
+        data_args.mask_absent_classes,
     )
     return combined.corpus, combined.extra_rows, combined.report
 
@@ -912,27 +933,18 @@ def write_predictions(directory: Path, corpus, rows: np.ndarray, logits: np.ndar
 def summarize(
     fold_results: list[dict], corpus, protocol_args, model_args, data_args, noise_args, training_args, output_dir: Path
 ) -> dict:
-    """Overall results: per-fold WA/UA, mean ± std over folds, pooled confusion matrix and per-class report."""
-    matrix = sum(np.asarray(result["confusion_matrix"]) for result in fold_results)
-    metric = load_wa_ua()
-    references = np.repeat(np.arange(len(matrix)), matrix.sum(1))
-    predictions = np.concatenate([np.repeat(np.arange(len(matrix)), row) for row in matrix])
-    pooled = metric.compute(predictions=predictions, references=references)
+    """Overall results: per-fold WA/UA, mean ± std over folds, pooled confusion matrix and per-class report. With no
+    fold (`train_only`), only what the run trained on and how."""
     summary = {
         "protocol": protocol_args.protocol,
         "num_folds": len(fold_results),
-        "wa": mean_std([result["wa"] for result in fold_results]),
-        "ua": mean_std([result["ua"] for result in fold_results]),
-        "pooled": pooled,
-        "num_utterances": int(matrix.sum()),
+        "num_utterances": len(corpus.dataset) if not fold_results else None,  # tested ones, below, after folds
         "num_skipped_audio": corpus.num_skipped,
         "num_processes": training_args.world_size,
         "label_names": corpus.label_names,
         "class_counts": {name: int((corpus.labels == i).sum()) for i, name in enumerate(corpus.label_names)},
         "num_speakers": len(set(corpus.speakers)),
         "folds": [{key: result[key] for key in ("fold", "test_speakers", "wa", "ua", "num_train", "num_validation", "num_test")} for result in fold_results],
-        "per_class": per_class_report(matrix, corpus.label_names),
-        "confusion_matrix": matrix.tolist(),
         "model": dataclasses.asdict(model_args),
         "data": dataclasses.asdict(data_args),
         "noise_arguments": dataclasses.asdict(noise_args),
@@ -943,6 +955,17 @@ def summarize(
             "label_smoothing_factor")},
         "versions": {"msemoboost": msemoboost.__version__, "transformers": transformers.__version__, "torch": torch.__version__},
     }
+    if not fold_results:
+        return summary
+    matrix = sum(np.asarray(result["confusion_matrix"]) for result in fold_results)
+    references = np.repeat(np.arange(len(matrix)), matrix.sum(1))
+    predictions = np.concatenate([np.repeat(np.arange(len(matrix)), row) for row in matrix])
+    pooled = load_wa_ua().compute(predictions=predictions, references=references)
+    summary.update(
+        wa=mean_std([result["wa"] for result in fold_results]), ua=mean_std([result["ua"] for result in fold_results]),
+        pooled=pooled, num_utterances=int(matrix.sum()), per_class=per_class_report(matrix, corpus.label_names),
+        confusion_matrix=matrix.tolist(),
+    )
     if "network" in fold_results[0]:  # with the statistics classifier: each of the two models alone
         for part in ("network", "statistics_classifier"):
             summary[part] = {key: mean_std([result[part][key] for result in fold_results]) for key in ("wa", "ua")}
@@ -984,8 +1007,10 @@ def summarize_noise(fold_results: list[dict], summary: dict, noise_args: NoiseAr
 
 
 def write_model_directory(model_dir: Path, summary: dict, data_args, model_args, output_dir: Path, repo_id: str | None) -> None:
-    """Adds the model card (rendered from model_card.md) and the confusion matrix to the saved model."""
-    shutil.copy(output_dir / "confusion_matrix.png", model_dir / "confusion_matrix.png")
+    """Adds the model card (rendered from model_card.md) and the confusion matrix (when the run tested) to the saved
+    model."""
+    if (output_dir / "confusion_matrix.png").exists():
+        shutil.copy(output_dir / "confusion_matrix.png", model_dir / "confusion_matrix.png")
     hub_dataset = data_args.dataset_name if not Path(data_args.dataset_name).exists() else Path(data_args.dataset_name).name
     base_model = model_args.backbone if model_args.backbone and not Path(model_args.backbone).exists() else None
     name = repo_id.split("/")[-1] if repo_id else model_dir.resolve().parent.name
@@ -1098,7 +1123,9 @@ def main(argv: list[str] | None = None, callbacks=()) -> dict:
         summary = summarize(fold_results, corpus, protocol_args, model_args, data_args, noise_args, training_args, output_dir)
         if weight_choice:
             summary["statistics_weight"] = weight_choice
-        summary["corpora"] = corpora_report
+        languages = read_json_argument(data_args.corpus_languages)
+        summary["corpora"] = {name: {**part, **({"language": languages[name]} if name in languages else {})}
+                              for name, part in corpora_report.items()}
         summary["augmentation"] = dataclasses.asdict(augmentation_args)
         summary["architecture"] = {key: getattr(config, key) for key in (
             "frame_weighting", "classifier_input", "mfcc_normalization", "mfcc_pool_frames", "mfcc_statistics",
@@ -1113,12 +1140,15 @@ def main(argv: list[str] | None = None, callbacks=()) -> dict:
         if training_args.process_index == 0 and not (model_dir / "README.md").exists():
             shutil.copytree(output_dir / "folds" / folds[0].name / "model", model_dir, dirs_exist_ok=True)
     elif protocol_args.protocol not in ("splits", "cross_corpus") and protocol_args.final_model and not (model_dir / "README.md").exists():
-        evaluated = np.setdiff1d(np.arange(len(corpus.dataset)), extra_rows)
+        trains_all = protocol_args.protocol == "train_only"  # the extra corpora's speakers may validate too
+        evaluated = np.arange(len(corpus.dataset)) if trains_all else np.setdiff1d(np.arange(len(corpus.dataset)), extra_rows)
         train_rows, validation_rows = hold_out_validation(
-            evaluated, corpus.labels, corpus.speakers, bool(data_args.speaker_column) and protocol_args.protocol == "loso",
+            evaluated, corpus.labels, corpus.speakers,
+            bool(data_args.speaker_column) and protocol_args.protocol in ("loso", "train_only"),
             protocol_args.validation_fraction, training_args.seed,
         )
-        train_rows = np.sort(np.concatenate([train_rows, extra_rows]))
+        if not trains_all:
+            train_rows = np.sort(np.concatenate([train_rows, extra_rows]))
         bank = noise_bank(corpus, train_rows, [], noise_args, noise_dataset, training_args.seed)
         trainer = train_model(
             train_rows, validation_rows, corpus, model_args, protocol_args, training_args, feature_extractor, model_dir,
@@ -1138,13 +1168,17 @@ def main(argv: list[str] | None = None, callbacks=()) -> dict:
         if has_model:
             write_model_directory(model_dir, summary, data_args, model_args, output_dir, training_args.hub_model_id)
         write_json(output_dir / "results.json", summary)
-        print(
-            f"{protocol_args.protocol} over {summary['num_folds']} fold(s), {summary['num_utterances']} utterances: "
-            f"WA {summary['wa']['mean']:.2%} ± {summary['wa']['std']:.2%}  UA {summary['ua']['mean']:.2%} ± {summary['ua']['std']:.2%}"
-        )
-        print(f"Results: {output_dir / 'results.json'}  Confusion matrix: {output_dir / 'confusion_matrix.png'}" + (f"  Model: {model_dir}" if has_model else ""))
+        if folds:
+            print(
+                f"{protocol_args.protocol} over {summary['num_folds']} fold(s), {summary['num_utterances']} utterances: "
+                f"WA {summary['wa']['mean']:.2%} ± {summary['wa']['std']:.2%}  UA {summary['ua']['mean']:.2%} ± {summary['ua']['std']:.2%}"
+            )
+            print(f"Results: {output_dir / 'results.json'}  Confusion matrix: {output_dir / 'confusion_matrix.png'}" + (f"  Model: {model_dir}" if has_model else ""))
+        else:
+            print(f"{protocol_args.protocol}: trained on {summary['num_utterances']} utterances of "
+                  f"{len(corpora_report)} corpora, {len(corpus.label_names)} classes; nothing tested.  Model: {model_dir}")
         if has_model:
-            classify_example(model_dir, corpus, folds[0].test)
+            classify_example(model_dir, corpus, folds[0].test if folds else np.arange(1))
     if training_args.push_to_hub:
         if not has_model:
             raise ValueError("--push_to_hub needs a model directory: keep --final_model true (or --save_fold_models for splits).")

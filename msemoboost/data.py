@@ -332,7 +332,10 @@ def combine_corpora(
             table = table.add_column("class_mask", [has_class[number]] * len(table))
         tables.append(table)
         sources.append(np.full(len(table), number))
-        report[name] = {"utterances": len(table), "dropped": dict(sorted(dropped.items())), "num_dropped": sum(dropped.values())}
+        report[name] = {
+            "utterances": len(table), "dropped": dict(sorted(dropped.items())), "num_dropped": sum(dropped.values()),
+            "label_names": [label for label in part.label_names if label in index],
+        }
         if dropped:
             logger.info(f"{name}: dropped {sum(dropped.values())} utterance(s) of class(es) outside the label space: {dict(dropped)}.")
     sources = np.concatenate(sources)

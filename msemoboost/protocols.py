@@ -1,4 +1,5 @@
-"""Evaluation protocols: leave-one-speaker-out, stratified k-fold, the dataset's own splits, and cross-corpus.
+"""Evaluation protocols: leave-one-speaker-out, stratified k-fold, the dataset's own splits, and cross-corpus; and
+`train_only`, which evaluates nothing (its run trains the final model on every utterance of every corpus).
 
 Every fold holds out a validation part for early stopping that is drawn from the fold's *training* utterances only
 (none with `validation_fraction=0`: every training utterance then trains, for a fixed schedule).
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.model_selection import LeaveOneGroupOut, StratifiedGroupKFold, StratifiedKFold, StratifiedShuffleSplit
 
-PROTOCOLS = ("loso", "kfold", "splits", "cross_corpus")
+PROTOCOLS = ("loso", "kfold", "splits", "cross_corpus", "train_only")
 
 
 @dataclass
@@ -54,9 +55,12 @@ def make_folds(
     - `splits`: the dataset's own `train_split` / `validation_split` / `test_split`. Without a validation split, one
       is drawn from the training speakers.
     - `cross_corpus`: one fold that trains on `extra_rows` only and tests on every other row.
+    - `train_only`: no fold (nothing is tested; the run's final model trains on every row).
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {list(PROTOCOLS)}, got {protocol!r}.")
+    if protocol == "train_only":
+        return []
     extra_rows = np.asarray([] if extra_rows is None else extra_rows, dtype=int)
     evaluated = np.setdiff1d(np.arange(len(labels)), extra_rows)
     if protocol == "cross_corpus":

@@ -115,12 +115,15 @@ def render_model_card(
 
     dataset_name = results["data"]["dataset_name"]
     protocol = results["protocol"]
+    corpora = results.get("corpora") or {}
+    languages = sorted({part["language"] for part in corpora.values() if "language" in part})
     card_data = ModelCardData(
         model_name=model_name,
+        language=languages or None,
         library_name="transformers",
         pipeline_tag="audio-classification",
         tags=["audio-classification", "speech-emotion-recognition", "msemoboost", "custom_code"],
-        datasets=[hub_dataset],
+        datasets=[hub_dataset, *(name for name in corpora if name != hub_dataset)],
         metrics=["accuracy", "recall"],
         base_model=base_model,
         eval_results=[
@@ -133,7 +136,7 @@ def render_model_card(
                 metric_value=round(100 * results[key]["mean"], 2),
             )
             for key, name, metric_type in (("wa", "WA", "accuracy"), ("ua", "UA", "recall"))
-        ],
+        ] if "wa" in results else None,  # a train_only run tested nothing
     )
     card = ModelCard.from_template(
         card_data, template_path=str(template), results=results, model_name=model_name, repo_id=repo_id,

@@ -40,7 +40,9 @@ def test_extra_corpora_join_training_are_never_tested_and_their_other_classes_ar
                   "--extra_train_datasets", str(extra), *columns_for(extra))
     assert summary["label_names"] == ["angry", "happy", "neutral", "sad"]
     # The extra corpus's 2 speakers x 2 "calm" utterances are dropped; its 2 x 10 others train every fold.
-    assert summary["corpora"]["extra"] == {"utterances": 20, "dropped": {"calm": 4}, "num_dropped": 4}
+    assert summary["corpora"]["extra"] == {
+        "utterances": 20, "dropped": {"calm": 4}, "num_dropped": 4, "label_names": ["angry", "happy", "neutral"]
+    }
     assert summary["corpora"]["demo"]["utterances"] == 72
     fold = json.loads((tmp_path / "out" / "folds" / "speaker_spk1" / "results.json").read_text())
     assert fold["num_test"] == 12 and fold["num_train"] + fold["num_validation"] == 60 + 20
@@ -112,7 +114,9 @@ def test_cross_corpus_trains_on_the_extra_corpora_and_tests_the_shared_classes(c
     summary = run(corpus_dir, tmp_path / "out", "--protocol", "cross_corpus", "--extra_train_datasets", str(extra),
                   *columns_for(extra))
     assert summary["label_names"] == ["angry", "happy", "neutral"]  # "sad" is not shared, "calm" neither
-    assert summary["corpora"]["demo"] == {"utterances": 60, "dropped": {"sad": 12}, "num_dropped": 12}
+    assert summary["corpora"]["demo"] == {
+        "utterances": 60, "dropped": {"sad": 12}, "num_dropped": 12, "label_names": ["angry", "happy", "neutral"]
+    }
     assert summary["corpora"]["extra"]["dropped"] == {"calm": 8}
     (fold,) = summary["folds"]
     assert fold["fold"] == "cross_corpus" and fold["num_test"] == 60 == summary["num_utterances"]
@@ -139,9 +143,49 @@ def test_leave_one_corpus_out_tests_each_corpus_once_trained_on_all_the_others(c
     assert runs["first"]["label_names"] == ["angry", "happy", "neutral"] and runs["first"]["num_utterances"] == 30
     assert runs["second"]["label_names"] == ["angry", "happy", "neutral", "sad"]
     # Trained over the tested corpus's classes only: second's "sad" utterances are left out when first is tested.
-    assert runs["first"]["corpora"]["second"] == {"utterances": 30, "dropped": {"sad": 6}, "num_dropped": 6}
+    assert runs["first"]["corpora"]["second"] == {
+        "utterances": 30, "dropped": {"sad": 6}, "num_dropped": 6, "label_names": ["angry", "happy", "neutral"]
+    }
     assert summary["ua"]["mean"] == pytest.approx(sum(r["ua"]["mean"] for r in runs.values()) / 3, abs=1e-12)
     assert json.loads((output / "results.json").read_text()) == summary
+
+
+def test_train_only_trains_one_model_on_every_corpus_over_the_union_of_their_classes(corpus_dir, tmp_path):
+    extra = extra_corpus(corpus_dir, tmp_path / "extra", ["spk1", "spk2"], {"sad": "calm"})
+    output = tmp_path / "out"
+    summary = run(corpus_dir, output, "--protocol", "train_only", "--extra_train_datasets", str(extra),
+                  *columns_for(extra), "--num_train_epochs", "1", "--speaker_normalization", "true",
+                  "--model_config_overrides", json.dumps({"mfcc_statistics": True, "utterance_statistics_classifier": True}),
+                  "--corpus_languages", json.dumps({"demo": "de", "extra": "en"}))
+    assert summary["label_names"] == ["angry", "calm", "happy", "neutral", "sad"]  # nothing dropped
+    assert summary["corpora"] == {
+        "demo": {"utterances": 72, "dropped": {}, "num_dropped": 0, "label_names": ["angry", "happy", "neutral", "sad"],
+                 "language": "de"},
+        "extra": {"utterances": 24, "dropped": {}, "num_dropped": 0, "label_names": ["angry", "calm", "happy", "neutral"],
+                  "language": "en"},
+    }
+    assert summary["num_folds"] == 0 and summary["folds"] == [] and summary["num_utterances"] == 96
+    assert "wa" not in summary and not (output / "folds").exists() and not (output / "predictions.csv").exists()
+    assert json.loads((output / "results.json").read_text()) == json.loads(json.dumps(summary, default=str))
+    config = json.loads((output / "model" / "config.json").read_text())
+    assert config["id2label"] == {"0": "angry", "1": "calm", "2": "happy", "3": "neutral", "4": "sad"}
+    assert config["speaker_normalization"] is True
+    card = (output / "model" / "README.md").read_text()
+    metadata = card.split("---")[1]
+    assert "language:\n- de\n- en\n" in metadata and "model-index" not in metadata
+    assert "- `extra` (en): 24 utterances; angry, calm, happy, neutral" in card
+    assert "This run tested nothing" in card and "| WA |" not in card
+
+
+def test_train_only_refuses_what_would_test(tmp_path, capsys):
+    for extra, message in (
+        (["--final_model", "false"], "--protocol train_only tests nothing and only trains the final model"),
+        (["--eval_snr", "10"], "--protocol train_only tests nothing, so --eval_snr has nothing to test in noise"),
+        (["--corpus_languages", '{"emodb": "de"}'], "--corpus_languages names ['emodb'], which are not among the run's corpora ['x']"),
+    ):
+        with pytest.raises(SystemExit):
+            train.parse_arguments(["--dataset_name", "x", "--protocol", "train_only", *extra])
+        assert message in " ".join(capsys.readouterr().err.split())
 
 
 def test_transfer_starts_each_fold_from_a_trained_checkpoint(corpus_dir, tmp_path):
