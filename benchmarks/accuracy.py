@@ -19,6 +19,7 @@ Markdown.
 import argparse
 import json
 import platform
+import runpy
 import sys
 import time
 from datetime import date
@@ -27,10 +28,9 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-import train  # noqa: E402
+train_main = runpy.run_path(str(REPO / "train.py"))["main"]  # train.py, run as the script
 from msemoboost.training import read_arguments_file  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
@@ -118,7 +118,7 @@ def run_train(profile: str, arguments: list[str], output: Path, seed: int, datas
     results = output / "results.json"
     if not results.exists():
         started = time.perf_counter()
-        train.main([*PROFILES[profile], *arguments, "--dataset_name", dataset_name, "--output_dir", str(output),
+        train_main([*PROFILES[profile], *arguments, "--dataset_name", dataset_name, "--output_dir", str(output),
                     "--seed", str(seed), "--final_model", "false", "--resume_from_checkpoint", "true",
                     *(["--save_fold_models", "false"] if "cross_corpus" not in arguments else [])])
         (output / "seconds.txt").write_text(f"{time.perf_counter() - started:.1f}\n")

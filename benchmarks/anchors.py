@@ -30,13 +30,11 @@ import argparse
 import copy
 import hashlib
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 MFCC_STATISTICS = "mfcc_statistics"
 MFCC_AND_PROSODY_STATISTICS = "mfcc_and_prosody_statistics"
@@ -215,16 +213,17 @@ def run_anchors(argv: list[str], anchors=tuple(ANCHORS), corpus_normalization: b
     """WA/UA of each anchor on train.py's folds for the train.py arguments `argv` (dataset, protocol, extras, seed).
     With `corpus_normalization`, functionals are first standardised per corpus, with `speaker_normalization` per
     speaker ([`normalize_per_group`]; the statistics classifier then uses the model's own speaker normalisation)."""
-    import train
+    from msemoboost.arguments import ProtocolArguments, parse_arguments
+    from msemoboost.cross_validation import load_corpora, model_config
     from msemoboost.protocols import make_folds
     from msemoboost.reporting import confusion_matrix, mean_std
     from msemoboost.training import load_wa_ua
 
-    model_args, data_args, _, protocol_args, training_args, _ = train.parse_arguments(argv)
-    config = train.model_config(model_args)
-    corpus, extra_rows, report = train.load_corpora(data_args, config, protocol_args.protocol)
+    model_args, data_args, _, protocol_args, training_args, _ = parse_arguments(argv)
+    config = model_config(model_args)
+    corpus, extra_rows, report = load_corpora(data_args, config, protocol_args.protocol)
     # An SVM's C needs a validation part; its final fit and its test utterances are the same with any share.
-    validation_fraction = protocol_args.validation_fraction or train.ProtocolArguments.validation_fraction
+    validation_fraction = protocol_args.validation_fraction or ProtocolArguments.validation_fraction
     folds = make_folds(
         protocol_args.protocol, corpus.labels, corpus.speakers, corpus.splits, protocol_args.num_folds,
         validation_fraction, training_args.seed, protocol_args.train_split,

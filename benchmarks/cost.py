@@ -37,7 +37,6 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 EMODB = REPO.parent / "shared" / "data" / "emodb"
-sys.path.insert(0, str(REPO))
 
 from msemoboost import MSEmoBoostConfig, MSEmoBoostFeatureExtractor, MSEmoBoostForSequenceClassification  # noqa: E402
 from msemoboost.acoustic_features import MSEmoBoostMFCC, MSEmoBoostSpectrogram, pre_emphasis  # noqa: E402
@@ -277,8 +276,8 @@ def features(device: str, repeats: int) -> dict:
 
 MEMORY_PROBE = """
 import sys, torch
-sys.path.insert(0, {repo!r})
-from benchmarks.cost import SMALL
+sys.path.insert(0, {benchmarks!r})
+from cost import SMALL
 from msemoboost import MSEmoBoostConfig, MSEmoBoostForSequenceClassification
 torch.manual_seed(0)
 model = MSEmoBoostForSequenceClassification(MSEmoBoostConfig(**SMALL, num_labels=7)).eval().to({device!r})
@@ -303,7 +302,7 @@ print(after / 1024, (after - before) / 1024, gpu)
 def memory(device: str) -> dict:
     rows = []
     for seconds in (30, 60, 120, 300, 600):
-        script = MEMORY_PROBE.format(repo=str(REPO), device=device, seconds=seconds)
+        script = MEMORY_PROBE.format(benchmarks=str(REPO / "benchmarks"), device=device, seconds=seconds)
         output = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.split()
         peak, growth, gpu = float(output[0]), float(output[1]), None if output[2] == "None" else float(output[2])
         rows.append({"seconds": seconds, "peak_rss_mib": peak, "rss_growth_over_one_segment_mib": growth, "peak_gpu_mib": gpu})

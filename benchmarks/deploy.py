@@ -41,12 +41,12 @@ import torch
 from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from msemoboost import MSEmoBoostConfig, MSEmoBoostFeatureExtractor, MSEmoBoostForSequenceClassification  # noqa: E402
 from msemoboost.data import decode_audio  # noqa: E402
-from msemoboost.export import INT8_NAME, ONNX_NAME, ONNXClassifier, export, graph_nodes  # noqa: E402
+from msemoboost.export import export, graph_nodes  # noqa: E402
+from msemoboost.onnx_runtime import INT8_NAME, ONNX_NAME, ONNXClassifier  # noqa: E402
 
 from cost import median_seconds  # noqa: E402  (warm-up, then the median of repeats)
 

@@ -21,13 +21,11 @@ This is the computation `train.py --statistics_weight_grid` makes at the end of 
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 
 def read_parts(run: Path) -> dict[str, dict[str, np.ndarray]]:
@@ -71,13 +69,14 @@ def weight_study(folds: dict[str, dict[str, np.ndarray]], weights: tuple[float, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", type=Path, help="train.py output folders (each with folds/*/fusion_parts.npz)")
-    parser.add_argument("--weights", nargs="+", type=float, help="the weights scored (default: train.py's grid, "
-                        "msemoboost.statistics_fusion.STATISTICS_WEIGHT_GRID)")
+    parser.add_argument("--weights", nargs="+", type=float, help="the weights scored (default: the CPU preset's "
+                        "statistics_weight_grid, configs/emodb_cpu.yaml)")
     parser.add_argument("--output", type=Path, help="JSON file for the results (default: print only)")
     args = parser.parse_args()
-    from msemoboost.statistics_fusion import STATISTICS_WEIGHT_GRID
+    from msemoboost.training import read_arguments_file
 
-    weights = tuple(sorted(set(args.weights or STATISTICS_WEIGHT_GRID)))
+    preset_grid = read_arguments_file(REPO / "configs" / "emodb_cpu.yaml")["statistics_weight_grid"]
+    weights = tuple(sorted(set(args.weights or preset_grid)))
     results = {str(run): weight_study(read_parts(run), weights) for run in args.runs}
     header = "run".ljust(40) + "".join(f"{weight:>7g}" for weight in weights) + "  stats  nested"
     print("UA (%) by the statistics classifier's weight; 0 is the network alone, 'stats' the statistics classifier alone")

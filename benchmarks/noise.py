@@ -14,6 +14,7 @@ finished run is reused. The table goes to benchmarks/results/noise_<profile>.jso
 import argparse
 import json
 import platform
+import runpy
 import sys
 import time
 from datetime import date
@@ -22,9 +23,8 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-import train  # noqa: E402
+train_main = runpy.run_path(str(REPO / "train.py"))["main"]  # train.py, run as the script
 from accuracy import PROFILES, slug  # noqa: E402
 
 SNRS = ["20", "10", "5", "0"]
@@ -62,7 +62,7 @@ def main() -> None:
             results = output / "results.json"
             if not results.exists():
                 started = time.perf_counter()
-                train.main([*PROFILES[args.profile], *NOISY_EVALUATION, *extra, "--dataset_name", args.dataset_name,
+                train_main([*PROFILES[args.profile], *NOISY_EVALUATION, *extra, "--dataset_name", args.dataset_name,
                             "--output_dir", str(output), "--seed", str(seed), "--final_model", "false",
                             "--save_fold_models", "false", "--resume_from_checkpoint", "true"])
                 (output / "seconds.txt").write_text(f"{time.perf_counter() - started:.1f}\n")

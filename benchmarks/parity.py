@@ -28,7 +28,6 @@ import onnxruntime
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from msemoboost import MSEmoBoostConfig  # noqa: E402

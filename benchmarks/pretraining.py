@@ -28,6 +28,7 @@ import json
 import platform
 import shlex
 import subprocess
+import runpy
 import sys
 import time
 from datetime import date
@@ -38,7 +39,6 @@ import torch
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 from msemoboost.data import decode_audio  # noqa: E402
 from msemoboost.protocols import make_folds  # noqa: E402
@@ -199,14 +199,14 @@ def main() -> None:
                 "ua_fold_std": float(np.mean([r["ua_fold_std"] for r in runs])),
                 "wa_mean": float(np.mean([r["wa"] for r in runs])), "runs": runs}
     if "msemoboost" in args.rows:
-        import train
+        train_main = runpy.run_path(str(REPO / "train.py"))["main"]  # train.py, run as the script
 
         for name, directory in directories.items():
             runs = []
             for seed in args.seeds:
                 output = root / "msemoboost" / name.split()[0].strip("()") / f"seed{seed}"
                 if not (output / "results.json").exists():
-                    train.main([str(profile["recipe"]), "--dataset_name", str(SHARED / "emodb"), "--output_dir",
+                    train_main([str(profile["recipe"]), "--dataset_name", str(SHARED / "emodb"), "--output_dir",
                                 str(output), "--seed", str(seed), "--final_model", "false", "--save_fold_models", "false",
                                 *(["--backbone", str(directory)] if directory else [])])
                 result = json.loads((output / "results.json").read_text())

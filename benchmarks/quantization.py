@@ -34,13 +34,12 @@ import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from msemoboost import MSEmoBoostConfig, MSEmoBoostFeatureExtractor, MSEmoBoostForSequenceClassification  # noqa: E402
 from msemoboost.data import decode_audio  # noqa: E402
-from msemoboost.export import (DEFAULT_OPSET, INT8_NAME, INT8_SOURCE, ONNX_NAME, ONNXClassifier,  # noqa: E402
-                               quantize_int8, write_graph)
+from msemoboost.export import DEFAULT_OPSET, INT8_SOURCE, quantize_int8, write_graph  # noqa: E402
+from msemoboost.onnx_runtime import INT8_NAME, ONNX_NAME, ONNXClassifier  # noqa: E402
 
 from deploy import accuracy, calibration_audio, load_engine  # noqa: E402
 

@@ -18,18 +18,17 @@ data's statistics), as `msemoboost predict` without `--group_by` would.
 import argparse
 import copy
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 
 def run_folds(run: Path):
     """The run's corpus (loaded as train.py loaded it), its folds and its recorded results."""
-    import train
+    from msemoboost.arguments import parse_arguments
+    from msemoboost.cross_validation import load_corpora, model_config
     from msemoboost.protocols import make_folds
 
     summary = json.loads((run / "results.json").read_text())
@@ -40,8 +39,8 @@ def run_folds(run: Path):
             "--validation_fraction", str(protocol["validation_fraction"])]
     if protocol["num_folds"]:
         argv += ["--num_folds", str(protocol["num_folds"])]
-    model_args, data_args, _, protocol_args, training_args, _ = train.parse_arguments(argv)
-    corpus, extra_rows, _ = train.load_corpora(data_args, train.model_config(model_args), protocol_args.protocol)
+    model_args, data_args, _, protocol_args, training_args, _ = parse_arguments(argv)
+    corpus, extra_rows, _ = load_corpora(data_args, model_config(model_args), protocol_args.protocol)
     folds = make_folds(protocol_args.protocol, corpus.labels, corpus.speakers, corpus.splits, protocol_args.num_folds,
                        protocol_args.validation_fraction, training_args.seed, protocol_args.train_split,
                        protocol_args.validation_split, protocol_args.test_split, extra_rows)
@@ -56,13 +55,15 @@ def compare(run: Path) -> dict:
     from msemoboost.data import AudioCollator
     from msemoboost.reporting import mean_std
     from msemoboost.statistics_fusion import (
-        STATISTICS_WEIGHT_GRID, choose_statistics_weight, classify_statistics, fit_statistics_classifier,
+        choose_statistics_weight, classify_statistics, fit_statistics_classifier,
         fused_logits, utterance_statistics,
     )
     from msemoboost.training import load_wa_ua
 
     corpus, folds, summary = run_folds(run)
-    grid = summary["protocol_arguments"]["statistics_weight_grid"] or STATISTICS_WEIGHT_GRID
+    grid = summary["protocol_arguments"]["statistics_weight_grid"]
+    if not grid:
+        raise ValueError(f"{run} chose no statistics weight (no --statistics_weight_grid): nothing to compare.")
     metric = load_wa_ua()
     speakers, labels = np.asarray(corpus.speakers), corpus.labels
     statistics = None

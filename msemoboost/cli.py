@@ -2,16 +2,23 @@
 
     msemoboost predict --model DIR_OR_HUB_ID FILES_OR_FOLDERS... [--timeline] [--output out.csv|out.json]
         [--group_by folder]      (a model trained with --speaker_normalization: each folder's recordings, one
-                                  speaker's, normalise each other; --group_column COLUMN with --dataset)
-    msemoboost predict --onnx EXPORT_DIR FILES_OR_FOLDERS... [--int8]     (ONNX Runtime, see `msemoboost export`)
+                                  speaker's, normalise each other; --group_column COLUMN with --dataset_name)
+    msemoboost predict --onnx EXPORT_DIR FILES_OR_FOLDERS... [--quantize int8]   (ONNX Runtime, see `export`)
     msemoboost explain FILE --model DIR_OR_HUB_ID [--output explain.png]
-    msemoboost tsne --model DIR_OR_HUB_ID --dataset NAME_OR_PATH [--compare-baseline] [--output tsne.png]
+    msemoboost tsne --model DIR_OR_HUB_ID --dataset_name NAME_OR_PATH [--compare_baseline] [--output tsne.png]
     msemoboost enhance FILES_OR_FOLDERS... --model DIR_OR_HUB_ID --output_dir DIR [--noise white --snr 5]
-    msemoboost export MODEL_DIR --output EXPORT_DIR [--quantize int8 [--calibration FILES_OR_FOLDERS... [--quantize_feature_encoder]]] [--opset 23]
+    msemoboost export --model MODEL_DIR --output_dir EXPORT_DIR [--quantize int8 [--calibration FILES_OR_FOLDERS...
+        [--quantize_feature_encoder]]] [--opset 23]
     msemoboost intensity train --dataset_name CORPUS [MORE ...] --output_dir DIR [--max_steps N]
-    msemoboost intensity score DIR FILES... [--plot scores.png]
+    msemoboost intensity score --model DIR FILES... [--output scores.png]
     msemoboost pretrain [CONFIG.yaml] --dataset_name CORPUS [MORE ...] --output_dir OUT [--masking ems
         --intensity_model DIR] [--max_steps N]   (every TrainingArguments flag too; --help lists them)
+
+Options are spelled one way in every command and in train.py: --model names a model to read, --output a file to
+write, --output_dir a folder to write, --dataset_name a dataset; underscores join words; a yes/no option alone means
+yes and also takes true or false; int8 is --quantize int8. The older spellings (a positional model for export and
+intensity score, export --output, predict/tsne --dataset, predict --int8, tsne --compare-baseline, intensity score
+--plot) still work, with a FutureWarning naming the new one.
 
 Audio at any sampling rate and with any number of channels is decoded by FFmpeg (through `datasets`), resampled to
 the model's rate and downmixed to mono by averaging the channels.
@@ -28,6 +35,7 @@ import argparse
 import csv
 import json
 import sys
+import warnings
 from functools import partial
 from pathlib import Path
 
@@ -37,56 +45,93 @@ EXIT_SOME_FILES_FAILED = 1
 EXIT_BAD_USAGE = 2
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["pretrain"]:  # Trainer's own arguments: parsed by HfArgumentParser in msemoboost.pretraining
-        from .pretraining import pretrain
+CONVENTION = """Every msemoboost command and train.py spell their options one way: --model names a model to read (a
+folder or a Hub id), --output a file to write, --output_dir a folder to write, --dataset_name a dataset (a Hub id or
+a local folder); the words of an option are joined by underscores; a yes/no option alone means yes and also takes
+true or false (--timeline, --timeline true, --timeline false); int8 is --quantize int8."""
 
-        try:
-            return pretrain(argv[1:])
-        except ValueError as error:
-            print(f"msemoboost pretrain: error: {error}", file=sys.stderr)
-            return EXIT_BAD_USAGE
-    parser = argparse.ArgumentParser(prog="msemoboost", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True)
 
-    commands.add_parser("pretrain", help="self-supervised pretraining of a backbone, random or EMS masking (see "
-                                         "msemoboost pretrain --help)")
-    predict = commands.add_parser("predict", help="classify audio files, folders or a dataset")
+def parse_bool(text: str) -> bool:
+    """A yes/no option's value, spelled as `HfArgumentParser` (train.py, pretrain) takes it."""
+    if text.lower() in ("true", "yes", "1", "t", "y"):
+        return True
+    if text.lower() in ("false", "no", "0", "f", "n"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def add_flag(parser: argparse.ArgumentParser, name: str, help: str) -> None:
+    """A yes/no option: `--name` alone or `--name true` is yes, `--name false` no (the default)."""
+    parser.add_argument(name, nargs="?", const=True, default=False, type=parse_bool, metavar="true|false", help=help)
+
+
+def deprecated(message: str) -> None:
+    """A FutureWarning about an old spelling, attributed to the command (not to a line of argparse)."""
+    warnings.warn_explicit(message, FutureWarning, filename="msemoboost", lineno=0)
+
+
+class DeprecatedSpelling(argparse.Action):
+    """An old spelling of an option (hidden from --help): it still works, storing into the new option's destination,
+    with a FutureWarning naming the new spelling. `value` replaces what the old spelling takes (e.g. `--int8` gives
+    `--quantize int8`)."""
+
+    def __init__(self, option_strings, dest, new: str, value=None, **kwargs):
+        self.new, self.value = new, value
+        super().__init__(option_strings, dest, nargs=0 if value is not None else None, help=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        deprecated(f"{option_string} is deprecated and will be removed; use {self.new}.")
+        setattr(namespace, self.dest, self.value if self.value is not None else values)
+
+
+def command_parser(commands, name: str, help: str) -> argparse.ArgumentParser:
+    """A subcommand's parser, whose --help ends with the option convention."""
+    return commands.add_parser(name, help=help, epilog=CONVENTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def add_predict(commands) -> None:
+    predict = command_parser(commands, "predict", "classify audio files, folders or a dataset")
     predict.add_argument("inputs", nargs="*", help="audio files and folders (searched recursively)")
     engine = predict.add_mutually_exclusive_group(required=True)
     engine.add_argument("--model", help="model directory or Hub id (PyTorch)")
     engine.add_argument("--onnx", help="folder written by msemoboost export (ONNX Runtime on CPU)")
-    predict.add_argument("--int8", action="store_true", help="with --onnx: run the int8 model (export --quantize int8)")
-    predict.add_argument("--dataset", help="instead of files: a Hub dataset id or local path loaded with datasets")
-    predict.add_argument("--audio_column", default="audio", help="audio column of --dataset (default: audio)")
-    predict.add_argument("--split", default=None, help="split of --dataset (default: every split)")
-    predict.add_argument("--timeline", action="store_true", help="also give one row per 3 s segment")
+    predict.add_argument("--quantize", choices=["int8"], default=None,
+                         help="with --onnx: run the int8 model (written by export --quantize int8)")
+    predict.add_argument("--int8", dest="quantize", action=DeprecatedSpelling, new="--quantize int8", value="int8")
+    predict.add_argument("--dataset_name", help="instead of files: a Hub dataset id or local path loaded with datasets")
+    predict.add_argument("--dataset", dest="dataset_name", action=DeprecatedSpelling, new="--dataset_name")
+    predict.add_argument("--audio_column", default="audio", help="audio column of --dataset_name (default: audio)")
+    predict.add_argument("--split", default=None, help="split of --dataset_name (default: every split)")
+    add_flag(predict, "--timeline", "also give one row per 3 s segment")
     predict.add_argument("--output", help="write a .csv or .json file instead of printing a table")
     predict.add_argument("--batch_size", type=int, default=8, help="recordings per forward pass (default: 8)")
     grouping = predict.add_mutually_exclusive_group()
     grouping.add_argument("--group_column", default=None,
-                          help="with --dataset and a model trained with --speaker_normalization: the column naming each "
-                               "recording's group (speaker, session); the recordings of a group normalise each other")
+                          help="with --dataset_name and a model trained with --speaker_normalization: the column naming "
+                               "each recording's group (speaker, session); the recordings of a group normalise each other")
     grouping.add_argument("--group_by", choices=["folder"], default=None,
                           help="with files and folders and a model trained with --speaker_normalization: the "
                                "recordings of one folder are one group (speaker) and normalise each other")
     predict.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
 
-    explain = commands.add_parser("explain", help="plot the guidance frame weights X_enh of one recording")
+
+def add_explain_and_tsne(commands) -> None:
+    explain = command_parser(commands, "explain", "plot the guidance frame weights X_enh of one recording")
     explain.add_argument("file", help="audio file")
     explain.add_argument("--model", required=True, help="model directory or Hub id")
     explain.add_argument("--output", default="explain.png", help="PNG to write (default: explain.png)")
     explain.add_argument("--size", default="1200x900", help="width x height in pixels (default: 1200x900)")
     explain.add_argument("--device", default=None)
 
-    tsne = commands.add_parser("tsne", help="t-SNE plot of pooled utterance features, coloured by true label")
+    tsne = command_parser(commands, "tsne", "t-SNE plot of pooled utterance features, coloured by true label")
     tsne.add_argument("--model", required=True, help="model directory or Hub id")
-    tsne.add_argument("--dataset", required=True, help="Hub dataset id or local path (e.g. an audiofolder)")
+    tsne.add_argument("--dataset_name", default=None, help="Hub dataset id or local path (e.g. an audiofolder); required")
+    tsne.add_argument("--dataset", dest="dataset_name", action=DeprecatedSpelling, new="--dataset_name")
     tsne.add_argument("--audio_column", default="audio")
     tsne.add_argument("--label_column", default="label")
-    tsne.add_argument("--compare-baseline", dest="compare_baseline", action="store_true",
-                      help="beside MS-EmoBoost's features, plot the backbone's plain masked-mean features")
+    add_flag(tsne, "--compare_baseline", "beside MS-EmoBoost's features, plot the backbone's plain masked-mean features")
+    tsne.add_argument("--compare-baseline", dest="compare_baseline", action=DeprecatedSpelling,
+                      new="--compare_baseline", value=True)
     tsne.add_argument("--max_utterances", type=int, default=None, help="use at most this many utterances")
     tsne.add_argument("--output", default="tsne.png", help="PNG to write (default: tsne.png)")
     tsne.add_argument("--size", default="1400x700", help="width x height in pixels (default: 1400x700)")
@@ -94,9 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     tsne.add_argument("--batch_size", type=int, default=8)
     tsne.add_argument("--device", default=None)
 
-    enhance = commands.add_parser(
-        "enhance", help="listening check of a model's speech-enhancement head: write enhanced WAV files"
-    )
+
+def add_enhance(commands) -> None:
+    enhance = command_parser(commands, "enhance", "listening check of a model's speech-enhancement head: write "
+                                                  "enhanced WAV files")
     enhance.add_argument("inputs", nargs="+", help="audio files and folders (searched recursively)")
     enhance.add_argument("--model", required=True, help="model directory or Hub id (trained with --use_se_head)")
     enhance.add_argument("--output_dir", required=True, help="folder for NAME.enhanced.wav (and NAME.noisy.wav)")
@@ -106,23 +152,29 @@ def main(argv: list[str] | None = None) -> int:
     enhance.add_argument("--seed", type=int, default=0, help="seed of the --noise (default: 0)")
     enhance.add_argument("--device", default=None)
 
-    export = commands.add_parser("export", help="write an ONNX graph from the raw waveform to logits")
-    export.add_argument("model_dir", help="folder of a trained model (train.py's output or save_pretrained)")
-    export.add_argument("--output", required=True, help="folder for model.onnx, config.json, preprocessor_config.json")
+
+def add_export(commands) -> None:
+    export = command_parser(commands, "export", "write an ONNX graph from the raw waveform to logits")
+    export.add_argument("legacy_model", nargs="?", default=None, help=argparse.SUPPRESS)  # the old positional model
+    export.add_argument("--model", default=None, help="folder of a trained model (train.py's output or "
+                                                      "save_pretrained); required")
+    export.add_argument("--output_dir", default=None,
+                        help="folder for model.onnx, config.json, preprocessor_config.json; required")
+    export.add_argument("--output", dest="output_dir", action=DeprecatedSpelling, new="--output_dir")
     export.add_argument("--quantize", choices=["int8"], default=None,
                         help="also write model.int8.onnx (dynamic int8 quantisation of MatMul, Gemm and LSTM)")
     export.add_argument("--calibration", nargs="+", default=None, metavar="FILE_OR_FOLDER",
                         help="with --quantize int8: also quantise the convolutions (all but the backbone's feature "
                              "encoder), statically, with activation ranges measured on these recordings (speech like "
                              "the deployment's, not a test set)")
-    export.add_argument("--quantize_feature_encoder", action="store_true",
-                        help="with --calibration: the backbone's convolutional feature encoder in int8 too (faster; "
-                             "check what it costs your model in accuracy, BENCHMARKS.md section 4)")
+    add_flag(export, "--quantize_feature_encoder",
+             "with --calibration: the backbone's convolutional feature encoder in int8 too (faster; check what it "
+             "costs your model in accuracy, BENCHMARKS.md section 4)")
     export.add_argument("--finetune", default=None, metavar="DATASET",
                         help="with --quantize_feature_encoder: first fine-tune the model for a few epochs on the int8 "
                              "feature encoder's output (quantisation-aware), on this dataset id or local path (an "
-                             "audiofolder: the model's training data, never a test set); OUTPUT is then also the "
-                             "fine-tuned PyTorch model")
+                             "audiofolder: the model's training data, never a test set); OUTPUT_DIR then also holds "
+                             "the fine-tuned PyTorch model")
     export.add_argument("--finetune_label_column", default="label",
                         help="the label column of --finetune, named as the model's labels (default: label)")
     export.add_argument("--finetune_split", default=None, help="only this split of --finetune (default: every split)")
@@ -134,9 +186,11 @@ def main(argv: list[str] | None = None) -> int:
     export.add_argument("--opset", type=int, default=None, help="ONNX opset (default: 23, whose fused Attention and Gelu "
                         "run fastest; 18 is the lowest that works)")
 
-    intensity = commands.add_parser("intensity", help="the emotion-intensity model that guides EMS pretraining")
+
+def add_intensity(commands) -> None:
+    intensity = command_parser(commands, "intensity", "the emotion-intensity model that guides EMS pretraining")
     intensity_commands = intensity.add_subparsers(dest="intensity_command", required=True)
-    intensity_train = intensity_commands.add_parser("train", help="train it from intensity rankings")
+    intensity_train = command_parser(intensity_commands, "train", "train it from intensity rankings")
     intensity_train.add_argument("--dataset_name", nargs="+", required=True,
                                  help="corpora (audiofolders or dataset ids) with emotion and speaker columns, and "
                                       "optionally intensity (normal/strong); the first one's --eval_speakers are held out")
@@ -149,20 +203,53 @@ def main(argv: list[str] | None = None) -> int:
     intensity_train.add_argument("--seed", type=int, default=0)
     intensity_train.add_argument("--calibration_weight", type=float, default=1.0,
                                  help="weight of the term that pulls utterance scores to rank / max_rank (default: 1)")
-    intensity_score = intensity_commands.add_parser("score", help="frame intensities of audio files")
-    intensity_score.add_argument("model_dir")
+    intensity_score = command_parser(intensity_commands, "score", "frame intensities of audio files")
     intensity_score.add_argument("inputs", nargs="+", help="audio files and folders")
-    intensity_score.add_argument("--plot", default=None, help="PNG of the frame scores over time")
+    intensity_score.add_argument("--model", default=None, help="folder of an intensity model (msemoboost intensity train)")
+    intensity_score.add_argument("--output", default=None, help="PNG of the frame scores over time")
+    intensity_score.add_argument("--plot", dest="output", action=DeprecatedSpelling, new="--output")
 
-    args = parser.parse_args(argv)
-    if args.command == "predict" and args.int8 and not args.onnx:
-        parser.error("--int8 needs --onnx")
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `msemoboost` parser, one subparser per command (`pretrain` parses its own arguments)."""
+    parser = argparse.ArgumentParser(prog="msemoboost", description=__doc__, epilog=CONVENTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("pretrain", help="self-supervised pretraining of a backbone, random or EMS masking (see "
+                                         "msemoboost pretrain --help)")
+    add_predict(commands)
+    add_explain_and_tsne(commands)
+    add_enhance(commands)
+    add_export(commands)
+    add_intensity(commands)
+    return parser
+
+
+def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuses contradictory options; takes an old positional model (export, intensity score) as --model, warning."""
+    if args.command == "export" or getattr(args, "intensity_command", None) == "score":
+        old = args.legacy_model if args.command == "export" else (args.inputs[0] if not args.model and args.inputs else None)
+        if old and args.model:
+            parser.error(f"give the model once: --model {args.model}, and not also {old}")
+        if old:
+            deprecated(f"a model given without --model ({old}) is deprecated and will be removed; use --model {old}.")
+            args.model = old
+            if args.command != "export":
+                args.inputs = args.inputs[1:]
+        if not args.model:
+            parser.error("the following arguments are required: --model")
+    if args.command == "export" and not args.output_dir:
+        parser.error("the following arguments are required: --output_dir")
+    if args.command == "tsne" and not args.dataset_name:
+        parser.error("the following arguments are required: --dataset_name")
+    if args.command == "predict" and args.quantize and not args.onnx:
+        parser.error("--quantize int8 needs --onnx (it runs the int8 graph that export --quantize int8 wrote)")
     if args.command == "predict" and (args.group_column or args.group_by) and args.onnx:
         parser.error("--group_column and --group_by need --model: the ONNX graph takes no group statistics")
-    if args.command == "predict" and args.group_column and not args.dataset:
-        parser.error("--group_column names a column of --dataset; for files and folders use --group_by folder")
-    if args.command == "predict" and args.group_by and args.dataset:
-        parser.error("--group_by folder groups files and folders; for --dataset use --group_column")
+    if args.command == "predict" and args.group_column and not args.dataset_name:
+        parser.error("--group_column names a column of --dataset_name; for files and folders use --group_by folder")
+    if args.command == "predict" and args.group_by and args.dataset_name:
+        parser.error("--group_by folder groups files and folders; for --dataset_name use --group_column")
     if args.command == "export" and args.calibration and args.quantize != "int8":
         parser.error("--calibration sets the int8 convolutions' activation ranges: it needs --quantize int8")
     if args.command == "export" and args.quantize_feature_encoder and not args.calibration:
@@ -171,6 +258,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "export" and args.finetune and not args.quantize_feature_encoder:
         parser.error("--finetune trains the model on the int8 feature encoder's output: it needs --quantize int8, "
                      "--calibration and --quantize_feature_encoder")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["pretrain"]:  # Trainer's own arguments: parsed by HfArgumentParser in msemoboost.pretraining
+        from .pretraining import pretrain
+
+        try:
+            return pretrain(argv[1:])
+        except ValueError as error:
+            print(f"msemoboost pretrain: error: {error}", file=sys.stderr)
+            return EXIT_BAD_USAGE
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_arguments(parser, args)
     from .inference import BadAudioError
 
     commands = {"predict": run_predict, "explain": run_explain, "tsne": run_tsne, "enhance": run_enhance,
@@ -210,25 +312,39 @@ def recordings(args) -> list[tuple[str, object, str | None]]:
     the group (its folder with `--group_by folder`, its `--group_column` value) is None without grouping."""
     from .inference import find_audio_files
 
-    if not args.dataset:
+    if not args.dataset_name:
         if not args.inputs:
-            raise ValueError("Give audio files or folders, or --dataset.")
+            raise ValueError("Give audio files or folders, or --dataset_name.")
         return [(str(path), path, str(path.parent) if args.group_by else None) for path in find_audio_files(args.inputs)]
     import datasets
 
-    source = datasets.load_dataset(args.dataset, split=args.split)
+    source = datasets.load_dataset(args.dataset_name, split=args.split)
     splits = source.items() if isinstance(source, datasets.DatasetDict) else [(args.split or "data", source)]
     found = []
     for split, table in splits:
         for column in (args.audio_column, args.group_column):
             if column and column not in table.column_names:
-                raise ValueError(f"Column {column!r} is not in {args.dataset}; its columns are {table.column_names}.")
+                raise ValueError(f"Column {column!r} is not in {args.dataset_name}; its columns are {table.column_names}.")
         groups = [str(group) for group in table[args.group_column]] if args.group_column else [None] * len(table)
         for row, audio in enumerate(table.cast_column(args.audio_column, datasets.Audio(decode=False))[args.audio_column]):
             found.append((audio.get("path") or f"{split}/{row}", audio, groups[row]))
     if not found:
-        raise ValueError(f"{args.dataset} holds no rows.")
+        raise ValueError(f"{args.dataset_name} holds no rows.")
     return found
+
+
+def read_groups(sources: list, read, classifier, extractor) -> tuple[list, dict]:
+    """With --group_by or --group_column: every readable recording `(name, waveform)` (each read once, by
+    `read(name, source)`, which gives None for a bad one), and per name its group with the group's statistics
+    `(group, mean, scale)` over all the group's readable recordings, which normalise each of them."""
+    from .inference import group_normalization
+
+    readable = [(name, waveform, group) for name, source, group in sources if (waveform := read(name, source)) is not None]
+    normalization = {}
+    if readable:
+        mean, scale = group_normalization(classifier, extractor, [w for _, w, _ in readable], [g for _, _, g in readable])
+        normalization = {name: (group, mean[row], scale[row]) for row, (name, _, group) in enumerate(readable)}
+    return [(name, waveform) for name, waveform, _ in readable], normalization
 
 
 def run_predict(args) -> int:
@@ -236,7 +352,7 @@ def run_predict(args) -> int:
 
     import torch
 
-    from .inference import BadAudioError, group_normalization, load_classifier, predict, read_audio
+    from .inference import BadAudioError, load_classifier, predict, read_audio
 
     if args.output and Path(args.output).suffix.lower() not in (".csv", ".json"):
         raise ValueError(f"--output must end in .csv or .json, got {args.output}.")
@@ -245,9 +361,9 @@ def run_predict(args) -> int:
     sources = recordings(args)
     total = len(sources)
     if args.onnx:
-        from .export import ONNXClassifier
+        from .onnx_runtime import ONNXClassifier
 
-        engine = ONNXClassifier(args.onnx, int8=args.int8)
+        engine = ONNXClassifier(args.onnx, int8=args.quantize == "int8")
         config, run = engine.config, engine.predict
     else:
         classifier, extractor = load_classifier(args.model, args.device)
@@ -267,19 +383,14 @@ def run_predict(args) -> int:
             skip(str(error))
             return None
 
-    # With groups: first every group's statistics over all its readable recordings, then each batch normalised by them.
     normalization = {}
     if not (args.group_column or args.group_by) and getattr(config, "speaker_normalization", False):
         print("Note: this model was trained with speaker normalisation; without --group_by folder or --group_column, "
               "each recording is standardised by the training data's statistics, which scored lower than grouped "
               "recordings (README, Speaker normalisation).", file=sys.stderr)
     if args.group_column or args.group_by:  # every recording is read once, here, and kept for its batch
-        readable = [(name, waveform, group) for name, source, group in sources
-                    if (waveform := read(name, source)) is not None]
-        if readable:
-            mean, scale = group_normalization(classifier, extractor, [w for _, w, _ in readable], [g for _, _, g in readable])
-            normalization = {name: (group, mean[row], scale[row]) for row, (name, _, group) in enumerate(readable)}
-        waveforms, count = [(name, waveform) for name, waveform, _ in readable], len(readable)
+        waveforms, normalization = read_groups(sources, read, classifier, extractor)
+        count = len(waveforms)
     else:  # read one at a time, as the batches need them
         waveforms, count = ((name, read(name, source)) for name, source, _ in sources), len(sources)
 
@@ -328,7 +439,7 @@ def run_export(args) -> int:
 
     calibration = None
     if args.calibration is not None:
-        config = MSEmoBoostConfig.from_pretrained(args.model_dir)
+        config = MSEmoBoostConfig.from_pretrained(args.model)
         calibration = [read_audio(path, config.sampling_rate, min_samples=config.min_input_samples)
                        for path in find_audio_files(args.calibration)]
     fine_tuning = None
@@ -344,7 +455,7 @@ def run_export(args) -> int:
             epochs=args.finetune_epochs, learning_rate=args.finetune_learning_rate, batch_size=args.finetune_batch_size,
             seed=args.seed)
     opset = DEFAULT_OPSET if args.opset is None else args.opset
-    for path in export(args.model_dir, args.output, quantize=args.quantize, opset=opset, calibration=calibration,
+    for path in export(args.model, args.output_dir, quantize=args.quantize, opset=opset, calibration=calibration,
                        quantize_feature_encoder=args.quantize_feature_encoder, fine_tuning=fine_tuning):
         print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
     return 0
@@ -366,9 +477,9 @@ def run_intensity(args) -> int:
 
     from .inference import BadAudioError, find_audio_files, pad_batch, read_audio
 
-    if not (Path(args.model_dir) / "config.json").is_file():
-        raise ValueError(f"{args.model_dir}: not an intensity model folder (it has no config.json).")
-    model = MSEmoBoostIntensityModel.from_pretrained(args.model_dir).eval()
+    if not (Path(args.model) / "config.json").is_file():
+        raise ValueError(f"{args.model}: not an intensity model folder (it has no config.json).")
+    model = MSEmoBoostIntensityModel.from_pretrained(args.model).eval()
     rows, failures = [], []
     for path in find_audio_files(args.inputs):
         try:
@@ -381,7 +492,7 @@ def run_intensity(args) -> int:
             frames = model(**pad_batch([waveform])).frame_scores[0].numpy()
         rows.append((str(path), frames))
         print(f"{path}: mean {frames.mean():.3f}  max {frames.max():.3f}  frames above 0.5 {(frames > 0.5).mean():.0%}")
-    if args.plot and rows:
+    if args.output and rows:
         import matplotlib
 
         matplotlib.use("Agg")
@@ -394,9 +505,9 @@ def run_intensity(args) -> int:
         axis.set(xlabel="time (s)", ylabel="emotion intensity", ylim=(0, 1))
         axis.legend(fontsize=7)
         figure.tight_layout()
-        write_atomically(Path(args.plot), lambda path: figure.savefig(path))
+        write_atomically(Path(args.output), lambda path: figure.savefig(path))
         plt.close(figure)
-        print(f"Wrote {args.plot}")
+        print(f"Wrote {args.output}")
     return EXIT_SOME_FILES_FAILED if failures else 0
 
 
@@ -482,11 +593,11 @@ def run_tsne(args) -> int:
 
     width, height = pixel_size(args.size)
     classifier, extractor = load_classifier(args.model, args.device)
-    corpus = load_corpus(args.dataset, extractor.sampling_rate, classifier.config.min_input_samples,
+    corpus = load_corpus(args.dataset_name, extractor.sampling_rate, classifier.config.min_input_samples,
                          audio_column=args.audio_column, label_column=args.label_column, speaker_column=None,
                          skip_bad_audio=True)
     if len(corpus.dataset) < 2:
-        raise ValueError(f"{args.dataset}: fewer than 2 usable utterances, nothing to plot.")
+        raise ValueError(f"{args.dataset_name}: fewer than 2 usable utterances, nothing to plot.")
     rows = np.arange(len(corpus.dataset))
     if args.max_utterances and args.max_utterances < len(rows):
         rows = np.sort(np.random.default_rng(args.seed).choice(rows, args.max_utterances, replace=False))

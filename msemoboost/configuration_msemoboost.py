@@ -386,6 +386,7 @@ class MSEmoBoostConfig(PreTrainedConfig):
             )
 
     def _validate_sizes(self):
+        """The front end's sizes and the switches (then [`_validate_heads`] and [`_validate_choices`])."""
         if not self.use_backbone_features and not (self.use_mfcc or self.use_spectrogram):
             raise ValueError(
                 "use_backbone_features, use_mfcc and use_spectrogram are all False: the model would have no "
@@ -421,6 +422,11 @@ class MSEmoBoostConfig(PreTrainedConfig):
                 "backbone_config.add_adapter=True changes the backbone's frame rate, which the frame weights X_enh "
                 "are sized for; set add_adapter=False."
             )
+        self._validate_heads()
+        self._validate_choices()
+
+    def _validate_heads(self):
+        """The optional parts (statistics, their classifier, speaker normalisation, the SE head) and what each needs."""
         if self.use_se_head and not self.use_backbone_features:
             raise ValueError("use_se_head=True needs use_backbone_features=True: the SE head reads the SSL frames.")
         for option in ("mfcc_statistics", "prosody_statistics"):
@@ -470,6 +476,9 @@ class MSEmoBoostConfig(PreTrainedConfig):
             raise ValueError(f"se_loss_weight must be a non-negative number, got {self.se_loss_weight}.")
         if not 0 < self.se_compression <= 1:
             raise ValueError(f"se_compression must be in (0, 1], got {self.se_compression}.")
+
+    def _validate_choices(self):
+        """Named choices, class weights, label smoothing and the segment length against the backbone's frame."""
         for name, allowed in (
             ("frame_weighting", FRAME_WEIGHTINGS),
             ("mfcc_normalization", ("l2", "standardize")),

@@ -36,11 +36,11 @@ accuracy back (BENCHMARKS.md section 4). Calibrate on speech like the speech the
 set.
 
 This module needs `onnx`, `onnxscript` and `onnxruntime` (`pip install msemoboost[onnx]`); the modeling files
-never import it.
+never import it. Running an exported graph is `msemoboost.onnx_runtime.ONNXClassifier`; the int8 feature encoder's
+simulation in torch is `msemoboost.int8_simulation`.
 """
 
 import contextlib
-import importlib
 import json
 import logging
 import math
@@ -56,26 +56,20 @@ import torch
 from torch import nn
 
 from .acoustic_features import MSEmoBoostMFCC, MSEmoBoostProsody, MSEmoBoostSpectrogram
-from .configuration_msemoboost import MSEmoBoostConfig
 from .feature_extraction_msemoboost import MSEmoBoostFeatureExtractor
+from .int8_simulation import FEATURE_ENCODER, int8_feature_encoder
 from .modeling_msemoboost import MSEmoBoostForSequenceClassification
+from .onnx_runtime import INPUT_NAMES, INT8_NAME, ONNX_NAME, OUTPUT_NAMES, ONNXClassifier, require
 
 if TYPE_CHECKING:
     from .quantization_aware import QuantizationAwareFineTuning
 
-ONNX_NAME = "model.onnx"
-INT8_NAME = "model.int8.onnx"
 INT8_SOURCE = "model.int8-source.onnx"  # the fp32 graph that quantize_int8 starts from (see write_graph)
-INPUT_NAMES = ["input_values", "attention_mask"]
-OUTPUT_NAMES = ["logits", "segment_logits", "segments_per_utterance"]
 # Opset 23 gives ONNX Runtime whole Attention and Gelu nodes, where opset 18 (the first whose Resize has the
 # antialiasing the spectrogram image needs) spells them out in MatMul/Softmax/Erf pieces; the fused kernels run the
 # paper-size graph about 5 % faster, fp32 and int8 (BENCHMARKS.md section 4). Its GroupNormalization has no ONNX
 # Runtime kernel, though (ONNX Runtime expands it into its function body): see `channel_norm_in_two_levels`.
 DEFAULT_OPSET = 23
-# The module path of the SSL backbones' convolutional feature encoder (wav2vec 2.0, HuBERT, WavLM, data2vec-audio),
-# which static int8 leaves float (`quantize_int8`).
-FEATURE_ENCODER = "backbone.feature_extractor.conv_layers."
 
 
 class MSEmoBoostForONNX(nn.Module):
@@ -438,82 +432,6 @@ def quantize_int8(source: Path, destination: Path, calibration: list[np.ndarray]
     return destination
 
 
-def feature_encoder_layers(model: MSEmoBoostForSequenceClassification) -> nn.ModuleList:
-    """The backbone's convolutional feature encoder layers (each with its `conv`), as the SSL backbones name them."""
-    if model.msemoboost.backbone is None:
-        raise ValueError("This model has no backbone (use_backbone_features=False), so no feature encoder to quantise.")
-    return model.msemoboost.backbone.feature_extractor.conv_layers
-
-
-def int8_feature_encoder(int8_path: str | Path, model: MSEmoBoostForSequenceClassification) -> list[dict]:
-    """What ONNX Runtime made of `model`'s feature-encoder convolutions in `int8_path`, an export of that model with
-    `--quantize_feature_encoder`: for each convolution, in the order of the backbone's `conv_layers`, its `QLinearConv`'s
-    input and output scale and zero point (uint8), its int8 weight dequantised, `(out_channels, in_channels, kernel)`,
-    and its int32 bias dequantised (or None). Each convolution is found by its weight: the one whose dequantised
-    weight is within half a quantisation step of the model's, channel by channel."""
-    onnx = require("onnx")
-    from onnx import numpy_helper
-
-    layers = feature_encoder_layers(model)
-    graph = onnx.load(str(int8_path)).graph
-    constants = {tensor.name: numpy_helper.to_array(tensor) for tensor in graph.initializer}
-    candidates = [[constants.get(name) for name in node.input] for node in graph.node if node.op_type == "QLinearConv"]
-    found = []
-    for index, layer in enumerate(layers):
-        weight = layer.conv.weight.detach().float().numpy()
-        matches = []
-        for inputs in candidates:
-            if inputs[3] is None or inputs[3].shape != weight.shape:
-                continue
-            scale = inputs[4].astype(np.float32).reshape(-1, 1, 1)
-            dequantized = (inputs[3].astype(np.float32) - inputs[5].astype(np.float32).reshape(-1, 1, 1)) * scale
-            if np.all(np.abs(dequantized - weight) <= 0.5001 * scale + 1e-12):
-                matches.append((inputs, dequantized))
-        if len(matches) != 1:
-            raise ValueError(f"{int8_path}: {len(matches)} int8 convolutions match feature encoder convolution {index} "
-                             "of the model, expected 1: export this model with --quantize int8 --calibration ... "
-                             "--quantize_feature_encoder.")
-        inputs, dequantized = matches[0]
-        bias = None
-        if len(inputs) > 8 and inputs[8] is not None:
-            bias = torch.from_numpy(inputs[8].astype(np.float32) * float(inputs[1]) * inputs[4].astype(np.float32))
-        found.append({"input_scale": float(inputs[1]), "input_zero_point": int(inputs[2]),
-                      "weight": torch.from_numpy(dequantized), "bias": bias,
-                      "output_scale": float(inputs[6]), "output_zero_point": int(inputs[7])})
-    return found
-
-
-@contextlib.contextmanager
-def simulated_int8_feature_encoder(model: MSEmoBoostForSequenceClassification, convolutions: list[dict]):
-    """Within the context, `model`'s feature-encoder convolutions compute as the `QLinearConv`s of
-    [`int8_feature_encoder`] do: the input rounded to its uint8 grid, the int8 weight, the output rounded to its uint8
-    grid (in float arithmetic, so the sums may round differently). The rest of the model is unchanged, so the model
-    can be fine-tuned on the features the int8 graph will give it (quantisation-aware fine-tuning,
-    `benchmarks/quantization_aware.py`)."""
-    layers = feature_encoder_layers(model)
-    if len(layers) != len(convolutions):
-        raise ValueError(f"{len(convolutions)} int8 convolutions for a feature encoder of {len(layers)}.")
-
-    def quantized(conv: nn.Conv1d, parameters: dict):
-        def forward(hidden_states: torch.Tensor) -> torch.Tensor:
-            hidden_states = torch.fake_quantize_per_tensor_affine(
-                hidden_states, parameters["input_scale"], parameters["input_zero_point"], 0, 255)
-            bias = None if parameters["bias"] is None else parameters["bias"].to(hidden_states.device)
-            hidden_states = nn.functional.conv1d(hidden_states, parameters["weight"].to(hidden_states.device), bias,
-                                                 conv.stride, conv.padding, conv.dilation, conv.groups)
-            return torch.fake_quantize_per_tensor_affine(
-                hidden_states, parameters["output_scale"], parameters["output_zero_point"], 0, 255)
-        return forward
-
-    try:
-        for layer, parameters in zip(layers, convolutions):
-            layer.conv.forward = quantized(layer.conv, parameters)
-        yield model
-    finally:
-        for layer in layers:
-            layer.conv.__dict__.pop("forward", None)
-
-
 def front_end_constants(nodes: list) -> set[str]:
     """The names of the front end's constant matrices in a graph's `nodes`: the FFT's bases, the mel filter bank, the
     DCT and the prosody's autocorrelation basis, and the slices of them that the graph takes (the filter bank's runs
@@ -557,52 +475,4 @@ class CalibrationReader:
         return next(self.feeds, None)
 
 
-class ONNXClassifier:
-    """An exported model run by ONNX Runtime on CPU, with the PyTorch classifier's inputs and outputs.
-
-    Args:
-        directory: a folder written by [`export`].
-        int8: run `model.int8.onnx` rather than `model.onnx`.
-        threads: ONNX Runtime's intra-op threads (default: its own choice).
-    """
-
-    def __init__(self, directory: str | Path, int8: bool = False, threads: int | None = None):
-        onnxruntime = require("onnxruntime")
-        directory = Path(directory)
-        path = directory / (INT8_NAME if int8 else ONNX_NAME)
-        if not path.is_file():
-            hint = " Export it with --quantize int8." if int8 and (directory / ONNX_NAME).is_file() else ""
-            raise ValueError(f"--onnx {directory}: no {path.name} in this folder (write one with msemoboost export).{hint}")
-        self.config = MSEmoBoostConfig.from_pretrained(directory)
-        self.sampling_rate = self.config.sampling_rate
-        options = onnxruntime.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-    def __call__(self, waveforms: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
-        """Raw mono waveforms at `sampling_rate` → utterance `logits` `(batch_size, num_labels)` and, per
-        utterance, its segments' log-probabilities `(num_segments, num_labels)`."""
-        from .inference import pad_batch
-
-        feed = {name: tensor.numpy() for name, tensor in pad_batch(waveforms).items()}
-        logits, segment_logits, counts = self.session.run(OUTPUT_NAMES, feed)
-        return logits, [rows[:count] for rows, count in zip(segment_logits, counts)]
-
-    def predict(self, waveforms: list[np.ndarray], names: list[str]) -> list:
-        """[`~msemoboost.inference.Prediction`]s, as `msemoboost.inference.predict` gives them for PyTorch."""
-        from .inference import predictions
-
-        logits, segment_logits = self(waveforms)
-        return predictions(names, waveforms, logits, segment_logits, self.config)
-
-
-def require(module: str):
-    """Imports an optional dependency of export, or says how to install it."""
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise ImportError(f"ONNX export and inference need {module}: pip install 'msemoboost[onnx]'.") from None
-
-
-__all__ = ["MSEmoBoostForONNX", "ONNXClassifier", "export"]
+__all__ = ["MSEmoBoostForONNX", "ONNXClassifier", "export"]  # ONNXClassifier: from .onnx_runtime

@@ -42,6 +42,7 @@ from transformers.utils import ModelOutput
 from .acoustic_features import MSEmoBoostLogMel, MSEmoBoostPowerSpectrogram, dct_matrix
 from .configuration_msemoboost import MSEmoBoostConfig, _as_audio_ssl_config
 from .modeling_msemoboost import masked_mean_std
+from .training import read_json_argument
 
 MASKINGS = ("random", "ems")
 TARGETS = ("log_mel", "clusters")
@@ -469,7 +470,7 @@ class PretrainingArguments:
     model_name_or_path: str | None = field(default=None, metadata={"help": "Continue pretraining this backbone "
                                                                            "(a folder or Hub id of an SSL model)."})
     backbone_config: str | None = field(default=None, metadata={"help": "Or pretrain from scratch: a backbone config "
-                                                                        "as JSON, e.g. {\"model_type\": \"wav2vec2\"}."})
+                                                                        "as JSON, e.g. {\"model_type\": \"wav2vec2\"}, or the path of a .json file."})
     mask_ratio: float = field(default=0.15, metadata={"help": "Share of frames in chosen runs."})
     mask_span: int = field(default=7, metadata={"help": "Frames per run."})
     intensity_threshold: float = field(default=0.5, metadata={"help": "EMS takes runs starting above it first."})
@@ -512,6 +513,25 @@ def parse_pretraining_arguments(argv: list[str]):
     return args, training_args
 
 
+def pretraining_config(args) -> tuple[nn.Module | None, MSEmoBoostPretrainingConfig]:
+    """The backbone to continue pretraining (None: from scratch) and the pretraining configuration, from the parsed
+    `msemoboost pretrain` arguments."""
+    backbone = None
+    if args.model_name_or_path:
+        backbone = AutoModel.from_pretrained(args.model_name_or_path)
+        backbone_config = backbone.config
+    else:
+        backbone_config = read_json_argument(args.backbone_config) or None  # inline JSON or a .json file
+    config = MSEmoBoostPretrainingConfig(
+        backbone_config=backbone_config, masking=args.masking, mask_ratio=args.mask_ratio, mask_span=args.mask_span,
+        intensity_threshold=args.intensity_threshold, intensity_threshold_quantile=args.intensity_threshold_quantile,
+        mask_probability=args.mask_probability,
+        replace_probability=args.replace_probability, num_mel_bins=args.num_mel_bins,
+        intensity_loss_weight=args.intensity_loss_weight, intensity_conditioning=args.intensity_conditioning,
+        target=args.target, num_clusters=args.num_clusters)
+    return backbone, config
+
+
 def pretrain(argv: list[str]) -> int:
     """`msemoboost pretrain [CONFIG.yaml] --dataset_name … --output_dir OUT [...]`: see the module docstring."""
     import json
@@ -526,19 +546,7 @@ def pretrain(argv: list[str]) -> int:
     args, training_args = parse_pretraining_arguments(argv)
     set_seed(training_args.seed)
 
-    backbone = None
-    if args.model_name_or_path:
-        backbone = AutoModel.from_pretrained(args.model_name_or_path)
-        backbone_config = backbone.config
-    else:
-        backbone_config = json.loads(args.backbone_config) if args.backbone_config else None
-    config = MSEmoBoostPretrainingConfig(
-        backbone_config=backbone_config, masking=args.masking, mask_ratio=args.mask_ratio, mask_span=args.mask_span,
-        intensity_threshold=args.intensity_threshold, intensity_threshold_quantile=args.intensity_threshold_quantile,
-        mask_probability=args.mask_probability,
-        replace_probability=args.replace_probability, num_mel_bins=args.num_mel_bins,
-        intensity_loss_weight=args.intensity_loss_weight, intensity_conditioning=args.intensity_conditioning,
-        target=args.target, num_clusters=args.num_clusters)
+    backbone, config = pretraining_config(args)
     intensity_model = None
     if args.intensity_model:
         from .intensity import MSEmoBoostIntensityModel

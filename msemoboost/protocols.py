@@ -81,6 +81,16 @@ def make_folds(
     ]
 
 
+def select_folds(folds: list[Fold], wanted: list[str] | None) -> list[Fold]:
+    """The folds named in `wanted` (by name or by index; all of them when `wanted` is empty or None)."""
+    if not wanted:
+        return folds
+    selected = [fold for index, fold in enumerate(folds) if fold.name in wanted or str(index) in wanted]
+    if not selected:
+        raise ValueError(f"--folds {wanted} matches no fold.")
+    return selected
+
+
 def _evaluated_folds(
     protocol, labels, speakers, splits, num_folds, validation_fraction, seed, train_split, validation_split, test_split
 ) -> list[Fold]:

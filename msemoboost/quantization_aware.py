@@ -8,10 +8,10 @@ models: the mean of the folds' UA 78.1 → 76.5). The fix is to let the rest of 
 training:
 
 1. export the model and quantise it with `--quantize_feature_encoder`, which fixes each feature-encoder
-   convolution's int8 weight and its input and output ranges ([`~msemoboost.export.int8_feature_encoder`] reads
+   convolution's int8 weight and its input and output ranges ([`~msemoboost.int8_simulation.int8_feature_encoder`] reads
    them back);
 2. fine-tune the model for a few epochs with its feature encoder computing as those `QLinearConv`s do
-   ([`~msemoboost.export.simulated_int8_feature_encoder`]). The feature encoder itself stays frozen, so a new
+   ([`~msemoboost.int8_simulation.simulated_int8_feature_encoder`]). The feature encoder itself stays frozen, so a new
    calibration on the same recordings gives it the same ranges again; so does the fitted statistics classifier
    (`config.utterance_statistics_classifier`), which gradients never train. Everything else trains;
 3. export the fine-tuned model.
@@ -28,7 +28,7 @@ import numpy as np
 from transformers import Trainer, TrainingArguments
 
 from .data import AudioCollator, EmotionCorpus, load_corpus
-from .export import FEATURE_ENCODER, feature_encoder_layers, simulated_int8_feature_encoder
+from .int8_simulation import FEATURE_ENCODER, feature_encoder_layers, simulated_int8_feature_encoder
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def training_corpus(fine_tuning: QuantizationAwareFineTuning, config) -> Emotion
 
 def fine_tune_for_int8(model, feature_extractor, convolutions: list[dict], fine_tuning: QuantizationAwareFineTuning) -> dict:
     """Fine-tunes `model` in place with its feature encoder computing as the int8 graph's `convolutions` do (read back
-    with [`~msemoboost.export.int8_feature_encoder`]), its feature encoder and statistics classifier frozen. Returns
+    with [`~msemoboost.int8_simulation.int8_feature_encoder`]), its feature encoder and statistics classifier frozen. Returns
     what `export.json` records: the settings, the number of utterances and each epoch's mean training loss."""
     feature_encoder_layers(model)  # a clear error for a model without a backbone
     corpus = training_corpus(fine_tuning, model.config)

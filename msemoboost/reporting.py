@@ -1,9 +1,21 @@
-"""Result files of a training run: confusion matrices, per-class reports, fold summaries and the model card."""
+"""Result files of a training run: confusion matrices, per-class reports, fold summaries, `results.json` and the
+model card."""
 
+import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
+import torch
+import transformers
+
+from . import __version__
+from .arguments import RunArguments
+from .data import decode_audio
+from .training import load_wa_ua, read_json_argument
+
+MODEL_CARD_TEMPLATE = Path(__file__).resolve().parent.parent / "model_card.md"
 
 
 def confusion_matrix(references, predictions, num_labels: int) -> np.ndarray:
@@ -143,3 +155,155 @@ def render_model_card(
         dataset=hub_dataset,
     )
     return str(card)
+
+
+def summarize(
+    fold_results: list[dict], corpus, args: RunArguments, output_dir: Path, config, corpora_report: dict,
+    weight_choice: dict | None = None,
+) -> dict:
+    """Overall results of a run for `results.json` and the model card: what it trained on and how
+    ([`describe_run`]), per-fold WA/UA, mean ± std over folds, pooled confusion matrix and per-class report, written
+    to `output_dir` as `classification_report.txt`, `confusion_matrix.png` and the merged `predictions.csv`. With no
+    fold (`train_only`), only the description."""
+    protocol_args, noise_args = args.protocol, args.noise
+    summary = describe_run(fold_results, corpus, args, config, corpora_report, weight_choice)
+    if not fold_results:
+        return summary
+    matrix = sum(np.asarray(result["confusion_matrix"]) for result in fold_results)
+    references = np.repeat(np.arange(len(matrix)), matrix.sum(1))
+    predictions = np.concatenate([np.repeat(np.arange(len(matrix)), row) for row in matrix])
+    pooled = load_wa_ua().compute(predictions=predictions, references=references)
+    summary.update(
+        wa=mean_std([result["wa"] for result in fold_results]), ua=mean_std([result["ua"] for result in fold_results]),
+        pooled=pooled, num_utterances=int(matrix.sum()), per_class=per_class_report(matrix, corpus.label_names),
+        confusion_matrix=matrix.tolist(),
+    )
+    if "network" in fold_results[0]:  # with the statistics classifier: each of the two models alone
+        for part in ("network", "statistics_classifier"):
+            summary[part] = {key: mean_std([result[part][key] for result in fold_results]) for key in ("wa", "ua")}
+    if noise_args.eval_snr:
+        summary["noise"] = summarize_noise(fold_results, summary, noise_args)
+        save_snr_plot(summary["noise"], output_dir / "accuracy_vs_snr.png", f"{protocol_args.protocol}, {len(fold_results)} fold(s)")
+    (output_dir / "classification_report.txt").write_text(format_report(summary["per_class"], pooled["wa"], pooled["ua"]))
+    title = f"{protocol_args.protocol}, {len(fold_results)} fold(s): WA {summary['wa']['mean']:.1%}, UA {summary['ua']['mean']:.1%}"
+    save_confusion_matrix(matrix, corpus.label_names, output_dir / "confusion_matrix.png", title)
+    with open(output_dir / "predictions.csv", "w", newline="") as merged:
+        for number, result in enumerate(fold_results):
+            lines = (output_dir / "folds" / result["fold"] / "predictions.csv").read_text().splitlines(keepends=True)
+            merged.writelines(lines if number == 0 else lines[1:])
+    return summary
+
+
+ARCHITECTURE_KEYS = (
+    "frame_weighting", "classifier_input", "mfcc_normalization", "mfcc_pool_frames", "mfcc_statistics",
+    "prosody_statistics", "classify_statistics", "utterance_statistics_classifier", "utterance_distribution_statistics",
+    "utterance_statistics_weight", "speaker_normalization", "use_weighted_layer_sum", "pooled_normalization",
+    "segment_length_s",
+)
+
+
+def describe_run(
+    fold_results: list[dict], corpus, args: RunArguments, config, corpora_report: dict, weight_choice: dict | None = None
+) -> dict:
+    """What a run trained on and how: its data, classes, folds, arguments, versions, architecture options (of
+    `config`), the corpora (`corpora_report`, with `--corpus_languages`) and the statistics weight chosen, if any."""
+    model_args, data_args, noise_args, protocol_args, training_args, augmentation_args = args
+    languages = read_json_argument(data_args.corpus_languages)
+    summary = {
+        "protocol": protocol_args.protocol,
+        "num_folds": len(fold_results),
+        "num_utterances": len(corpus.dataset) if not fold_results else None,  # tested ones, below, after folds
+        "num_skipped_audio": corpus.num_skipped,
+        "num_processes": training_args.world_size,
+        "label_names": corpus.label_names,
+        "class_counts": {name: int((corpus.labels == i).sum()) for i, name in enumerate(corpus.label_names)},
+        "num_speakers": len(set(corpus.speakers)),
+        "folds": [{key: result[key] for key in ("fold", "test_speakers", "wa", "ua", "num_train", "num_validation", "num_test")} for result in fold_results],
+        "model": dataclasses.asdict(model_args),
+        "data": dataclasses.asdict(data_args),
+        "noise_arguments": dataclasses.asdict(noise_args),
+        "protocol_arguments": dataclasses.asdict(protocol_args),
+        "training": {key: getattr(training_args, key) for key in (
+            "learning_rate", "per_device_train_batch_size", "num_train_epochs", "max_steps", "seed", "optim",
+            "weight_decay", "lr_scheduler_type", "warmup_steps", "gradient_accumulation_steps", "max_grad_norm",
+            "label_smoothing_factor")},
+        "versions": {"msemoboost": __version__, "transformers": transformers.__version__, "torch": torch.__version__},
+        "corpora": {name: {**part, **({"language": languages[name]} if name in languages else {})}
+                    for name, part in corpora_report.items()},
+        "augmentation": dataclasses.asdict(augmentation_args),
+        "architecture": {key: getattr(config, key) for key in ARCHITECTURE_KEYS},
+    }
+    if weight_choice:  # the final model's weight
+        summary["statistics_weight"] = weight_choice
+        summary["architecture"]["utterance_statistics_weight"] = weight_choice["weight"]
+    return summary
+
+
+def summarize_noise(fold_results: list[dict], summary: dict, noise_args) -> dict:
+    """WA/UA (mean ± std over folds) clean and for each noise type and SNR, and their mean over noise types."""
+    snrs = [f"{snr:g}" for snr in noise_args.eval_snr]
+    kinds = list(fold_results[0]["noisy"])
+    by_kind = {
+        kind: {snr: {m: mean_std([r["noisy"][kind][snr][m] for r in fold_results]) for m in ("wa", "ua")} for snr in snrs}
+        for kind in kinds
+    }
+    mean_over_types = {
+        snr: {m: mean_std([np.mean([r["noisy"][kind][snr][m] for kind in kinds]) for r in fold_results]) for m in ("wa", "ua")}
+        for snr in snrs
+    }
+    return {
+        "snr_definition": "10 log10(active speech power / noise power); active = 20 ms frames within 40 dB of the "
+        "loudest frame (msemoboost/noise.py)",
+        "snr_db": snrs,
+        "types": kinds,
+        "clean": {"wa": summary["wa"], "ua": summary["ua"]},
+        "by_type": by_kind,
+        "mean_over_types": mean_over_types,
+        "silent_test_utterances": sorted(u for r in fold_results for u in r.get("silent_test_utterances", [])),
+    }
+
+
+def write_model_directory(model_dir: Path, summary: dict, data_args, model_args, output_dir: Path, repo_id: str | None) -> None:
+    """Adds the model card (rendered from model_card.md) and the confusion matrix (when the run tested) to the saved
+    model."""
+    if (output_dir / "confusion_matrix.png").exists():
+        shutil.copy(output_dir / "confusion_matrix.png", model_dir / "confusion_matrix.png")
+    hub_dataset = data_args.dataset_name if not Path(data_args.dataset_name).exists() else Path(data_args.dataset_name).name
+    base_model = model_args.backbone if model_args.backbone and not Path(model_args.backbone).exists() else None
+    name = repo_id.split("/")[-1] if repo_id else model_dir.resolve().parent.name
+    card = render_model_card(MODEL_CARD_TEMPLATE, summary, hub_dataset, base_model, name, repo_id)
+    (model_dir / "README.md").write_text(card)
+
+
+def classify_example(model_dir: Path, corpus, rows: np.ndarray) -> None:
+    """Reloads the saved model through the audio-classification pipeline and classifies one utterance."""
+    from transformers import pipeline
+
+    classifier = pipeline("audio-classification", model=str(model_dir), trust_remote_code=True, device="cpu")
+    item = corpus.dataset[int(rows[0])]
+    waveform = decode_audio(item["audio"], classifier.feature_extractor.sampling_rate)
+    top = classifier(waveform, top_k=len(corpus.label_names))
+    scores = ", ".join(f"{entry['label']} {entry['score']:.2f}" for entry in top[:3])
+    print(f"Reloaded {model_dir} and classified {item['utterance_id']} (true: {corpus.label_names[item['labels']]}): {scores}")
+
+
+def summarize_leave_one_corpus_out(runs: dict[str, dict], output_dir: Path) -> dict:
+    """`--protocol leave_one_corpus_out`: the per-corpus and mean WA/UA of the `cross_corpus` runs' summaries `runs`
+    (keyed by the tested corpus), written to `output_dir/results.json` and printed."""
+    per_corpus = {
+        name: {"wa": run["wa"]["mean"], "ua": run["ua"]["mean"], "num_test": run["num_utterances"],
+               "label_names": run["label_names"], "corpora": run["corpora"]}
+        for name, run in runs.items()
+    }
+    summary = {
+        "protocol": "leave_one_corpus_out",
+        "corpora": list(runs),
+        "per_corpus": per_corpus,
+        "wa": mean_std([row["wa"] for row in per_corpus.values()]),
+        "ua": mean_std([row["ua"] for row in per_corpus.values()]),
+    }
+    write_json(output_dir / "results.json", summary)
+    print(f"leave_one_corpus_out over {len(runs)} corpora: WA {summary['wa']['mean']:.2%} ± {summary['wa']['std']:.2%}  "
+          f"UA {summary['ua']['mean']:.2%} ± {summary['ua']['std']:.2%}  ("
+          + ", ".join(f"{name} {row['ua']:.1%}" for name, row in per_corpus.items()) + ")")
+    return summary

@@ -31,7 +31,6 @@ MAX_FOLDS = 8
 ABSENT_CLASS_BIAS = -1.0e4
 # The statistics classifier's weights (`config.utterance_statistics_weight`) that a weight search tries: 0 is the
 # network alone.
-STATISTICS_WEIGHT_GRID = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 10.0)
 
 
 def utterance_statistics(
@@ -195,7 +194,7 @@ def fused_logits(parts: dict[str, np.ndarray], weight: float) -> np.ndarray:
     return parts["network_logits"] + weight * parts["statistics_log_probabilities"]
 
 
-def choose_statistics_weight(folds: dict[str, dict[str, np.ndarray]], grid: tuple[float, ...] = STATISTICS_WEIGHT_GRID) -> dict:
+def choose_statistics_weight(folds: dict[str, dict[str, np.ndarray]], grid: tuple[float, ...]) -> dict:
     """Chooses `config.utterance_statistics_weight` by cross-validation over the folds of a run.
 
     `folds` maps each fold's name to its parts (see [`fused_logits`]; `labels` `(num_utterances,)` are the class

@@ -238,7 +238,7 @@ def test_group_column_groups_the_rows_of_a_dataset(normalizing_model_dir, tmp_pa
         for speaker, files in folders.items():
             file.writelines(f"audio/{speaker}/{path.name},{speaker}\n" for path in files)
     output = tmp_path / "out.json"
-    assert main(["predict", "--dataset", str(tmp_path / "corpus"), "--group_column", "speaker", "--model",
+    assert main(["predict", "--dataset_name", str(tmp_path / "corpus"), "--group_column", "speaker", "--model",
                  str(normalizing_model_dir), "--output", str(output)]) == 0
     rows = json.loads(output.read_text())["files"]
     for speaker, files in folders.items():
@@ -254,8 +254,8 @@ def test_grouping_is_refused_where_it_cannot_normalise(model_dir, normalizing_mo
     assert ("error: This model does not normalise by group (speaker): it was trained without --speaker_normalization"
             in capsys.readouterr().err)
     for arguments, message in [
-        (["--group_column", "speaker"], "--group_column names a column of --dataset; for files and folders use --group_by folder"),
-        (["--group_by", "folder", "--dataset", str(tmp_path)], "--group_by folder groups files and folders; for --dataset use --group_column"),
+        (["--group_column", "speaker"], "--group_column names a column of --dataset_name; for files and folders use --group_by folder"),
+        (["--group_by", "folder", "--dataset_name", str(tmp_path)], "--group_by folder groups files and folders; for --dataset_name use --group_column"),
     ]:
         with pytest.raises(SystemExit) as exit_info:
             main(["predict", str(tmp_path / "audio"), "--model", str(normalizing_model_dir), *arguments])
@@ -357,8 +357,8 @@ def test_tsne_plots_the_models_pooled_features_in_a_png_of_the_stated_size(model
     monkeypatch.setattr(msemoboost.analysis, "plot_tsne", lambda path, features, labels, *rest: (
         plotted.update(features=features, labels=labels), plot(path, features, labels, *rest)))
     output = tmp_path / "tsne.png"
-    assert main(["tsne", "--model", str(model_dir), "--dataset", str(corpus_dir), "--label_column", "emotion",
-                 "--compare-baseline", "--max_utterances", "24", "--output", str(output), "--size", "1000x500"]) == 0
+    assert main(["tsne", "--model", str(model_dir), "--dataset_name", str(corpus_dir), "--label_column", "emotion",
+                 "--compare_baseline", "--max_utterances", "24", "--output", str(output), "--size", "1000x500"]) == 0
     assert png_size(output) == (1000, 500)
     classifier, extractor = load_classifier(str(model_dir), "cpu")
     corpus = load_corpus(str(corpus_dir), 16000, 400, label_column="emotion", speaker_column=None)
@@ -414,3 +414,42 @@ def test_read_audio_takes_any_non_empty_recording_unless_told_a_minimum(tmp_path
     np.testing.assert_array_equal(read_audio(tmp_path / "one.wav", 16000), [0.25])
     with pytest.raises(ValueError, match=r"one\.wav: 1 samples, shorter than one analysis frame \(400 samples\)$"):
         read_audio(tmp_path / "one.wav", 16000, min_samples=400)
+
+
+@pytest.mark.parametrize("old, new, expected", [
+    (["predict", "a.wav", "--onnx", "o", "--int8"], "--quantize int8", {"quantize": "int8"}),
+    (["predict", "--model", "m", "--dataset", "d"], "--dataset_name", {"dataset_name": "d"}),
+    (["tsne", "--model", "m", "--dataset", "d"], "--dataset_name", {"dataset_name": "d"}),
+    (["tsne", "--model", "m", "--dataset_name", "d", "--compare-baseline"], "--compare_baseline", {"compare_baseline": True}),
+    (["export", "m", "--output_dir", "o"], "--model m", {"model": "m", "output_dir": "o"}),
+    (["export", "--model", "m", "--output", "o"], "--output_dir", {"model": "m", "output_dir": "o"}),
+    (["intensity", "score", "m", "a.wav"], "--model m", {"model": "m", "inputs": ["a.wav"]}),
+    (["intensity", "score", "--model", "m", "a.wav", "--plot", "p.png"], "--output", {"output": "p.png"}),
+])
+def test_an_old_spelling_still_works_with_a_warning_naming_the_new_one(old, new, expected):
+    from msemoboost.cli import build_parser, check_arguments
+
+    parser = build_parser()
+    with pytest.warns(FutureWarning, match=f"deprecated and will be removed; use {new}\\.$"):
+        args = parser.parse_args(old)
+        check_arguments(parser, args)
+    assert {key: getattr(args, key) for key in expected} == expected
+
+
+def test_every_command_spells_yes_no_options_one_way_and_shows_the_convention(capsys):
+    from msemoboost.cli import CONVENTION, build_parser, check_arguments
+
+    parser = build_parser()
+    for words, value in ((["--timeline"], True), (["--timeline", "true"], True), (["--timeline", "false"], False), ([], False)):
+        assert parser.parse_args(["predict", "a.wav", "--model", "m", *words]).timeline is value
+    with pytest.raises(SystemExit):
+        parser.parse_args(["predict", "a.wav", "--model", "m", "--timeline", "maybe"])
+    assert "expected true or false, got 'maybe'" in capsys.readouterr().err
+    for command in (["predict"], ["explain"], ["tsne"], ["enhance"], ["export"], ["intensity", "train"], ["intensity", "score"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args([*command, "--help"])
+        assert " ".join(CONVENTION.split()) in " ".join(capsys.readouterr().out.split())
+    args = parser.parse_args(["export", "m", "--model", "n", "--output_dir", "o"])
+    with pytest.raises(SystemExit):
+        check_arguments(parser, args)
+    assert "give the model once: --model n, and not also m" in capsys.readouterr().err

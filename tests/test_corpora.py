@@ -2,18 +2,20 @@
 
 import csv
 import json
+import logging
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from tiny import TINY_TRAIN_ARGS, read_csv
+from tiny import TINY_TRAIN_ARGS, read_csv, run_train
 
-import train
+from msemoboost.arguments import parse_arguments
+
 
 
 def run(corpus: Path, output: Path, *extra: str) -> dict:
-    return train.main(["--dataset_name", str(corpus), "--output_dir", str(output), *TINY_TRAIN_ARGS, *extra])
+    return run_train(["--dataset_name", str(corpus), "--output_dir", str(output), *TINY_TRAIN_ARGS, *extra])
 
 
 def extra_corpus(corpus_dir: Path, directory: Path, speakers: list[str], relabel: dict[str, str],
@@ -105,7 +107,7 @@ def test_masking_absent_classes_cannot_be_combined_with_label_smoothing(corpus_d
         run(corpus_dir, tmp_path / "out", "--extra_train_datasets", "x", "--label_smoothing_factor", "0.1")
     assert ("--mask_absent_classes (on by default with --extra_train_datasets) cannot be combined with "
             "--label_smoothing_factor") in " ".join(capsys.readouterr().err.split())
-    arguments = train.parse_arguments(["--dataset_name", "x", "--label_smoothing_factor", "0.1"])  # no extra corpora
+    arguments = parse_arguments(["--dataset_name", "x", "--label_smoothing_factor", "0.1"])  # no extra corpora
     assert arguments[1].mask_absent_classes and arguments[4].label_smoothing_factor == 0.1
 
 
@@ -181,11 +183,16 @@ def test_train_only_refuses_what_would_test(tmp_path, capsys):
     for extra, message in (
         (["--final_model", "false"], "--protocol train_only tests nothing and only trains the final model"),
         (["--eval_snr", "10"], "--protocol train_only tests nothing, so --eval_snr has nothing to test in noise"),
-        (["--corpus_languages", '{"emodb": "de"}'], "--corpus_languages names ['emodb'], which are not among the run's corpora ['x']"),
     ):
         with pytest.raises(SystemExit):
-            train.parse_arguments(["--dataset_name", "x", "--protocol", "train_only", *extra])
+            parse_arguments(["--dataset_name", "x", "--protocol", "train_only", *extra])
         assert message in " ".join(capsys.readouterr().err.split())
+
+
+def test_languages_of_corpora_the_run_does_not_have_are_ignored_with_a_warning(caplog):
+    with caplog.at_level(logging.WARNING, logger="msemoboost.train"):
+        parse_arguments(["--dataset_name", "x", "--corpus_languages", '{"emodb": "de", "x": "en"}'])
+    assert "--corpus_languages names ['emodb'], which are not among the run's corpora ['x']: ignored." in caplog.text
 
 
 def test_transfer_starts_each_fold_from_a_trained_checkpoint(corpus_dir, tmp_path):

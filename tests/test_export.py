@@ -12,9 +12,10 @@ import torch
 from msemoboost import MSEmoBoostConfig, MSEmoBoostFeatureExtractor, MSEmoBoostForSequenceClassification
 from msemoboost.acoustic_features import MSEmoBoostMFCC, MSEmoBoostSpectrogram, pre_emphasis
 from msemoboost.cli import main
-from msemoboost.export import (INT8_NAME, ONNX_NAME, ONNXClassifier, channel_norm_in_two_levels, export,
-                               front_end_constants, graph_nodes, group_norm_as_instance_norm, int8_feature_encoder,
-                               module_scopes, simulated_int8_feature_encoder, sum_run_length)
+from msemoboost.export import (channel_norm_in_two_levels, export, front_end_constants, graph_nodes,
+                               group_norm_as_instance_norm, module_scopes, sum_run_length)
+from msemoboost.int8_simulation import int8_feature_encoder, simulated_int8_feature_encoder
+from msemoboost.onnx_runtime import INT8_NAME, ONNX_NAME, ONNXClassifier
 from onnx_models import LABELS, RECIPE, pytorch_logits, save_model
 from tiny import tiny_model
 
@@ -223,7 +224,7 @@ def test_calibrated_int8_quantizes_the_convolutions_but_the_feature_encoder_stat
                                                                                        tmp_path, capsys):
     model_dir, output = exported
     calibration = [str(path) for path in sorted((emodb / "audio").glob("*.flac"))[1::100]]  # not the test utterances
-    assert main(["export", str(model_dir), "--output", str(tmp_path), "--quantize", "int8", "--calibration", *calibration]) == 0
+    assert main(["export", "--model", str(model_dir), "--output_dir", str(tmp_path), "--quantize", "int8", "--calibration", *calibration]) == 0
     assert f"wrote {tmp_path / INT8_NAME}" in capsys.readouterr().out
     fp32, dynamic, static = (onnx.load(str(folder / name)) for folder, name in
                              ((output, ONNX_NAME), (output, INT8_NAME), (tmp_path, INT8_NAME)))
@@ -262,7 +263,7 @@ def exact_int8_products() -> bool:
 def test_quantize_feature_encoder_makes_every_convolution_static_int8(exported, emodb, emodb_utterances, tmp_path):
     model_dir, output = exported
     calibration = [str(path) for path in sorted((emodb / "audio").glob("*.flac"))[1::100]]  # not the test utterances
-    assert main(["export", str(model_dir), "--output", str(tmp_path), "--quantize", "int8", "--calibration", *calibration,
+    assert main(["export", "--model", str(model_dir), "--output_dir", str(tmp_path), "--quantize", "int8", "--calibration", *calibration,
                  "--quantize_feature_encoder"]) == 0
     static = onnx.load(str(tmp_path / INT8_NAME))
     model = MSEmoBoostForSequenceClassification.from_pretrained(model_dir)
@@ -316,21 +317,21 @@ def test_quantize_feature_encoder_makes_every_convolution_static_int8(exported, 
 
 def test_export_and_predict_onnx_usage_errors(exported, tmp_path, capsys):
     model_dir, output = exported
-    assert main(["export", str(tmp_path), "--output", str(tmp_path / "out")]) == 2
+    assert main(["export", "--model", str(tmp_path), "--output_dir", str(tmp_path / "out")]) == 2
     assert f"{tmp_path}: not a model folder (it has no config.json)." in capsys.readouterr().err
     assert main(["predict", str(model_dir / "config.json"), "--onnx", str(model_dir)]) == 2
     assert f"--onnx {model_dir}: no model.onnx in this folder (write one with msemoboost export)." in capsys.readouterr().err
     (tmp_path / "fp32").mkdir()
     (tmp_path / "fp32" / ONNX_NAME).write_bytes((output / ONNX_NAME).read_bytes())
     (tmp_path / "fp32" / "config.json").write_text((output / "config.json").read_text())
-    assert main(["predict", str(model_dir / "config.json"), "--onnx", str(tmp_path / "fp32"), "--int8"]) == 2
+    assert main(["predict", str(model_dir / "config.json"), "--onnx", str(tmp_path / "fp32"), "--quantize", "int8"]) == 2
     assert "no model.int8.onnx in this folder (write one with msemoboost export). Export it with --quantize int8." in (
         capsys.readouterr().err)
     with pytest.raises(SystemExit):
-        main(["predict", "x.wav", "--model", str(model_dir), "--int8"])
-    assert "--int8 needs --onnx" in capsys.readouterr().err
+        main(["predict", "x.wav", "--model", str(model_dir), "--quantize", "int8"])
+    assert "--quantize int8 needs --onnx" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        main(["export", str(model_dir), "--output", str(tmp_path / "out"), "--calibration", str(model_dir)])
+        main(["export", "--model", str(model_dir), "--output_dir", str(tmp_path / "out"), "--calibration", str(model_dir)])
     assert "--calibration sets the int8 convolutions' activation ranges: it needs --quantize int8" in capsys.readouterr().err
     with pytest.raises(ValueError, match=r"^--calibration sets the int8 convolutions' activation ranges: it needs "
                                          r"--quantize int8\.$"):
@@ -338,7 +339,7 @@ def test_export_and_predict_onnx_usage_errors(exported, tmp_path, capsys):
     with pytest.raises(ValueError, match=r"^--calibration: no recordings to calibrate on\.$"):
         export(model_dir, tmp_path / "out", quantize="int8", calibration=[])
     with pytest.raises(SystemExit):
-        main(["export", str(model_dir), "--output", str(tmp_path / "out"), "--quantize", "int8", "--quantize_feature_encoder"])
+        main(["export", "--model", str(model_dir), "--output_dir", str(tmp_path / "out"), "--quantize", "int8", "--quantize_feature_encoder"])
     assert ("--quantize_feature_encoder quantises the feature encoder's convolutions statically: it needs --quantize int8 "
             "and --calibration") in capsys.readouterr().err
     with pytest.raises(ValueError, match=r"^--quantize_feature_encoder quantises the feature encoder's convolutions "

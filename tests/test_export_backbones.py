@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from msemoboost import MSEmoBoostFeatureExtractor, MSEmoBoostForSequenceClassification
-from msemoboost.export import ONNXClassifier, export
+from msemoboost.export import export
+from msemoboost.onnx_runtime import ONNXClassifier
 from msemoboost.modeling_msemoboost import MSEmoBoostSelfAttention
 from onnx_models import FEWER_MFCC_FRAMES, pytorch_logits, save_model
 

@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 from transformers import AutoModel, Wav2Vec2Model
 
 from msemoboost import MSEmoBoostForSequenceClassification
+from msemoboost.arguments import parse_arguments
 from msemoboost.cli import main
 from msemoboost.intensity import (
     MSEmoBoostIntensityConfig,
@@ -352,7 +353,7 @@ def test_intensity_train_and_score(corpus_dir, tmp_path, capsys):
     output = model(torch.from_numpy(speech_like(16_000))[None])
     assert output.frame_scores.shape == (1, 101) and 0 <= output.frame_scores.min() <= output.frame_scores.max() <= 1
     audio = sorted((corpus_dir / "audio").glob("*.wav"))[:2]
-    assert main(["intensity", "score", str(tmp_path / "intensity"), *map(str, audio), "--plot",
+    assert main(["intensity", "score", "--model", str(tmp_path / "intensity"), *map(str, audio), "--output",
                  str(tmp_path / "scores.png")]) == 0
     out = capsys.readouterr().out
     assert all(f"{path}: mean " in out for path in audio)
@@ -360,10 +361,9 @@ def test_intensity_train_and_score(corpus_dir, tmp_path, capsys):
 
 
 def test_train_py_takes_the_pretrained_backbone_in_place_of_the_preset_s_random_one(pretrained):
-    import train
     from msemoboost.training import build_model
 
-    model_args, *_ = train.parse_arguments(["configs/emodb_cpu_scratch.yaml", "--dataset_name", "x", "--output_dir", "o",
+    model_args, *_ = parse_arguments(["configs/emodb_cpu_scratch.yaml", "--dataset_name", "x", "--output_dir", "o",
                                             "--backbone", str(pretrained)])
     assert model_args.backbone == str(pretrained) and model_args.backbone_config is None
     model = build_model(["anger", "neutral"], backbone=model_args.backbone, backbone_config=None,

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from msemoboost.data import load_corpus
-from msemoboost.protocols import make_folds
+from msemoboost.protocols import make_folds, select_folds
 
 
 def synthetic(num_speakers=6, per_speaker=20, num_classes=4):
@@ -162,7 +162,7 @@ def test_cross_corpus_names_the_evaluated_speakers_and_unknown_protocols_are_ref
     (fold,) = make_folds("cross_corpus", labels, np.where(np.isin(np.arange(len(labels)), extra), "x" + speakers, speakers),
                          splits, extra_rows=extra)
     assert fold.test_speakers == ["s0"] and fold.test.tolist() == list(range(20))
-    with pytest.raises(ValueError, match=r"^protocol must be one of \['loso', 'kfold', 'splits', 'cross_corpus'\], got 'lolo'.$"):
+    with pytest.raises(ValueError, match=r"^protocol must be one of \['loso', 'kfold', 'splits', 'cross_corpus', 'train_only'\], got 'lolo'.$"):
         make_folds("lolo", labels, speakers, splits)
 
 
@@ -272,3 +272,13 @@ def test_drawn_validation_sets_follow_the_seed(protocol):
 
     assert [validation(seed) for seed in range(6)] == [validation(seed) for seed in range(6)]  # seeded, every time
     assert len({tuple(validation(seed)) for seed in range(6)}) > 1  # the draw depends on the seed
+
+
+def test_train_only_has_no_fold_and_select_folds_takes_names_or_indices():
+    labels, speakers = np.array([0, 1] * 6), np.repeat(["a", "b", "c"], 4)
+    assert make_folds("train_only", labels, speakers, np.array(["train"] * 12)) == []
+    folds = make_folds("loso", labels, speakers, np.array(["train"] * 12), validation_fraction=0)
+    assert [fold.name for fold in select_folds(folds, None)] == ["speaker_a", "speaker_b", "speaker_c"]
+    assert [fold.name for fold in select_folds(folds, ["speaker_c", "0"])] == ["speaker_a", "speaker_c"]
+    with pytest.raises(ValueError, match=r"^--folds \['speaker_z'\] matches no fold\.$"):
+        select_folds(folds, ["speaker_z"])

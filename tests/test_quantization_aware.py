@@ -16,7 +16,9 @@ import torch
 from msemoboost import MSEmoBoostForSequenceClassification
 from msemoboost import quantization_aware
 from msemoboost.cli import main
-from msemoboost.export import INT8_NAME, ONNXClassifier, export, int8_feature_encoder
+from msemoboost.export import export
+from msemoboost.int8_simulation import int8_feature_encoder
+from msemoboost.onnx_runtime import INT8_NAME, ONNXClassifier
 from msemoboost.quantization_aware import FROZEN, QuantizationAwareFineTuning, training_corpus
 from onnx_models import FEWER_MFCC_FRAMES, LABELS, RECIPE, pytorch_logits, save_model
 from tiny import tiny_config
@@ -72,7 +74,7 @@ def test_finetune_trains_on_the_int8_feature_encoder_and_exports_the_fine_tuned_
         simulated.append(convolutions) or fine_tune(model, extractor, convolutions, settings)))
     calibration = [str(path) for path in sorted((emodb / "audio").glob("*.flac"))[1::100]]  # not the test utterances
     output = tmp_path / "onnx"
-    assert main(["export", str(model_dir), "--output", str(output), "--quantize", "int8", "--calibration", *calibration,
+    assert main(["export", "--model", str(model_dir), "--output_dir", str(output), "--quantize", "int8", "--calibration", *calibration,
                  "--quantize_feature_encoder", "--finetune", str(corpus_dir), "--finetune_label_column", "emotion",
                  "--finetune_epochs", "1", "--seed", "3"]) == 0
     record = json.loads((output / "export.json").read_text())["quantization_aware_fine_tuning"]
@@ -110,7 +112,7 @@ def test_finetune_trains_on_the_int8_feature_encoder_and_exports_the_fine_tuned_
 def test_finetune_usage_errors(tmp_path, capsys):
     model_dir = save_model(tmp_path / "model")
     with pytest.raises(SystemExit):
-        main(["export", str(model_dir), "--output", str(tmp_path / "out"), "--quantize", "int8", "--calibration",
+        main(["export", "--model", str(model_dir), "--output_dir", str(tmp_path / "out"), "--quantize", "int8", "--calibration",
               str(model_dir), "--finetune", str(tmp_path)])
     assert ("--finetune trains the model on the int8 feature encoder's output: it needs --quantize int8, --calibration "
             "and --quantize_feature_encoder") in capsys.readouterr().err

@@ -16,12 +16,15 @@ import torch
 import yaml
 from transformers import TrainerCallback
 
-import train
-from tiny import TINY_TRAIN_ARGS, read_csv
+from tiny import TINY_TRAIN_ARGS, read_csv, run_train
+
+from msemoboost.arguments import parse_arguments
+from msemoboost.cross_validation import model_config
+from msemoboost.reporting import MODEL_CARD_TEMPLATE
 
 REPO = Path(__file__).resolve().parents[1]
 def run(corpus: Path, output: Path, *extra: str, callbacks=()) -> dict:
-    return train.main(["--dataset_name", str(corpus), "--output_dir", str(output), *TINY_TRAIN_ARGS, *extra], callbacks=callbacks)
+    return run_train(["--dataset_name", str(corpus), "--output_dir", str(output), *TINY_TRAIN_ARGS, *extra], callbacks=callbacks)
 
 
 @pytest.fixture(scope="session")
@@ -221,7 +224,7 @@ def test_without_validation_a_fold_trains_on_every_training_speaker_and_averages
     assert torch.equal(saved[weight], expected.float()) and not torch.equal(saved[weight], recorder.weights[2][weight])
     from msemoboost.reporting import render_model_card
 
-    card = render_model_card(train.MODEL_CARD_TEMPLATE, json.loads((tmp_path / "out" / "results.json").read_text()),
+    card = render_model_card(MODEL_CARD_TEMPLATE, json.loads((tmp_path / "out" / "results.json").read_text()),
                              "corpus", None, "model")
     assert ("No speaker was held out for model selection: each fold trained on all of its training speakers for the "
             "whole schedule and kept the average of its weights after each of its last 2 epochs;") in card
@@ -253,7 +256,7 @@ def test_mixup_and_label_smoothing_through_train_py(corpus_dir, tmp_path):
     assert summary["augmentation"]["mixup_alpha"] == 0.4 and summary["training"]["label_smoothing_factor"] == 0.1
     from msemoboost.reporting import render_model_card
 
-    card = render_model_card(train.MODEL_CARD_TEMPLATE, json.loads((tmp_path / "out" / "results.json").read_text()),
+    card = render_model_card(MODEL_CARD_TEMPLATE, json.loads((tmp_path / "out" / "results.json").read_text()),
                              "corpus", None, "model")
     assert ("- Mixup: each training batch's utterances were mixed in pairs, with labels mixed alike and weights drawn "
             "from Beta(0.4, 0.4).\n- Label smoothing 0.1 in the cross-entropy.\n") in card
@@ -293,7 +296,7 @@ def test_arguments_come_from_a_yaml_file_and_the_command_line_overrides_it(tmp_p
     file.write_text(yaml.safe_dump({"dataset_name": "x", "protocol": "kfold", "num_folds": 5, "learning_rate": 0.5,
                                     "folds": ["1", "2"], "backbone_config": {"model_type": "hubert"},
                                     "lr_scheduler_type": "cosine_with_min_lr", "lr_scheduler_kwargs": {"min_lr_rate": 0.25}}))
-    model_args, data_args, noise_args, protocol_args, training_args, _ = train.parse_arguments([str(file), "--num_folds", "3"])
+    model_args, data_args, noise_args, protocol_args, training_args, _ = parse_arguments([str(file), "--num_folds", "3"])
     assert (data_args.dataset_name, protocol_args.protocol, protocol_args.num_folds) == ("x", "kfold", 3)
     assert training_args.learning_rate == 0.5 and protocol_args.folds == ["1", "2"]
     assert training_args.lr_scheduler_kwargs == {"min_lr_rate": 0.25}  # a mapping in the file reaches the parser as JSON
@@ -328,29 +331,29 @@ def test_a_preset_builds_on_its_base_file(tmp_path):
 
 def test_a_backbone_on_the_command_line_replaces_the_preset_s(tmp_path, capsys):
     preset = str(REPO / "configs" / "emodb_cpu.yaml")
-    model_args = train.parse_arguments([preset, "--dataset_name", "x"])[0]
+    model_args = parse_arguments([preset, "--dataset_name", "x"])[0]
     assert (model_args.backbone, model_args.backbone_config) == ("outputs/pretrained/emodb_cpu", None)
     assert model_args.backbone_pretraining.startswith("configs/pretrain_cpu.yaml --dataset_name")
-    model_args = train.parse_arguments([preset, "--dataset_name", "x", "--backbone", "facebook/wav2vec2-base"])[0]
+    model_args = parse_arguments([preset, "--dataset_name", "x", "--backbone", "facebook/wav2vec2-base"])[0]
     assert (model_args.backbone, model_args.backbone_config, model_args.backbone_pretraining) == (
         "facebook/wav2vec2-base", None, None)
-    model_args = train.parse_arguments([preset, "--dataset_name", "x", "--backbone_config={\"model_type\": \"hubert\"}"])[0]
+    model_args = parse_arguments([preset, "--dataset_name", "x", "--backbone_config={\"model_type\": \"hubert\"}"])[0]
     assert (model_args.backbone, model_args.backbone_config, model_args.backbone_pretraining) == (
         None, '{"model_type": "hubert"}', None)
     (tmp_path / "flags.yaml").write_text(f"base: {preset}\nbackbone_pretraining: --dataset_name corpus --max_steps 3\n")
-    model_args = train.parse_arguments([str(tmp_path / "flags.yaml"), "--dataset_name", "x", "--backbone", "b"])[0]
+    model_args = parse_arguments([str(tmp_path / "flags.yaml"), "--dataset_name", "x", "--backbone", "b"])[0]
     assert (model_args.backbone, model_args.backbone_pretraining) == ("b", None)
-    model_args = train.parse_arguments([preset, "--dataset_name", "x", "--backbone_pretraining", "other.yaml"])[0]
+    model_args = parse_arguments([preset, "--dataset_name", "x", "--backbone_pretraining", "other.yaml"])[0]
     assert (model_args.backbone, model_args.backbone_pretraining) == ("outputs/pretrained/emodb_cpu", "other.yaml")
     with pytest.raises(SystemExit):
-        train.parse_arguments(["--dataset_name", "x", "--backbone_pretraining", "configs/pretrain_cpu.yaml"])
+        parse_arguments(["--dataset_name", "x", "--backbone_pretraining", "configs/pretrain_cpu.yaml"])
     assert "--backbone_pretraining pretrains the folder that --backbone names: give --backbone" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # not a Hub id, so a folder, and it is not there (nor asked to be pretrained)
-        train.parse_arguments([preset, "--dataset_name", "x", "--backbone", str(tmp_path / "absent" / "backbone")])
+        parse_arguments([preset, "--dataset_name", "x", "--backbone", str(tmp_path / "absent" / "backbone")])
     assert (f"--backbone {tmp_path / 'absent' / 'backbone'}: no such folder, and not a Hub model id. Give a folder that "
             "holds a model, a Hub id (facebook/wav2vec2-base), or add --backbone_pretraining ARGUMENTS to pretrain one "
             "into that folder first.") in capsys.readouterr().err
-    model_args = train.parse_arguments([preset, "--dataset_name", "x", "--backbone", str(tmp_path / "absent" / "backbone"),
+    model_args = parse_arguments([preset, "--dataset_name", "x", "--backbone", str(tmp_path / "absent" / "backbone"),
                                         "--backbone_pretraining", "other.yaml"])[0]
     assert model_args.backbone_pretraining == "other.yaml"  # to be pretrained there first: no error
 
@@ -358,7 +361,7 @@ def test_a_backbone_on_the_command_line_replaces_the_preset_s(tmp_path, capsys):
 def test_the_ablations_without_the_mfcc_branch_drop_the_preset_s_statistics(caplog):
     preset = str(REPO / "configs" / "emodb_cpu.yaml")
     with caplog.at_level("WARNING", logger="msemoboost.train"):
-        model_args = train.parse_arguments([preset, "--dataset_name", "x", "--use_mfcc", "false"])[0]
+        model_args = parse_arguments([preset, "--dataset_name", "x", "--use_mfcc", "false"])[0]
     overrides = json.loads(model_args.model_config_overrides)
     assert not {"mfcc_statistics", "prosody_statistics", "classify_statistics", "utterance_statistics_classifier",
                 "utterance_distribution_statistics", "utterance_statistics_weight"} & set(overrides)
@@ -371,7 +374,7 @@ def test_the_ablations_without_the_mfcc_branch_drop_the_preset_s_statistics(capl
     MSEmoBoostConfig(use_mfcc=False, **overrides)  # the statistics would otherwise be refused without the MFCC branch
     caplog.clear()
     with caplog.at_level("WARNING", logger="msemoboost.train"):
-        model_args = train.parse_arguments([preset, "--dataset_name", "x", "--use_mfcc", "false",
+        model_args = parse_arguments([preset, "--dataset_name", "x", "--use_mfcc", "false",
                                             "--speaker_normalization", "true"])[0]
     assert model_args.speaker_normalization is False
     assert caplog.messages[-1] == ("--use_mfcc false: --speaker_normalization is off, with the statistics classifier "
@@ -382,17 +385,17 @@ def test_a_statistics_weight_grid_with_a_negative_or_infinite_weight_is_refused(
     for grid in (["1", "-1"], ["inf"]):
         with pytest.raises(ValueError, match=r"^--statistics_weight_grid takes finite, non-negative weights, got "
                                              rf"\[{', '.join(f'{float(weight)}' for weight in grid)}\]\.$"):
-            train.parse_arguments(["--dataset_name", "x", "--statistics_weight_grid", *grid])
+            parse_arguments(["--dataset_name", "x", "--statistics_weight_grid", *grid])
 
 
 def test_speaker_normalization_is_refused_where_test_speakers_cannot_be_grouped(capsys):
     with pytest.raises(SystemExit):
-        train.parse_arguments(["--dataset_name", "x", "--speaker_normalization", "true", "--eval_snr", "10"])
+        parse_arguments(["--dataset_name", "x", "--speaker_normalization", "true", "--eval_snr", "10"])
     assert ("--eval_snr tests the model in noise without groups, and --speaker_normalization true needs each test "
             "speaker's recordings together: run them apart") in " ".join(capsys.readouterr().err.split())
     for protocol in ("cross_corpus", "leave_one_corpus_out"):
         with pytest.raises(SystemExit):
-            train.parse_arguments(["--dataset_name", "x", "--protocol", protocol])
+            parse_arguments(["--dataset_name", "x", "--protocol", protocol])
         assert f"--protocol {protocol} trains on --extra_train_datasets only: name at least one" in capsys.readouterr().err
 
 
@@ -401,7 +404,7 @@ def test_the_guidance_only_ablation_of_a_preset_drops_the_preset_s_backbone(capl
 
     preset = str(REPO / "configs" / "emodb_cpu.yaml")
     with caplog.at_level("WARNING", logger="msemoboost.train"):
-        model_args = train.parse_arguments([preset, "--dataset_name", "x", "--use_backbone_features", "false"])[0]
+        model_args = parse_arguments([preset, "--dataset_name", "x", "--use_backbone_features", "false"])[0]
     assert (model_args.backbone, model_args.backbone_config, model_args.backbone_pretraining) == (None, None, None)
     overrides = json.loads(model_args.model_config_overrides)
     assert overrides == {**read_arguments_file(REPO / "configs" / "emodb_cpu_scratch.yaml")["model_config_overrides"],
@@ -416,7 +419,7 @@ def test_the_guidance_only_ablation_of_a_preset_drops_the_preset_s_backbone(capl
     model = build_model(["a", "b"], use_backbone_features=False, **overrides)
     assert not any(".backbone." in name for name, _ in model.named_parameters())
     assert model.config.use_weighted_layer_sum is False
-    with_backbone = train.parse_arguments([preset, "--dataset_name", "x"])[0]
+    with_backbone = parse_arguments([preset, "--dataset_name", "x"])[0]
     assert json.loads(with_backbone.model_config_overrides)["use_weighted_layer_sum"] is True
 
 
@@ -436,9 +439,15 @@ def test_the_accuracy_benchmark_lists_its_rows():
     assert "weight averaging (cosine to 25 %, last 8 epochs averaged)" in text
 
 
+def test_train_py_takes_model_as_every_msemoboost_command_does():
+    args = parse_arguments(["--dataset_name", "x", "--model", "ckpt"])
+    assert args.model.model_name_or_path == "ckpt"
+    assert parse_arguments(["--dataset_name", "x", "--model_name_or_path", "ckpt"]).model.model_name_or_path == "ckpt"
+
+
 @pytest.mark.parametrize("preset", sorted((REPO / "configs").glob("*.yaml")), ids=lambda path: path.stem)
 def test_every_preset_parses_into_its_values(preset):
-    from msemoboost.training import read_arguments_file
+    from msemoboost.training import read_arguments_file, read_json_argument
 
     values = read_arguments_file(preset)  # with its base file's values, if it builds on one
     if preset.stem.startswith("pretrain"):  # a msemoboost pretrain preset
@@ -447,22 +456,24 @@ def test_every_preset_parses_into_its_values(preset):
         parsed = parse_pretraining_arguments([str(preset), "--dataset_name", "x", "--output_dir", "o"])
         fields = {name: value for arguments in parsed for name, value in vars(arguments).items()}
         for key, value in values.items():
-            if key == "backbone_config":
-                assert json.loads(fields[key]) == value, key
+            if key == "backbone_config":  # inline, or a .json file of the configs
+                assert read_json_argument(fields[key]) == read_json_argument(value), key
             elif key in ("lr_scheduler_type", "save_strategy"):
                 assert str(getattr(fields[key], "value", fields[key])) == str(value), key
             elif key == "report_to":
                 assert fields[key] in ([], "none", ["none"]), key
             else:
                 assert fields[key] == value, key
-        MSEmoBoostPretrainingConfig(backbone_config=json.loads(fields["backbone_config"]))  # a valid backbone
+        MSEmoBoostPretrainingConfig(backbone_config=read_json_argument(fields["backbone_config"]))  # a valid backbone
         return
-    parsed = train.parse_arguments([str(preset), "--dataset_name", "x"])
+    parsed = parse_arguments([str(preset), *([] if "dataset_name" in values else ["--dataset_name", "x"])])
     fields = {name: value for arguments in parsed for name, value in vars(arguments).items()}
     for key, value in values.items():
         if value is None:  # a base file's value removed
             assert fields[key] is None, key
-        elif key in ("backbone_config", "model_config_overrides"):
+        elif key == "backbone_config" and isinstance(value, str):  # a .json file of the configs
+            assert fields[key] == value and read_json_argument(value)["model_type"], key
+        elif key in ("backbone_config", "model_config_overrides", "corpus_languages"):
             assert json.loads(fields[key]) == value, key
         elif key == "lr_scheduler_type":
             assert fields[key] == value, key
@@ -473,7 +484,7 @@ def test_every_preset_parses_into_its_values(preset):
         else:
             assert fields[key] == (value if not isinstance(value, list) else list(value)), key
     if ("model_config_overrides" in values or "backbone_config" in values) and not values.get("backbone_pretraining"):
-        train.model_config(parsed[0])  # the preset's model configuration is valid (a backbone to pretrain: below)
+        model_config(parsed[0])  # the preset's model configuration is valid (a backbone to pretrain: below)
 
 
 def test_classlabel_folders_kfold_and_a_pretrained_backbone_directory(corpus_dir, tmp_path):
@@ -491,7 +502,7 @@ def test_classlabel_folders_kfold_and_a_pretrained_backbone_directory(corpus_dir
     arguments = list(TINY_TRAIN_ARGS)
     del arguments[arguments.index("--backbone_config"): arguments.index("--backbone_config") + 2]
     arguments[arguments.index("--label_column") + 1] = "label"
-    summary = train.main([
+    summary = run_train([
         "--dataset_name", str(folders), "--output_dir", str(tmp_path / "out"), *arguments,
         "--backbone", str(tmp_path / "ssl"), "--speaker_column", "", "--protocol", "kfold", "--num_folds", "3",
         "--folds", "0", "--final_model", "false", "--num_train_epochs", "1",
@@ -552,7 +563,7 @@ def test_the_cpu_recipe_runs_unchanged_on_an_audiofolder_with_train_and_test_spl
     caplog.set_level("WARNING", logger="msemoboost.train")
     (tmp_path / "configs").symlink_to(REPO / "configs")
     pretraining = f"configs/pretrain_cpu.yaml --dataset_name {corpus_dir} --max_steps 2 --per_device_train_batch_size 4"
-    summary = train.main([str(REPO / "configs" / "emodb_cpu.yaml"), "--dataset_name", str(splits), "--protocol", "splits",
+    summary = run_train([str(REPO / "configs" / "emodb_cpu.yaml"), "--dataset_name", str(splits), "--protocol", "splits",
                           "--output_dir", str(tmp_path / "out"), "--num_train_epochs", "2", "--average_last_epochs", "2",
                           "--disable_tqdm", "true", "--backbone_pretraining", pretraining])
     backbone = tmp_path / "outputs" / "pretrained" / "emodb_cpu"
@@ -587,7 +598,7 @@ def test_a_multi_process_run_asks_for_the_recipe_s_backbone_to_be_pretrained_fir
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(transformers.TrainingArguments, "world_size", property(lambda self: 2))
     with pytest.raises(SystemExit):
-        train.parse_arguments([str(REPO / "configs" / "emodb_cpu.yaml"), "--dataset_name", "x"])
+        parse_arguments([str(REPO / "configs" / "emodb_cpu.yaml"), "--dataset_name", "x"])
     assert ("--backbone outputs/pretrained/emodb_cpu is not pretrained yet, and pretraining cannot start inside this "
             "2-process run. Pretrain it first: msemoboost pretrain configs/pretrain_cpu.yaml --dataset_name "
             "../shared/data/ravdess ../shared/data/tess --max_steps 1500 --output_dir outputs/pretrained/emodb_cpu"
@@ -595,7 +606,7 @@ def test_a_multi_process_run_asks_for_the_recipe_s_backbone_to_be_pretrained_fir
     (tmp_path / "outputs" / "pretrained" / "emodb_cpu").mkdir(parents=True)
     (tmp_path / "outputs" / "pretrained" / "emodb_cpu" / "config.json").write_text("{}")
     with caplog.at_level(logging.WARNING, logger="msemoboost.train"):
-        model_args, _, _, protocol_args, _, _ = train.parse_arguments([str(REPO / "configs" / "emodb_cpu.yaml"), "--dataset_name", "x"])
+        model_args, _, _, protocol_args, _, _ = parse_arguments([str(REPO / "configs" / "emodb_cpu.yaml"), "--dataset_name", "x"])
     assert model_args.backbone_pretraining
     # The preset's folds side by side give way to the processes that already share each fold.
     assert protocol_args.parallel_folds == 1
@@ -644,16 +655,16 @@ def test_noisy_evaluation_augmentation_and_se_head_through_train_py(corpus_dir, 
 def test_noise_arguments_are_checked(corpus_dir, tmp_path, capsys):
     base = ["--dataset_name", str(corpus_dir), "--output_dir", str(tmp_path / "run"), *TINY_TRAIN_ARGS]
     with pytest.raises(ValueError, match="--eval_snr: an SNR must be a finite number of dB, got nan"):
-        train.main([*base, "--eval_snr", "10", "nan"])
+        run_train([*base, "--eval_snr", "10", "nan"])
     with pytest.raises(SystemExit):
-        train.main([*base, "--use_se_head", "true"])
+        run_train([*base, "--use_se_head", "true"])
     assert "--use_se_head learns from clean/noisy pairs: set --noise_augmentation_probability above 0" in capsys.readouterr().err
     with pytest.raises(ValueError, match="--eval_noise: the noise type 'dataset' needs --noise_dataset"):
-        train.main([*base, "--eval_snr", "5", "--eval_noise", "dataset"])
+        run_train([*base, "--eval_snr", "5", "--eval_noise", "dataset"])
     with pytest.raises(ValueError, match=r"--noise_augmentation_types: unknown noise type 'rain'"):
-        train.main([*base, "--noise_augmentation_probability", "0.5", "--noise_augmentation_types", "rain"])
+        run_train([*base, "--noise_augmentation_probability", "0.5", "--noise_augmentation_types", "rain"])
     with pytest.raises(ValueError, match=r"two values LOW HIGH with LOW <= HIGH, got \[20.0, 0.0\]"):
-        train.main([*base, "--noise_augmentation_snr", "20", "0"])
+        run_train([*base, "--noise_augmentation_snr", "20", "0"])
 
 
 def test_a_finished_fold_tested_otherwise_is_not_mixed_into_a_noisy_run(finished_run, corpus_dir, tmp_path):
@@ -668,7 +679,7 @@ def test_a_finished_fold_tested_otherwise_is_not_mixed_into_a_noisy_run(finished
 @pytest.mark.parametrize("argv", [[], ["--demo"], ["--demo", "true"], ["--output_dir", "elsewhere"],
                                   [str(REPO / "configs" / "demo.yaml")]])
 def test_every_way_of_asking_for_the_demo_runs_the_same_demo(argv):
-    _, data_args, _, protocol_args, training_args, _ = train.parse_arguments(argv)
+    _, data_args, _, protocol_args, training_args, _ = parse_arguments(argv)
     expected = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
     assert data_args.demo is True and data_args.label_column == expected["label_column"] == "emotion"
     assert training_args.num_train_epochs == expected["num_train_epochs"] and protocol_args.protocol == "loso"
@@ -697,7 +708,7 @@ def test_parallel_folds_refuse_callbacks_and_counts_below_one(corpus_dir, tmp_pa
         run(corpus_dir, tmp_path / "out", "--folds", "0", "1", "--final_model", "false", "--parallel_folds", "2",
             callbacks=[TrainerCallback()])
     with pytest.raises(SystemExit):
-        train.parse_arguments(["--dataset_name", "x", "--parallel_folds", "0"])
+        parse_arguments(["--dataset_name", "x", "--parallel_folds", "0"])
     assert "--parallel_folds must be at least 1, got 0" in capsys.readouterr().err
 
 
@@ -731,7 +742,7 @@ def test_the_statistics_classifier_is_fitted_in_each_fold_and_its_weight_chosen_
     output = tmp_path / "out"
     run = ["--dataset_name", str(corpus_dir), "--output_dir", str(output), *arguments, "--folds", "0", "1",
            "--final_model", "false", "--statistics_weight_grid", "2", "0", "0.5"]
-    summary = train.main(run)
+    summary = run_train(run)
     names = [fold["fold"] for fold in summary["folds"]]
     folds = {name: json.loads((output / "folds" / name / "results.json").read_text()) for name in names}
     for fold in folds.values():
@@ -752,7 +763,7 @@ def test_the_statistics_classifier_is_fitted_in_each_fold_and_its_weight_chosen_
     assert summary["ua"] == mean_std([folds[name]["ua"] for name in names])
     assert summary["architecture"]["utterance_statistics_classifier"] is True
     assert summary["architecture"]["utterance_statistics_weight"] == choice["weight"]
-    card = render_model_card(train.MODEL_CARD_TEMPLATE, summary, "corpus", None, "model")
+    card = render_model_card(MODEL_CARD_TEMPLATE, summary, "corpus", None, "model")
     network, statistics = (summary[part]["ua"] for part in ("network", "statistics_classifier"))
     assert (f"each alone (UA, mean ± std over folds): the network\n{100 * network['mean']:.2f} ± {100 * network['std']:.2f}, "
             f"the\nstatistics classifier {100 * statistics['mean']:.2f} ± {100 * statistics['std']:.2f}.") in card
@@ -793,7 +804,7 @@ def test_the_statistics_classifier_is_fitted_in_each_fold_and_its_weight_chosen_
         assert folds[name]["network"]["ua"] == pytest.approx(np.mean(recalls), abs=1e-12)
     # Resumed after its folds: they are read back and scored the same.
     (output / "results.json").unlink()
-    assert train.main(run)["ua"] == summary["ua"]
+    assert run_train(run)["ua"] == summary["ua"]
 
 
 def test_speaker_normalization_standardises_each_test_speaker_by_its_own_test_audio(corpus_dir, tmp_path):
@@ -806,7 +817,7 @@ def test_speaker_normalization_standardises_each_test_speaker_by_its_own_test_au
     arguments[position] = json.dumps({**json.loads(arguments[position]), "mfcc_statistics": True,
                                       "utterance_statistics_classifier": True})
     output = tmp_path / "out"
-    summary = train.main(["--dataset_name", str(corpus_dir), "--output_dir", str(output), *arguments, "--folds", "0",
+    summary = run_train(["--dataset_name", str(corpus_dir), "--output_dir", str(output), *arguments, "--folds", "0",
                           "--final_model", "false", "--speaker_normalization", "true"])
     assert summary["architecture"]["speaker_normalization"] is True
     name = summary["folds"][0]["fold"]

@@ -15,8 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 KILLING_TRAIN = """
 import os, sys
 from transformers import TrainerCallback
-sys.path.insert(0, {repo!r})
-import train
+import runpy
 
 class KillOnSave(TrainerCallback):
     # Ends the process the hard way right after the given fold's first checkpoint is saved.
@@ -29,7 +28,8 @@ class KillOnSave(TrainerCallback):
             os._exit(17)
 
 kill_fold = int(os.environ.get("KILL_AT_FOLD", "0"))
-train.main(sys.argv[1:], callbacks=[KillOnSave(kill_fold)] if kill_fold else [])
+main = runpy.run_path({train_script!r})["main"]
+main(sys.argv[1:], callbacks=[KillOnSave(kill_fold)] if kill_fold else [])
 """
 
 
@@ -66,7 +66,7 @@ def test_two_processes_evaluate_every_utterance_exactly_once(corpus_dir, tmp_pat
 
 def run_killable(corpus_dir: Path, output: Path, *extra: str, kill_at_fold: int = 0) -> subprocess.CompletedProcess:
     script = output.parent / "killable_train.py"
-    script.write_text(KILLING_TRAIN.format(repo=str(REPO)))
+    script.write_text(KILLING_TRAIN.format(train_script=str(REPO / "train.py")))
     command = [sys.executable, str(script), "--dataset_name", str(corpus_dir), "--output_dir", str(output), *TINY_TRAIN_ARGS,
                "--folds", "0", "1", "--final_model", "false", "--num_train_epochs", "3", *extra]
     return subprocess.run(command, capture_output=True, text=True, timeout=900,

@@ -8,10 +8,9 @@ import pytest
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-import train
 from msemoboost import MSEmoBoostForSequenceClassification
 from msemoboost.training import StagedUnfreezing, UnfreezeStage
-from tiny import TINY_TRAIN_ARGS, speech_like, tiny_config, tiny_model
+from tiny import TINY_TRAIN_ARGS, run_train, speech_like, tiny_config, tiny_model
 
 
 class RandomUtterances(torch.utils.data.Dataset):
@@ -114,7 +113,7 @@ def test_train_py_runs_the_schedule_by_epoch(corpus_dir, tmp_path):
     arguments = ["--dataset_name", str(corpus_dir), "--output_dir", str(tmp_path / "run"), *TINY_TRAIN_ARGS,
                  "--folds", "0", "--final_model", "false", "--num_train_epochs", "3",
                  "--unfreeze_stages", "epoch:1=top:1", "epoch:2=feature_encoder"]
-    train.main(arguments, callbacks=[probe])
+    run_train(arguments, callbacks=[probe])
     # the tiny train.py backbone has one block: top:1 is block0; "rest" (projection, norms) waits for "all"
     assert probe.per_epoch == [set(), {"block0"}, {"block0", "feature_encoder"}]
     summary = json.loads((tmp_path / "run" / "results.json").read_text())
@@ -126,7 +125,7 @@ def test_train_py_runs_the_schedule_by_epoch(corpus_dir, tmp_path):
 def test_train_py_refuses_bad_schedules(corpus_dir, tmp_path, capsys):
     base = ["--dataset_name", str(corpus_dir), "--output_dir", str(tmp_path / "run"), *TINY_TRAIN_ARGS]
     with pytest.raises(ValueError, match="Cannot read the unfreezing stage 'epoch:1'"):
-        train.main([*base, "--unfreeze_stages", "epoch:1"])
+        run_train([*base, "--unfreeze_stages", "epoch:1"])
     with pytest.raises(SystemExit):
-        train.main([*base, "--unfreeze_stages", "epoch:1=all", "--freeze_backbone", "true"])
+        run_train([*base, "--unfreeze_stages", "epoch:1=all", "--freeze_backbone", "true"])
     assert "cannot be combined with --freeze_backbone true" in capsys.readouterr().err

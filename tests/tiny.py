@@ -2,6 +2,7 @@
 
 import csv
 import json
+import runpy
 from pathlib import Path
 
 import numpy as np
@@ -90,3 +91,12 @@ def say_and_count_threads(message: str) -> int:
     """A job for `run_in_processes` (tests): prints `message` and returns the job's torch thread count."""
     print(message)
     return torch.get_num_threads()
+
+
+TRAIN_SCRIPT = Path(__file__).resolve().parents[1] / "train.py"
+
+
+def run_train(argv: list[str], callbacks=()) -> dict:
+    """train.py's `main(argv, callbacks)`, loaded from the script as `python train.py` runs it (not imported as a
+    module); returns its overall results."""
+    return runpy.run_path(str(TRAIN_SCRIPT))["main"](argv, callbacks)
