@@ -347,12 +347,26 @@ def read_groups(sources: list, read, classifier, extractor) -> tuple[list, dict]
     return [(name, waveform) for name, waveform, _ in readable], normalization
 
 
+def prediction_engine(args) -> tuple:
+    """`(classifier, extractor, config, run)`: the PyTorch model and its feature extractor (None, None under
+    --onnx), the model's config, and `run(waveforms, names, **group_inputs)`, which gives the predictions."""
+    from .inference import load_classifier, predict
+
+    if args.onnx:
+        from .onnx_runtime import ONNXClassifier
+
+        engine = ONNXClassifier(args.onnx, int8=args.quantize == "int8")
+        return None, None, engine.config, engine.predict
+    classifier, extractor = load_classifier(args.model, args.device)
+    return classifier, extractor, classifier.config, partial(predict, classifier, extractor)
+
+
 def run_predict(args) -> int:
     from tqdm.auto import tqdm
 
     import torch
 
-    from .inference import BadAudioError, load_classifier, predict, read_audio
+    from .inference import BadAudioError, read_audio
 
     if args.output and Path(args.output).suffix.lower() not in (".csv", ".json"):
         raise ValueError(f"--output must end in .csv or .json, got {args.output}.")
@@ -360,15 +374,7 @@ def run_predict(args) -> int:
         raise ValueError(f"--batch_size must be at least 1, got {args.batch_size}.")
     sources = recordings(args)
     total = len(sources)
-    if args.onnx:
-        from .onnx_runtime import ONNXClassifier
-
-        engine = ONNXClassifier(args.onnx, int8=args.quantize == "int8")
-        config, run = engine.config, engine.predict
-    else:
-        classifier, extractor = load_classifier(args.model, args.device)
-        config = classifier.config
-        run = partial(predict, classifier, extractor)
+    classifier, extractor, config, run = prediction_engine(args)
     labels = [config.id2label[i] for i in range(config.num_labels)]
     predictions, failures, batch = [], [], []
 

@@ -255,10 +255,11 @@ class MSEmoBoostConfig(PreTrainedConfig):
     ```"""
 
     model_type = "msemoboost"
-    # Extra outputs (a jointly trained SE head's, the statistics' own loss) that `Trainer.predict` must not mistake
-    # for logits.
+    # Extra outputs (a jointly trained SE head's, the statistics' own loss and logits) that `Trainer.predict` must not
+    # mistake for logits.
     keys_to_ignore_at_inference = [
-        "hidden_states", "attentions", "segments_per_utterance", "classification_loss", "statistics_loss", "se_loss"
+        "hidden_states", "attentions", "segments_per_utterance", "classification_loss", "statistics_loss", "se_loss",
+        "statistics_logits",
     ]
     sub_configs_defaults = {"backbone_config": SubConfigSpec(AutoConfig, model_type="wav2vec2")}
 

@@ -18,7 +18,7 @@ mean; both read the same [`~MSEmoBoostModel.segment_grid`]. A batch of very uneq
 graph the silence slots of its short utterances; classify long recordings one at a time. The STFTs: a four-step FFT
 of matrix products ([`~MSEmoBoostPowerSpectrogram.use_matmul_fft`]) instead of `torch.stft`; the two round
 differently in float32, so the STFT of the whole-utterance MFCC, whose statistics a fitted statistics classifier reads
-steeply, runs in float64 in both paths (`modeling_msemoboost.UTTERANCE_FFT_DTYPE`) and rounds to the same float32
+steeply, runs in float64 in both paths (`modeling_statistics.UTTERANCE_FFT_DTYPE`) and rounds to the same float32
 power. And the backbone's per-channel group norm, summed in two levels (`channel_norm_in_two_levels`).
 
 `--quantize int8` adds `model.int8.onnx`: ONNX Runtime's dynamic quantisation (int8 weights, activations quantised

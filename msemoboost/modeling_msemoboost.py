@@ -15,10 +15,11 @@ Data flow for one utterance, in the order this file defines it:
    segments' log-probabilities into the utterance's prediction.
 6. Optionally (`config.utterance_statistics_classifier`, not in the paper), `MSEmoBoostStatisticsClassifier`
    classifies the whole utterance's MFCC and prosody statistics (with `config.utterance_distribution_statistics`,
-   also the shape of their distributions), and its log-probabilities join the utterance's.
+   also the shape of their distributions), and its log-probabilities join the utterance's at inference
+   (`statistics_logits` in the output says when). The statistics live in `modeling_statistics.py`.
 7. Optionally (`config.use_se_head`, not in the paper), `MSEmoBoostSpeechEnhancementHead` reads the same frames
    `X_w` and predicts the clean magnitude spectrogram of the segment, for joint SER + speech-enhancement training
-   on noisy audio.
+   on noisy audio (`modeling_enhancement.py`).
 """
 
 import warnings
@@ -40,6 +41,15 @@ from .acoustic_features import (
     pre_emphasis,
 )
 from .configuration_msemoboost import MSEmoBoostConfig
+from .modeling_enhancement import MSEmoBoostSpeechEnhancement, MSEmoBoostSpeechEnhancementHead
+from .modeling_statistics import (
+    NUM_PROSODY_DISTRIBUTION_STATISTICS,
+    NUM_PROSODY_STATISTICS,
+    MSEmoBoostMFCCStatistics,
+    MSEmoBoostStatisticsClassifier,
+    MSEmoBoostStatisticsHead,
+    masked_mean_std,
+)
 
 
 logger = logging.get_logger(__name__)
@@ -47,18 +57,6 @@ logger = logging.get_logger(__name__)
 # The logit that `class_mask` gives the classes it leaves out: low enough that their softmax probability is exactly 0
 # in float32, finite so that a zero target times its log-probability stays 0.
 LOGIT_EXCLUDED = -1.0e4
-
-# What `config.prosody_statistics` adds per segment (`MSEmoBoostMFCCEncoder.prosody_statistics`).
-NUM_PROSODY_STATISTICS = 9
-NUM_PROSODY_DISTRIBUTION_STATISTICS = 11  # config.utterance_distribution_statistics with prosody_statistics
-# The dtype of the whole-utterance MFCC's STFT (`MSEmoBoostMFCCEncoder.utterance_statistics`). The MFCC's medians
-# and percentiles read the weak bins of the spectrum, which a float32 FFT gets only to a digit or two, and a fitted
-# statistics classifier reads them steeply (up to 25 logits per unit): on the CPU preset's trained models two float32
-# FFTs (torch.stft's and the ONNX graph's) gave logits up to 2.8e-4 apart, torch.stft's up to 1.6e-4 from exact. In
-# float64 every bin is its exact power rounded to float32: 6.9e-5 apart at worst. The prosody's STFT and the segments'
-# features, where float64 made no measurable difference, stay float32. It costs the CPU preset's model about 1.2x its
-# time; models without the statistics classifier never compute this (BENCHMARKS.md section 4).
-UTTERANCE_FFT_DTYPE = torch.float64
 
 
 @dataclass
@@ -124,7 +122,7 @@ class MSEmoBoostSequenceClassifierOutput(ModelOutput):
         logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`):
             For each utterance, the mean of its segments' log-probabilities (single-label classification; `softmax`
             gives class probabilities), or the mean of its segments' raw outputs (multi-label classification and
-            regression, `config.problem_type`).
+            regression, `config.problem_type`); plus `statistics_logits` when that is returned.
         classification_loss (`torch.FloatTensor` of shape `()`, *optional*):
             The classification part of `loss`, returned when the SE loss or the statistics loss is too.
         statistics_loss (`torch.FloatTensor` of shape `()`, *optional*):
@@ -141,6 +139,11 @@ class MSEmoBoostSequenceClassifierOutput(ModelOutput):
         segments_per_utterance (`torch.LongTensor` of shape `(batch_size,)`):
             How many consecutive rows of the per-segment tensors (`hidden_states`, `attentions`) belong to each
             utterance.
+        statistics_logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`, *optional*):
+            What `logits` holds besides the network's: the fitted statistics classifier's log-probabilities times
+            `config.utterance_statistics_weight` (`config.utterance_statistics_classifier`). Returned, and added to
+            `logits`, in `eval()` mode only (the classifier is fitted after training, never by the loss) and at a
+            weight above 0; otherwise None, and `logits` is the network's alone.
     """
 
     loss: torch.FloatTensor | None = None
@@ -151,6 +154,7 @@ class MSEmoBoostSequenceClassifierOutput(ModelOutput):
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
     segments_per_utterance: torch.LongTensor | None = None
+    statistics_logits: torch.FloatTensor | None = None
 
 
 def compute_dtype(module: nn.Module) -> torch.dtype:
@@ -177,63 +181,6 @@ class MSEmoBoostSelfAttention(nn.Module):
         return hidden_states + F.scaled_dot_product_attention(query, key, value)[:, 0]
 
 
-def masked_mean_std(values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and standard deviation over dim 1 of `values` `(batch, time, channels)`, counting only the steps where
-    `mask` `(batch, time, 1)` is 1: two tensors `(batch, channels)`. The deviation is `sqrt(variance + 1e-5)`; a row
-    with no step counted gives a mean of 0 (not NaN)."""
-    count = mask.sum(1).clamp(min=1)
-    mean = (values * mask).sum(1) / count
-    variance = ((values - mean[:, None]).square() * mask).sum(1) / count
-    return mean, torch.sqrt(variance + 1e-5)
-
-
-def masked_skewness_kurtosis(values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Skewness and excess kurtosis over dim 1 of `values` `(batch, time, channels)`, counting only the steps where
-    `mask` `(batch, time, 1)` is 1, as `scipy.stats.skew` and `scipy.stats.kurtosis` compute them (biased moments):
-    two tensors `(batch, channels)`. A channel without spread (a constant, or no step counted) gets 0 for both, where
-    scipy gives NaN."""
-    count = mask.sum(1).clamp(min=1)
-    mean = (values * mask).sum(1) / count
-    centred = (values - mean[:, None]) * mask
-    second = centred.square().sum(1) / count
-    third = (centred.square() * centred).sum(1) / count
-    fourth = centred.square().square().sum(1) / count
-    spread = second > 1e-10 * (mean.square() + 1)  # above float32 rounding of a constant's deviations
-    second = torch.where(spread, second, 1.0)
-    zero = torch.zeros_like(mean)
-    return (torch.where(spread, third / second.pow(1.5), zero), torch.where(spread, fourth / second.square() - 3, zero))
-
-
-def masked_quantiles(values: torch.Tensor, mask: torch.Tensor, quantiles: tuple[float, ...]) -> list[torch.Tensor]:
-    """The `quantiles` (each in [0, 1]) over dim 1 of `values` `(batch, time, channels)`, counting only the steps
-    where `mask` `(batch, time, 1)` is 1, as `numpy.quantile` computes them (linear interpolation between the
-    nearest ranks): one tensor `(batch, channels)` per quantile. A row with no step counted gives 0."""
-    count = mask.sum(1)  # (batch, 1)
-    ordered = values.masked_fill(mask == 0, torch.inf).sort(dim=1).values  # the counted steps first, ascending
-    last = (count - 1).clamp(min=0)
-    results = []
-    for quantile in quantiles:
-        position = quantile * last
-        low = position.floor()
-        high = torch.minimum(low + 1, last)
-        lower = ordered.gather(1, low.long()[:, None].expand(-1, 1, values.shape[-1]))[:, 0]
-        upper = ordered.gather(1, high.long()[:, None].expand(-1, 1, values.shape[-1]))[:, 0]
-        value = lower + (upper - lower) * (position - low)
-        results.append(torch.where(count > 0, value, torch.zeros_like(value)))
-    return results
-
-
-def masked_slope(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """The slope of the least-squares straight line through the counted steps of `values` `(batch, time,
-    channels)` (those where `mask` `(batch, time, 1)` is 1), against their ranks rescaled to [-1, 1]: `(batch,
-    channels)`, half the fitted line's change from the first counted step to the last. 0 with fewer than two steps."""
-    count = mask.sum(1, keepdim=True)  # (batch, 1, 1)
-    rank = mask.cumsum(1) - 1
-    time = (2 * rank / (count - 1).clamp(min=1) - 1) * mask * (count > 1).to(mask.dtype)
-    mean = (values * mask).sum(1) / count[:, 0].clamp(min=1)
-    return (time * (values - mean[:, None])).sum(1) / time.square().sum(1).clamp(min=1e-9)
-
-
 class MSEmoBoostPooledNormalization(nn.BatchNorm1d):
     """Standardises each dimension of a per-segment feature: the pooled SSL feature `X'_w`
     (`config.pooled_normalization="batch_norm"`) or the MFCC statistics (`config.mfcc_statistics`). Batch statistics
@@ -251,7 +198,7 @@ class MSEmoBoostPooledNormalization(nn.BatchNorm1d):
         return super().forward(pooled)
 
 
-class MSEmoBoostMFCCEncoder(nn.Module):
+class MSEmoBoostMFCCEncoder(MSEmoBoostMFCCStatistics, nn.Module):
     """MFCC guidance branch: MFCC → L2 norm over coefficients (or per-coefficient standardisation) → Bi-LSTM →
     residual self-attention → (optional average pool over time) → flatten → dropout → linear → ReLU.
 
@@ -316,109 +263,6 @@ class MSEmoBoostMFCCEncoder(nn.Module):
             return F.normalize(mfcc, dim=-1)
         mean, std = masked_mean_std(mfcc, mask)
         return (mfcc - mean[:, None]) / std[:, None] * mask
-
-    def statistics(self, mfcc: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """`(num_segments, num_mfcc_frames, num_mfcc)` → `(num_segments, 3 * num_mfcc)`: per coefficient, the mean
-        and standard deviation over the frames that hold audio, and the standard deviation of the change between
-        consecutive such frames."""
-        mean, std = masked_mean_std(mfcc, mask)
-        _, delta_std = masked_mean_std(mfcc[:, 1:] - mfcc[:, :-1], mask[:, 1:] * mask[:, :-1])
-        return torch.cat([mean, std, delta_std], dim=-1)
-
-    def loud_and_voiced(self, frames: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """[`MSEmoBoostProsody`]'s frames `(num_segments, num_frames, 3)` and the `frame_mask` of the frames to count
-        → two masks of the same shape as `mask`: the loud frames (within `energy_floor_db` of the loudest counted
-        frame) and the voiced ones (voicing strength above `voicing_threshold`, energy within `voicing_floor_db` of
-        the loudest)."""
-        strength, energy = frames[..., 1:2], frames[..., 2:3]
-        loudest = energy.masked_fill(mask == 0, -torch.inf).amax(1, keepdim=True)
-        loud = mask * (energy > loudest - self.energy_floor_db).to(mask.dtype)
-        voiced = mask * ((strength > self.voicing_threshold) & (energy > loudest - self.voicing_floor_db)).to(mask.dtype)
-        return loud, voiced
-
-    def distribution_shape_statistics(
-        self, mfcc: torch.Tensor, prosody_frames: torch.Tensor | None, mask: torch.Tensor
-    ) -> torch.Tensor:
-        """The statistics of `config.utterance_distribution_statistics`, `(batch_size, 6 * num_mfcc (with
-        mfcc_statistics) + 11 (with prosody_statistics))`, from the MFCC `(batch_size, num_frames, num_mfcc)`, the
-        prosody's frames `(batch_size, num_frames, 3)` (or None) and the mask of the frames to count `(batch_size,
-        num_frames, 1)`: per MFCC coefficient, its skewness, excess kurtosis, 10th, 50th and 90th percentiles and
-        slope over the frames (`masked_slope`); then the 5th, 50th and 95th percentiles of the pitch over voiced
-        frames, its 5th-to-95th range and slope, the same three percentiles and the slope of the energy over loud
-        frames, and the skewness of the pitch and of the energy (see `loud_and_voiced`)."""
-        statistics = []
-        if self.mfcc_statistics:
-            skewness, kurtosis = masked_skewness_kurtosis(mfcc, mask)
-            statistics += [skewness, kurtosis, *masked_quantiles(mfcc, mask, (0.1, 0.5, 0.9)), masked_slope(mfcc, mask)]
-        if prosody_frames is not None:
-            loud, voiced = self.loud_and_voiced(prosody_frames, mask)
-            pitch, energy = prosody_frames[..., :1], prosody_frames[..., 2:3]
-            pitch_low, pitch_median, pitch_high = masked_quantiles(pitch, voiced, (0.05, 0.5, 0.95))
-            statistics += [pitch_low, pitch_median, pitch_high, pitch_high - pitch_low, masked_slope(pitch, voiced),
-                           *masked_quantiles(energy, loud, (0.05, 0.5, 0.95)), masked_slope(energy, loud),
-                           masked_skewness_kurtosis(pitch, voiced)[0], masked_skewness_kurtosis(energy, loud)[0]]
-        return torch.cat(statistics, dim=-1)
-
-    def prosody_statistics(self, frames: torch.Tensor, mask: torch.Tensor, lengths: torch.LongTensor) -> torch.Tensor:
-        """[`MSEmoBoostProsody`]'s frames `(num_segments, num_frames, 3)` (pitch in semitones, voicing strength,
-        energy in dB), the `frame_mask` `(num_segments, num_frames, 1)` of the frames that hold audio and the segments'
-        lengths in samples → `(num_segments, 9)`: the pitch's mean, standard deviation and frame-to-frame standard
-        deviation over voiced frames (consecutive pairs for the last), the mean voicing strength over voiced frames,
-        the voiced fraction of the frames that hold audio, the energy's mean, standard deviation and frame-to-frame
-        standard deviation over the loud frames (within `energy_floor_db` of the segment's loudest), and the
-        fraction of the segment that holds audio. A frame is voiced when it holds audio, its voicing strength
-        exceeds `voicing_threshold` and its energy is within `voicing_floor_db` of the loudest. A segment without
-        voiced frames gets 0 for the pitch's statistics and the strength."""
-        pitch, strength, energy = (frames[..., index : index + 1] for index in range(3))
-        loud, voiced = self.loud_and_voiced(frames, mask)
-        pairs = voiced[:, 1:] * voiced[:, :-1]
-        pitch_mean, pitch_std = masked_mean_std(pitch, voiced)
-        _, pitch_change = masked_mean_std(pitch[:, 1:] - pitch[:, :-1], pairs)
-        strength_mean, _ = masked_mean_std(strength, voiced)
-        energy_mean, energy_std = masked_mean_std(energy, loud)
-        _, energy_change = masked_mean_std(energy[:, 1:] - energy[:, :-1], loud[:, 1:] * loud[:, :-1])
-        voiced_fraction = voiced.sum(1) / mask.sum(1).clamp(min=1)
-        audio_fraction = (lengths.to(frames.dtype) / self.segment_samples)[:, None]
-        has_voice = (voiced.sum(1) > 0).to(frames.dtype)  # masked_mean_std's std is sqrt(1e-5) on an empty set
-        return torch.cat([pitch_mean, pitch_std * has_voice, pitch_change * (pairs.sum(1) > 0).to(frames.dtype),
-                          strength_mean, voiced_fraction, energy_mean, energy_std, energy_change, audio_fraction], dim=-1)
-
-    def segment_statistics(
-        self,
-        waveform: torch.Tensor,
-        mfcc: torch.Tensor,
-        mask: torch.Tensor,
-        lengths: torch.LongTensor,
-        prosody_frames: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """The statistics that `config.mfcc_statistics` and `config.prosody_statistics` ask for, side by side, before
-        their standardisation: `(num_segments, number of statistics)`, from the segments' waveforms, their MFCC, the
-        `frame_mask`, the lengths in samples and, if already computed, the prosody's frames."""
-        statistics = [self.statistics(mfcc, mask)] if self.mfcc_statistics else []
-        if self.prosody is not None:  # the same frames as the MFCC's: same hop, centred
-            if prosody_frames is None:
-                prosody_frames = self.prosody(waveform)
-            statistics.append(self.prosody_statistics(prosody_frames, mask, lengths))
-        return torch.cat(statistics, dim=-1)
-
-    def utterance_statistics(self, waveform: torch.Tensor, lengths: torch.LongTensor) -> torch.Tensor:
-        """Pre-emphasised whole utterances `(batch_size, num_samples)`, right-padded, and their lengths in samples
-        `(batch_size,)` → the statistics of `segment_statistics` over each whole utterance, before standardisation,
-        followed by those of `distribution_shape_statistics` with `config.utterance_distribution_statistics`:
-        `(batch_size, num_utterance_statistics)`. They are taken over the frames whose analysis windows lie within
-        the utterance (and the first frame, for an utterance shorter than half a window), which do not see the
-        padding; the prosody's audio fraction is the utterance's length over one segment's.
-
-        The MFCC's STFT is computed in float64 (`UTTERANCE_FFT_DTYPE`), then rounded to float32."""
-        mfcc = self.mfcc(waveform, UTTERANCE_FFT_DTYPE)
-        half_window = max(self.mfcc.n_fft, self.prosody.n_fft if self.prosody is not None else 0) // 2
-        frames = torch.arange(mfcc.shape[1], device=mfcc.device)
-        inside = ((frames * self.hop_length + half_window <= lengths[:, None]) | (frames == 0)).to(mfcc.dtype)[..., None]
-        prosody_frames = self.prosody(waveform) if self.prosody is not None else None
-        statistics = self.segment_statistics(waveform, mfcc, inside, lengths, prosody_frames)
-        if self.distribution_statistics:
-            statistics = torch.cat([statistics, self.distribution_shape_statistics(mfcc, prosody_frames, inside)], -1)
-        return statistics
 
     def forward(
         self, waveform: torch.Tensor, lengths: torch.LongTensor, return_statistics: bool = False
@@ -612,77 +456,6 @@ def segment_bounds(lengths: torch.LongTensor, segment_samples: int) -> tuple[tor
     starts, segment_lengths, segments_per_utterance = segment_slots(lengths, num_slots, segment_samples)
     keep = torch.arange(num_slots, device=lengths.device) < segments_per_utterance[:, None]
     return starts[keep], segment_lengths[keep], segments_per_utterance
-
-
-class MSEmoBoostStatisticsClassifier(nn.Module):
-    """A linear classifier on the whole utterance's statistics (`config.utterance_statistics_classifier`): the
-    statistics are standardised with `mean` and `scale` (the training data's), then `weight` and `bias` give the
-    logits. All four are buffers, not parameters: the classifier is fitted after training, as a convex logistic
-    regression (`msemoboost.statistics_fusion.fit_statistics_classifier`), never by gradient. Until fitted its
-    weights are 0, a uniform distribution.
-
-    Forward inputs: `statistics` of shape `(batch_size, num_statistics)`; optionally each utterance's own `mean` and
-    `scale` `(batch_size, num_statistics)` to standardise it with instead (its group's, `config.speaker_normalization`).
-    Forward output: log-probabilities of shape `(batch_size, num_labels)`.
-    """
-
-    def __init__(self, num_statistics: int, num_labels: int):
-        super().__init__()
-        self.register_buffer("mean", torch.zeros(num_statistics))
-        self.register_buffer("scale", torch.ones(num_statistics))
-        self.register_buffer("weight", torch.zeros(num_labels, num_statistics))
-        self.register_buffer("bias", torch.zeros(num_labels))
-
-    def forward(
-        self, statistics: torch.Tensor, mean: torch.Tensor | None = None, scale: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        mean = self.mean if mean is None else mean
-        scale = self.scale if scale is None else scale
-        standardised = (statistics - mean) / scale
-        return F.linear(standardised, self.weight, self.bias).log_softmax(-1)
-
-    def group_statistics(self, statistics: torch.Tensor, group_ids: torch.Tensor, min_utterances: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each utterance's group's mean and standard deviation of `statistics` `(batch_size, num_statistics)`, over
-        the utterances that share its id in `group_ids` `(batch_size,)`, as `(mean, scale)`, each `(batch_size,
-        num_statistics)`. An utterance whose id is negative, or whose group has fewer than `min_utterances`, gets
-        the training data's `mean` and `scale`; so does a statistic that is constant over a group (its scale)."""
-        mean = self.mean.to(statistics.dtype).expand_as(statistics).clone()
-        scale = self.scale.to(statistics.dtype).expand_as(statistics).clone()
-        for group in torch.unique(group_ids):
-            rows = group_ids == group
-            if group < 0 or int(rows.sum()) < min_utterances:
-                continue
-            values = statistics[rows].double()
-            deviation = values.std(0, correction=0)
-            mean[rows] = values.mean(0).to(statistics.dtype)
-            scale[rows] = torch.where(deviation > 0, deviation.to(statistics.dtype), scale[rows])
-        return mean, scale
-
-
-class MSEmoBoostSpeechEnhancementHead(nn.Module):
-    """A light speech-enhancement head on the SSL frames: a two-layer perceptron per frame.
-
-    It predicts, for each backbone frame, either a mask in `[0, 1]` over the noisy magnitude spectrum
-    (`se_target="mask"`) or the clean magnitude spectrum compressed by `se_compression` (`"magnitude"`).
-
-    Forward inputs: `frame_features` `(num_segments, num_frames, hidden_size)` and the noisy magnitudes
-    `noisy_magnitude` `(num_segments, num_frames, num_bins)`, `num_bins = n_fft // 2 + 1` of
-    [`MSEmoBoostFrameSTFT`]. Forward output: the estimated clean magnitude `(num_segments, num_frames, num_bins)`.
-    """
-
-    def __init__(self, config: MSEmoBoostConfig):
-        super().__init__()
-        self.target = config.se_target
-        self.compression = config.se_compression
-        self.dense = nn.Linear(config.backbone_config.hidden_size, config.se_hidden_size)
-        self.activation = nn.GELU()
-        self.output = nn.Linear(config.se_hidden_size, config.min_input_samples // 2 + 1)
-
-    def forward(self, frame_features: torch.Tensor, noisy_magnitude: torch.Tensor) -> torch.Tensor:
-        prediction = self.output(self.activation(self.dense(frame_features))).float()
-        if self.target == "mask":
-            return torch.sigmoid(prediction) * noisy_magnitude
-        return F.softplus(prediction).pow(1.0 / self.compression)
 
 
 class MSEmoBoostPreTrainedModel(PreTrainedModel):
@@ -1065,7 +838,7 @@ class MSEmoBoostModel(MSEmoBoostPreTrainedModel):
         return output if return_dict else output.to_tuple()
 
 
-class MSEmoBoostForSequenceClassification(MSEmoBoostPreTrainedModel):
+class MSEmoBoostForSequenceClassification(MSEmoBoostStatisticsHead, MSEmoBoostSpeechEnhancement, MSEmoBoostPreTrainedModel):
     """MS-EmoBoost with its linear emotion classifier (eq. 13), and optionally a speech-enhancement head.
 
     Each segment is classified; an utterance's `logits` are the mean of its segments' log-softmax outputs, as the
@@ -1128,43 +901,28 @@ class MSEmoBoostForSequenceClassification(MSEmoBoostPreTrainedModel):
             labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
                 Class index of each utterance, in `[0, config.num_labels)`.
             clean_input_values (`torch.FloatTensor` of shape `(batch_size, num_samples)`, *optional*):
-                The clean speech that `input_values` is a noisy version of, on the same scale and padding: the SE
-                head's target. Ignored without `config.use_se_head`.
-            output_hidden_states (`bool`, *optional*):
-                Return the backbone's hidden states of every segment.
-            return_dict (`bool`, *optional*):
-                Return a [`MSEmoBoostSequenceClassifierOutput`] rather than a tuple.
-            output_attentions (`bool`, *optional*):
-                Return the backbone's attention weights of every segment.
+                With `config.use_se_head`: the clean speech of which `input_values` is a noisy version, padded alike.
+            output_hidden_states, output_attentions, return_dict (`bool`, *optional*):
+                Return the backbone's hidden states or attention weights of every segment; a `ModelOutput`.
             class_mask (`torch.BoolTensor` of shape `(batch_size, num_labels)`, *optional*):
-                For training on several corpora: the classes each utterance's corpus has. Its loss is the
-                cross-entropy over those classes only (the others are left out of its softmax), so that a class that
-                only some corpora have is not learnt as "not that corpus". Single-label classification only; the
-                `logits` are not changed. (Its name holds no "label": `Trainer` takes every forward argument whose
-                name does for a label, and would then evaluate a batch without it as unlabelled.)
+                Training on several corpora: the classes each utterance's corpus has. Its loss is the cross-entropy
+                over those only, so that a class some corpora lack is not learnt as "not that corpus"; `logits` are
+                unchanged. (No "label" in its name: `Trainer` takes such arguments for labels.)
             group_ids (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
-                With `config.speaker_normalization`: each utterance's group (speaker, session, corpus). The
-                statistics classifier reads each utterance's statistics standardised by those of the batch's
-                utterances of its group; a negative id, or a group of fewer than
-                `config.speaker_normalization_min_utterances` in the batch, is standardised by the training data's.
-            group_mean (`torch.FloatTensor` of shape `(batch_size, num_statistics)`, *optional*):
-                With `config.speaker_normalization`, instead of `group_ids`: each utterance's group's mean of the
-                utterance statistics, computed beforehand over the whole group (see
-                [`~MSEmoBoostForSequenceClassification.group_normalization`]), for a group larger than a batch.
-            group_scale (`torch.FloatTensor` of shape `(batch_size, num_statistics)`, *optional*):
-                The standard deviations that go with `group_mean`.
+                With `config.speaker_normalization`: each utterance's group (speaker, session). The statistics
+                classifier reads its statistics standardised over the batch's utterances of its group; a negative
+                id, or a group of fewer than `config.speaker_normalization_min_utterances`, by the training data's.
+            group_mean, group_scale (`torch.FloatTensor` of shape `(batch_size, num_statistics)`, *optional*):
+                Instead of `group_ids`, for a group larger than a batch: each utterance's group's mean and standard
+                deviation of the statistics, computed beforehand ([`~MSEmoBoostStatisticsHead.group_normalization`]).
             kwargs:
-                Other keyword arguments (such as those `Trainer` may pass) are accepted and ignored, except
-                `label_mask`, the former name of `class_mask`, which is used as `class_mask` with a `FutureWarning`.
+                Ignored (`Trainer` may pass some), but `label_mask`, the former `class_mask`, with a `FutureWarning`.
 
         Returns:
-            [`MSEmoBoostSequenceClassifierOutput`] with `logits` of shape `(batch_size, num_labels)`: for each
-            utterance, the mean of its segments' log-probabilities (for a one-segment utterance, its
-            log-probabilities); `softmax` of them gives normalised class probabilities. With
-            `config.utterance_statistics_classifier`, in `eval()` mode, the statistics classifier's log-probabilities
-            (times `config.utterance_statistics_weight`; with `config.speaker_normalization`, of the statistics
-            standardised by group) are added; the `loss` is the network's, without them. `loss`
-            is given when `labels` (or, with the SE head, `clean_input_values`) is.
+            [`MSEmoBoostSequenceClassifierOutput`]: `logits` `(batch_size, num_labels)`, each utterance's mean of its
+            segments' log-probabilities, plus, in `eval()` mode, the statistics classifier's weighted
+            log-probabilities (`statistics_logits`); `loss` (the network's) when `labels` or `clean_input_values` is
+            given.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         if kwargs.get("label_mask") is not None:
@@ -1173,7 +931,6 @@ class MSEmoBoostForSequenceClassification(MSEmoBoostPreTrainedModel):
             warnings.warn("label_mask is deprecated: pass class_mask instead.", FutureWarning, stacklevel=2)
             class_mask = kwargs["label_mask"]
         grouping = self.checked_grouping(input_values.shape[0], group_ids, group_mean, group_scale)
-        train_se = self.se_head is not None and clean_input_values is not None
         outputs = self.msemoboost(
             input_values,
             attention_mask=attention_mask,
@@ -1183,12 +940,37 @@ class MSEmoBoostForSequenceClassification(MSEmoBoostPreTrainedModel):
         )
         segment_logits = self.classifier(outputs.segment_features)
         logits = self.utterance_logits(segment_logits, outputs.segments_per_utterance)
+        losses = self.losses(outputs, segment_logits, logits, labels, class_mask, input_values, clean_input_values,
+                             attention_mask)
         # The statistics classifier is fitted after training, not by the loss: its log-probabilities join the logits
         # only at inference, after the loss is computed (and not at all at weight 0, where they would add nothing).
-        fuse_statistics = (
-            self.statistics_classifier is not None and not self.training and self.config.utterance_statistics_weight != 0
+        statistics_logits = None
+        if self.statistics_classifier is not None and not self.training and self.config.utterance_statistics_weight != 0:
+            statistics_logits = self.statistics_logits(input_values, attention_mask, **grouping)
+            logits = logits + statistics_logits
+        output = MSEmoBoostSequenceClassifierOutput(
+            logits=logits,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            segments_per_utterance=outputs.segments_per_utterance,
+            statistics_logits=statistics_logits,
+            **losses,
         )
+        return output if return_dict else output.to_tuple()
 
+    def losses(
+        self,
+        outputs: MSEmoBoostModelOutput,
+        segment_logits: torch.Tensor,
+        logits: torch.Tensor,
+        labels: torch.Tensor | None,
+        class_mask: torch.Tensor | None,
+        input_values: torch.Tensor,
+        clean_input_values: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+    ) -> dict:
+        """`forward`'s `loss` and its parts (`classification_loss`, `statistics_loss`, `se_loss`), from the base model's
+        `outputs`, the segments' and utterances' logits (before any statistics classifier) and `forward`'s inputs."""
         classification_loss = statistics_loss = se_loss = None
         if labels is not None:
             classification_loss = self.classification_loss(
@@ -1198,7 +980,7 @@ class MSEmoBoostForSequenceClassification(MSEmoBoostPreTrainedModel):
                 statistics_loss = self.statistics_loss(
                     outputs.segment_features, labels, outputs.segments_per_utterance, class_mask=class_mask
                 )
-        if train_se:
+        if self.se_head is not None and clean_input_values is not None:
             if clean_input_values.shape != input_values.shape:
                 raise ValueError(
                     f"clean_input_values has shape {tuple(clean_input_values.shape)} but input_values has shape "
@@ -1207,132 +989,18 @@ class MSEmoBoostForSequenceClassification(MSEmoBoostPreTrainedModel):
             se_loss = self.speech_enhancement_loss(
                 input_values, clean_input_values, attention_mask, outputs.last_hidden_state, outputs.frame_mask
             )
-
-        if fuse_statistics:
-            logits = logits + self.statistics_logits(input_values, attention_mask, **grouping)
-
-        losses = [
+        terms = [
             classification_loss,
             None if statistics_loss is None else self.config.statistics_loss_weight * statistics_loss,
             None if se_loss is None else self.config.se_loss_weight * se_loss,
         ]
-        losses = [term for term in losses if term is not None]
-        output = MSEmoBoostSequenceClassifierOutput(
-            loss=sum(losses) if losses else None,
-            logits=logits,
-            classification_loss=classification_loss if len(losses) > 1 else None,
-            statistics_loss=statistics_loss,
-            se_loss=se_loss,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-            segments_per_utterance=outputs.segments_per_utterance,
-        )
-        return output if return_dict else output.to_tuple()
-
-    def statistics_loss(
-        self,
-        segment_features: torch.Tensor,
-        labels: torch.Tensor,
-        segments_per_utterance: torch.LongTensor,
-        class_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """With `config.classify_statistics`: the [`~MSEmoBoostForSequenceClassification.classification_loss`] of the
-        logits that the classifier gives the statistics alone, from its columns for them (the last
-        `num_statistics` of `segment_features` `(num_segments, feature_size)`) and its bias: a linear classifier
-        on the statistics, trained as one."""
-        num_statistics = self.msemoboost.num_classified_statistics
-        segment_logits = F.linear(
-            segment_features[:, -num_statistics:], self.classifier.weight[:, -num_statistics:], self.classifier.bias
-        )
-        logits = self.utterance_logits(segment_logits, segments_per_utterance)
-        return self.classification_loss(segment_logits, logits, labels, segments_per_utterance, class_mask=class_mask)
-
-    def utterance_statistics(self, input_values: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """The MFCC and prosody statistics of each whole utterance that `config.utterance_statistics_classifier`
-        classifies, `(batch_size, num_statistics)`, from raw waveforms `(batch_size, num_samples)` and their
-        `attention_mask` (see [`~MSEmoBoostMFCCEncoder.utterance_statistics`])."""
-        encoder = self.msemoboost.mfcc_encoder
-        if encoder is None or not encoder.num_statistics:
-            raise ValueError("utterance_statistics() needs config.mfcc_statistics or config.prosody_statistics.")
-        lengths = self.msemoboost.utterance_lengths(input_values, attention_mask)
-        return self.statistics_of_lengths(input_values, lengths)
-
-    def statistics_of_lengths(self, input_values: torch.Tensor, lengths: torch.LongTensor) -> torch.Tensor:
-        """[`~MSEmoBoostForSequenceClassification.utterance_statistics`] from raw waveforms and their lengths in
-        samples `(batch_size,)`, already checked: the computation that the ONNX graph shares."""
-        emphasised = pre_emphasis(input_values, self.config.pre_emphasis)
-        return self.msemoboost.mfcc_encoder.utterance_statistics(emphasised, lengths)
-
-    def statistics_logits(
-        self,
-        input_values: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        group_ids: torch.Tensor | None = None,
-        group_mean: torch.Tensor | None = None,
-        group_scale: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """What `config.utterance_statistics_classifier` adds to the utterance `logits` at inference: the statistics
-        classifier's log-probabilities for each whole utterance, times `config.utterance_statistics_weight`,
-        `(batch_size, num_labels)`, from raw waveforms `(batch_size, num_samples)` and their `attention_mask`
-        (and, with `config.speaker_normalization`, their groups, as in `forward`)."""
-        if self.statistics_classifier is None:
-            raise ValueError("statistics_logits() needs config.utterance_statistics_classifier=True.")
-        statistics = self.utterance_statistics(input_values, attention_mask)
-        if group_ids is not None:
-            group_mean, group_scale = self.group_normalization(statistics, group_ids)
-        return self.weighted_statistics_log_probabilities(statistics, group_mean, group_scale)
-
-    def weighted_statistics_log_probabilities(
-        self, statistics: torch.Tensor, group_mean: torch.Tensor | None = None, group_scale: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """The statistics classifier's log-probabilities of `statistics` `(batch_size, num_statistics)` (standardised
-        by `group_mean` and `group_scale` when given, else by the training data's), times
-        `config.utterance_statistics_weight`: `(batch_size, num_labels)`."""
-        return self.config.utterance_statistics_weight * self.statistics_classifier(statistics, group_mean, group_scale)
-
-    def group_normalization(self, statistics: torch.Tensor, group_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """With `config.speaker_normalization`: the `(group_mean, group_scale)` of each utterance, each `(batch_size,
-        num_statistics)`, over the utterances of its group among `statistics` `(batch_size, num_statistics)` (from
-        [`~MSEmoBoostForSequenceClassification.utterance_statistics`]) with `group_ids` `(batch_size,)`. To
-        normalise a group larger than a batch, compute its utterances' statistics batch by batch, call this once on
-        all of them, and give each batch its rows of the result in `forward`."""
-        self.checked_grouping(statistics.shape[0], group_ids, None, None)
-        return self.statistics_classifier.group_statistics(
-            statistics, group_ids.to(statistics.device), self.config.speaker_normalization_min_utterances
-        )
-
-    def checked_grouping(
-        self,
-        batch_size: int,
-        group_ids: torch.Tensor | None,
-        group_mean: torch.Tensor | None,
-        group_scale: torch.Tensor | None,
-    ) -> dict:
-        """The `forward` inputs for speaker normalisation, checked against the model and the batch."""
-        given = {name: value for name, value in (("group_ids", group_ids), ("group_mean", group_mean),
-                                                 ("group_scale", group_scale)) if value is not None}
-        if not given:
-            return {}
-        if not self.config.speaker_normalization:
-            raise ValueError(
-                f"{' and '.join(given)} given, but this model does not normalise by group: it was built without "
-                "config.speaker_normalization (train it with --speaker_normalization true)."
-            )
-        if group_ids is not None and (group_mean is not None or group_scale is not None):
-            raise ValueError("Give group_ids, or group_mean and group_scale computed beforehand, not both.")
-        if group_ids is not None:
-            if tuple(group_ids.shape) != (batch_size,) or group_ids.is_floating_point():
-                raise ValueError(f"group_ids must hold one integer id per utterance, shape ({batch_size},); got shape "
-                                 f"{tuple(group_ids.shape)} of dtype {group_ids.dtype}.")
-            return {"group_ids": group_ids}
-        shape = (batch_size, self.statistics_classifier.mean.numel())
-        if group_mean is None or group_scale is None or tuple(group_mean.shape) != shape or tuple(group_scale.shape) != shape:
-            raise ValueError(
-                f"group_mean and group_scale go together, each of shape (batch_size, num_statistics) = {shape}; got "
-                f"{None if group_mean is None else tuple(group_mean.shape)} and "
-                f"{None if group_scale is None else tuple(group_scale.shape)}."
-            )
-        return {"group_mean": group_mean, "group_scale": group_scale}
+        terms = [term for term in terms if term is not None]
+        return {
+            "loss": sum(terms) if terms else None,
+            "classification_loss": classification_loss if len(terms) > 1 else None,
+            "statistics_loss": statistics_loss,
+            "se_loss": se_loss,
+        }
 
     def utterance_logits(self, segment_logits: torch.Tensor, segments_per_utterance: torch.LongTensor) -> torch.Tensor:
         """`(num_segments, num_labels)` → `(batch_size, num_labels)`: the mean of each utterance's segments'
@@ -1420,68 +1088,6 @@ class MSEmoBoostForSequenceClassification(MSEmoBoostPreTrainedModel):
             return F.cross_entropy(scores.float(), targets, weight=weight, label_smoothing=smoothing)
         total = F.cross_entropy(scores.float(), targets, weight=weight, label_smoothing=smoothing, reduction="sum")
         return total / (targets.sum() if weight is None else (targets @ weight).sum())
-
-    def _segment_spectra(
-        self, input_values: torch.Tensor, attention_mask: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.LongTensor, torch.LongTensor]:
-        """Segments of `input_values` `(num_segments, segment_samples)` and their frame STFT `(num_segments,
-        num_frames, num_bins)`, with segment lengths and segments per utterance as `split_into_segments` gives."""
-        lengths = self.msemoboost.utterance_lengths(input_values, attention_mask)
-        segments, segment_lengths, segments_per_utterance = self.msemoboost.split_into_segments(input_values, lengths)
-        return segments, self.se_stft(segments), segment_lengths, segments_per_utterance
-
-    def speech_enhancement_loss(
-        self,
-        input_values: torch.Tensor,
-        clean_input_values: torch.Tensor,
-        attention_mask: torch.Tensor | None,
-        frame_features: torch.Tensor,
-        frame_mask: torch.Tensor,
-    ) -> torch.Tensor:
-        """Mean squared error between `|estimate|^c` and `|clean|^c` (`c = config.se_compression`) over the
-        frames that hold audio and every frequency bin. Inputs as in `forward`; `frame_features` and `frame_mask`
-        are the base model's `(num_segments, num_frames, ...)` outputs for `input_values`."""
-        _, noisy, _, _ = self._segment_spectra(input_values, attention_mask)
-        _, clean, _, _ = self._segment_spectra(clean_input_values, attention_mask)
-        num_frames = min(noisy.shape[1], frame_features.shape[1])
-        estimate = self.se_head(frame_features[:, :num_frames], noisy[:, :num_frames].abs())
-        compression = self.config.se_compression
-        # Clamped away from 0, where x^c has an infinite slope (silent or padded frames).
-        estimate = estimate.clamp(min=1e-8).pow(compression)
-        target = clean[:, :num_frames].abs().clamp(min=1e-8).pow(compression)
-        error = (estimate - target).square().mean(-1)
-        mask = frame_mask[:, :num_frames].to(error.dtype)
-        return (error * mask).sum() / mask.sum()
-
-    @torch.no_grad()
-    def enhance(self, input_values: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Enhanced waveforms from the SE head: its clean-magnitude estimate with the noisy input's phase.
-
-        Args:
-            input_values (`torch.FloatTensor` of shape `(batch_size, num_samples)`), attention_mask: as in `forward`.
-
-        Returns:
-            `torch.FloatTensor` of shape `(batch_size, num_samples)`, zero on padding, on the scale of `input_values`.
-            Each 3 s segment is resynthesised by weighted overlap-add; the few samples no analysis frame covers
-            (the segment's first sample and the tail after its last whole frame) are passed through unchanged.
-        """
-        if self.se_head is None:
-            raise ValueError("enhance() needs a model with a speech-enhancement head (config.use_se_head=True).")
-        outputs = self.msemoboost(input_values, attention_mask=attention_mask, return_dict=True)
-        segments, noisy, segment_lengths, segments_per_utterance = self._segment_spectra(input_values, attention_mask)
-        num_frames = min(noisy.shape[1], outputs.last_hidden_state.shape[1])
-        magnitude = self.se_head(outputs.last_hidden_state[:, :num_frames], noisy[:, :num_frames].abs())
-        spectrum = torch.polar(magnitude, noisy[:, :num_frames].angle())
-        enhanced = self.se_stft.inverse(spectrum, segments)
-        enhanced = enhanced * (torch.arange(enhanced.shape[1], device=enhanced.device) < segment_lengths[:, None])
-        lengths = self.msemoboost.utterance_lengths(input_values, attention_mask)
-        starts, _, _ = self.msemoboost.segment_bounds(lengths)
-        rows = torch.repeat_interleave(torch.arange(len(lengths), device=lengths.device), segments_per_utterance)
-        waveforms = torch.zeros_like(input_values, dtype=enhanced.dtype)  # padding stays 0
-        # In order, so that the last (overlapping) segment writes the end of the utterance.
-        for row, start, piece, length in zip(rows.tolist(), starts.tolist(), enhanced, segment_lengths.tolist()):
-            waveforms[row, start : start + length] = piece[:length]
-        return waveforms
 
 
 __all__ = [

@@ -41,7 +41,7 @@ from transformers.utils import ModelOutput
 
 from .acoustic_features import MSEmoBoostLogMel, MSEmoBoostPowerSpectrogram, dct_matrix
 from .configuration_msemoboost import MSEmoBoostConfig, _as_audio_ssl_config
-from .modeling_msemoboost import masked_mean_std
+from .modeling_statistics import masked_mean_std
 from .training import read_json_argument
 
 MASKINGS = ("random", "ems")

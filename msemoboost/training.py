@@ -18,7 +18,8 @@ from transformers import AutoFeatureExtractor, Trainer, TrainerCallback, Trainer
 from .configuration_msemoboost import MSEmoBoostConfig
 from .feature_extraction_msemoboost import MSEmoBoostFeatureExtractor
 from .imagenet import load_imagenet_alexnet
-from .modeling_msemoboost import MSEmoBoostForSequenceClassification, MSEmoBoostStatisticsClassifier
+from .modeling_msemoboost import MSEmoBoostForSequenceClassification
+from .modeling_statistics import MSEmoBoostStatisticsClassifier
 
 logger = logging.getLogger(__name__)
 

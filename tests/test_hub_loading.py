@@ -22,6 +22,8 @@ REMOTE_CODE_FILES = [
     "modeling_msemoboost.py",
     "acoustic_features.py",
     "feature_extraction_msemoboost.py",
+    "modeling_statistics.py",
+    "modeling_enhancement.py",
 ]
 
 FRESH_PROCESS = textwrap.dedent(

@@ -590,7 +590,9 @@ def test_save_pretrained_writes_config_code_and_safetensors_only(tmp_path):
         "configuration_msemoboost.py",
         "feature_extraction_msemoboost.py",
         "model.safetensors",
+        "modeling_enhancement.py",
         "modeling_msemoboost.py",
+        "modeling_statistics.py",
         "preprocessor_config.json",
     ]
     assert model.config.auto_map == {

@@ -1,6 +1,7 @@
 """The whole-utterance statistics classifier (`config.utterance_statistics_classifier`): its statistics, its fusion
 with the network's log-probabilities, its fit against scikit-learn's, and train.py's use of it."""
 
+import copy
 import math
 
 import numpy as np
@@ -10,7 +11,7 @@ from transformers import set_seed
 
 from msemoboost import MSEmoBoostForSequenceClassification
 from msemoboost.acoustic_features import pre_emphasis
-from msemoboost.modeling_msemoboost import MSEmoBoostStatisticsClassifier
+from msemoboost.modeling_statistics import MSEmoBoostStatisticsClassifier
 from msemoboost.statistics_fusion import (
     ABSENT_CLASS_BIAS,
     C_GRID,
@@ -73,7 +74,7 @@ def masked_rows(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, list[np.ndar
 def test_distribution_functionals_match_scipy_and_numpy_over_the_counted_steps():
     from scipy.stats import kurtosis, skew
 
-    from msemoboost.modeling_msemoboost import masked_quantiles, masked_skewness_kurtosis, masked_slope
+    from msemoboost.modeling_statistics import masked_quantiles, masked_skewness_kurtosis, masked_slope
 
     values, mask, counted = masked_rows()
     skewness, excess_kurtosis = masked_skewness_kurtosis(values, mask)
@@ -240,8 +241,14 @@ def test_fitted_classifier_joins_the_logits_saves_with_the_model_and_can_be_swit
         network = plain(waveforms, mask).logits
         expected = network + 0.5 * model.statistics_classifier(model.utterance_statistics(waveforms, mask))
         torch.testing.assert_close(fused, expected, rtol=0, atol=1e-6)
+        output = model(waveforms, mask)  # the output says what the logits hold besides the network's
+        torch.testing.assert_close(output.statistics_logits, expected - network, rtol=0, atol=1e-6)
+        assert torch.equal(output.logits, output.statistics_logits + network)
+        training = copy.deepcopy(model).train()(waveforms, mask)  # (a copy: training updates batch-norm statistics)
+        assert training.statistics_logits is None and training.logits.shape == network.shape  # the network's alone
         with statistics_classifier_off(model):
             assert torch.equal(model(waveforms, mask).logits, network)
+            assert model(waveforms, mask).statistics_logits is None
         assert model.config.utterance_statistics_weight == 0.5
         model.save_pretrained(tmp_path)
         loaded = MSEmoBoostForSequenceClassification.from_pretrained(tmp_path).eval()
