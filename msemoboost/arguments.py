@@ -10,6 +10,7 @@ from typing import NamedTuple
 from transformers import HfArgumentParser, TrainingArguments
 
 from .augmentation import check_waveform_augmentation
+from .conventions import CONVENTION
 from .noise import check_augmentation, check_noise_types, check_snrs
 from .pretraining import holds_model
 from .protocols import PROTOCOLS
@@ -302,6 +303,7 @@ def parse_arguments(argv: list[str], description: str | None = None) -> RunArgum
         (ModelArguments, DataArguments, NoiseArguments, ProtocolArguments, TrainingArguments, AugmentationArguments)
     )
     parser.description = description
+    parser.epilog = CONVENTION
     names_a_dataset = any(word == "--dataset_name" or word.startswith("--dataset_name=") for word in argv)
     if not argv or (not argv[0].endswith((".yaml", ".yml", ".json")) and ("--demo" in argv or not names_a_dataset)):
         # The demo: bare, with --demo, or with only other options (e.g. --output_dir): all run configs/demo.yaml.

@@ -41,14 +41,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .conventions import CONVENTION
+
 EXIT_SOME_FILES_FAILED = 1
 EXIT_BAD_USAGE = 2
-
-
-CONVENTION = """Every msemoboost command and train.py spell their options one way: --model names a model to read (a
-folder or a Hub id), --output a file to write, --output_dir a folder to write, --dataset_name a dataset (a Hub id or
-a local folder); the words of an option are joined by underscores; a yes/no option alone means yes and also takes
-true or false (--timeline, --timeline true, --timeline false); int8 is --quantize int8."""
 
 
 def parse_bool(text: str) -> bool:

@@ -468,7 +468,9 @@ class PretrainingArguments:
     intensity_model: str | None = field(default=None, metadata={"help": "With --masking ems: msemoboost intensity "
                                                                          "train's output folder."})
     model_name_or_path: str | None = field(default=None, metadata={"help": "Continue pretraining this backbone "
-                                                                           "(a folder or Hub id of an SSL model)."})
+                                                                           "(a folder or Hub id of an SSL model); "
+                                                                           "--model is the same option.",
+                                                                   "aliases": ["--model"]})
     backbone_config: str | None = field(default=None, metadata={"help": "Or pretrain from scratch: a backbone config "
                                                                         "as JSON, e.g. {\"model_type\": \"wav2vec2\"}, or the path of a .json file."})
     mask_ratio: float = field(default=0.15, metadata={"help": "Share of frames in chosen runs."})
@@ -499,7 +501,9 @@ def parse_pretraining_arguments(argv: list[str]):
 
     if argv and argv[0].endswith((".yaml", ".yml", ".json")):
         argv = arguments_from_file(argv[0]) + argv[1:]
-    parser = HfArgumentParser((PretrainingArguments, TrainingArguments))
+    from .conventions import CONVENTION
+
+    parser = HfArgumentParser((PretrainingArguments, TrainingArguments), epilog=CONVENTION)
     parser.prog = "msemoboost pretrain"
     args, training_args = parser.parse_args_into_dataclasses(args=argv)
     if args.masking not in MASKINGS:

@@ -449,6 +449,14 @@ def test_every_command_spells_yes_no_options_one_way_and_shows_the_convention(ca
         with pytest.raises(SystemExit):
             parser.parse_args([*command, "--help"])
         assert " ".join(CONVENTION.split()) in " ".join(capsys.readouterr().out.split())
+    from msemoboost.arguments import parse_arguments
+    from msemoboost.pretraining import parse_pretraining_arguments
+
+    for parse in (parse_arguments, parse_pretraining_arguments):  # train.py and msemoboost pretrain
+        with pytest.raises(SystemExit):
+            parse(["--help"])
+        assert " ".join(CONVENTION.split()) in " ".join(capsys.readouterr().out.split())
+    assert parse_pretraining_arguments(["--dataset_name", "d", "--output_dir", "o", "--model", "m"])[0].model_name_or_path == "m"
     args = parser.parse_args(["export", "m", "--model", "n", "--output_dir", "o"])
     with pytest.raises(SystemExit):
         check_arguments(parser, args)
