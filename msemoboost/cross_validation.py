@@ -351,7 +351,7 @@ def run_fold(fold: Fold, run: "FoldRun") -> dict:
     excluded = fold.test_speakers if run.args.protocol.protocol != "kfold" else []
     bank = noise_bank(corpus, fold.train, excluded, noise_args, run.noise_dataset, training_args.seed)
     trainer = train_model(run, fold.train, fold.validation, directory / "checkpoints", fold_augmentation(run, bank))
-    logits, scores, fusion = test_fold(trainer, fold, run, directory)
+    logits, scores, fusion = evaluate_fold(trainer, fold, run, directory)
     noisy = {}
     if noise_args.eval_snr:
         noisy = test_in_noise(trainer, corpus, fold.test, bank, noise_args, run.feature_extractor, training_args.seed)
@@ -396,7 +396,7 @@ def check_fold_classes(fold: Fold, corpus) -> None:
         )
 
 
-def test_fold(trainer: MSEmoBoostTrainer, fold: Fold, run: "FoldRun", directory: Path) -> tuple[np.ndarray, dict, dict]:
+def evaluate_fold(trainer: MSEmoBoostTrainer, fold: Fold, run: "FoldRun", directory: Path) -> tuple[np.ndarray, dict, dict]:
     """The fold's test utterances' logits `(num_test, num_labels)`, their WA/UA, and with a statistics classifier the
     WA/UA of the network and of the statistics classifier alone (whose parts go to `directory/fusion_parts.npz`)."""
     corpus, feature_extractor = run.corpus, run.feature_extractor
