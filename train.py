@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None, callbacks=()) -> dict:
     prepare_output_dir(output_dir, protocol_args.overwrite_output_dir, training_args)
     if protocol_args.protocol == LEAVE_ONE_CORPUS_OUT:  # one cross_corpus run per corpus, each by this function
         runs = {}
-        for name, words in leave_one_corpus_out_runs(argv, data_args, output_dir).items():
+        for name, words in leave_one_corpus_out_runs(argv, data_args, model_args, output_dir).items():
             logger.info(f"Leave one corpus out: testing {name}, trained on all the other corpora.")
             runs[name] = main(words, callbacks)
         return summarize_leave_one_corpus_out(runs, output_dir) if main_process else {}

@@ -617,11 +617,14 @@ def push_model(model_dir: Path, training_args: TrainingArguments, feature_extrac
     logger.info(f"Pushed {model_dir} to {url}")
 
 
-def leave_one_corpus_out_runs(argv: list[str], data_args: DataArguments, output_dir: Path) -> dict[str, list[str]]:
+def leave_one_corpus_out_runs(
+    argv: list[str], data_args: DataArguments, model_args: ModelArguments, output_dir: Path
+) -> dict[str, list[str]]:
     """`--protocol leave_one_corpus_out`: the train.py arguments of one `cross_corpus` run per corpus, tested on that
     corpus over the classes it shares with the others and trained on all the others, in `output_dir/<corpus>`, keyed
     by the corpus's name. Each corpus keeps its own columns (`--label_column` etc. for `--dataset_name`,
-    `--extra_train_columns` for the others)."""
+    `--extra_train_columns` for the others). A backbone that the run pretrains (`--backbone_pretraining`) on the
+    tested corpus's audio is pretrained without it for that run ([`backbone_without`])."""
     corpora = [data_args.dataset_name, *data_args.extra_train_datasets]
     names = [corpus_name(dataset_name) for dataset_name in corpora]
     if len(set(names)) < len(names):
@@ -638,5 +641,30 @@ def leave_one_corpus_out_runs(argv: list[str], data_args: DataArguments, output_
             "--extra_train_columns", json.dumps({other: columns[other] for other in others}),
             "--output_dir", str(output_dir / name),
             *[word for key, value in columns[tested].items() for word in (f"--{key}", value)],
+            *backbone_without(model_args, name),
         ]
     return runs
+
+
+def backbone_without(model_args: ModelArguments, tested: str) -> list[str]:
+    """For the run that tests the corpus named `tested`: when the backbone is pretrained by the run
+    (`--backbone DIR --backbone_pretraining "... --dataset_name A B ..."`) on that corpus among others, the arguments
+    that pretrain it on the others only, into `DIR_without_<tested>`, so that no audio of a tested corpus reaches
+    the backbone; otherwise none."""
+    import shlex
+
+    if not (model_args.backbone and model_args.backbone_pretraining) or model_args.model_name_or_path:
+        return []
+    words = shlex.split(model_args.backbone_pretraining)
+    if "--dataset_name" not in words:
+        return []
+    start = words.index("--dataset_name") + 1
+    end = next((i for i in range(start, len(words)) if words[i].startswith("--")), len(words))
+    kept = [word for word in words[start:end] if corpus_name(word) != tested]
+    if len(kept) == end - start:
+        return []
+    if not kept:
+        raise ValueError(f"--backbone_pretraining pretrains on {tested} alone, the corpus this run tests: pretrain the "
+                         "backbone on other audio.")
+    pretraining = shlex.join([*words[:start], *kept, *words[end:]])
+    return ["--backbone", f"{model_args.backbone.rstrip('/')}_without_{tested}", "--backbone_pretraining", pretraining]

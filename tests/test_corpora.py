@@ -195,6 +195,31 @@ def test_languages_of_corpora_the_run_does_not_have_are_ignored_with_a_warning(c
     assert "--corpus_languages names ['emodb'], which are not among the run's corpora ['x']: ignored." in caplog.text
 
 
+def test_leave_one_corpus_out_pretrains_each_run_s_backbone_without_the_tested_corpus(tmp_path):
+    from msemoboost.cross_validation import leave_one_corpus_out_runs
+
+    a, b, c = (tmp_path / name for name in "abc")
+    for folder in (a, b, c):
+        folder.mkdir()
+    argv = ["--dataset_name", str(a), "--extra_train_datasets", str(b), str(c), "--protocol", "leave_one_corpus_out",
+            "--backbone", "out/bb/", "--backbone_pretraining", f"configs/pretrain_cpu.yaml --dataset_name {a} {b} --max_steps 9"]
+    args = parse_arguments(argv)
+    runs = leave_one_corpus_out_runs(argv, args.data, args.model, tmp_path / "loco")
+    parsed = {name: parse_arguments(words) for name, words in runs.items()}
+    assert {name: (run.model.backbone, run.model.backbone_pretraining) for name, run in parsed.items()} == {
+        "a": ("out/bb_without_a", f"configs/pretrain_cpu.yaml --dataset_name {b} --max_steps 9"),
+        "b": ("out/bb_without_b", f"configs/pretrain_cpu.yaml --dataset_name {a} --max_steps 9"),
+        "c": ("out/bb/", f"configs/pretrain_cpu.yaml --dataset_name {a} {b} --max_steps 9"),  # c: never pretrained on
+    }
+    assert [(run.data.dataset_name, run.data.extra_train_datasets, run.training.output_dir) for run in parsed.values()] == [
+        (str(a), [str(b), str(c)], str(tmp_path / "loco" / "a")), (str(b), [str(a), str(c)], str(tmp_path / "loco" / "b")),
+        (str(c), [str(a), str(b)], str(tmp_path / "loco" / "c"))]
+    alone = ["--dataset_name", str(a), "--extra_train_datasets", str(b), "--backbone", "bb",
+             "--backbone_pretraining", f"p.yaml --dataset_name {a}"]
+    with pytest.raises(ValueError, match=r"^--backbone_pretraining pretrains on a alone, the corpus this run tests"):
+        leave_one_corpus_out_runs(alone, parse_arguments(alone).data, parse_arguments(alone).model, tmp_path / "loco")
+
+
 def test_transfer_starts_each_fold_from_a_trained_checkpoint(corpus_dir, tmp_path):
     extra = extra_corpus(corpus_dir, tmp_path / "extra", ["spk1", "spk2", "spk3", "spk4"], {"sad": "calm"})
     run(corpus_dir, tmp_path / "pre", "--protocol", "cross_corpus", "--extra_train_datasets", str(extra),
