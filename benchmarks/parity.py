@@ -6,8 +6,8 @@ a train.py run, each on its own held-out speaker's utterances, batched and one a
 RUN_DIR is a cross-validation run with its fold models kept (as for benchmarks/quantization.py). Each fold model is
 exported (`msemoboost export`, fp32, opset 23), and its test utterances are classified by PyTorch
 (`model(**extractor(audio))`) and by ONNX Runtime (`ONNXClassifier`), in batches of `--batch_size` utterances and one
-at a time, with one thread each (so that neither engine's thread split changes its sums). Issue 14 asks for the
-logits within 1e-4 (absolute).
+at a time, with one thread each (so that neither engine's thread split changes its sums). The bar is the logits
+within 1e-4 (absolute).
 
 Reported per fold and pooled: the largest and mean absolute difference of the utterance logits (log-probabilities)
 batched and one at a time, how many utterances have a logit more than 1e-4 away, the largest |logit| (float32's

@@ -4,7 +4,7 @@
     python benchmarks/pretraining.py --profile cpu --rows probe     # only the frozen-backbone probes
     python benchmarks/pretraining.py --profile gpu                  # wav2vec2-base size, longer (needs a GPU)
 
-Data (issue #12's honest setting, cross-lingual): the intensity model learns on RAVDESS (+ TESS for emotional >
+Data (cross-lingual, no evaluated audio in pretraining): the intensity model learns on RAVDESS (+ TESS for emotional >
 neutral) with 4 RAVDESS actors held out (the last 4 in sorted string order: 6, 7, 8, 9); pretraining sees RAVDESS + TESS only (English, 3.1 h); everything is evaluated
 on EMO-DB (German), 8-speaker leave-one-speaker-out, with train.py's folds. EMO-DB audio is never pretrained on.
 
