@@ -223,10 +223,10 @@ def describe_run(
         "data": dataclasses.asdict(data_args),
         "noise_arguments": dataclasses.asdict(noise_args),
         "protocol_arguments": dataclasses.asdict(protocol_args),
-        "training": {key: getattr(training_args, key) for key in (
+        "training": {key: getattr(getattr(training_args, key), "value", getattr(training_args, key)) for key in (
             "learning_rate", "per_device_train_batch_size", "num_train_epochs", "max_steps", "seed", "optim",
             "weight_decay", "lr_scheduler_type", "warmup_steps", "gradient_accumulation_steps", "max_grad_norm",
-            "label_smoothing_factor")},
+            "label_smoothing_factor")},  # enumerations (optim, lr_scheduler_type) by their value: "adamw_torch"
         "versions": {"msemoboost": __version__, "transformers": transformers.__version__, "torch": torch.__version__},
         "corpora": {name: {**part, **({"language": languages[name]} if name in languages else {})}
                     for name, part in corpora_report.items()},

@@ -14,7 +14,7 @@ import pytest
 import soundfile
 import torch
 import yaml
-from transformers import TrainerCallback
+from transformers import TrainerCallback, TrainingArguments
 
 from tiny import TINY_TRAIN_ARGS, read_csv, run_train
 
@@ -94,6 +94,8 @@ def test_final_model_directory_has_a_card_and_loads_in_a_fresh_process(finished_
     assert metadata["library_name"] == "transformers" and metadata["pipeline_tag"] == "audio-classification"
     assert metadata["datasets"] == ["demo"]
     assert "Early stopping and checkpoint selection use\n  validation speakers drawn from each fold's training speakers" in card
+    default_optimizer = TrainingArguments(output_dir=str(output), report_to="none").optim.value  # e.g. "adamw_torch"
+    assert f"optimizer `{default_optimizer}`" in card and summary["training"]["lr_scheduler_type"] == "linear"
     metrics = metadata["model-index"][0]["results"][0]["metrics"]
     assert [m["type"] for m in metrics] == ["accuracy", "recall"]
     assert metrics[0]["value"] == round(100 * summary["wa"]["mean"], 2)
