@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
 
+from .handler import log_probabilities
 from .modeling_msemoboost import average_over_segments, segment_bounds
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".aif", ".aiff", ".wma", ".webm")
@@ -108,18 +109,10 @@ def predict(
     of the statistics standardised by `group_mean` and `group_scale` `(num_recordings, num_statistics)` when given,
     see [`group_normalization`]); the segments' are the network's alone.
     """
-    inputs = extractor(waveforms, sampling_rate=extractor.sampling_rate, return_tensors="pt").to(classifier.device)
-    outputs = classifier.msemoboost(**inputs)
-    segment_log_probs = classifier.classifier(outputs.segment_features).log_softmax(-1)
-    utterance_log_probs = average_over_segments(segment_log_probs, outputs.segments_per_utterance)
-    if classifier.statistics_classifier is not None:  # as the model's forward adds it at inference
-        if group_mean is not None:
-            group_mean, group_scale = group_mean.to(classifier.device), group_scale.to(classifier.device)
-        utterance_log_probs = utterance_log_probs + classifier.statistics_logits(
-            **inputs, group_mean=group_mean, group_scale=group_scale
-        )
-    per_file = torch.split(segment_log_probs.float().cpu(), outputs.segments_per_utterance.tolist())
-    return predictions(names, waveforms, utterance_log_probs.float().cpu().numpy(), [p.numpy() for p in per_file],
+    utterance_log_probs, segment_log_probs, counts = log_probabilities(classifier, extractor, waveforms, group_mean,
+                                                                       group_scale)
+    per_file = torch.split(segment_log_probs, counts.tolist())
+    return predictions(names, waveforms, utterance_log_probs.numpy(), [p.numpy() for p in per_file],
                        classifier.config)
 
 

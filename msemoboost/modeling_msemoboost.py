@@ -41,6 +41,7 @@ from .acoustic_features import (
     pre_emphasis,
 )
 from .configuration_msemoboost import MSEmoBoostConfig
+from .handler import EndpointHandler  # noqa: F401  (a relative import, so save_pretrained writes handler.py too)
 from .modeling_enhancement import MSEmoBoostSpeechEnhancement, MSEmoBoostSpeechEnhancementHead
 from .modeling_statistics import (
     NUM_PROSODY_DISTRIBUTION_STATISTICS,

@@ -589,6 +589,7 @@ def test_save_pretrained_writes_config_code_and_safetensors_only(tmp_path):
         "config.json",
         "configuration_msemoboost.py",
         "feature_extraction_msemoboost.py",
+        "handler.py",
         "model.safetensors",
         "modeling_enhancement.py",
         "modeling_msemoboost.py",
