@@ -63,7 +63,7 @@ def test_the_check_flags_process_words_and_allows_api_names(text, expected):
 
 
 def test_no_tracked_text_file_speaks_of_the_order_of_work():
-    files = tracked_text_files()
+    files = [path for path in tracked_text_files() if path != Path(__file__)]  # its own examples above are flagged
     assert REPO / "BENCHMARKS.md" in files and REPO / "benchmarks/results/accuracy_cpu.json" in files
     found = {}
     for path in files:
