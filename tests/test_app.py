@@ -15,9 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tiny import speech_like, tiny_model
+from tiny import save_tiny_classifier, speech_like
 
-from msemoboost import MSEmoBoostFeatureExtractor
 from msemoboost.cli import main as cli_main
 from msemoboost.handler import float_wav
 
@@ -40,10 +39,7 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("model")
-    tiny_model(id2label=dict(enumerate(LABELS)), label2id={name: i for i, name in enumerate(LABELS)}).save_pretrained(folder)
-    MSEmoBoostFeatureExtractor().save_pretrained(folder)
-    return folder
+    return save_tiny_classifier(tmp_path_factory.mktemp("model"), LABELS)
 
 
 @pytest.fixture(scope="module")

@@ -18,18 +18,14 @@ from msemoboost.inference import (
     AUDIO_EXTENSIONS, default_device, enhancement_curve, find_audio_files, load_classifier, pad_batch, predictions,
     read_audio,
 )
-from tiny import read_csv, speech_like, tiny_model
+from tiny import read_csv, save_tiny_classifier, speech_like, tiny_model
 
 LABELS = ["angry", "happy", "neutral", "sad"]
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
-    directory = tmp_path_factory.mktemp("model")
-    model = tiny_model(id2label=dict(enumerate(LABELS)), label2id={label: i for i, label in enumerate(LABELS)})
-    model.save_pretrained(directory)
-    MSEmoBoostFeatureExtractor().save_pretrained(directory)
-    return directory
+    return save_tiny_classifier(tmp_path_factory.mktemp("model"), LABELS)
 
 
 def tone(seconds: float, rate: int, seed: int = 0) -> np.ndarray:

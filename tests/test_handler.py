@@ -8,10 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tiny import speech_like, tiny_model
+from tiny import save_tiny_classifier, speech_like
 
 import msemoboost
-from msemoboost import MSEmoBoostFeatureExtractor
 from msemoboost.handler import float_wav
 from msemoboost.inference import load_classifier, predict
 
@@ -20,10 +19,7 @@ LABELS = ["anger", "happiness", "neutral", "sadness"]
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("model")
-    tiny_model(id2label=dict(enumerate(LABELS)), label2id={name: i for i, name in enumerate(LABELS)}).save_pretrained(folder)
-    MSEmoBoostFeatureExtractor().save_pretrained(folder)
-    return folder
+    return save_tiny_classifier(tmp_path_factory.mktemp("model"), LABELS)
 
 
 @pytest.fixture(scope="module")

@@ -45,6 +45,15 @@ def tiny_model(**overrides) -> MSEmoBoostForSequenceClassification:
     return MSEmoBoostForSequenceClassification(tiny_config(**overrides)).eval()
 
 
+def save_tiny_classifier(directory: Path, labels: list[str]) -> Path:
+    """A tiny model classifying `labels`, saved with its feature extractor as `train.py` saves one: a model folder."""
+    from msemoboost import MSEmoBoostFeatureExtractor
+
+    tiny_model(id2label=dict(enumerate(labels)), label2id={label: i for i, label in enumerate(labels)}).save_pretrained(directory)
+    MSEmoBoostFeatureExtractor().save_pretrained(directory)
+    return directory
+
+
 def speech_like(num_samples: int, seed: int = 0) -> np.ndarray:
     """A deterministic voiced signal: harmonics of a gliding pitch with noise, in [-1, 1]."""
     rng = np.random.default_rng(seed)
