@@ -31,7 +31,8 @@ equal share of the CPU threads (small models on few cores finish sooner so).
 
 Training is at segment level: the model cuts each utterance into 3 s segments and scores every segment against its
 utterance's label. Evaluation is at utterance level: segment log-probabilities are averaged per utterance, and WA/UA
-are computed over utterances.
+are computed over utterances. The probabilities are then calibrated (`--calibrate`, on by default): temperatures
+cross-fitted over the folds, ECE and log-loss before and after in results.json -> calibration.
 """
 
 import logging
@@ -44,6 +45,7 @@ import transformers
 from msemoboost.arguments import LEAVE_ONE_CORPUS_OUT, parse_arguments
 from msemoboost.cross_validation import (
     FoldRun,
+    calibrate_run,
     choose_run_weight,
     leave_one_corpus_out_runs,
     load_corpora,
@@ -114,11 +116,12 @@ def main(argv: list[str] | None = None, callbacks=()) -> dict:
     run = FoldRun(corpus, args, feature_extractor, output_dir, tuple(callbacks), noise_dataset, config.min_input_samples)
     fold_results = run_folds(folds, run)
     weight_choice, fold_results = choose_run_weight(folds, run, config, fold_results)
-    model_dir = publish_model(run, folds, extra_rows, weight_choice)
+    calibration, fold_results = calibrate_run(folds, run, config, fold_results)
+    model_dir = publish_model(run, folds, extra_rows, weight_choice, calibration)
 
     summary = None
     if main_process:
-        summary = summarize(fold_results, corpus, args, output_dir, config, corpora_report, weight_choice)
+        summary = summarize(fold_results, corpus, args, output_dir, config, corpora_report, weight_choice, calibration)
         if model_dir:
             write_model_directory(model_dir, summary, data_args, model_args, output_dir, training_args.hub_model_id)
         write_json(output_dir / "results.json", summary)

@@ -263,6 +263,14 @@ class ProtocolArguments:
                                 "speakers (validation speakers held out for early stopping)."}
     )
     save_fold_models: bool = field(default=True, metadata={"help": "Keep each fold's best model in its folder."})
+    calibrate: bool = field(
+        default=True, metadata={"help": "Fit temperatures (utterance and segment probabilities) that calibrate the "
+                                "model's probabilities, cross-fitted over the folds: each fold is scored at the "
+                                "temperature fitted on the other folds' test predictions, the published model gets the "
+                                "one fitted on all of them; results.json -> calibration gives ECE and log-loss before "
+                                "and after. Needs 2 folds or more and single-label classification; never changes a "
+                                "prediction's class."}
+    )
     parallel_folds: int = field(
         default=1, metadata={"help": "Train this many folds at once, each in a process of its own with an equal share "
                              "of the torch threads, its log in <output_dir>/folds/<fold>/train.log. Small models use "

@@ -1,6 +1,7 @@
 """`msemoboost` command line: use, export and deploy a trained model, and pretrain a backbone (EMS).
 
     msemoboost predict --model DIR_OR_HUB_ID FILES_OR_FOLDERS... [--timeline] [--output out.csv|out.json]
+        [--min_confidence P]     (below P: "uncertain", with the probabilities still written)
         [--group_by folder]      (a model trained with --speaker_normalization: each folder's recordings, one
                                   speaker's, normalise each other; --group_column COLUMN with --dataset_name)
     msemoboost predict --onnx EXPORT_DIR FILES_OR_FOLDERS... [--quantize int8]   (ONNX Runtime, see `export`)
@@ -99,6 +100,10 @@ def add_predict(commands) -> None:
     predict.add_argument("--audio_column", default="audio", help="audio column of --dataset_name (default: audio)")
     predict.add_argument("--split", default=None, help="split of --dataset_name (default: every split)")
     add_flag(predict, "--timeline", "also give one row per 3 s segment")
+    predict.add_argument("--min_confidence", type=float, default=None, metavar="P",
+                         help="label a recording (and a --timeline segment) whose top probability is below P "
+                              "'uncertain'; its probabilities are still written (they are calibrated when the model "
+                              "was: train.py --calibrate)")
     predict.add_argument("--output", help="write a .csv or .json file instead of printing a table")
     predict.add_argument("--batch_size", type=int, default=8, help="recordings per forward pass (default: 8)")
     grouping = predict.add_mutually_exclusive_group()
@@ -368,6 +373,8 @@ def run_predict(args) -> int:
         raise ValueError(f"--output must end in .csv or .json, got {args.output}.")
     if args.batch_size < 1:
         raise ValueError(f"--batch_size must be at least 1, got {args.batch_size}.")
+    if args.min_confidence is not None and not 0 <= args.min_confidence <= 1:
+        raise ValueError(f"--min_confidence is a probability, from 0 to 1; got {args.min_confidence}.")
     sources = recordings(args)
     total = len(sources)
     classifier, extractor, config, run = prediction_engine(args)
@@ -423,7 +430,7 @@ def run_predict(args) -> int:
             batch = []
 
     if predictions:
-        write_predictions(predictions, labels, args.output, args.timeline)
+        write_predictions(predictions, labels, args.output, args.timeline, args.min_confidence)
     else:
         print("No recording could be classified; nothing was written.", file=sys.stderr)
     if failures:
@@ -513,16 +520,19 @@ def run_intensity(args) -> int:
     return EXIT_SOME_FILES_FAILED if failures else 0
 
 
-def write_predictions(predictions, labels: list[str], output: str | None, timeline: bool) -> None:
+def write_predictions(predictions, labels: list[str], output: str | None, timeline: bool,
+                      min_confidence: float | None = None) -> None:
+    from .handler import top_label
+
     grouped = any(p.group is not None for p in predictions)
     file_rows = [
-        {"file": p.name, **({"group": p.group} if grouped else {}), "prediction": labels[int(p.probabilities.argmax())],
-         **dict(zip(labels, p.probabilities.tolist()))}
+        {"file": p.name, **({"group": p.group} if grouped else {}),
+         "prediction": top_label(labels, p.probabilities, min_confidence), **dict(zip(labels, p.probabilities.tolist()))}
         for p in predictions
     ]
     segment_rows = [
         {"file": p.name, "segment": index, "start": float(start), "end": float(end),
-         "prediction": labels[int(probs.argmax())], **dict(zip(labels, probs.tolist()))}
+         "prediction": top_label(labels, probs, min_confidence), **dict(zip(labels, probs.tolist()))}
         for p in predictions
         for index, ((start, end), probs) in enumerate(zip(p.segment_bounds, p.segment_probabilities))
     ]

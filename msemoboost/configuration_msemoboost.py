@@ -240,6 +240,15 @@ class MSEmoBoostConfig(PreTrainedConfig):
         se_compression (`float`, *optional*, defaults to 0.3):
             The SE loss is the mean squared error between magnitudes raised to this power (power-law compression,
             as common in SE); `"magnitude"` heads predict the compressed magnitude.
+        calibration_temperature (`float`, *optional*, defaults to 1.0):
+            Calibration: in `eval()` mode the utterance `logits` (single-label classification) are divided by it, so
+            that their softmax is a probability that means what it says (of the utterances given 0.8, about 80 % are
+            right). `train.py` fits it after training, by minimising the log-loss of held-out predictions
+            (`msemoboost.calibration.fit_temperature`); 1.0 leaves the logits as trained. It never changes which
+            class is top.
+        segment_calibration_temperature (`float`, *optional*, defaults to 1.0):
+            The same for each 3 s segment's log-probabilities (the timelines of `msemoboost predict --timeline`,
+            the Inference Endpoints handler and the ONNX graph's `segment_logits`), fitted on held-out segments.
         initializer_range (`float`, *optional*, defaults to 0.02):
             Standard deviation of the normal initialiser of linear layers.
 
@@ -327,6 +336,8 @@ class MSEmoBoostConfig(PreTrainedConfig):
     se_hidden_size: int = 256
     se_loss_weight: float = 0.5
     se_compression: float = 0.3
+    calibration_temperature: float = 1.0
+    segment_calibration_temperature: float = 1.0
     initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs):
@@ -477,6 +488,10 @@ class MSEmoBoostConfig(PreTrainedConfig):
             raise ValueError(f"se_loss_weight must be a non-negative number, got {self.se_loss_weight}.")
         if not 0 < self.se_compression <= 1:
             raise ValueError(f"se_compression must be in (0, 1], got {self.se_compression}.")
+        for name in ("calibration_temperature", "segment_calibration_temperature"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and 0 < value < float("inf")):
+                raise ValueError(f"{name} must be a positive, finite number, got {value!r}.")
 
     def _validate_choices(self):
         """Named choices, class weights, label smoothing and the segment length against the backbone's frame."""

@@ -19,6 +19,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from .arguments import DataArguments, ModelArguments, NoiseArguments, RunArguments, corpus_name
 from .augmentation import BatchMixup, Chain, WaveformAugmentation
+from .calibration import calibration_report, cross_fitted_temperatures, mean_report, pooled_report
 from .configuration_msemoboost import MSEmoBoostConfig
 from .data import AudioCollator, EmotionCorpus, combine_corpora, decode_audio, load_corpus, parse_label_merge
 from .modeling_msemoboost import MSEmoBoostForSequenceClassification
@@ -212,6 +213,8 @@ def build_fold_model(run: "FoldRun", rows_train: np.ndarray) -> MSEmoBoostForSeq
         )
     if run.args.training.label_smoothing_factor:
         model.config.label_smoothing = run.args.training.label_smoothing_factor
+    # A loaded checkpoint's calibration belongs to its own training: the new model is calibrated anew (calibrate_run).
+    model.config.calibration_temperature = model.config.segment_calibration_temperature = 1.0
     return model
 
 
@@ -431,13 +434,40 @@ def evaluate_fold(trainer: MSEmoBoostTrainer, fold: Fold, run: "FoldRun", direct
     else:
         prediction = trainer.predict(test_set, metric_key_prefix="test")
         logits, scores = prediction.predictions, {"wa": prediction.metrics["test_wa"], "ua": prediction.metrics["test_ua"]}
+    if single_label(trainer.model.config) and trainer.is_world_process_zero():  # for the segment temperature
+        segments, counts = segment_log_probabilities(trainer.model, test_set, AudioCollator(feature_extractor))
+        np.savez(directory / "segment_log_probabilities.npz", log_probabilities=segments,
+                 labels=np.repeat(corpus.labels[fold.test], counts))
     return logits, scores, fusion
+
+
+def single_label(config) -> bool:
+    return config.problem_type in (None, "single_label_classification")
+
+
+@torch.no_grad()
+def segment_log_probabilities(model, dataset, collator, batch_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """Each segment's log-probabilities, as the model gives them for timelines (at its segment calibration
+    temperature), `(num_segments, num_labels)`, of every row of `dataset`, and each row's number of segments
+    `(len(dataset),)`."""
+    model.eval()
+    rows, counts = [], []
+    for start in range(0, len(dataset), batch_size):
+        batch = collator([dataset[index] for index in range(start, min(start + batch_size, len(dataset)))])
+        attention_mask = batch.get("attention_mask")
+        outputs = model.msemoboost(batch["input_values"].to(model.device),
+                                   attention_mask=None if attention_mask is None else attention_mask.to(model.device))
+        segment_logits = model.calibrated(model.classifier(outputs.segment_features), segments=True)
+        rows.append(segment_logits.float().log_softmax(-1).cpu().numpy())
+        counts.append(outputs.segments_per_utterance.cpu().numpy())
+    return np.concatenate(rows), np.concatenate(counts)
 
 
 def write_fold_results(directory: Path, corpus, fold: Fold, result: dict, logits: np.ndarray) -> None:
     """A fold's predictions.csv, classification report, confusion matrix and results.json, from its test utterances'
     `logits` `(num_test, num_labels)` and `result` (whose WA and UA are those of the logits)."""
     write_predictions(directory, corpus, fold.test, logits)
+    np.savez(directory / "test_logits.npz", logits=logits, labels=corpus.labels[fold.test])
     matrix = confusion_matrix(corpus.labels[fold.test], logits.argmax(-1), len(corpus.label_names))
     report = per_class_report(matrix, corpus.label_names)
     (directory / "classification_report.txt").write_text(format_report(report, result["wa"], result["ua"]))
@@ -557,7 +587,71 @@ def choose_run_weight(
     return choice, fold_results
 
 
-def publish_model(run: FoldRun, folds: list[Fold], extra_rows: np.ndarray, weight_choice: dict | None) -> Path | None:
+def calibrate_run(folds: list[Fold], run: FoldRun, config: MSEmoBoostConfig, fold_results: list[dict]
+                  ) -> tuple[dict | None, list[dict]]:
+    """`--calibrate` (single-label models, 2 folds or more): temperatures for the utterance and the segment
+    probabilities, cross-fitted over the folds' test predictions ([`~msemoboost.calibration.cross_fitted_temperatures`]):
+    each fold is scored at temperatures fitted on the *other* folds' predictions, and the model to publish gets those
+    fitted on all of them. Each fold's results gain `calibration` (ECE and log-loss before and after) and its
+    predictions.csv the calibrated probabilities; its saved model, if any, its temperatures. Returns the run's
+    `calibration` (the temperatures; ECE, log-loss and risk-coverage over the folds' test predictions pooled, and the
+    mean over folds of each fold's) and the folds' results, re-read."""
+    if not run.args.protocol.calibrate or not single_label(config) or len(folds) < 2:
+        if run.args.protocol.calibrate and single_label(config):
+            logger.info(f"No calibration: it is cross-fitted over the folds and this run has {len(folds)}; the model "
+                        "keeps temperature 1.")
+        return None, fold_results
+    output_dir = run.output_dir
+    directories = {fold.name: output_dir / "folds" / fold.name for fold in folds}
+    missing = [str(d) for d in directories.values() if not (d / "segment_log_probabilities.npz").exists()]
+    if missing:
+        raise FileNotFoundError(f"{missing[0]} has no segment_log_probabilities.npz: the fold finished before train.py "
+                                "kept its predictions for calibration. Delete its folder to run it again, or pass "
+                                "--calibrate false.")
+
+    def loaded(name: str, file: str, key: str) -> tuple[np.ndarray, np.ndarray]:
+        parts = np.load(directories[name] / file)
+        return parts[key], parts["labels"]
+
+    utterances = {name: loaded(name, "test_logits.npz", "logits") for name in directories}
+    segments = {name: loaded(name, "segment_log_probabilities.npz", "log_probabilities") for name in directories}
+    temperatures, segment_temperatures = cross_fitted_temperatures(utterances), cross_fitted_temperatures(segments)
+    reports, segment_reports = [], []
+    if run.args.training.process_index == 0:
+        for fold in folds:
+            directory = directories[fold.name]
+            temperature, segment_temperature = temperatures["nested"][fold.name], segment_temperatures["nested"][fold.name]
+            result = json.loads(fold_results_path(output_dir, fold.name).read_text())
+            result["calibration"] = calibration_report(*utterances[fold.name], temperature)
+            result["segment_calibration"] = calibration_report(*segments[fold.name], segment_temperature)
+            write_json(fold_results_path(output_dir, fold.name), result)
+            write_predictions(directory, run.corpus, fold.test, utterances[fold.name][0] / temperature)
+            if (directory / "model" / "config.json").exists():
+                fold_config = MSEmoBoostConfig.from_pretrained(directory / "model")
+                fold_config.calibration_temperature = temperature
+                fold_config.segment_calibration_temperature = segment_temperature
+                fold_config.save_pretrained(directory / "model")
+            reports.append(result["calibration"])
+            segment_reports.append(result["segment_calibration"])
+        fold_results = [json.loads(fold_results_path(output_dir, fold.name).read_text()) for fold in folds]
+    calibration = {
+        "method": "temperature scaling, cross-fitted: each fold at the temperature fitted on the other folds' test "
+                  "predictions; the published model at the one fitted on all of them",
+        "calibration_temperature": temperatures["all"],
+        "segment_calibration_temperature": segment_temperatures["all"],
+        "utterances": pooled_report(utterances, temperatures["nested"]),
+        "segments": pooled_report(segments, segment_temperatures["nested"]),
+        "mean_over_folds": {"utterances": mean_report(reports), "segments": mean_report(segment_reports)}
+        if reports else None,
+    }
+    logger.info(f"Calibration: temperature {temperatures['all']:.3f} (segments {segment_temperatures['all']:.3f}); "
+                f"ECE of the folds' test predictions pooled {calibration['utterances']['ece_before']:.3f} → "
+                f"{calibration['utterances']['ece_after']:.3f}")
+    return calibration, fold_results
+
+
+def publish_model(run: FoldRun, folds: list[Fold], extra_rows: np.ndarray, weight_choice: dict | None,
+                  calibration: dict | None = None) -> Path | None:
     """The model directory of the run, `OUTPUT_DIR/model`: the fold's model under `splits` and `cross_corpus` (with
     --save_fold_models), otherwise the final model trained on all the data (with --final_model); a finished one is
     kept. Returns it, or None when the run publishes no model."""
@@ -567,14 +661,16 @@ def publish_model(run: FoldRun, folds: list[Fold], extra_rows: np.ndarray, weigh
         if protocol_args.save_fold_models and training_args.process_index == 0 and not (model_dir / "README.md").exists():
             shutil.copytree(run.output_dir / "folds" / folds[0].name / "model", model_dir, dirs_exist_ok=True)
     elif protocol_args.final_model and not (model_dir / "README.md").exists():
-        train_final_model(run, extra_rows, model_dir, weight_choice)
+        train_final_model(run, extra_rows, model_dir, weight_choice, calibration)
     return model_dir if (model_dir / "model.safetensors").exists() else None
 
 
-def train_final_model(run: FoldRun, extra_rows: np.ndarray, model_dir: Path, weight_choice: dict | None) -> None:
+def train_final_model(run: FoldRun, extra_rows: np.ndarray, model_dir: Path, weight_choice: dict | None,
+                      calibration: dict | None = None) -> None:
     """Trains the model to publish on every utterance (with validation speakers held out for early stopping when
     `--validation_fraction` is above 0) and saves it in `model_dir`, with the statistics classifier's weight chosen
-    over the folds, if any. Under `train_only` the extra corpora's speakers may validate too."""
+    over the folds, if any, and the temperatures fitted over them ([`calibrate_run`]), if any. Under `train_only`
+    the extra corpora's speakers may validate too."""
     corpus, protocol_args, training_args = run.corpus, run.args.protocol, run.args.training
     trains_all = protocol_args.protocol == "train_only"
     everything = np.arange(len(corpus.dataset))
@@ -590,6 +686,9 @@ def train_final_model(run: FoldRun, extra_rows: np.ndarray, model_dir: Path, wei
     trainer = train_model(run, train_rows, validation_rows, model_dir, fold_augmentation(run, bank))
     if weight_choice:
         trainer.model.config.utterance_statistics_weight = weight_choice["weight"]
+    if calibration:
+        trainer.model.config.calibration_temperature = calibration["calibration_temperature"]
+        trainer.model.config.segment_calibration_temperature = calibration["segment_calibration_temperature"]
     trainer.save_model(str(model_dir))
     if trainer.is_world_process_zero():
         for checkpoint in model_dir.glob("checkpoint-*"):

@@ -83,9 +83,9 @@ class MSEmoBoostForONNX(nn.Module):
     Forward inputs: `input_values` `(batch_size, num_samples)`, raw float waveforms in [-1, 1], right-padded, and
     `attention_mask` `(batch_size, num_samples)`, 1 on audio and 0 on padding.
 
-    Forward outputs: `logits` `(batch_size, num_labels)`, as the PyTorch model's in `eval()` mode; `segment_logits`
-    `(batch_size, num_slots, num_labels)`, each segment's log-probabilities (raw outputs for multi-label and
-    regression models), `num_slots = ceil(num_samples / segment_samples)`, of which the first
+    Forward outputs: `logits` `(batch_size, num_labels)`, as the PyTorch model's in `eval()` mode (calibrated);
+    `segment_logits` `(batch_size, num_slots, num_labels)`, each segment's calibrated log-probabilities (raw outputs
+    for multi-label and regression models), `num_slots = ceil(num_samples / segment_samples)`, of which the first
     `segments_per_utterance` `(batch_size,)` of each row are the utterance's segments.
     """
 
@@ -116,17 +116,17 @@ class MSEmoBoostForONNX(nn.Module):
         segments, segment_lengths, segments_per_utterance = base.segment_grid(input_values, lengths)
         batch_size, num_slots, segment_samples = segments.shape
         features = base.encode_segments(segments.reshape(-1, segment_samples), segment_lengths.reshape(-1))[0]
-        segment_logits = self.model.classifier(features)
-        if self.single_label:
-            segment_logits = segment_logits.log_softmax(-1)
-        segment_logits = segment_logits.reshape(batch_size, num_slots, -1)
+        raw_segment_logits = self.model.classifier(features).reshape(batch_size, num_slots, -1)
+        segment_logits = raw_segment_logits.log_softmax(-1) if self.single_label else raw_segment_logits
         is_segment = torch.arange(num_slots, device=lengths.device) < segments_per_utterance[:, None]
         totals = torch.where(is_segment[..., None], segment_logits, 0.0).sum(1)
         logits = totals / segments_per_utterance[:, None].to(totals.dtype)
         if self.model.statistics_classifier is not None:  # as the model's forward, less its input checks
             statistics = self.model.statistics_of_lengths(input_values, lengths)
             logits = logits + self.model.weighted_statistics_log_probabilities(statistics)
-        return logits, segment_logits, segments_per_utterance
+        if self.single_label:  # calibrated, as the model's forward and the handler give them
+            segment_logits = self.model.calibrated(raw_segment_logits, segments=True).log_softmax(-1)
+        return self.model.calibrated(logits), segment_logits, segments_per_utterance
 
 
 def export(model_dir: str | Path, output: str | Path, quantize: str | None = None, opset: int = DEFAULT_OPSET,

@@ -77,20 +77,29 @@ def read_waveform(inputs, sampling_rate: int, input_sampling_rate: int | None) -
 
 @torch.no_grad()
 def log_probabilities(model, extractor, waveforms: list[np.ndarray], group_mean=None, group_scale=None):
-    """The model's class log-probabilities for each recording, `(num_recordings, num_labels)`, as its `forward`
-    gives them in eval mode (the segments' mean, plus the statistics classifier's where the model has one), and each
-    segment's, `(num_segments, num_labels)` (the network's alone), with `segments_per_utterance`."""
+    """The model's calibrated class log-probabilities for each recording, `(num_recordings, num_labels)`, as its
+    `forward` gives them in eval mode (the segments' mean, plus the statistics classifier's where the model has one,
+    over `config.calibration_temperature`), and each segment's, `(num_segments, num_labels)` (the network's alone,
+    over `config.segment_calibration_temperature`), with `segments_per_utterance`."""
     modeling = sys.modules[type(model).__module__]  # the model's own code, wherever it was loaded from
     inputs = extractor(waveforms, sampling_rate=extractor.sampling_rate, return_tensors="pt").to(model.device)
     outputs = model.msemoboost(**inputs)
-    segment_log_probs = model.classifier(outputs.segment_features).log_softmax(-1)
+    segment_logits = model.classifier(outputs.segment_features)
     counts = outputs.segments_per_utterance
-    utterance = modeling.average_over_segments(segment_log_probs, counts)
+    utterance = modeling.average_over_segments(segment_logits.log_softmax(-1), counts)
     if model.statistics_classifier is not None:  # as the model's forward adds it at inference
         if group_mean is not None:
             group_mean, group_scale = group_mean.to(model.device), group_scale.to(model.device)
         utterance = utterance + model.statistics_logits(**inputs, group_mean=group_mean, group_scale=group_scale)
-    return utterance.float().log_softmax(-1).cpu(), segment_log_probs.float().cpu(), counts.cpu()
+    utterance = model.calibrated(utterance).float().log_softmax(-1)
+    segments = model.calibrated(segment_logits, segments=True).float().log_softmax(-1)
+    return utterance.cpu(), segments.cpu(), counts.cpu()
+
+
+def top_label(labels: list[str], probabilities: np.ndarray, min_confidence: float | None = None) -> str:
+    """The most probable label, or "uncertain" when its probability is below `min_confidence`."""
+    best = int(np.argmax(probabilities))
+    return UNCERTAIN if min_confidence is not None and probabilities[best] < min_confidence else labels[best]
 
 
 def ranked(labels: list[str], probabilities: np.ndarray, top_k: int | None) -> list[dict]:
@@ -141,9 +150,7 @@ class EndpointHandler:
         rate = self.extractor.sampling_rate
         entries = []
         for start, length, row in zip(starts.tolist(), lengths.tolist(), probabilities, strict=True):
-            end = start + length
-            best = int(row.argmax())
-            label = UNCERTAIN if minimum is not None and row[best] < minimum else self.labels[best]
-            entries.append({"start": start / rate, "end": end / rate, "label": label, "score": float(row[best]),
+            entries.append({"start": start / rate, "end": (start + length) / rate,
+                            "label": top_label(self.labels, row, minimum), "score": float(row.max()),
                             "scores": ranked(self.labels, row, top_k)})
         return entries

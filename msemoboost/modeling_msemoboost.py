@@ -123,7 +123,8 @@ class MSEmoBoostSequenceClassifierOutput(ModelOutput):
         logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`):
             For each utterance, the mean of its segments' log-probabilities (single-label classification; `softmax`
             gives class probabilities), or the mean of its segments' raw outputs (multi-label classification and
-            regression, `config.problem_type`); plus `statistics_logits` when that is returned.
+            regression, `config.problem_type`); plus `statistics_logits` when that is returned. In `eval()` mode,
+            single-label logits are divided by `config.calibration_temperature` (the last step).
         classification_loss (`torch.FloatTensor` of shape `()`, *optional*):
             The classification part of `loss`, returned when the SE loss or the statistics loss is too.
         statistics_loss (`torch.FloatTensor` of shape `()`, *optional*):
@@ -922,7 +923,7 @@ class MSEmoBoostForSequenceClassification(MSEmoBoostStatisticsHead, MSEmoBoostSp
         Returns:
             [`MSEmoBoostSequenceClassifierOutput`]: `logits` `(batch_size, num_labels)`, each utterance's mean of its
             segments' log-probabilities, plus, in `eval()` mode, the statistics classifier's weighted
-            log-probabilities (`statistics_logits`); `loss` (the network's) when `labels` or `clean_input_values` is
+            log-probabilities (`statistics_logits`), all divided by `config.calibration_temperature`; `loss` (the network's) when `labels` or `clean_input_values` is
             given.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
@@ -949,6 +950,8 @@ class MSEmoBoostForSequenceClassification(MSEmoBoostStatisticsHead, MSEmoBoostSp
         if self.statistics_classifier is not None and not self.training and self.config.utterance_statistics_weight != 0:
             statistics_logits = self.statistics_logits(input_values, attention_mask, **grouping)
             logits = logits + statistics_logits
+        if not self.training:
+            logits = self.calibrated(logits)
         output = MSEmoBoostSequenceClassifierOutput(
             logits=logits,
             hidden_states=outputs.hidden_states,
@@ -1002,6 +1005,15 @@ class MSEmoBoostForSequenceClassification(MSEmoBoostStatisticsHead, MSEmoBoostSp
             "statistics_loss": statistics_loss,
             "se_loss": se_loss,
         }
+
+    def calibrated(self, logits: torch.Tensor, segments: bool = False) -> torch.Tensor:
+        """Single-label classification: `logits` `(batch_size, num_labels)` divided by `config.calibration_temperature`
+        (with `segments`, `(num_segments, num_labels)` by `config.segment_calibration_temperature`), whose softmax is
+        then the calibrated probability; other problem types unchanged."""
+        if self.config.problem_type not in (None, "single_label_classification"):
+            return logits
+        temperature = self.config.segment_calibration_temperature if segments else self.config.calibration_temperature
+        return logits if temperature == 1 else logits / temperature
 
     def utterance_logits(self, segment_logits: torch.Tensor, segments_per_utterance: torch.LongTensor) -> torch.Tensor:
         """`(num_segments, num_labels)` → `(batch_size, num_labels)`: the mean of each utterance's segments'

@@ -159,10 +159,11 @@ def render_model_card(
 
 def summarize(
     fold_results: list[dict], corpus, args: RunArguments, output_dir: Path, config, corpora_report: dict,
-    weight_choice: dict | None = None,
+    weight_choice: dict | None = None, calibration: dict | None = None,
 ) -> dict:
     """Overall results of a run for `results.json` and the model card: what it trained on and how
-    ([`describe_run`]), per-fold WA/UA, mean ± std over folds, pooled confusion matrix and per-class report, written
+    ([`describe_run`]), per-fold WA/UA, mean ± std over folds, the calibration (`calibration`, from
+    `calibrate_run`), pooled confusion matrix and per-class report, written
     to `output_dir` as `classification_report.txt`, `confusion_matrix.png` and the merged `predictions.csv`. With no
     fold (`train_only`), only the description."""
     protocol_args, noise_args = args.protocol, args.noise
@@ -178,6 +179,8 @@ def summarize(
         pooled=pooled, num_utterances=int(matrix.sum()), per_class=per_class_report(matrix, corpus.label_names),
         confusion_matrix=matrix.tolist(),
     )
+    if calibration:
+        summary["calibration"] = calibration
     if "network" in fold_results[0]:  # with the statistics classifier: each of the two models alone
         for part in ("network", "statistics_classifier"):
             summary[part] = {key: mean_std([result[part][key] for result in fold_results]) for key in ("wa", "ua")}
