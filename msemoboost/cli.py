@@ -2,9 +2,13 @@
 
     msemoboost predict --model DIR_OR_HUB_ID FILES_OR_FOLDERS... [--timeline] [--output out.csv|out.json]
         [--min_confidence P]     (below P: "uncertain", with the probabilities still written)
+        [--timeline --vad]       (speech only, by Silero VAD, in the model's segments; gaps "non-speech")
+        [--timeline --hop_s H]   (a window ending every H seconds, as `msemoboost stream` gives them)
         [--group_by folder]      (a model trained with --speaker_normalization: each folder's recordings, one
                                   speaker's, normalise each other; --group_column COLUMN with --dataset_name)
     msemoboost predict --onnx EXPORT_DIR FILES_OR_FOLDERS... [--quantize int8]   (ONNX Runtime, see `export`)
+    msemoboost stream --model DIR_OR_HUB_ID | --onnx EXPORT_DIR [--input -|FILE.wav|--microphone] [--hop_s 1.0]
+        [--min_confidence P]     (a JSON line per hop: the window ending there, as predict --timeline --hop_s)
     msemoboost explain FILE --model DIR_OR_HUB_ID [--output explain.png]
     msemoboost tsne --model DIR_OR_HUB_ID --dataset_name NAME_OR_PATH [--compare_baseline] [--output tsne.png]
     msemoboost enhance FILES_OR_FOLDERS... --model DIR_OR_HUB_ID --output_dir DIR [--noise white --snr 5]
@@ -100,6 +104,11 @@ def add_predict(commands) -> None:
     predict.add_argument("--audio_column", default="audio", help="audio column of --dataset_name (default: audio)")
     predict.add_argument("--split", default=None, help="split of --dataset_name (default: every split)")
     add_flag(predict, "--timeline", "also give one row per 3 s segment")
+    add_flag(predict, "--vad", "with --timeline: classify speech only, found by Silero VAD (pip install "
+                               "'msemoboost[vad]'), in windows of the model's segment length; gaps are 'non-speech'")
+    predict.add_argument("--hop_s", type=float, default=None,
+                         help="with --timeline: a window ending every HOP_S seconds, each the model's segment length "
+                              "(as msemoboost stream gives them), instead of the model's own 3 s segments")
     predict.add_argument("--min_confidence", type=float, default=None, metavar="P",
                          help="label a recording (and a --timeline segment) whose top probability is below P "
                               "'uncertain'; its probabilities are still written (they are calibrated when the model "
@@ -114,6 +123,30 @@ def add_predict(commands) -> None:
                           help="with files and folders and a model trained with --speaker_normalization: the "
                                "recordings of one folder are one group (speaker) and normalise each other")
     predict.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+
+
+def add_stream(commands) -> None:
+    stream = command_parser(commands, "stream", "classify audio as it arrives: a JSON line per hop (stdin PCM, a "
+                                                "growing WAV file or the microphone)")
+    engine = stream.add_mutually_exclusive_group(required=True)
+    engine.add_argument("--model", help="model directory or Hub id (PyTorch)")
+    engine.add_argument("--onnx", help="folder written by msemoboost export (ONNX Runtime on CPU)")
+    stream.add_argument("--quantize", choices=["int8"], default=None, help="with --onnx: run the int8 model")
+    source = stream.add_mutually_exclusive_group()
+    source.add_argument("--input", default="-", help="'-' (default): raw PCM on standard input; or a WAV file, "
+                                                     "followed while it grows")
+    add_flag(source, "--microphone", "read the default microphone through sounddevice (pip install "
+                                     "'msemoboost[stream]'), until Ctrl-C")
+    stream.add_argument("--format", choices=["s16le", "f32le"], default="s16le",
+                        help="sample format of --input - (default: s16le, 16-bit little-endian)")
+    stream.add_argument("--sampling_rate", type=int, default=16000,
+                        help="sampling rate of --input - (default: 16000); it must be the model's")
+    stream.add_argument("--hop_s", type=float, default=1.0, help="seconds between lines (default: 1.0)")
+    stream.add_argument("--min_confidence", type=float, default=None, metavar="P",
+                        help="label a window whose top probability is below P 'uncertain'")
+    stream.add_argument("--follow_s", type=float, default=2.0,
+                        help="with a WAV --input: stop once it has not grown for this many seconds (default: 2)")
+    stream.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
 
 
 def add_explain_and_tsne(commands) -> None:
@@ -219,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("pretrain", help="self-supervised pretraining of a backbone, random or EMS masking (see "
                                          "msemoboost pretrain --help)")
     add_predict(commands)
+    add_stream(commands)
     add_explain_and_tsne(commands)
     add_enhance(commands)
     add_export(commands)
@@ -243,10 +277,16 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
         parser.error("the following arguments are required: --output_dir")
     if args.command == "tsne" and not args.dataset_name:
         parser.error("the following arguments are required: --dataset_name")
-    if args.command == "predict" and args.quantize and not args.onnx:
+    if args.command in ("predict", "stream") and args.quantize and not args.onnx:
         parser.error("--quantize int8 needs --onnx (it runs the int8 graph that export --quantize int8 wrote)")
     if args.command == "predict" and (args.group_column or args.group_by) and args.onnx:
         parser.error("--group_column and --group_by need --model: the ONNX graph takes no group statistics")
+    if args.command == "predict" and (args.vad or args.hop_s is not None) and not args.timeline:
+        parser.error("--vad and --hop_s choose the windows of a timeline: add --timeline")
+    if args.command == "predict" and args.vad and args.hop_s is not None:
+        parser.error("--vad classifies speech regions in the model's segments, --hop_s sliding windows: choose one")
+    if args.command == "predict" and (args.vad or args.hop_s is not None) and (args.group_column or args.group_by):
+        parser.error("--vad and --hop_s classify windows on their own: they take no --group_by or --group_column")
     if args.command == "predict" and args.group_column and not args.dataset_name:
         parser.error("--group_column names a column of --dataset_name; for files and folders use --group_by folder")
     if args.command == "predict" and args.group_by and args.dataset_name:
@@ -276,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     check_arguments(parser, args)
     from .inference import BadAudioError
 
-    commands = {"predict": run_predict, "explain": run_explain, "tsne": run_tsne, "enhance": run_enhance,
+    commands = {"predict": run_predict, "stream": run_stream, "explain": run_explain, "tsne": run_tsne, "enhance": run_enhance,
                 "export": run_export, "intensity": run_intensity}
     try:
         return commands[args.command](args)
@@ -375,6 +415,12 @@ def run_predict(args) -> int:
         raise ValueError(f"--batch_size must be at least 1, got {args.batch_size}.")
     if args.min_confidence is not None and not 0 <= args.min_confidence <= 1:
         raise ValueError(f"--min_confidence is a probability, from 0 to 1; got {args.min_confidence}.")
+    if args.hop_s is not None and not 0 < args.hop_s < float("inf"):
+        raise ValueError(f"--hop_s must be a positive number of seconds, got {args.hop_s}.")
+    if args.vad:
+        from .timeline import require_vad
+
+        require_vad()  # a missing extra is an error before any audio is read
     sources = recordings(args)
     total = len(sources)
     classifier, extractor, config, run = prediction_engine(args)
@@ -397,7 +443,22 @@ def run_predict(args) -> int:
         print("Note: this model was trained with speaker normalisation; without --group_by folder or --group_column, "
               "each recording is standardised by the training data's statistics, which scored lower than grouped "
               "recordings (README, Speaker normalisation).", file=sys.stderr)
-    if args.group_column or args.group_by:  # every recording is read once, here, and kept for its batch
+    if args.vad or args.hop_s is not None:  # one recording at a time, its windows in batches
+        from .timeline import sliding_timeline, speech_timeline
+
+        for name, source, _ in tqdm(sources, unit="file", file=sys.stderr):
+            waveform = read(name, source)
+            if waveform is None:
+                continue
+            try:
+                if args.vad:
+                    predictions.append(speech_timeline(run, waveform, name, config, args.batch_size))
+                else:
+                    predictions.append(sliding_timeline(run, waveform, name, config, args.hop_s, args.batch_size))
+            except ValueError as error:
+                skip(f"{name}: {error}")
+        waveforms, count = [], 0
+    elif args.group_column or args.group_by:  # every recording is read once, here, and kept for its batch
         waveforms, normalization = read_groups(sources, read, classifier, extractor)
         count = len(waveforms)
     else:  # read one at a time, as the batches need them
@@ -422,7 +483,7 @@ def run_predict(args) -> int:
             prediction.group = normalization[prediction.name][0] if normalization else None
         predictions.extend(found)
 
-    for position, (name, waveform) in enumerate(tqdm(waveforms, total=count, unit="file", file=sys.stderr)):
+    for position, (name, waveform) in enumerate(tqdm(waveforms, total=count, unit="file", file=sys.stderr) if count else []):
         if waveform is not None:
             batch.append((name, waveform))
         if batch and (len(batch) == args.batch_size or position == count - 1):
@@ -439,6 +500,13 @@ def run_predict(args) -> int:
             print(f"  {failure}", file=sys.stderr)
         return EXIT_SOME_FILES_FAILED
     return 0
+
+
+def run_stream(args) -> int:
+    from .streaming import stream_lines
+
+    _, _, config, run = prediction_engine(args)
+    return stream_lines(args, run, config)
 
 
 def run_export(args) -> int:
@@ -522,39 +590,48 @@ def run_intensity(args) -> int:
 
 def write_predictions(predictions, labels: list[str], output: str | None, timeline: bool,
                       min_confidence: float | None = None) -> None:
-    from .handler import top_label
+    """The files' rows, and with `timeline` the segments' (or windows') rows and the regions where the label stays
+    the same: printed, or written to a JSON file (`files`, `segments`, `regions`) or CSV files (`out.csv`,
+    `out.timeline.csv`, `out.regions.csv`). A non-speech row's label is `non-speech`, its probabilities empty."""
+    from .timeline import regions, segment_label
+
+    def probabilities(values) -> dict:
+        return {label: None if np.isnan(value) else float(value) for label, value in zip(labels, values)}
 
     grouped = any(p.group is not None for p in predictions)
     file_rows = [
         {"file": p.name, **({"group": p.group} if grouped else {}),
-         "prediction": top_label(labels, p.probabilities, min_confidence), **dict(zip(labels, p.probabilities.tolist()))}
+         "prediction": segment_label(labels, p.probabilities, min_confidence), **probabilities(p.probabilities)}
         for p in predictions
     ]
     segment_rows = [
         {"file": p.name, "segment": index, "start": float(start), "end": float(end),
-         "prediction": top_label(labels, probs, min_confidence), **dict(zip(labels, probs.tolist()))}
+         "prediction": segment_label(labels, probs, min_confidence), **probabilities(probs)}
         for p in predictions
         for index, ((start, end), probs) in enumerate(zip(p.segment_bounds, p.segment_probabilities))
     ]
+    region_rows = [{"file": p.name, **region} for p in predictions for region in regions(p, labels, min_confidence)]
     if output is None:
         print_table(file_rows, labels)
         if timeline:
-            print()
-            print_table(segment_rows, labels)
+            for rows in (segment_rows, region_rows):
+                print()
+                print_table(rows, labels)
     elif output.lower().endswith(".json"):
         content = {"labels": labels, "files": file_rows}
         if timeline:
-            content["segments"] = segment_rows
+            content.update(segments=segment_rows, regions=region_rows)
         write_atomically(Path(output), lambda path: path.write_text(json.dumps(content, indent=2) + "\n"))
     else:
         write_csv(Path(output), file_rows)
         if timeline:
             write_csv(timeline_path(Path(output)), segment_rows)
+            write_csv(timeline_path(Path(output), "regions"), region_rows)
 
 
-def timeline_path(output: Path) -> Path:
-    """Where `--timeline` rows go next to a CSV output: `out.csv` → `out.timeline.csv`."""
-    return output.with_name(output.stem + ".timeline.csv")
+def timeline_path(output: Path, kind: str = "timeline") -> Path:
+    """Where `--timeline` rows go next to a CSV output: `out.csv` → `out.timeline.csv` (and `out.regions.csv`)."""
+    return output.with_name(f"{output.stem}.{kind}.csv")
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
@@ -579,7 +656,7 @@ def print_table(rows: list[dict], labels: list[str]) -> None:
 
 
 def format_cell(value) -> str:
-    return f"{value:.3f}" if isinstance(value, float) else str(value)
+    return f"{value:.3f}" if isinstance(value, float) else "" if value is None else str(value)
 
 
 def run_explain(args) -> int:

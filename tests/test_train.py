@@ -57,6 +57,37 @@ def test_run_writes_per_fold_and_overall_results(finished_run):
     assert (output / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_each_fold_is_calibrated_on_the_other_folds_and_the_final_model_on_all(finished_run):
+    from msemoboost.calibration import calibration_report, fit_temperature, pooled_report
+
+    output, summary = finished_run
+    parts = {}
+    for fold in ("speaker_spk1", "speaker_spk2"):
+        logits = np.load(output / "folds" / fold / "test_logits.npz")
+        segments = np.load(output / "folds" / fold / "segment_log_probabilities.npz")
+        parts[fold] = (logits["logits"], logits["labels"], segments["log_probabilities"], segments["labels"])
+        assert len(segments["labels"]) >= len(logits["labels"]) == 12
+    calibration = summary["calibration"]
+    for fold, other in (("speaker_spk1", "speaker_spk2"), ("speaker_spk2", "speaker_spk1")):
+        result = json.loads((output / "folds" / fold / "results.json").read_text())
+        temperature = fit_temperature(*parts[other][:2])
+        assert result["calibration"] == calibration_report(*parts[fold][:2], temperature)
+        assert result["segment_calibration"]["temperature"] == fit_temperature(*parts[other][2:])
+        rows = list(csv.DictReader(open(output / "folds" / fold / "predictions.csv")))
+        calibrated = torch.from_numpy(parts[fold][0] / temperature).softmax(-1).numpy()
+        np.testing.assert_allclose([[float(row[label]) for label in summary["label_names"]] for row in rows], calibrated,
+                                   rtol=0, atol=1e-6)
+    everything = [np.concatenate([parts[fold][i] for fold in parts]) for i in range(4)]
+    assert calibration["calibration_temperature"] == fit_temperature(*everything[:2])
+    assert calibration["segment_calibration_temperature"] == fit_temperature(*everything[2:])
+    nested = {fold: json.loads((output / "folds" / fold / "results.json").read_text())["calibration"]["temperature"]
+              for fold in parts}
+    assert calibration["utterances"] == pooled_report({fold: parts[fold][:2] for fold in parts}, nested)
+    config = json.loads((output / "model" / "config.json").read_text())
+    assert config["calibration_temperature"] == calibration["calibration_temperature"]
+    assert config["segment_calibration_temperature"] == calibration["segment_calibration_temperature"]
+
+
 def test_reported_wa_and_ua_are_accuracy_and_balanced_accuracy_of_the_predictions(finished_run):
     from sklearn.metrics import accuracy_score, balanced_accuracy_score
 
@@ -800,7 +831,10 @@ def test_the_statistics_classifier_is_fitted_in_each_fold_and_its_weight_chosen_
         np.testing.assert_array_equal(parts["labels"], truth)
         torch.testing.assert_close(torch.from_numpy(parts["statistics_log_probabilities"]).float(), alone, rtol=0, atol=1e-5)
         fused = parts["network_logits"] + choice["nested"][name] * parts["statistics_log_probabilities"]
-        torch.testing.assert_close(torch.from_numpy(fused).float().softmax(-1), expected, rtol=0, atol=2e-6)
+        # predictions.csv and the fold's model give them calibrated, at the temperature fitted on the other folds
+        temperature = folds[name]["calibration"]["temperature"]
+        assert model.config.calibration_temperature == temperature
+        torch.testing.assert_close(torch.from_numpy(fused / temperature).float().softmax(-1), expected, rtol=0, atol=2e-6)
         network = parts["network_logits"].argmax(-1)
         recalls = [(network[truth == label] == label).mean() for label in np.unique(truth)]
         assert folds[name]["network"]["ua"] == pytest.approx(np.mean(recalls), abs=1e-12)
