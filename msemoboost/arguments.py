@@ -165,11 +165,19 @@ class AugmentationArguments:
     mixup_alpha: float = field(
         default=0.0, metadata={"help": "Mixup of training batches, weights drawn from Beta(alpha, alpha); 0 is off."}
     )
+    telephone_augmentation: float = field(
+        default=0.0, metadata={"help": "Probability of passing a training utterance through a narrowband telephone "
+                               "channel (8 kHz, 300-3400 Hz, G.711 mu-law, back to the model's rate), after any noise; "
+                               "0 is off."}
+    )
 
     def __post_init__(self):
         check_waveform_augmentation(
             self.speed_perturbation, self.speed_perturbation_probability, self.time_masks, self.time_mask_max_s
         )
+        if not 0 <= self.telephone_augmentation <= 1:
+            raise ValueError(f"--telephone_augmentation is a probability per utterance, from 0 to 1; got "
+                             f"{self.telephone_augmentation}.")
         if not self.mixup_alpha >= 0:
             raise ValueError(f"--mixup_alpha must be >= 0 (0 turns mixup off), got {self.mixup_alpha}.")
 

@@ -9,6 +9,8 @@ spectrogram all see the same augmented audio. They are recipe options for small 
   length becomes `length / factor`).
 - **Time masking** (SpecAugment's time masks, on the waveform): `num_time_masks` spans of up to `time_mask_max_s`
   seconds, each at a uniformly drawn place, are set to zero.
+- **Telephone channel**: 8 kHz, 300–3,400 Hz, μ-law (G.711), then back to the model's rate ([`telephone_band`]),
+  for models that will hear calls.
 - **Mixup** (Zhang et al., ICLR 2018): each utterance of a batch is mixed with another of the same batch, `λ x_i +
   (1 - λ) x_j`, and so are their one-hot labels, with one `λ ~ Beta(alpha, alpha)` per batch.
 """
@@ -82,6 +84,50 @@ class WaveformAugmentation:
                 width = int(self.rng.integers(0, longest + 1))
                 start = int(self.rng.integers(0, len(waveform) - width + 1))
                 waveform[start : start + width] = 0.0
+        return waveform
+
+
+TELEPHONE_RATE = 8000
+TELEPHONE_BAND_HZ = (300.0, 3400.0)
+MU_LAW_MU = 255
+
+
+def telephone_band(waveform: np.ndarray, sampling_rate: int) -> np.ndarray:
+    """`waveform` `(num_samples,)` as a narrowband telephone line carries it, back at `sampling_rate`: resampled to
+    8 kHz (scipy's polyphase filter), band-passed to 300–3,400 Hz (4th-order Butterworth, causal, as a channel
+    is), companded by μ-law with 8-bit codes (μ = 255, G.711's law in its continuous form), decoded and resampled back.
+    The length is kept. Needs scipy (the `train` extra)."""
+    from math import gcd
+
+    try:
+        from scipy.signal import butter, resample_poly, sosfilt
+    except ImportError:
+        raise ImportError("The telephone channel needs scipy: pip install 'msemoboost[train]'.") from None
+    waveform = np.asarray(waveform, dtype=np.float64)
+    common = gcd(sampling_rate, TELEPHONE_RATE)
+    narrow = resample_poly(waveform, TELEPHONE_RATE // common, sampling_rate // common)
+    narrow = sosfilt(butter(4, TELEPHONE_BAND_HZ, btype="bandpass", fs=TELEPHONE_RATE, output="sos"), narrow)
+    companded = np.sign(narrow) * np.log1p(MU_LAW_MU * np.abs(np.clip(narrow, -1, 1))) / np.log1p(MU_LAW_MU)
+    codes = np.round((companded + 1) / 2 * 255)  # 8 bits
+    decoded = codes / 255 * 2 - 1
+    narrow = np.sign(decoded) * np.expm1(np.abs(decoded) * np.log1p(MU_LAW_MU)) / MU_LAW_MU
+    wide = resample_poly(narrow, sampling_rate // common, TELEPHONE_RATE // common)
+    return np.pad(wide, (0, max(0, len(waveform) - len(wide))))[: len(waveform)].astype(np.float32)
+
+
+class TelephoneAugmentation:
+    """A callable `(waveform, row) -> waveform` for [`~msemoboost.data.AudioCollator`]: with `probability`, the
+    utterance through [`telephone_band`] (`train.py --telephone_augmentation P`)."""
+
+    def __init__(self, sampling_rate: int, probability: float, seed: int = 0):
+        if not 0 <= probability <= 1:
+            raise ValueError(f"--telephone_augmentation is a probability per utterance, from 0 to 1; got {probability}.")
+        self.sampling_rate, self.probability = sampling_rate, probability
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, waveform: np.ndarray, row: dict | None = None) -> np.ndarray:
+        if self.rng.random() < self.probability:
+            return telephone_band(waveform, self.sampling_rate)
         return waveform
 
 

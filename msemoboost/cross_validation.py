@@ -18,7 +18,7 @@ from transformers import EarlyStoppingCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from .arguments import DataArguments, ModelArguments, NoiseArguments, RunArguments, corpus_name
-from .augmentation import BatchMixup, Chain, WaveformAugmentation
+from .augmentation import BatchMixup, Chain, TelephoneAugmentation, WaveformAugmentation
 from .calibration import calibration_report, cross_fitted_temperatures, mean_report, pooled_report
 from .configuration_msemoboost import MSEmoBoostConfig
 from .data import AudioCollator, EmotionCorpus, combine_corpora, decode_audio, load_corpus, parse_label_merge
@@ -287,8 +287,8 @@ def noise_bank(corpus, rows, excluded_speakers, noise_args: NoiseArguments, nois
 
 
 def fold_augmentation(run: "FoldRun", bank) -> Chain | None:
-    """What happens to a training waveform: speed perturbation and time masks, then noise (from `bank`); None when
-    nothing does."""
+    """What happens to a training waveform: speed perturbation and time masks, then noise (from `bank`), then the
+    telephone channel; None when nothing does."""
     noise_args, augmentation_args, seed = run.args.noise, run.args.augmentation, run.args.training.seed
     sampling_rate, min_samples = run.corpus.sampling_rate, run.min_samples
     waveform = WaveformAugmentation(
@@ -302,7 +302,10 @@ def fold_augmentation(run: "FoldRun", bank) -> Chain | None:
             bank, noise_args.noise_augmentation_types, noise_args.noise_augmentation_probability,
             noise_args.noise_augmentation_snr, seed,
         )
-    return Chain(waveform, noise) if waveform or noise else None
+    telephone = None
+    if augmentation_args.telephone_augmentation > 0:
+        telephone = TelephoneAugmentation(sampling_rate, augmentation_args.telephone_augmentation, seed)
+    return Chain(waveform, noise, telephone) if waveform or noise or telephone else None
 
 
 def test_in_noise(trainer, corpus, rows: np.ndarray, bank, noise_args: NoiseArguments, feature_extractor, seed: int) -> dict:

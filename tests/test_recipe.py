@@ -7,7 +7,7 @@ from tiny import speech_like, tiny_config, tiny_model
 from transformers import TrainingArguments, set_seed
 
 from msemoboost import MSEmoBoostForSequenceClassification
-from msemoboost.augmentation import BatchMixup, Chain, WaveformAugmentation
+from msemoboost.augmentation import BatchMixup, Chain, TelephoneAugmentation, WaveformAugmentation, telephone_band
 from msemoboost.training import MSEmoBoostTrainer, class_balanced_weights, load_for_transfer, model_part
 
 
@@ -51,6 +51,38 @@ def test_bad_augmentation_settings_are_refused(arguments, message):
     with pytest.raises(ValueError, match=message):
         WaveformAugmentation(16000, **arguments)
 
+
+
+def tone(frequency: float, seconds: float = 1.0, amplitude: float = 0.5) -> np.ndarray:
+    return (amplitude * np.sin(2 * np.pi * frequency * np.arange(int(16000 * seconds)) / 16000)).astype(np.float32)
+
+
+def level(waveform: np.ndarray) -> float:
+    """RMS of the second half (past the filters' transients)."""
+    return float(np.sqrt(np.mean(waveform[len(waveform) // 2 :] ** 2)))
+
+
+def test_the_telephone_channel_passes_the_voice_band_and_removes_what_is_outside_it():
+    for frequency in (500.0, 1000.0, 3000.0):  # in the band: the level kept within 1 dB (μ-law's 8 bits add noise)
+        assert 20 * np.log10(level(telephone_band(tone(frequency), 16000)) / level(tone(frequency))) == pytest.approx(0, abs=1)
+    assert level(telephone_band(tone(100.0), 16000)) < 0.1 * level(tone(100.0))  # below 300 Hz: > 20 dB down
+    assert level(telephone_band(tone(5000.0), 16000)) < 0.01 * level(tone(5000.0))  # above 4 kHz: gone
+    assert len(telephone_band(tone(1000.0, 0.3337), 16000)) == len(tone(1000.0, 0.3337))
+    # μ-law, 8 bits: a quiet tone keeps a better signal-to-quantisation ratio than linear 8 bits would give it
+    quiet = tone(1000.0, amplitude=0.01)
+    through = telephone_band(quiet, 16000)
+    assert 20 * np.log10(level(through) / level(quiet)) == pytest.approx(0, abs=1)
+
+
+def test_telephone_augmentation_applies_the_channel_with_its_probability():
+    waveform = speech_like(16000)
+    assert TelephoneAugmentation(16000, 0.0)(waveform) is waveform
+    np.testing.assert_array_equal(TelephoneAugmentation(16000, 1.0)(waveform), telephone_band(waveform, 16000))
+    augmentation = TelephoneAugmentation(16000, 0.5, seed=3)
+    changed = [augmentation(waveform) is not waveform for _ in range(200)]
+    assert 70 < sum(changed) < 130
+    with pytest.raises(ValueError, match="--telephone_augmentation is a probability per utterance, from 0 to 1; got 1.5"):
+        TelephoneAugmentation(16000, 1.5)
 
 
 def test_mixup_mixes_waveforms_masks_and_labels_with_one_seeded_draw():

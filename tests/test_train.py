@@ -276,12 +276,16 @@ def test_mixup_and_label_smoothing_through_train_py(corpus_dir, tmp_path):
 
     recorder = FirstTrainingBatch()
     summary = run(corpus_dir, tmp_path / "out", "--folds", "0", "--final_model", "false", "--mixup_alpha", "0.4",
-                  "--label_smoothing_factor", "0.1", callbacks=[recorder])
+                  "--label_smoothing_factor", "0.1", "--telephone_augmentation", "1", callbacks=[recorder])
     labels = recorder.batch["labels"]
     num_labels = len(summary["class_counts"])
     assert labels.dtype == torch.float32 and labels.shape == (len(recorder.batch["input_values"]), num_labels)
     torch.testing.assert_close(labels.sum(-1), torch.ones(len(labels)))
     assert (labels.max(-1).values < 1).any()  # mixed, not one-hot
+    # Every training utterance went through the telephone channel: nothing above its 4 kHz Nyquist frequency.
+    row = recorder.batch["input_values"][0][recorder.batch["attention_mask"][0].bool()].numpy()
+    power = np.abs(np.fft.rfft(row)) ** 2
+    assert power[np.fft.rfftfreq(len(row), 1 / 16000) > 4200].sum() < 1e-4 * power.sum()
     # The model's loss smooths (with its class weights and segments); the Trainer's label smoother stays off.
     assert recorder.label_smoothing == 0.1 and recorder.trainer_smoothing == 0.0
     (name,) = [fold["fold"] for fold in summary["folds"]]
@@ -292,7 +296,9 @@ def test_mixup_and_label_smoothing_through_train_py(corpus_dir, tmp_path):
     card = render_model_card(MODEL_CARD_TEMPLATE, json.loads((tmp_path / "out" / "results.json").read_text()),
                              "corpus", None, "model")
     assert ("- Mixup: each training batch's utterances were mixed in pairs, with labels mixed alike and weights drawn "
-            "from Beta(0.4, 0.4).\n- Label smoothing 0.1 in the cross-entropy.\n") in card
+            "from Beta(0.4, 0.4).\n- Telephone augmentation: with probability 1.0, a training utterance passed through a "
+            "narrowband telephone channel (8 kHz, 300–3,400 Hz, G.711 μ-law).\n- Label smoothing 0.1 in the "
+            "cross-entropy.\n") in card
     with pytest.raises(ValueError, match=r"^--mixup_alpha must be >= 0 \(0 turns mixup off\), got -1.0.$"):
         run(corpus_dir, tmp_path / "refused", "--mixup_alpha", "-1")
 
