@@ -2,6 +2,7 @@
 weights X_enh. Needs the `demo` extra (`pip install 'msemoboost[demo]'`)."""
 
 import tempfile
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -43,20 +44,28 @@ def probability_table(labels: list[str], probabilities: np.ndarray) -> str:
     return "\n".join(["| emotion | probability |", "|---|---|", *rows])
 
 
-def timeline_figure(prediction, labels: list[str]):
-    """Each class's probability in each 3 s segment, over time."""
+def timeline_figure(prediction, labels: list[str], windows: str = "3 s segment"):
+    """Each class's probability in each window over time; non-speech rows (NaN) shaded grey."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(9, 3), dpi=100)
-    edges = np.concatenate([prediction.segment_bounds[:, 0], prediction.segment_bounds[-1:, 1]])
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    speech = ~np.isnan(prediction.segment_probabilities).all(1)
+    for (start, end), is_speech in zip(prediction.segment_bounds, speech):
+        if not is_speech:
+            axis.axvspan(start, end, color="0.85", linewidth=0)
     for column, label in enumerate(labels):
-        values = prediction.segment_probabilities[:, column]
-        axis.stairs(values, edges, label=label, linewidth=1.5)
-    axis.set(xlabel="time (s)", ylabel="probability", ylim=(0, 1), title="emotion per 3 s segment")
-    axis.legend(fontsize=8, ncol=min(len(labels), 4), loc="upper right")
+        rows = prediction.segment_probabilities[speech, column]
+        bounds = prediction.segment_bounds[speech]
+        axis.hlines(rows, bounds[:, 0], bounds[:, 1], color=colours[column % len(colours)], linewidth=2, label=label)
+    if not speech.all():
+        axis.axvspan(0, 0, color="0.85", label="non-speech")
+    axis.set(xlabel="time (s)", ylabel="probability", ylim=(0, 1), title=f"emotion per {windows}",
+             xlim=(0, float(prediction.segment_bounds[-1, 1])))
+    axis.legend(fontsize=8, ncol=min(len(labels) + 1, 5), loc="upper right")
     figure.tight_layout()
     return figure
 
@@ -91,16 +100,42 @@ class DemoModel:
                     f"{self.max_seconds:.0f} s. For longer files: `msemoboost predict FILE --timeline`.", *empty)
         try:
             (prediction,) = predict(self.classifier, self.extractor, [waveform], [name])
-            times, weights = enhancement_curve(self.classifier, self.extractor, waveform)
-            image = self.figures / f"{Path(name).stem}_explain.png"
-            plot_explanation(image, waveform, rate, times, weights, prediction, self.labels, (1100, 700), name)
+            timeline, windows = self.timeline(waveform, name, prediction)
         except (ValueError, RuntimeError) as error:  # the model refuses the input: say why, in the page
             return (f"**Cannot analyse this recording.** {name}: {' '.join(str(error).split())[:300]}", *empty)
+        image, note = None, ""
+        if self.classifier.msemoboost.enhancement is not None:
+            times, weights = enhancement_curve(self.classifier, self.extractor, waveform)
+            image = str(self.figures / f"{Path(name).stem}_explain.png")
+            plot_explanation(image, waveform, rate, times, weights, prediction, self.labels, (1100, 700), name)
+        else:
+            note = " This model has no guidance branches, so no frame weights to show."
         probabilities = prediction.probabilities
         best = self.labels[int(probabilities.argmax())]
-        status = f"**{best}**: {name}, {seconds:.1f} s, {len(prediction.segment_bounds)} segment(s) of 3 s."
+        status = (f"**{best}**: {name}, {seconds:.1f} s, {len(timeline.segment_bounds)} timeline row(s) of {windows}. "
+                  f"{self.calibration}{note}")
         scores = {label: float(p) for label, p in zip(self.labels, probabilities)}
-        return status, scores, probability_table(self.labels, probabilities), timeline_figure(prediction, self.labels), str(image)
+        return (status, scores, probability_table(self.labels, probabilities),
+                timeline_figure(timeline, self.labels, windows), image)
+
+    @property
+    def calibration(self) -> str:
+        config = self.classifier.config
+        if config.calibration_temperature == 1 and config.segment_calibration_temperature == 1:
+            return "Probabilities as trained (this model was not calibrated: train.py --calibrate)."
+        return (f"Calibrated probabilities (temperature {config.calibration_temperature:.2f}; segments "
+                f"{config.segment_calibration_temperature:.2f}).")
+
+    def timeline(self, waveform: np.ndarray, name: str, prediction):
+        """The speech-only timeline (Silero VAD, the `vad` extra) and what its rows are; without silero-vad, the
+        model's own 3 s segments."""
+        from .timeline import speech_timeline
+
+        try:
+            run = partial(predict, self.classifier, self.extractor)
+            return speech_timeline(run, waveform, name, self.classifier.config), "speech window (3 s at most)"
+        except ImportError:
+            return prediction, "3 s segment (no voice activity detection: pip install 'msemoboost[vad]')"
 
 
 def build_demo(model: DemoModel, examples: list[Path]):
@@ -108,7 +143,8 @@ def build_demo(model: DemoModel, examples: list[Path]):
     gr = require_gradio()
     with gr.Blocks(title="MS-EmoBoost speech emotion recognition") as demo:
         gr.Markdown("# Speech emotion recognition with MS-EmoBoost\nUpload a recording or record one; the model "
-                    "classifies each 3 s segment and the whole recording. Emotions: " + ", ".join(model.labels) + ".")
+                    "classifies the whole recording, and each speech window of up to 3 s for the timeline (grey: no speech). "
+                    "Emotions: " + ", ".join(model.labels) + ".")
         with gr.Row():
             with gr.Column(scale=1):
                 audio = gr.Audio(sources=["upload", "microphone"], type="filepath", label="speech", elem_id="audio")

@@ -112,7 +112,24 @@ def test_the_page_shows_what_msemoboost_predict_gives(page, browser, model_dir, 
     shown = {row.find_elements(By.TAG_NAME, "td")[0].text: row.find_elements(By.TAG_NAME, "td")[1].text for row in rows}
     assert shown == {label: f"{expected[label]:.4f}" for label in LABELS}
     assert np.isclose(sum(float(value) for value in shown.values()), 1.0, atol=1e-3)
-    screenshots(browser, page, wav, tmp_path)
+
+
+def test_speech_between_silences_gets_a_speech_only_timeline(page, browser, model_dir, emodb, tmp_path):
+    from msemoboost.demo import write_wav
+    from msemoboost.inference import read_audio
+
+    speech = read_audio(sorted((emodb / "audio").glob("*.flac"))[5], 16000)
+    silence = np.zeros(24000, np.float32)
+    talk = tmp_path / "talk.wav"
+    write_wav(talk, np.concatenate([silence, speech, silence, speech, silence]), 16000)
+    status = analyse(browser, page, talk)
+    output = tmp_path / "timeline.json"
+    assert cli_main(["predict", str(talk), "--model", str(model_dir), "--timeline", "--vad", "--output", str(output)]) == 0
+    rows = json.loads(output.read_text())["segments"]
+    assert [row["prediction"] == "non-speech" for row in rows] == [True, False, True, False, True]
+    assert f"{len(rows)} timeline row(s) of speech window (3 s at most)" in status
+    assert "Probabilities as trained (this model was not calibrated: train.py --calibrate)." in status
+    screenshots(browser, page, talk, tmp_path)
 
 
 def test_a_corrupt_file_gets_a_message_in_the_page(page, browser, tmp_path):
