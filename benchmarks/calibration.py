@@ -97,8 +97,16 @@ def main() -> None:
                   f"{pooled['mean_confidence_after']:.3f} at accuracy {pooled['accuracy']:.3f}; answered accuracy by "
                   "coverage " + ", ".join(f"{c}: {row['accuracy']:.3f} (p >= {row['threshold']:.2f})"
                                           for c, row in pooled["risk_coverage"].items()), flush=True)
+    summary = {kind: {key: float(np.mean([found[kind]["pooled"][key] for found in results]))
+                      for key in ("ece_before", "ece_after", "log_loss_before", "log_loss_after", "mean_confidence_before",
+                                  "mean_confidence_after", "accuracy")}
+               for kind in ("utterances", "segments")}
+    summary["utterances"]["risk_coverage_accuracy"] = {
+        coverage: float(np.mean([found["utterances"]["pooled"]["risk_coverage"][coverage]["accuracy"] for found in results]))
+        for coverage in results[0]["utterances"]["pooled"]["risk_coverage"]}
+    print("mean over runs:", json.dumps(summary), flush=True)
     if args.output:
-        Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
+        Path(args.output).write_text(json.dumps({"runs": results, "mean_over_runs": summary}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

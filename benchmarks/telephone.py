@@ -66,8 +66,11 @@ def main() -> None:
         results.append(found)
         print(f"{run} (seed {found['seed']}): UA clean {found['clean']['ua']['mean']:.2%}, telephone "
               f"{found['telephone']['ua']['mean']:.2%}", flush=True)
+    summary = {condition: {key: float(np.mean([found[condition][key]["mean"] for found in results])) for key in ("wa", "ua")}
+               for condition in ("clean", "telephone")}
+    print("mean over runs:", json.dumps(summary), flush=True)
     if args.output:
-        Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
+        Path(args.output).write_text(json.dumps({"runs": results, "mean_over_runs": summary}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

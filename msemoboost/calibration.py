@@ -107,12 +107,10 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(np.exp((low + high) / 2))
 
 
-def calibration_report(logits: np.ndarray, labels: np.ndarray, temperature: float) -> dict:
-    """ECE (15 bins) and log-loss of `softmax(logits)` (before) and of `softmax(logits / temperature)` (after), with
-    the mean top probability and the accuracy."""
-    before, after = softmax(logits), softmax(np.asarray(logits, dtype=np.float64) / temperature)
+def measures(before: np.ndarray, after: np.ndarray, labels: np.ndarray) -> dict:
+    """ECE, log-loss and mean top probability of the probabilities `before` and `after` calibration, and the
+    accuracy (the same for both: calibration keeps the top class)."""
     return {
-        "temperature": float(temperature),
         "ece_before": expected_calibration_error(before, labels),
         "ece_after": expected_calibration_error(after, labels),
         "log_loss_before": log_loss(before, labels),
@@ -121,6 +119,13 @@ def calibration_report(logits: np.ndarray, labels: np.ndarray, temperature: floa
         "mean_confidence_after": float(after.max(-1).mean()),
         "accuracy": float((before.argmax(-1) == np.asarray(labels)).mean()),
     }
+
+
+def calibration_report(logits: np.ndarray, labels: np.ndarray, temperature: float) -> dict:
+    """[`measures`] of `softmax(logits)` (before) and of `softmax(logits / temperature)` (after), with the
+    temperature."""
+    after = softmax(np.asarray(logits, dtype=np.float64) / temperature)
+    return {"temperature": float(temperature), **measures(softmax(logits), after, labels)}
 
 
 def cross_fitted_temperatures(parts: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict:
@@ -155,12 +160,6 @@ def pooled_report(parts: dict[str, tuple[np.ndarray, np.ndarray]], temperatures:
     after = softmax(np.concatenate([np.asarray(parts[name][0], dtype=np.float64) / temperatures[name] for name in parts]))
     return {
         "num_items": int(len(labels)),
-        "ece_before": expected_calibration_error(before, labels),
-        "ece_after": expected_calibration_error(after, labels),
-        "log_loss_before": log_loss(before, labels),
-        "log_loss_after": log_loss(after, labels),
-        "mean_confidence_before": float(before.max(-1).mean()),
-        "mean_confidence_after": float(after.max(-1).mean()),
-        "accuracy": float((before.argmax(-1) == labels).mean()),
+        **measures(before, after, labels),
         "risk_coverage": risk_coverage(after, labels),
     }

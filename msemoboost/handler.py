@@ -8,7 +8,8 @@ Requests (JSON, or the audio file itself as the body):
     {"inputs": [0.0, 0.01, ...], "parameters": {"sampling_rate": 16000}}
     {"inputs": ..., "parameters": {"top_k": 3, "timeline": true, "min_confidence": 0.5}}
 
-Answers, like the audio-classification pipeline's: a list of `{"label", "score"}`, the highest score first
+Answers, like the audio-classification pipeline's: a list of `{"label", "score"}` (the model's calibrated
+probabilities when `train.py` calibrated it: `config.calibration_temperature`), the highest score first
 (`top_k` of them; all by default). With `min_confidence` and a top score below it, the list starts with
 `{"label": "uncertain", "score": <the top score>}`, then the scores as usual. With `timeline`, one entry per 3 s
 segment: `{"start", "end", "label", "score", "scores"}` (seconds; the segment's top label, or "uncertain", and its

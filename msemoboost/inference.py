@@ -107,7 +107,8 @@ def predict(
     The utterance probabilities are the softmax of the model's own `logits` (the mean of segment log-probabilities,
     plus, with `config.utterance_statistics_classifier`, the statistics classifier's, with `config.speaker_normalization`
     of the statistics standardised by `group_mean` and `group_scale` `(num_recordings, num_statistics)` when given,
-    see [`group_normalization`]); the segments' are the network's alone.
+    see [`group_normalization`]; over `config.calibration_temperature`); the segments' are the network's alone (over
+    `config.segment_calibration_temperature`).
     """
     utterance_log_probs, segment_log_probs, counts = log_probabilities(classifier, extractor, waveforms, group_mean,
                                                                        group_scale)

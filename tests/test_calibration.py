@@ -18,6 +18,7 @@ from msemoboost.calibration import (
     expected_calibration_error,
     fit_temperature,
     log_loss,
+    pooled_report,
     risk_coverage,
     softmax,
 )
@@ -94,6 +95,22 @@ def test_cross_fitting_scores_each_fold_at_a_temperature_fitted_without_it():
                                                               np.concatenate([parts["fold0"][1], parts["fold2"][1]]))
     with pytest.raises(ValueError, match="needs 2 folds or more, got 1"):
         cross_fitted_temperatures({"fold0": parts["fold0"]})
+
+
+def test_the_pooled_report_scores_each_fold_at_its_own_temperature():
+    rng = np.random.default_rng(4)
+    parts = {f"fold{i}": (rng.normal(size=(40, 3)) * 3, rng.integers(0, 3, 40)) for i in range(2)}
+    report = pooled_report(parts, {"fold0": 2.0, "fold1": 0.5})
+    logits, labels = np.concatenate([parts["fold0"][0], parts["fold1"][0]]), np.concatenate([p[1] for p in parts.values()])
+    after = softmax(np.concatenate([parts["fold0"][0] / 2.0, parts["fold1"][0] / 0.5]))
+    assert report["num_items"] == 80
+    assert report["ece_before"] == expected_calibration_error(softmax(logits), labels)
+    assert report["ece_after"] == expected_calibration_error(after, labels)
+    assert report["log_loss_after"] == log_loss(after, labels)
+    assert report["risk_coverage"] == risk_coverage(after, labels)
+    same = pooled_report(parts, {"fold0": 1.5, "fold1": 1.5})
+    assert {k: v for k, v in same.items() if k not in ("num_items", "risk_coverage")} == {
+        k: v for k, v in calibration_report(logits, labels, 1.5).items() if k != "temperature"}
 
 
 @pytest.mark.parametrize("bad, message", [

@@ -25,7 +25,9 @@ pytest.importorskip("onnxruntime")
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> tuple[Path, Path]:
-    model_dir = save_model(tmp_path_factory.mktemp("model"), **RECIPE)
+    # Calibrated, so that the graph's logits and segment log-probabilities carry both temperatures as PyTorch's do.
+    model_dir = save_model(tmp_path_factory.mktemp("model"), **RECIPE, calibration_temperature=1.7,
+                           segment_calibration_temperature=0.6)
     output = tmp_path_factory.mktemp("onnx")
     assert export(model_dir, output, quantize="int8") == [output / ONNX_NAME, output / INT8_NAME]
     return model_dir, output
