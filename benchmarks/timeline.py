@@ -7,7 +7,9 @@ finds the speech), and `msemoboost stream`'s latency per hop and real-time facto
 The recording: EMO-DB utterances drawn at random (seed 0) with 0.5–4 s of silence between them (low white noise at
 −60 dBFS, so that the silence is not digital zero), until `--minutes`. The same run for a recording a sixth as long
 shows whether memory stays bounded. Each `predict --timeline --vad` runs in a process of its own under GNU time.
-The VAD score compares the speech/non-speech rows written with the truth the script built, per 10 ms.
+The VAD score compares the speech/non-speech rows written with the truth the script built, per 10 ms; on the
+shorter recording, Silero VAD (what `--vad` runs) is compared with WebRTC's VAD at its 4 aggressiveness levels
+(`pip install webrtcvad-wheels`, the `bench` extra), both joined into regions alike.
 
 Streaming: `--stream_s` seconds of the same recording through `msemoboost.streaming.WindowStream` (what `msemoboost
 stream` runs), hop 1 s, in this process; per hop, the seconds from the hop's last sample to its line (the model's
@@ -62,6 +64,50 @@ def vad_agreement(rows: list[dict], truth: np.ndarray) -> dict:
     return {"speech_recall": float(marked[frames].mean()), "silence_marked_non_speech": float((~marked[~frames]).mean())}
 
 
+def webrtc_regions(waveform: np.ndarray, aggressiveness: int, min_speech_s: float = 0.25,
+                   min_silence_s: float = 0.3) -> list[tuple[int, int]]:
+    """WebRTC's VAD (`webrtcvad-wheels`) on 30 ms frames, its decisions joined into regions as Silero's are:
+    gaps shorter than `min_silence_s` bridged, regions shorter than `min_speech_s` dropped."""
+    import webrtcvad
+
+    vad, frame = webrtcvad.Vad(aggressiveness), RATE * 30 // 1000
+    pcm = (np.clip(waveform, -1, 1) * 32767).astype("<i2")
+    regions = []
+    for start in range(0, len(pcm) - frame + 1, frame):
+        if vad.is_speech(pcm[start : start + frame].tobytes(), RATE):
+            if regions and start - regions[-1][1] < min_silence_s * RATE:
+                regions[-1][1] = start + frame
+            else:
+                regions.append([start, start + frame])
+    return [(start, end) for start, end in regions if end - start >= min_speech_s * RATE]
+
+
+def compare_vads(recording: np.ndarray, truth: np.ndarray, snrs=(None, 20.0, 10.0)) -> dict:
+    """Silero VAD (the one `--vad` runs) against WebRTC's at each aggressiveness, on the recording as built and with
+    pink noise over all of it at each SNR (over the active speech): per 10 ms, the share of true speech found and of
+    true silence left out, and the seconds per hour of audio."""
+    from msemoboost.noise import NoiseBank, mix_at_snr
+    from msemoboost.timeline import speech_regions
+
+    candidates = {"silero": lambda w: speech_regions(w, RATE)}
+    candidates.update({f"webrtc_{level}": (lambda w, level=level: webrtc_regions(w, level)) for level in range(4)})
+    found = {}
+    for snr in snrs:
+        audio = recording
+        if snr is not None:
+            noise = NoiseBank(RATE).sample("pink", len(recording), np.random.default_rng(0))
+            audio = mix_at_snr(recording, noise, snr, RATE)[0]
+        condition = "as built" if snr is None else f"pink noise at {snr:g} dB"
+        found[condition] = {}
+        for name, regions_of in candidates.items():
+            began = time.perf_counter()
+            regions = regions_of(audio)
+            seconds = time.perf_counter() - began
+            rows = [{"start": start / RATE, "end": end / RATE, "prediction": "speech"} for start, end in regions]
+            found[condition][name] = {**vad_agreement(rows, truth), "seconds_per_hour": seconds * 3600 * RATE / len(audio)}
+    return found
+
+
 def timed_vad_timeline(model: str, recording: np.ndarray, truth: np.ndarray, work: Path) -> dict:
     from msemoboost.demo import write_wav
 
@@ -104,34 +150,42 @@ def main() -> None:
     parser.add_argument("--stream_s", type=float, default=120.0)
     parser.add_argument("--commit", default=None)
     parser.add_argument("--host", default=platform.processor() or platform.machine())
-    parser.add_argument("--output", type=Path)
+    parser.add_argument("--sections", nargs="+", choices=["vad_comparison", "timeline", "stream"],
+                        default=["vad_comparison", "timeline", "stream"])
+    parser.add_argument("--output", type=Path, help="JSON file; its other sections are kept")
     args = parser.parse_args()
     import torch
 
+    sections = {
+        "vad_comparison": lambda: compare_vads(*build_recording(args.speech, args.minutes / 6)),
+        "timeline": lambda: {f"{minutes:g}_min": timed_vad_timeline(args.model, *build_recording(args.speech, minutes), work)
+                             for minutes in (args.minutes / 6, args.minutes)},
+        "stream": lambda: stream_latencies(args.model, build_recording(args.speech, args.stream_s / 60, seed=1)[0], work),
+    }
+    result = json.loads(args.output.read_text()) if args.output and args.output.exists() else {}
+    with tempfile.TemporaryDirectory() as work:
+        work = Path(work)
+        for section in args.sections:
+            result[section] = {"date": str(date.today()), "commit": args.commit, "host": args.host,
+                               "threads": torch.get_num_threads(), "model": args.model,
+                               "command": " ".join(["python", "benchmarks/timeline.py", *sys.argv[1:]]),
+                               **sections[section]()}
+            print(json.dumps({section: result[section]}), flush=True)
+    if args.output:
+        args.output.write_text(json.dumps(result, indent=2) + "\n")
+
+
+def stream_latencies(model: str, recording: np.ndarray, work: Path) -> dict:
+    """[`stream_latency`] with PyTorch and with ONNX Runtime (the model exported into `work/onnx` first)."""
     from msemoboost.export import export
     from msemoboost.inference import load_classifier, predict
     from msemoboost.onnx_runtime import ONNXClassifier
 
-    result = {"date": str(date.today()), "commit": args.commit, "host": args.host, "threads": torch.get_num_threads(),
-              "model": args.model, "command": " ".join(["python", "benchmarks/timeline.py", *sys.argv[1:]])}
-    with tempfile.TemporaryDirectory() as work:
-        work = Path(work)
-        for minutes in (args.minutes / 6, args.minutes):
-            recording, truth = build_recording(args.speech, minutes)
-            found = timed_vad_timeline(args.model, recording, truth, work)
-            result[f"vad_timeline_{minutes:g}_min"] = found
-            print(json.dumps({f"{minutes:g} min": found}), flush=True)
-        recording, _ = build_recording(args.speech, args.stream_s / 60, seed=1)
-        classifier, extractor = load_classifier(args.model, "cpu")
-        result["stream_torch"] = stream_latency(lambda w, n: predict(classifier, extractor, w, n), classifier.config,
-                                                recording)
-        print(json.dumps({"stream_torch": result["stream_torch"]}), flush=True)
-        export(args.model, work / "onnx")
-        engine = ONNXClassifier(work / "onnx")
-        result["stream_onnx"] = stream_latency(engine.predict, engine.config, recording)
-        print(json.dumps({"stream_onnx": result["stream_onnx"]}), flush=True)
-    if args.output:
-        args.output.write_text(json.dumps(result, indent=2) + "\n")
+    classifier, extractor = load_classifier(model, "cpu")
+    torch_latency = stream_latency(lambda w, n: predict(classifier, extractor, w, n), classifier.config, recording)
+    export(model, work / "onnx")
+    engine = ONNXClassifier(work / "onnx")
+    return {"torch": torch_latency, "onnx": stream_latency(engine.predict, engine.config, recording)}
 
 
 if __name__ == "__main__":

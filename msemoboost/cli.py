@@ -453,6 +453,8 @@ def run_predict(args) -> int:
             try:
                 if args.vad:
                     predictions.append(speech_timeline(run, waveform, name, config, args.batch_size))
+                    if np.isnan(predictions[-1].probabilities).all():
+                        tqdm.write(f"{name}: no speech found; its rows are all non-speech.", file=sys.stderr)
                 else:
                     predictions.append(sliding_timeline(run, waveform, name, config, args.hop_s, args.batch_size))
             except ValueError as error:

@@ -100,7 +100,7 @@ def test_the_vad_timeline_classifies_each_speech_window_on_its_own(talk, model_d
     assert timeline.segment_bounds[0, 0] == 0 and np.isnan(timeline.segment_probabilities[0]).all()
 
 
-def test_predict_timeline_vad_writes_windows_gaps_and_regions(talk, model_dir, tmp_path):
+def test_predict_timeline_vad_writes_windows_gaps_and_regions(talk, model_dir, tmp_path, capsys):
     waveform, _ = talk
     write_wav(tmp_path / "talk.wav", waveform, 16000)
     write_wav(tmp_path / "silence.wav", np.zeros(40000), 16000)
@@ -112,6 +112,7 @@ def test_predict_timeline_vad_writes_windows_gaps_and_regions(talk, model_dir, t
     assert [row["prediction"] == "non-speech" for row in talk_rows][:2] == [True, False]
     assert all(row[label] is None for row in talk_rows if row["prediction"] == "non-speech" for label in LABELS)
     assert talk_rows[-1]["end"] == pytest.approx(len(waveform) / 16000)
+    assert f"{tmp_path / 'silence.wav'}: no speech found; its rows are all non-speech." in capsys.readouterr().err
     silence = [row for row in content["files"] if row["file"].endswith("silence.wav")][0]
     assert silence["prediction"] == "non-speech" and all(silence[label] is None for label in LABELS)
     assert [(r["start"], r["end"], r["label"]) for r in content["regions"] if r["file"].endswith("silence.wav")] == [
