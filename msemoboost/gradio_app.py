@@ -9,7 +9,7 @@ import numpy as np
 
 from .inference import BadAudioError, enhancement_curve, load_classifier, predict, read_audio
 
-MAX_SECONDS = 600.0  # longer recordings: msemoboost predict --timeline
+MAX_SECONDS = 600.0  # longer recordings: msemoboost predict --timeline --vad
 EXAMPLE_EMOTIONS = ("angry", "happy", "neutral", "sad")
 PROBABILITY_DIGITS = 4  # as the page prints them
 
@@ -97,7 +97,7 @@ class DemoModel:
         seconds = len(waveform) / rate
         if seconds > self.max_seconds:
             return (f"**Cannot analyse this recording.** {name} is {seconds:.0f} s long; this page takes up to "
-                    f"{self.max_seconds:.0f} s. For longer files: `msemoboost predict FILE --timeline`.", *empty)
+                    f"{self.max_seconds:.0f} s. For longer files: `msemoboost predict FILE --timeline --vad`.", *empty)
         try:
             (prediction,) = predict(self.classifier, self.extractor, [waveform], [name])
             timeline, windows = self.timeline(waveform, name, prediction)

@@ -151,3 +151,14 @@ def screenshots(browser, url: str, recording: Path, folder: Path) -> None:
         (REPO / "docs").mkdir(exist_ok=True)
         for name in ("app_light.png", "app_dark.png"):
             shutil.copyfile(folder / name, REPO / "docs" / name)
+
+
+def test_a_recording_longer_than_the_page_takes_gets_a_message(model_dir, tmp_path):
+    from msemoboost.demo import write_wav
+    from msemoboost.gradio_app import DemoModel
+
+    write_wav(tmp_path / "long.wav", speech_like(48000), 16000)
+    status, *rest = DemoModel(str(model_dir), max_seconds=2.0).analyse(str(tmp_path / "long.wav"))
+    assert status == ("**Cannot analyse this recording.** long.wav is 3 s long; this page takes up to 2 s. For longer "
+                      "files: `msemoboost predict FILE --timeline --vad`.")
+    assert rest == [None, "", None, None]
