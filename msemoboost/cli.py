@@ -409,18 +409,7 @@ def run_predict(args) -> int:
 
     from .inference import BadAudioError, read_audio
 
-    if args.output and Path(args.output).suffix.lower() not in (".csv", ".json"):
-        raise ValueError(f"--output must end in .csv or .json, got {args.output}.")
-    if args.batch_size < 1:
-        raise ValueError(f"--batch_size must be at least 1, got {args.batch_size}.")
-    if args.min_confidence is not None and not 0 <= args.min_confidence <= 1:
-        raise ValueError(f"--min_confidence is a probability, from 0 to 1; got {args.min_confidence}.")
-    if args.hop_s is not None and not 0 < args.hop_s < float("inf"):
-        raise ValueError(f"--hop_s must be a positive number of seconds, got {args.hop_s}.")
-    if args.vad:
-        from .timeline import require_vad
-
-        require_vad()  # a missing extra is an error before any audio is read
+    check_predict_values(args)
     sources = recordings(args)
     total = len(sources)
     classifier, extractor, config, run = prediction_engine(args)
@@ -444,21 +433,7 @@ def run_predict(args) -> int:
               "each recording is standardised by the training data's statistics, which scored lower than grouped "
               "recordings (README, Speaker normalisation).", file=sys.stderr)
     if args.vad or args.hop_s is not None:  # one recording at a time, its windows in batches
-        from .timeline import sliding_timeline, speech_timeline
-
-        for name, source, _ in tqdm(sources, unit="file", file=sys.stderr):
-            waveform = read(name, source)
-            if waveform is None:
-                continue
-            try:
-                if args.vad:
-                    predictions.append(speech_timeline(run, waveform, name, config, args.batch_size))
-                    if np.isnan(predictions[-1].probabilities).all():
-                        tqdm.write(f"{name}: no speech found; its rows are all non-speech.", file=sys.stderr)
-                else:
-                    predictions.append(sliding_timeline(run, waveform, name, config, args.hop_s, args.batch_size))
-            except ValueError as error:
-                skip(f"{name}: {error}")
+        predictions += window_timelines(args, sources, read, skip, run, config)
         waveforms, count = [], 0
     elif args.group_column or args.group_by:  # every recording is read once, here, and kept for its batch
         waveforms, normalization = read_groups(sources, read, classifier, extractor)
@@ -502,6 +477,46 @@ def run_predict(args) -> int:
             print(f"  {failure}", file=sys.stderr)
         return EXIT_SOME_FILES_FAILED
     return 0
+
+
+def check_predict_values(args) -> None:
+    """Refuses values `predict` cannot use, and --vad without its extra, before any audio is read."""
+    if args.output and Path(args.output).suffix.lower() not in (".csv", ".json"):
+        raise ValueError(f"--output must end in .csv or .json, got {args.output}.")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch_size must be at least 1, got {args.batch_size}.")
+    if args.min_confidence is not None and not 0 <= args.min_confidence <= 1:
+        raise ValueError(f"--min_confidence is a probability, from 0 to 1; got {args.min_confidence}.")
+    if args.hop_s is not None and not 0 < args.hop_s < float("inf"):
+        raise ValueError(f"--hop_s must be a positive number of seconds, got {args.hop_s}.")
+    if args.vad:
+        from .timeline import require_vad
+
+        require_vad()
+
+
+def window_timelines(args, sources, read, skip, run, config) -> list:
+    """--vad or --hop_s: each readable recording's timeline of windows (`read(name, source)` gives its waveform or
+    None; `skip(reason)` records a recording the model refuses)."""
+    from tqdm.auto import tqdm
+
+    from .timeline import sliding_timeline, speech_timeline
+
+    found = []
+    for name, source, _ in tqdm(sources, unit="file", file=sys.stderr):
+        waveform = read(name, source)
+        if waveform is None:
+            continue
+        try:
+            if args.vad:
+                found.append(speech_timeline(run, waveform, name, config, args.batch_size))
+                if np.isnan(found[-1].probabilities).all():
+                    tqdm.write(f"{name}: no speech found; its rows are all non-speech.", file=sys.stderr)
+            else:
+                found.append(sliding_timeline(run, waveform, name, config, args.hop_s, args.batch_size))
+        except ValueError as error:
+            skip(f"{name}: {error}")
+    return found
 
 
 def run_stream(args) -> int:

@@ -622,18 +622,8 @@ def calibrate_run(folds: list[Fold], run: FoldRun, config: MSEmoBoostConfig, fol
     reports, segment_reports = [], []
     if run.args.training.process_index == 0:
         for fold in folds:
-            directory = directories[fold.name]
-            temperature, segment_temperature = temperatures["nested"][fold.name], segment_temperatures["nested"][fold.name]
-            result = json.loads(fold_results_path(output_dir, fold.name).read_text())
-            result["calibration"] = calibration_report(*utterances[fold.name], temperature)
-            result["segment_calibration"] = calibration_report(*segments[fold.name], segment_temperature)
-            write_json(fold_results_path(output_dir, fold.name), result)
-            write_predictions(directory, run.corpus, fold.test, utterances[fold.name][0] / temperature)
-            if (directory / "model" / "config.json").exists():
-                fold_config = MSEmoBoostConfig.from_pretrained(directory / "model")
-                fold_config.calibration_temperature = temperature
-                fold_config.segment_calibration_temperature = segment_temperature
-                fold_config.save_pretrained(directory / "model")
+            result = write_fold_calibration(run, fold, utterances[fold.name], segments[fold.name],
+                                            temperatures["nested"][fold.name], segment_temperatures["nested"][fold.name])
             reports.append(result["calibration"])
             segment_reports.append(result["segment_calibration"])
         fold_results = [json.loads(fold_results_path(output_dir, fold.name).read_text()) for fold in folds]
@@ -651,6 +641,25 @@ def calibrate_run(folds: list[Fold], run: FoldRun, config: MSEmoBoostConfig, fol
                 f"ECE of the folds' test predictions pooled {calibration['utterances']['ece_before']:.3f} → "
                 f"{calibration['utterances']['ece_after']:.3f}")
     return calibration, fold_results
+
+
+def write_fold_calibration(run: FoldRun, fold: Fold, utterances: tuple, segments: tuple, temperature: float,
+                           segment_temperature: float) -> dict:
+    """A fold's results with its `calibration` and `segment_calibration` (of `utterances` and `segments`, each
+    `(logits, labels)`, at the temperatures fitted on the other folds), its predictions.csv calibrated, and its saved
+    model, if any, given the temperatures. Returns the results."""
+    directory = run.output_dir / "folds" / fold.name
+    result = json.loads(fold_results_path(run.output_dir, fold.name).read_text())
+    result["calibration"] = calibration_report(*utterances, temperature)
+    result["segment_calibration"] = calibration_report(*segments, segment_temperature)
+    write_json(fold_results_path(run.output_dir, fold.name), result)
+    write_predictions(directory, run.corpus, fold.test, utterances[0] / temperature)
+    if (directory / "model" / "config.json").exists():
+        fold_config = MSEmoBoostConfig.from_pretrained(directory / "model")
+        fold_config.calibration_temperature = temperature
+        fold_config.segment_calibration_temperature = segment_temperature
+        fold_config.save_pretrained(directory / "model")
+    return result
 
 
 def publish_model(run: FoldRun, folds: list[Fold], extra_rows: np.ndarray, weight_choice: dict | None,

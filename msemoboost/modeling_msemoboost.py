@@ -922,9 +922,9 @@ class MSEmoBoostForSequenceClassification(MSEmoBoostStatisticsHead, MSEmoBoostSp
 
         Returns:
             [`MSEmoBoostSequenceClassifierOutput`]: `logits` `(batch_size, num_labels)`, each utterance's mean of its
-            segments' log-probabilities, plus, in `eval()` mode, the statistics classifier's weighted
-            log-probabilities (`statistics_logits`), all divided by `config.calibration_temperature`; `loss` (the network's) when `labels` or `clean_input_values` is
-            given.
+            segments' log-probabilities, plus, in `eval()` mode, the statistics classifier's weighted log-probabilities
+            (`statistics_logits`), the sum over `config.calibration_temperature` in `eval()` mode; `loss` (the
+            network's) when `labels` or `clean_input_values` is given.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         if kwargs.get("label_mask") is not None:
@@ -933,25 +933,20 @@ class MSEmoBoostForSequenceClassification(MSEmoBoostStatisticsHead, MSEmoBoostSp
             warnings.warn("label_mask is deprecated: pass class_mask instead.", FutureWarning, stacklevel=2)
             class_mask = kwargs["label_mask"]
         grouping = self.checked_grouping(input_values.shape[0], group_ids, group_mean, group_scale)
-        outputs = self.msemoboost(
-            input_values,
-            attention_mask=attention_mask,
-            output_hidden_states=output_hidden_states,
-            return_dict=True,
-            output_attentions=output_attentions,
-        )
+        outputs = self.msemoboost(input_values, attention_mask=attention_mask, output_hidden_states=output_hidden_states,
+                                  return_dict=True, output_attentions=output_attentions)
         segment_logits = self.classifier(outputs.segment_features)
         logits = self.utterance_logits(segment_logits, outputs.segments_per_utterance)
         losses = self.losses(outputs, segment_logits, logits, labels, class_mask, input_values, clean_input_values,
                              attention_mask)
         # The statistics classifier is fitted after training, not by the loss: its log-probabilities join the logits
-        # only at inference, after the loss is computed (and not at all at weight 0, where they would add nothing).
+        # only at inference, after the loss is computed (and not at all at weight 0, where they would add nothing);
+        # then the calibration temperature divides them all (fitted after training too).
         statistics_logits = None
         if self.statistics_classifier is not None and not self.training and self.config.utterance_statistics_weight != 0:
             statistics_logits = self.statistics_logits(input_values, attention_mask, **grouping)
             logits = logits + statistics_logits
-        if not self.training:
-            logits = self.calibrated(logits)
+        logits = logits if self.training else self.calibrated(logits)
         output = MSEmoBoostSequenceClassifierOutput(
             logits=logits,
             hidden_states=outputs.hidden_states,
