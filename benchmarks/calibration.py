@@ -8,7 +8,8 @@ are rebuilt from `folds/<fold>/fusion_parts.npz` at the fold's recorded statisti
 recorded UA, which the script checks), and the segments' from each fold's saved model on its test speakers. Then,
 as `msemoboost.cross_validation.calibrate_run` does, each fold is scored at temperatures fitted on the other folds'
 predictions (`cross_fitted_temperatures`); the measures are over all folds' test predictions pooled (15 bins) and,
-per fold, their mean.
+per fold, their mean. Beside it, the alternative of a validation speaker: each fold's temperature fitted on one other
+fold's predictions only.
 """
 
 import argparse
@@ -64,18 +65,25 @@ def fold_parts(run: Path) -> tuple[dict, dict, dict]:
 
 
 def calibrate(run: Path) -> dict:
-    from msemoboost.calibration import calibration_report, cross_fitted_temperatures, mean_report, pooled_report
+    from msemoboost.calibration import (calibration_report, cross_fitted_temperatures, fit_temperature, mean_report,
+                                        pooled_report)
 
     utterances, segments, summary = fold_parts(run)
     found = {"run": str(run), "seed": summary["training"]["seed"]}
     for kind, parts in (("utterances", utterances), ("segments", segments)):
         temperatures = cross_fitted_temperatures(parts)
+        # The alternative: each fold's temperature fitted on one held-out speaker, as a validation speaker gives it
+        # (the next fold's test speaker, whose predictions come from a model that never heard that speaker either).
+        names = list(parts)
+        one_speaker = {name: fit_temperature(*parts[names[(i + 1) % len(names)]]) for i, name in enumerate(names)}
         found[kind] = {
             "temperature_all_folds": temperatures["all"],
             "nested_temperatures": temperatures["nested"],
             "pooled": pooled_report(parts, temperatures["nested"]),
             "mean_over_folds": mean_report([calibration_report(*parts[name], temperatures["nested"][name])
                                             for name in parts]),
+            "one_speaker_temperatures": one_speaker,
+            "pooled_one_speaker": pooled_report(parts, one_speaker),
         }
     return found
 
@@ -96,11 +104,16 @@ def main() -> None:
                   f"-> {pooled['log_loss_after']:.3f}, mean top probability {pooled['mean_confidence_before']:.3f} -> "
                   f"{pooled['mean_confidence_after']:.3f} at accuracy {pooled['accuracy']:.3f}; answered accuracy by "
                   "coverage " + ", ".join(f"{c}: {row['accuracy']:.3f} (p >= {row['threshold']:.2f})"
-                                          for c, row in pooled["risk_coverage"].items()), flush=True)
+                                          for c, row in pooled["risk_coverage"].items())
+                  + f"; fitted on one other speaker instead: ECE {found[kind]['pooled_one_speaker']['ece_after']:.3f}, "
+                    f"log-loss {found[kind]['pooled_one_speaker']['log_loss_after']:.3f}", flush=True)
     summary = {kind: {key: float(np.mean([found[kind]["pooled"][key] for found in results]))
                       for key in ("ece_before", "ece_after", "log_loss_before", "log_loss_after", "mean_confidence_before",
                                   "mean_confidence_after", "accuracy")}
                for kind in ("utterances", "segments")}
+    for kind in ("utterances", "segments"):
+        for key in ("ece_after", "log_loss_after"):
+            summary[kind][f"{key}_one_speaker"] = float(np.mean([found[kind]["pooled_one_speaker"][key] for found in results]))
     summary["utterances"]["risk_coverage_accuracy"] = {
         coverage: float(np.mean([found["utterances"]["pooled"]["risk_coverage"][coverage]["accuracy"] for found in results]))
         for coverage in results[0]["utterances"]["pooled"]["risk_coverage"]}
