@@ -92,9 +92,16 @@ def log_probabilities(model, extractor, waveforms: list[np.ndarray], group_mean=
         if group_mean is not None:
             group_mean, group_scale = group_mean.to(model.device), group_scale.to(model.device)
         utterance = utterance + model.statistics_logits(**inputs, group_mean=group_mean, group_scale=group_scale)
-    utterance = model.calibrated(utterance).float().log_softmax(-1)
-    segments = model.calibrated(segment_logits, segments=True).float().log_softmax(-1)
+    utterance = calibrated(model, utterance).float().log_softmax(-1)
+    segments = calibrated(model, segment_logits, segments=True).float().log_softmax(-1)
     return utterance.cpu(), segments.cpu(), counts.cpu()
+
+
+def calibrated(model, logits: torch.Tensor, segments: bool = False) -> torch.Tensor:
+    """`model.calibrated(logits, segments)`; unchanged for a model whose own code predates calibration (a checkpoint
+    saved before it, loaded with its own remote code)."""
+    method = getattr(model, "calibrated", None)
+    return logits if method is None else method(logits, segments=segments)
 
 
 def top_label(labels: list[str], probabilities: np.ndarray, min_confidence: float | None = None) -> str:

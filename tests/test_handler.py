@@ -108,3 +108,25 @@ def test_the_handler_runs_the_model_as_its_forward_does(handler, reference):
     with torch.no_grad():
         logits = handler.model(**inputs).logits
     np.testing.assert_allclose(logits.softmax(-1)[0].numpy(), expected.probabilities, rtol=0, atol=1e-6)
+
+
+def test_a_model_whose_own_code_predates_calibration_is_run_as_it_was(model_dir, reference):
+    """A checkpoint saved before calibration, loaded with its own remote code, has no `calibrated`: the package's
+    `predict` and handler run it as that code's forward does."""
+    from transformers import AutoFeatureExtractor
+
+    from msemoboost import MSEmoBoostForSequenceClassification
+    from msemoboost.handler import log_probabilities
+
+    class Old(MSEmoBoostForSequenceClassification):
+        calibrated = None
+
+    Old.__module__ = MSEmoBoostForSequenceClassification.__module__
+    waveform, expected = reference
+    old = Old.from_pretrained(model_dir).eval()
+    old.config.calibration_temperature = 3.0  # ignored: the old code knows no temperature
+    extractor = AutoFeatureExtractor.from_pretrained(model_dir, trust_remote_code=True)
+    utterance, segments, _ = log_probabilities(old, extractor, [waveform])
+    np.testing.assert_allclose(utterance[0].exp().numpy(), expected.probabilities, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(segments.exp().numpy(), expected.segment_probabilities, rtol=0, atol=1e-6)
+
