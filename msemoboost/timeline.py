@@ -34,11 +34,15 @@ _vad_model = None
 
 
 def require_vad():
-    """The `silero_vad` module, or an `ImportError` naming the extra to install."""
+    """The `silero_vad` module, or an `ImportError` naming the extra to install. Importing it sets torch's threads to
+    1 for the whole process; the number it found is put back, so that the emotion model keeps its threads."""
+    threads = torch.get_num_threads()
     try:
         import silero_vad
     except ImportError:
         raise ImportError(f"Voice activity detection (--vad) needs silero-vad: {VAD_INSTALL}.") from None
+    finally:
+        torch.set_num_threads(threads)
     return silero_vad
 
 

@@ -2,6 +2,7 @@
 regions, and `msemoboost predict --timeline --vad / --hop_s`."""
 
 import json
+import subprocess
 import sys
 
 import numpy as np
@@ -140,6 +141,13 @@ def test_contradictory_timeline_options_are_refused(model_dir, words, message, c
     with pytest.raises(SystemExit):
         main(["predict", "--model", str(model_dir), "a.wav", *words])
     assert message in capsys.readouterr().err
+
+
+def test_voice_activity_detection_leaves_torch_s_threads_as_they_were():
+    script = ("import torch; torch.set_num_threads(2); import numpy as np; from msemoboost.timeline import speech_regions; "
+              "speech_regions(np.zeros(16000, np.float32), 16000); print(torch.get_num_threads())")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == "2", result.stderr
 
 
 def test_without_silero_vad_the_error_names_the_extra(model_dir, tmp_path, monkeypatch, capsys):
