@@ -485,14 +485,19 @@ def check_predict_values(args) -> None:
         raise ValueError(f"--output must end in .csv or .json, got {args.output}.")
     if args.batch_size < 1:
         raise ValueError(f"--batch_size must be at least 1, got {args.batch_size}.")
-    if args.min_confidence is not None and not 0 <= args.min_confidence <= 1:
-        raise ValueError(f"--min_confidence is a probability, from 0 to 1; got {args.min_confidence}.")
-    if args.hop_s is not None and not 0 < args.hop_s < float("inf"):
-        raise ValueError(f"--hop_s must be a positive number of seconds, got {args.hop_s}.")
+    check_window_values(args)
     if args.vad:
         from .timeline import require_vad
 
         require_vad()
+
+
+def check_window_values(args) -> None:
+    """`--min_confidence` and `--hop_s`, as predict and stream take them."""
+    if args.min_confidence is not None and not 0 <= args.min_confidence <= 1:
+        raise ValueError(f"--min_confidence is a probability, from 0 to 1; got {args.min_confidence}.")
+    if args.hop_s is not None and not 0 < args.hop_s < float("inf"):
+        raise ValueError(f"--hop_s must be a positive number of seconds, got {args.hop_s}.")
 
 
 def window_timelines(args, sources, read, skip, run, config) -> list:
@@ -522,6 +527,7 @@ def window_timelines(args, sources, read, skip, run, config) -> list:
 def run_stream(args) -> int:
     from .streaming import stream_lines
 
+    check_window_values(args)
     _, _, config, run = prediction_engine(args)
     return stream_lines(args, run, config)
 

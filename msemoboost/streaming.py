@@ -167,13 +167,10 @@ def microphone_chunks(sampling_rate: int, chunk_samples: int):
 
 
 def stream_lines(args, run, config, output=None) -> int:
-    """Runs `msemoboost stream`: writes a JSON line per hop to `output` (standard output); returns the exit code."""
+    """Runs `msemoboost stream` (its `--hop_s` and `--min_confidence` checked by the command line): writes a JSON line
+    per hop to `output` (standard output); returns the exit code."""
     output = output or sys.stdout
     rate = config.sampling_rate
-    if not 0 < args.hop_s < float("inf"):
-        raise ValueError(f"--hop_s must be a positive number of seconds, got {args.hop_s}.")
-    if args.min_confidence is not None and not 0 <= args.min_confidence <= 1:
-        raise ValueError(f"--min_confidence is a probability, from 0 to 1; got {args.min_confidence}.")
     hop = int(round(args.hop_s * rate))
     if args.microphone:
         chunks = microphone_chunks(rate, hop)
