@@ -10,9 +10,12 @@ by its own statistics and once with the training data's statistics for all, and 
 fold's network at the weight chosen on the other folds (`choose_statistics_weight`, the run's own
 `--statistics_weight_grid`). The variant the run was trained with must reproduce its recorded parts (within 0.1 in
 log-probability and 98 % of the predictions: the statistics are computed in other batches, and the solver stops at
-its tolerance), which the script checks and prints before it reports. Test speakers are standardised over their own test utterances; no labels are used. A third
-row scores the speaker-normalised classifier on recordings given without a group (each standardised by the training
-data's statistics), as `msemoboost predict` without `--group_by` would.
+its tolerance), which the script checks and prints before it reports. Test speakers are standardised over their own
+test utterances; no labels are used. Two more rows score the speaker-normalised model on recordings given without a
+group, as `msemoboost predict` without `--group_by` would: with the second regression that train.py fits for them
+(`config.ungrouped_statistics_weight`, at its own weight chosen on the other folds), and with the speaker-normalised
+regression alone, each recording standardised by the training data's statistics (a model without that second
+regression: `ungrouped_statistics_weight` None).
 """
 
 import argparse
@@ -21,6 +24,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -55,7 +59,7 @@ def compare(run: Path) -> dict:
     from msemoboost.data import AudioCollator
     from msemoboost.reporting import mean_std
     from msemoboost.statistics_fusion import (
-        choose_statistics_weight, classify_statistics, fit_statistics_classifier,
+        add_ungrouped_regression, choose_statistics_weight, classify_statistics, fit_statistics_classifier,
         fused_logits, utterance_statistics,
     )
     from msemoboost.training import load_wa_ua
@@ -67,8 +71,9 @@ def compare(run: Path) -> dict:
     metric = load_wa_ua()
     speakers, labels = np.asarray(corpus.speakers), corpus.labels
     statistics = None
-    # "ungrouped": fitted with speaker normalisation, tested one recording at a time (the training data's statistics).
-    parts = {"speaker": {}, "global": {}, "ungrouped": {}}
+    # Fitted with speaker normalisation, tested one recording at a time: "ungrouped" with the second regression,
+    # "single_regression" without it (the speaker-normalised regression on the training data's statistics).
+    parts = {"speaker": {}, "global": {}, "ungrouped": {}, "single_regression": {}}
     for fold in folds:
         directory = run / "folds" / fold.name
         model = AutoModelForAudioClassification.from_pretrained(directory / "model").eval()
@@ -79,6 +84,8 @@ def compare(run: Path) -> dict:
         for variant in ("speaker", "global"):
             fitted = copy.deepcopy(model)
             fitted.config.speaker_normalization = variant == "speaker"
+            if variant == "speaker" and not fitted.statistics_classifier.ungrouped:
+                add_ungrouped_regression(fitted)
             fit_statistics_classifier(fitted, statistics[fold.train], labels[fold.train], speakers[fold.train],
                                       seed=summary["training"]["seed"])
             log_probabilities = classify_statistics(fitted, statistics[fold.test], speakers[fold.test])
@@ -94,6 +101,10 @@ def compare(run: Path) -> dict:
             if variant == "speaker":
                 parts["ungrouped"][fold.name] = {**recorded, "statistics_log_probabilities": classify_statistics(
                     fitted, statistics[fold.test])}
+                single = fitted.statistics_classifier  # its grouped regression on the training data's statistics
+                standardised = single.standardised(torch.from_numpy(statistics[fold.test]).to(single.mean.dtype))
+                parts["single_regression"][fold.name] = {**recorded, "statistics_log_probabilities": torch.nn.functional.linear(
+                    standardised, single.weight, single.bias).log_softmax(-1).double().numpy()}
 
     def scores(variant: str) -> dict:
         choice = choose_statistics_weight(parts[variant], grid)
@@ -115,7 +126,8 @@ def compare(run: Path) -> dict:
                for p in parts["speaker"].values()]
     return {"run": str(run), "seed": summary["training"]["seed"], "network_alone_ua": mean_std(network),
             "with_speaker_normalization": scores("speaker"), "without": scores("global"),
-            "with_speaker_normalization_tested_ungrouped": scores("ungrouped")}
+            "with_speaker_normalization_tested_ungrouped": scores("ungrouped"),
+            "with_speaker_normalization_tested_ungrouped_single_regression": scores("single_regression")}
 
 
 def main() -> None:
@@ -132,7 +144,9 @@ def main() -> None:
                           f"{found[key]['statistics_alone_ua']['mean']:.2%})"
                           for name, key in (("with speaker normalisation", "with_speaker_normalization"),
                                             ("without", "without"),
-                                            ("fitted with it, tested ungrouped", "with_speaker_normalization_tested_ungrouped"))),
+                                            ("fitted with it, tested ungrouped", "with_speaker_normalization_tested_ungrouped"),
+                                            ("the same with the speaker-normalised regression alone",
+                                             "with_speaker_normalization_tested_ungrouped_single_regression"))),
               flush=True)
     if args.output:
         Path(args.output).write_text(json.dumps(results, indent=2) + "\n")

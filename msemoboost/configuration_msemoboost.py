@@ -202,6 +202,15 @@ class MSEmoBoostConfig(PreTrainedConfig):
             option.
         speaker_normalization_min_utterances (`int`, *optional*, defaults to 2):
             The fewest utterances of a group whose own statistics standardise them, with `speaker_normalization`.
+        ungrouped_statistics_weight (`float`, *optional*):
+            With `speaker_normalization`: `None` (the default) classifies an utterance without a group (or in a group
+            too small) with the speaker-normalised regression, its statistics standardised by the training data's. A
+            number gives the statistics classifier a second logistic regression, fitted on the training utterances
+            standardised by the training data's statistics (as without `speaker_normalization`), which classifies
+            those utterances instead, its log-probabilities weighted by this number in place of
+            `utterance_statistics_weight`. A regression fitted on speaker-normalised statistics reads a lone
+            recording's, standardised by the whole training data's, as a shifted input; the second one reads them
+            as it was fitted. `train.py --speaker_normalization true` fits both and chooses both weights.
         pooled_normalization (`str`, *optional*, defaults to `"none"`):
             `"none"`: the classifier reads `X'_w` as pooled (the paper). `"batch_norm"`: each dimension of `X'_w` is
             standardised, with the statistics of the training segments (batch statistics while training, their
@@ -326,6 +335,7 @@ class MSEmoBoostConfig(PreTrainedConfig):
     utterance_distribution_statistics: bool = False
     speaker_normalization: bool = False
     speaker_normalization_min_utterances: int = 2
+    ungrouped_statistics_weight: float | None = None
     pooled_normalization: str = "none"
     use_weighted_layer_sum: bool = False
     loss_level: str = "segment"
@@ -470,6 +480,15 @@ class MSEmoBoostConfig(PreTrainedConfig):
             raise ValueError(
                 "speaker_normalization=True needs utterance_statistics_classifier=True: it standardises the statistics "
                 "that classifier reads."
+            )
+        if self.ungrouped_statistics_weight is not None and not self.speaker_normalization:
+            raise ValueError(
+                "ungrouped_statistics_weight is the weight of the regression for utterances without a group, which "
+                "only speaker_normalization=True has; leave it None without speaker normalisation."
+            )
+        if self.ungrouped_statistics_weight is not None and not self.ungrouped_statistics_weight >= 0:
+            raise ValueError(
+                f"ungrouped_statistics_weight must be None or a non-negative number, got {self.ungrouped_statistics_weight}."
             )
         if self.speaker_normalization_min_utterances < 2:
             raise ValueError(

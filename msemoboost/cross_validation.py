@@ -27,11 +27,12 @@ from .noise import SILENCE_FLOOR_DBFS, FixedNoise, NoiseAugmentation, active_pow
 from .protocols import Fold, hold_out_validation
 from .reporting import confusion_matrix, format_report, per_class_report, save_confusion_matrix, write_json
 from .statistics_fusion import (
+    add_ungrouped_regression,
     choose_statistics_weight,
+    classify_statistics,
     fit_statistics_classifier,
     fused_logits,
     statistics_classifier_off,
-    statistics_log_probabilities,
     utterance_statistics,
 )
 from .training import (
@@ -168,12 +169,18 @@ def load_corpora(data_args: DataArguments, config, protocol: str):
 
 
 def model_overrides(model_args: ModelArguments) -> dict:
-    """MSEmoBoostConfig arguments from --model_config_overrides, with --use_se_head."""
+    """MSEmoBoostConfig arguments from --model_config_overrides, with --use_se_head and --speaker_normalization (which
+    brings the regression for recordings without a group, `ungrouped_statistics_weight`)."""
     overrides = read_json_argument(model_args.model_config_overrides)
     if model_args.use_se_head:
         overrides["use_se_head"] = True
     if model_args.speaker_normalization:
         overrides["speaker_normalization"] = True
+    if overrides.get("speaker_normalization") and overrides.get("ungrouped_statistics_weight") is None:
+        # train.py fits the regression for recordings without a group too; its weight is chosen as the other's
+        overrides["ungrouped_statistics_weight"] = overrides.get(
+            "utterance_statistics_weight", MSEmoBoostConfig.utterance_statistics_weight
+        )
     return overrides
 
 
@@ -211,6 +218,8 @@ def build_fold_model(run: "FoldRun", rows_train: np.ndarray) -> MSEmoBoostForSeq
             **freezing,
             **overrides,
         )
+    if model.config.speaker_normalization and model.config.ungrouped_statistics_weight is None:
+        add_ungrouped_regression(model)
     if run.args.training.label_smoothing_factor:
         model.config.label_smoothing = run.args.training.label_smoothing_factor
     # A loaded checkpoint's calibration belongs to its own training: the new model is calibrated anew (calibrate_run).
@@ -413,15 +422,16 @@ def evaluate_fold(trainer: MSEmoBoostTrainer, fold: Fold, run: "FoldRun", direct
         # at the model's weight, as the model's forward and the weight search (choose_fold_weights) make it.
         with statistics_classifier_off(trainer.model):
             network = trainer.predict(test_set, metric_key_prefix="test")
+        statistics = utterance_statistics(trainer.model, test_set, AudioCollator(feature_extractor))
         parts = {
             "network_logits": network.predictions,
             # With speaker normalisation, each test speaker's statistics are standardised over its own test audio.
-            "statistics_log_probabilities": statistics_log_probabilities(
-                trainer.model, test_set, AudioCollator(feature_extractor), groups=corpus.speakers[fold.test]
-            ),
+            "statistics_log_probabilities": classify_statistics(trainer.model, statistics, corpus.speakers[fold.test]),
             "labels": corpus.labels[fold.test],
             "utterance_statistics_weight": trainer.model.config.utterance_statistics_weight,
         }
+        if trainer.model.statistics_classifier.ungrouped:  # each test recording alone, as predict without groups
+            parts["ungrouped_statistics_log_probabilities"] = classify_statistics(trainer.model, statistics)
         if trainer.is_world_process_zero():  # each part apart, to study the fusion weight (benchmarks/fusion_weight.py)
             np.savez(directory / "fusion_parts.npz", **parts)
         logits = fused_logits(parts, parts["utterance_statistics_weight"])
@@ -434,6 +444,8 @@ def evaluate_fold(trainer: MSEmoBoostTrainer, fold: Fold, run: "FoldRun", direct
                 "c": next(r["statistics_classifier_c"] for r in trainer.state.log_history if "statistics_classifier_c" in r),
             },
         }
+        if "ungrouped_statistics_log_probabilities" in parts:
+            fusion["ungrouped"] = ungrouped_scores(parts, trainer.model.config.ungrouped_statistics_weight)
     else:
         prediction = trainer.predict(test_set, metric_key_prefix="test")
         logits, scores = prediction.predictions, {"wa": prediction.metrics["test_wa"], "ua": prediction.metrics["test_ua"]}
@@ -491,12 +503,10 @@ def choose_fold_weights(folds: list[Fold], output_dir: Path, grid: list[float], 
             )
     parts = {name: dict(np.load(path)) for name, path in paths.items()}
     choice = choose_statistics_weight(parts, grid)
-    logger.info(
-        f"Statistics classifier's weight chosen over {len(folds)} folds: {choice['weight']:g} (UA by weight: "
-        + ", ".join(f"{weight}: {ua:.3f}" for weight, ua in choice["ua_by_weight"].items())
-        + "); each fold is scored at the weight chosen on the other folds: "
-        + ", ".join(f"{name} {weight:g}" for name, weight in choice["nested"].items())
-    )
+    log_weight_choice(choice, len(folds), "Statistics classifier's weight")
+    if all("ungrouped_statistics_log_probabilities" in found for found in parts.values()):
+        choice["ungrouped"] = choose_statistics_weight({name: ungrouped_parts(found) for name, found in parts.items()}, grid)
+        log_weight_choice(choice["ungrouped"], len(folds), "The weight of the regression for recordings without a group")
     if rescore:
         metric = load_wa_ua()
         for fold in folds:
@@ -507,12 +517,37 @@ def choose_fold_weights(folds: list[Fold], output_dir: Path, grid: list[float], 
             result.pop("per_class"), result.pop("confusion_matrix")
             result.update(metric.compute(predictions=logits.argmax(-1), references=corpus.labels[fold.test]))
             result["statistics_weight"] = weight
+            if "ungrouped" in choice:
+                result["ungrouped"] = ungrouped_scores(parts[fold.name], choice["ungrouped"]["nested"][fold.name])
             write_fold_results(directory, corpus, fold, result, logits)
             if (directory / "model" / "config.json").exists():
                 config = MSEmoBoostConfig.from_pretrained(directory / "model")
                 config.utterance_statistics_weight = weight
+                if "ungrouped" in choice:
+                    config.ungrouped_statistics_weight = choice["ungrouped"]["nested"][fold.name]
                 config.save_pretrained(directory / "model")
     return choice
+
+
+def log_weight_choice(choice: dict, num_folds: int, what: str) -> None:
+    logger.info(
+        f"{what} chosen over {num_folds} folds: {choice['weight']:g} (UA by weight: "
+        + ", ".join(f"{weight}: {ua:.3f}" for weight, ua in choice["ua_by_weight"].items())
+        + "); each fold is scored at the weight chosen on the other folds: "
+        + ", ".join(f"{name} {weight:g}" for name, weight in choice["nested"].items())
+    )
+
+
+def ungrouped_parts(parts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A fold's `fusion_parts` as each test recording alone gives them (`config.ungrouped_statistics_weight`): the
+    ungrouped regression's log-probabilities in place of the speaker-normalised ones."""
+    return {**parts, "statistics_log_probabilities": parts["ungrouped_statistics_log_probabilities"]}
+
+
+def ungrouped_scores(parts: dict[str, np.ndarray], weight: float) -> dict:
+    """WA/UA of a fold's test recordings each given alone, without a group, at the ungrouped regression's `weight`."""
+    logits = fused_logits(ungrouped_parts(parts), weight)
+    return {**load_wa_ua().compute(predictions=logits.argmax(-1), references=parts["labels"]), "statistics_weight": weight}
 
 
 def run_folds_in_parallel(folds: list[Fold], run: "FoldRun", processes: int) -> None:
@@ -698,6 +733,8 @@ def train_final_model(run: FoldRun, extra_rows: np.ndarray, model_dir: Path, wei
     trainer = train_model(run, train_rows, validation_rows, model_dir, fold_augmentation(run, bank))
     if weight_choice:
         trainer.model.config.utterance_statistics_weight = weight_choice["weight"]
+        if "ungrouped" in weight_choice:
+            trainer.model.config.ungrouped_statistics_weight = weight_choice["ungrouped"]["weight"]
     if calibration:
         trainer.model.config.calibration_temperature = calibration["calibration_temperature"]
         trainer.model.config.segment_calibration_temperature = calibration["segment_calibration_temperature"]

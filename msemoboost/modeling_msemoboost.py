@@ -484,7 +484,7 @@ class MSEmoBoostPreTrainedModel(PreTrainedModel):
             for name, value in module.compute_buffers().items():
                 init.copy_(getattr(module, name), value)
         elif isinstance(module, MSEmoBoostStatisticsClassifier):  # unfitted: a uniform distribution
-            for name in ("mean", "weight", "bias"):
+            for name in ("mean", "weight", "bias") + (("ungrouped_weight", "ungrouped_bias") if module.ungrouped else ()):
                 init.zeros_(getattr(module, name))
             init.ones_(module.scale)
         elif isinstance(module, MSEmoBoostModel) and module.layer_weights is not None:
@@ -854,7 +854,8 @@ class MSEmoBoostForSequenceClassification(MSEmoBoostStatisticsHead, MSEmoBoostSp
         self.msemoboost = MSEmoBoostModel(config, backbone=backbone)
         self.classifier = nn.Linear(self.msemoboost.feature_size, config.num_labels)
         self.statistics_classifier = (
-            MSEmoBoostStatisticsClassifier(self.msemoboost.mfcc_encoder.num_utterance_statistics, config.num_labels)
+            MSEmoBoostStatisticsClassifier(self.msemoboost.mfcc_encoder.num_utterance_statistics, config.num_labels,
+                                           ungrouped=config.ungrouped_statistics_weight is not None)
             if config.utterance_statistics_classifier
             else None
         )

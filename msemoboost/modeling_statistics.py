@@ -202,25 +202,51 @@ class MSEmoBoostStatisticsClassifier(nn.Module):
     regression (`msemoboost.statistics_fusion.fit_statistics_classifier`), never by gradient. Until fitted its
     weights are 0, a uniform distribution.
 
+    With `ungrouped` (`config.ungrouped_statistics_weight`), a second regression, `ungrouped_weight` and
+    `ungrouped_bias`, fitted on the training data's standardisation, classifies the utterances that no group
+    standardises ([`~MSEmoBoostStatisticsClassifier.ungrouped_rows`]); `weight` and `bias` then classify the others.
+
     Forward inputs: `statistics` of shape `(batch_size, num_statistics)`; optionally each utterance's own `mean` and
     `scale` `(batch_size, num_statistics)` to standardise it with instead (its group's, `config.speaker_normalization`).
     Forward output: log-probabilities of shape `(batch_size, num_labels)`.
     """
 
-    def __init__(self, num_statistics: int, num_labels: int):
+    def __init__(self, num_statistics: int, num_labels: int, ungrouped: bool = False):
         super().__init__()
         self.register_buffer("mean", torch.zeros(num_statistics))
         self.register_buffer("scale", torch.ones(num_statistics))
         self.register_buffer("weight", torch.zeros(num_labels, num_statistics))
         self.register_buffer("bias", torch.zeros(num_labels))
+        self.ungrouped = ungrouped
+        if ungrouped:
+            self.register_buffer("ungrouped_weight", torch.zeros(num_labels, num_statistics))
+            self.register_buffer("ungrouped_bias", torch.zeros(num_labels))
 
     def forward(
         self, statistics: torch.Tensor, mean: torch.Tensor | None = None, scale: torch.Tensor | None = None
     ) -> torch.Tensor:
+        grouped = self.standardised(statistics, mean, scale)
+        log_probabilities = F.linear(grouped, self.weight, self.bias).log_softmax(-1)
+        if not self.ungrouped:
+            return log_probabilities
+        ungrouped = F.linear(self.standardised(statistics), self.ungrouped_weight, self.ungrouped_bias).log_softmax(-1)
+        if mean is None and scale is None:
+            return ungrouped
+        return torch.where(self.ungrouped_rows(mean, scale)[:, None], ungrouped, log_probabilities)
+
+    def standardised(
+        self, statistics: torch.Tensor, mean: torch.Tensor | None = None, scale: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """`statistics` `(batch_size, num_statistics)` standardised by `mean` and `scale`, or the training data's."""
         mean = self.mean if mean is None else mean
         scale = self.scale if scale is None else scale
-        standardised = (statistics - mean) / scale
-        return F.linear(standardised, self.weight, self.bias).log_softmax(-1)
+        return (statistics - mean) / scale
+
+    def ungrouped_rows(self, mean: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """Which utterances `mean` and `scale` `(batch_size, num_statistics)` leave standardised by the training
+        data's statistics (`group_statistics` gives those to an utterance without a group, or in a group too small):
+        `(batch_size,)` booleans."""
+        return ((mean == self.mean.to(mean.dtype)).all(-1)) & ((scale == self.scale.to(scale.dtype)).all(-1))
 
     def group_statistics(self, statistics: torch.Tensor, group_ids: torch.Tensor, min_utterances: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Each utterance's group's mean and standard deviation of `statistics` `(batch_size, num_statistics)`, over
@@ -303,8 +329,17 @@ class MSEmoBoostStatisticsHead:
     ) -> torch.Tensor:
         """The statistics classifier's log-probabilities of `statistics` `(batch_size, num_statistics)` (standardised
         by `group_mean` and `group_scale` when given, else by the training data's), times
-        `config.utterance_statistics_weight`: `(batch_size, num_labels)`."""
-        return self.config.utterance_statistics_weight * self.statistics_classifier(statistics, group_mean, group_scale)
+        `config.utterance_statistics_weight`: `(batch_size, num_labels)`. With `config.ungrouped_statistics_weight`,
+        the utterances that no group standardises get the ungrouped regression's times that weight instead."""
+        classifier, weight = self.statistics_classifier, self.config.utterance_statistics_weight
+        log_probabilities = classifier(statistics, group_mean, group_scale)
+        if not classifier.ungrouped:
+            return weight * log_probabilities
+        ungrouped_weight = self.config.ungrouped_statistics_weight
+        if group_mean is None and group_scale is None:
+            return ungrouped_weight * log_probabilities
+        ungrouped = classifier.ungrouped_rows(group_mean, group_scale)[:, None]
+        return log_probabilities * torch.where(ungrouped, ungrouped_weight, weight).to(log_probabilities.dtype)
 
     def group_normalization(self, statistics: torch.Tensor, group_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """With `config.speaker_normalization`: the `(group_mean, group_scale)` of each utterance, each `(batch_size,

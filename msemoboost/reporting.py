@@ -184,6 +184,8 @@ def summarize(
     if "network" in fold_results[0]:  # with the statistics classifier: each of the two models alone
         for part in ("network", "statistics_classifier"):
             summary[part] = {key: mean_std([result[part][key] for result in fold_results]) for key in ("wa", "ua")}
+    if "ungrouped" in fold_results[0]:  # speaker-normalised: each test recording given alone, without its group
+        summary["ungrouped"] = {key: mean_std([result["ungrouped"][key] for result in fold_results]) for key in ("wa", "ua")}
     if noise_args.eval_snr:
         summary["noise"] = summarize_noise(fold_results, summary, noise_args)
         save_snr_plot(summary["noise"], output_dir / "accuracy_vs_snr.png", f"{protocol_args.protocol}, {len(fold_results)} fold(s)")
@@ -200,7 +202,7 @@ def summarize(
 ARCHITECTURE_KEYS = (
     "frame_weighting", "classifier_input", "mfcc_normalization", "mfcc_pool_frames", "mfcc_statistics",
     "prosody_statistics", "classify_statistics", "utterance_statistics_classifier", "utterance_distribution_statistics",
-    "utterance_statistics_weight", "speaker_normalization", "use_weighted_layer_sum", "pooled_normalization",
+    "utterance_statistics_weight", "speaker_normalization", "ungrouped_statistics_weight", "use_weighted_layer_sum", "pooled_normalization",
     "segment_length_s",
 )
 
@@ -239,6 +241,8 @@ def describe_run(
     if weight_choice:  # the final model's weight
         summary["statistics_weight"] = weight_choice
         summary["architecture"]["utterance_statistics_weight"] = weight_choice["weight"]
+        if "ungrouped" in weight_choice:
+            summary["architecture"]["ungrouped_statistics_weight"] = weight_choice["ungrouped"]["weight"]
     return summary
 
 

@@ -19,6 +19,7 @@ import torch
 
 from .inference import group_codes
 from .modeling_msemoboost import MSEmoBoostForSequenceClassification
+from .modeling_statistics import MSEmoBoostStatisticsClassifier
 from .training import load_wa_ua
 
 logger = logging.getLogger(__name__)
@@ -124,9 +125,11 @@ def fit_statistics_classifier(
     no utterance has gets weight 0 and bias `ABSENT_CLASS_BIAS`. The classifier's `mean` and `scale` are the
     training utterances' statistics. With `config.speaker_normalization`, each speaker's statistics are first
     standardised by that speaker's own mean and standard deviation (as the model standardises each group at
-    inference), and the regression is fitted on those.
+    inference), and the regression is fitted on those; with `config.ungrouped_statistics_weight` too, a second
+    regression is fitted as without speaker normalisation, for utterances without a group.
 
-    Returns `{"c": the chosen C, "cross_validated_ua": {C: UA}}`.
+    Returns `{"c": the chosen C, "cross_validated_ua": {C: UA}}`, plus `"ungrouped"` (the same for the second
+    regression) when it is fitted.
     """
     classifier = model.statistics_classifier
     if classifier is None:
@@ -145,35 +148,67 @@ def fit_statistics_classifier(
     pooled = StandardScaler().fit(statistics)  # the training data's: the standardisation of an utterance without a group
     with torch.no_grad():
         classifier.mean.copy_(torch.from_numpy(pooled.mean_)), classifier.scale.copy_(torch.from_numpy(pooled.scale_))
+    fits = {}
     if model.config.speaker_normalization:  # each speaker standardised by its own statistics; no labels used
         values = torch.from_numpy(statistics)
         mean, scale = model.group_normalization(values, group_codes(groups))
-        statistics = ((values - mean) / scale).numpy()
+        fits[""] = _fitted_regression(((values - mean) / scale).numpy(), labels, groups, c_grid, seed,
+                                      classifier.bias.numel(), fold_scaler=True)
+        if classifier.ungrouped:
+            fits["ungrouped_"] = _fitted_regression(statistics, labels, groups, c_grid, seed, classifier.bias.numel())
+    else:
+        fits[""] = _fitted_regression(statistics, labels, groups, c_grid, seed, classifier.bias.numel())
+    with torch.no_grad():
+        for prefix, fit in fits.items():
+            for name in ("weight", "bias"):
+                getattr(classifier, prefix + name).copy_(torch.from_numpy(fit[name]))
+    logger.info(
+        f"Statistics classifier: C={fits['']['c']:g} (cross-validated UA by C: "
+        + ", ".join(f"{c:g}: {score:.3f}" for c, score in fits[""]["scores"].items())
+        + f"), fitted on {len(labels)} utterances of {len(np.unique(groups))} speaker(s)"
+        + (", each standardised by its own statistics" if model.config.speaker_normalization else "")
+        + (f"; for utterances without a group, C={fits['ungrouped_']['c']:g}" if "ungrouped_" in fits else "") + "."
+    )
+    found = {"c": fits[""]["c"], "cross_validated_ua": {f"{c:g}": v for c, v in fits[""]["scores"].items()}}
+    if "ungrouped_" in fits:
+        found["ungrouped"] = {"c": fits["ungrouped_"]["c"],
+                              "cross_validated_ua": {f"{c:g}": v for c, v in fits["ungrouped_"]["scores"].items()}}
+    return found
+
+
+def _fitted_regression(statistics: np.ndarray, labels: np.ndarray, groups: np.ndarray, c_grid: tuple[float, ...],
+                       seed: int, num_labels: int, fold_scaler: bool = False) -> dict:
+    """[`fit_statistics_classifier`]'s regression on `statistics`: `{"c", "scores": {C: UA}, "weight" (num_labels,
+    num_statistics), "bias" (num_labels,)}`. Its weights apply to the statistics standardised by the training data's
+    (its own standardisation), or with `fold_scaler` to `statistics` as given (its standardisation folded in)."""
     scores = {c: cross_validated_ua(statistics, labels, groups, c, seed) for c in c_grid}
     best = max(c_grid, key=lambda c: scores[c])  # the strongest penalty among equal scores: the grid ascends
     fitted = _logistic_regression(best).fit(statistics, labels)
     scaler, regression = fitted[0], fitted[1]
     coefficients, intercepts = regression.coef_, regression.intercept_
-    if model.config.speaker_normalization:  # the regression's own standardisation of them, folded into its weights
+    if fold_scaler:
         coefficients = coefficients / scaler.scale_
         intercepts = intercepts - coefficients @ scaler.mean_
-    if len(present) == 2:  # scikit-learn's binary model: the logit of the second class against the first
+    if len(regression.classes_) == 2:  # scikit-learn's binary model: the logit of the second class against the first
         coefficients = np.concatenate([np.zeros_like(coefficients), coefficients])
         intercepts = np.concatenate([np.zeros_like(intercepts), intercepts])
-    num_labels = classifier.bias.numel()
     weight = np.zeros((num_labels, statistics.shape[1]))
     bias = np.full(num_labels, ABSENT_CLASS_BIAS)
     weight[regression.classes_], bias[regression.classes_] = coefficients, intercepts
-    with torch.no_grad():
-        for name, value in (("weight", weight), ("bias", bias)):
-            getattr(classifier, name).copy_(torch.from_numpy(np.asarray(value)))
-    logger.info(
-        f"Statistics classifier: C={best:g} (cross-validated UA by C: "
-        + ", ".join(f"{c:g}: {score:.3f}" for c, score in scores.items())
-        + f"), fitted on {len(labels)} utterances of {len(np.unique(groups))} speaker(s)"
-        + (", each standardised by its own statistics." if model.config.speaker_normalization else ".")
+    return {"c": best, "scores": scores, "weight": weight, "bias": bias}
+
+
+def add_ungrouped_regression(model: MSEmoBoostForSequenceClassification) -> None:
+    """Gives a speaker-normalised `model` (`config.speaker_normalization`) a statistics classifier with the second
+    regression for recordings without a group (`config.ungrouped_statistics_weight`, set to the model's
+    `utterance_statistics_weight`), unfitted: [`fit_statistics_classifier`] then fits both."""
+    old = model.statistics_classifier
+    if old is None or not model.config.speaker_normalization:
+        raise ValueError("add_ungrouped_regression() needs a model with config.speaker_normalization=True.")
+    model.config.ungrouped_statistics_weight = model.config.utterance_statistics_weight
+    model.statistics_classifier = MSEmoBoostStatisticsClassifier(old.mean.numel(), old.bias.numel(), ungrouped=True).to(
+        old.mean.device
     )
-    return {"c": best, "cross_validated_ua": {f"{c:g}": score for c, score in scores.items()}}
 
 
 @contextmanager

@@ -55,6 +55,30 @@ def test_the_statistics_export_with_parity_under_a_classifier_as_steep_as_a_trai
         np.testing.assert_allclose(engine([waveform])[0][0], row, atol=1e-4, rtol=0)
 
 
+def test_a_speaker_normalised_model_exports_its_regression_for_recordings_without_a_group(tmp_path, emodb_utterances):
+    """The graph takes no groups: it classifies each recording alone, with the ungrouped regression at its own weight
+    (`ungrouped_statistics_weight`), as PyTorch does without `group_ids`."""
+    model_dir = save_model(tmp_path / "model", **FEWER_MFCC_FRAMES, use_backbone_features=False, mfcc_statistics=True,
+                           utterance_statistics_classifier=True, speaker_normalization=True,
+                           utterance_statistics_weight=3.0, ungrouped_statistics_weight=2.0)
+    model = MSEmoBoostForSequenceClassification.from_pretrained(model_dir).eval()
+    inputs = MSEmoBoostFeatureExtractor.from_pretrained(model_dir)(emodb_utterances, sampling_rate=16000, return_tensors="pt")
+    with torch.no_grad():  # two regressions as steep as fitted ones, on statistics standardised by their own spread
+        classifier, statistics = model.statistics_classifier, model.utterance_statistics(**inputs)
+        classifier.mean.copy_(statistics.mean(0))
+        classifier.scale.copy_(statistics.std(0).clamp(min=1e-3))
+        classifier.ungrouped_weight.normal_(0.0, 0.15, generator=torch.Generator().manual_seed(1))
+        classifier.weight.normal_(0.0, 0.15, generator=torch.Generator().manual_seed(2))
+    model.save_pretrained(model_dir)
+    export(model_dir, tmp_path / "onnx")
+    expected = pytorch_logits(model_dir, emodb_utterances)
+    with torch.no_grad():
+        alone = model.statistics_classifier(model.utterance_statistics(**inputs)).numpy()
+        network = expected - model.statistics_logits(**inputs).numpy()
+    np.testing.assert_allclose(expected, network + 2.0 * alone, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(ONNXClassifier(tmp_path / "onnx")(emodb_utterances)[0], expected, atol=1e-4, rtol=0)
+
+
 def test_an_operator_the_exporter_cannot_translate_is_named(monkeypatch, tmp_path):
     def three_dimensional_attention(self, hidden_states):  # the exporter only translates 4-D attention
         return hidden_states + F.scaled_dot_product_attention(

@@ -441,6 +441,53 @@ def test_speaker_normalization_fits_the_regression_on_each_speaker_s_own_standar
     assert np.abs(classify_statistics(model, statistics)[:, :3] - wanted).max() > 0.1
 
 
+def test_the_ungrouped_regression_is_fitted_on_the_training_data_s_standardisation_and_classifies_recordings_alone():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    model = tiny_model(utterance_statistics_classifier=True, speaker_normalization=True, ungrouped_statistics_weight=0.5,
+                       **STATISTICS)
+    groups = np.repeat(np.array(["s1", "s2", "s3", "s4"]), 30)
+    labels = np.tile(np.arange(3), 40)
+    statistics = separable_statistics(model.statistics_classifier.mean.numel(), labels, np.repeat(np.arange(4), 30))
+    fit = fit_statistics_classifier(model, statistics, labels, groups, c_grid=(0.1,))
+
+    def reference(features):
+        fitted = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, class_weight="balanced", max_iter=5000))
+        return fitted.fit(features, labels).predict_log_proba(features)
+
+    by_speaker = np.empty_like(statistics)
+    for speaker in np.unique(groups):
+        rows = groups == speaker
+        by_speaker[rows] = (statistics[rows] - statistics[rows].mean(0)) / statistics[rows].std(0)
+    # Grouped: the speaker-normalised regression, as without the second one; alone: the plain regression's answers.
+    np.testing.assert_allclose(classify_statistics(model, statistics, groups)[:, :3], reference(by_speaker), atol=1e-4)
+    np.testing.assert_allclose(classify_statistics(model, statistics)[:, :3], reference(statistics), atol=1e-4)
+    assert fit["ungrouped"]["c"] == 0.1 and set(fit["ungrouped"]["cross_validated_ua"]) == {"0.1"}
+    assert model.statistics_classifier.ungrouped_bias[3:].eq(ABSENT_CLASS_BIAS).all()  # classes no utterance has
+
+    # In forward: the rows of a group at utterance_statistics_weight, the rows without one at the ungrouped weight.
+    waveforms, mask = padded([24_000, 40_000, 50_000, 33_000, 45_000])
+    group_ids = torch.tensor([0, 0, 0, -1, 1])  # group 1 has one utterance: too small, so alone too
+    with torch.no_grad():
+        utterance = model.utterance_statistics(waveforms, mask)
+        network = model.eval()(waveforms, mask, group_ids=group_ids).logits - model.statistics_logits(
+            waveforms, mask, group_ids=group_ids)
+        grouped = model.statistics_classifier(utterance, *model.group_normalization(utterance, group_ids))
+        alone = model.statistics_classifier(utterance)
+        expected = torch.cat([network[:3] + grouped[:3], network[3:] + 0.5 * alone[3:]])
+        torch.testing.assert_close(model(waveforms, mask, group_ids=group_ids).logits, expected)
+        torch.testing.assert_close(model(waveforms, mask).logits, network + 0.5 * alone)
+        assert not torch.allclose(grouped[:3], alone[:3], atol=1e-3)
+    with pytest.raises(ValueError, match=r"^ungrouped_statistics_weight is the weight of the regression for utterances "
+                                         r"without a group, which only speaker_normalization=True has"):
+        tiny_config(utterance_statistics_classifier=True, ungrouped_statistics_weight=1.0, **STATISTICS)
+    with pytest.raises(ValueError, match=r"^ungrouped_statistics_weight must be None or a non-negative number, got -1"):
+        tiny_config(utterance_statistics_classifier=True, speaker_normalization=True, ungrouped_statistics_weight=-1,
+                    **STATISTICS)
+
+
 def test_group_ids_standardise_each_utterance_by_its_group_in_the_batch_and_small_groups_by_the_training_data():
     model = tiny_model(utterance_statistics_classifier=True, speaker_normalization=True, **STATISTICS)
     classifier = model.statistics_classifier

@@ -849,6 +849,43 @@ def test_the_statistics_classifier_is_fitted_in_each_fold_and_its_weight_chosen_
     assert run_train(run)["ua"] == summary["ua"]
 
 
+def test_the_weight_for_recordings_without_a_group_is_chosen_over_the_folds_as_the_other_one(corpus_dir, tmp_path):
+    from transformers import AutoModelForAudioClassification
+
+    from msemoboost.reporting import MODEL_CARD_TEMPLATE, render_model_card
+
+    arguments = list(TINY_TRAIN_ARGS)
+    position = arguments.index("--model_config_overrides") + 1
+    arguments[position] = json.dumps({**json.loads(arguments[position]), "mfcc_statistics": True,
+                                      "utterance_statistics_classifier": True})
+    output = tmp_path / "out"
+    summary = run_train(["--dataset_name", str(corpus_dir), "--output_dir", str(output), *arguments, "--folds", "0", "1",
+                         "--speaker_normalization", "true", "--statistics_weight_grid", "0", "1", "4"])
+    choice, names = summary["statistics_weight"], [fold["fold"] for fold in summary["folds"]]
+    ungrouped = choice["ungrouped"]
+    assert ungrouped["grid"] == [0.0, 1.0, 4.0] and set(ungrouped["nested"]) == set(names)
+    for name, other in zip(names, reversed(names)):
+        parts = dict(np.load(output / "folds" / name / "fusion_parts.npz"))
+        fold = json.loads((output / "folds" / name / "results.json").read_text())
+        weight = ungrouped["nested"][name]
+        assert weight == max((0.0, 1.0, 4.0), key=lambda w: ungrouped["per_fold"][other][f"{w:g}"])
+        fused = parts["network_logits"] + weight * parts["ungrouped_statistics_log_probabilities"]
+        recalls = [(fused.argmax(-1)[parts["labels"] == label] == label).mean() for label in np.unique(parts["labels"])]
+        assert fold["ungrouped"]["ua"] == pytest.approx(np.mean(recalls), abs=1e-12)
+        assert fold["ungrouped"]["wa"] == pytest.approx((fused.argmax(-1) == parts["labels"]).mean(), abs=1e-12)
+        assert fold["ungrouped"]["statistics_weight"] == weight
+        assert fold["ua"] == choice["per_fold"][name][f"{choice['nested'][name]:g}"]  # the grouped figure stays the fold's
+    model = AutoModelForAudioClassification.from_pretrained(output / "model")
+    assert model.config.ungrouped_statistics_weight == ungrouped["weight"] == summary["architecture"]["ungrouped_statistics_weight"]
+    assert model.config.utterance_statistics_weight == choice["weight"]
+    card = render_model_card(MODEL_CARD_TEMPLATE, summary, "corpus", None, "model")
+    assert (f"a recording without a group is classified by a second regression, fitted on the training data's "
+            f"statistics, times {ungrouped['weight']:g})") in card.replace("\n", " ")
+    alone = summary["ungrouped"]["ua"]
+    assert (f"Each test recording given alone, without its speaker's other recordings (as `msemoboost predict` without "
+            f"`--group_by`): UA {100 * alone['mean']:.2f} ± {100 * alone['std']:.2f}.") in card.replace("\n", " ")
+
+
 def test_speaker_normalization_standardises_each_test_speaker_by_its_own_test_audio(corpus_dir, tmp_path):
     from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
 
@@ -878,3 +915,14 @@ def test_speaker_normalization_standardises_each_test_speaker_by_its_own_test_au
         ungrouped = model(batch["input_values"], batch["attention_mask"])
     torch.testing.assert_close(grouped.logits.softmax(-1), expected, rtol=0, atol=2e-6)
     assert (ungrouped.logits.softmax(-1) - expected).abs().max() > 1e-3
+    # Each recording alone is classified by the regression fitted without speaker normalisation, at its own weight,
+    # and the fold reports how the recordings do so.
+    assert model.config.ungrouped_statistics_weight == model.config.utterance_statistics_weight
+    assert model.statistics_classifier.ungrouped and model.statistics_classifier.ungrouped_weight.abs().sum() > 0
+    names = list(model.config.id2label.values())
+    alone = ungrouped.logits.argmax(-1).numpy()
+    truth = np.array([names.index(row["label"]) for row in predictions])
+    recalls = [(alone[truth == label] == label).mean() for label in np.unique(truth)]
+    fold = json.loads((directory / "results.json").read_text())
+    assert fold["ungrouped"]["ua"] == pytest.approx(np.mean(recalls), abs=1e-12)
+    assert summary["ungrouped"]["ua"]["mean"] == fold["ungrouped"]["ua"]
