@@ -429,9 +429,12 @@ def run_predict(args) -> int:
 
     normalization = {}
     if not (args.group_column or args.group_by) and getattr(config, "speaker_normalization", False):
+        alone = ("each recording is classified alone, by the statistics regression fitted for recordings without a "
+                 "group" if getattr(config, "ungrouped_statistics_weight", None) is not None else
+                 "each recording is standardised by the training data's statistics, which scored lower than grouped "
+                 "recordings")
         print("Note: this model was trained with speaker normalisation; without --group_by folder or --group_column, "
-              "each recording is standardised by the training data's statistics, which scored lower than grouped "
-              "recordings (README, Speaker normalisation).", file=sys.stderr)
+              f"{alone} (README, Speaker normalisation).", file=sys.stderr)
     if args.vad or args.hop_s is not None:  # one recording at a time, its windows in batches
         predictions += window_timelines(args, sources, read, skip, run, config)
         waveforms, count = [], 0

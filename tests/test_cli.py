@@ -227,6 +227,32 @@ def test_group_by_folder_normalises_each_folder_s_recordings_by_their_own_statis
     assert max(abs(float(row[label]) - float(rows[row["file"]][label])) for row in plain for label in LABELS) > 1e-3
 
 
+def test_without_groups_a_model_with_the_ungrouped_regression_classifies_each_recording_by_it(tmp_path, capsys):
+    model = tiny_model(id2label=dict(enumerate(LABELS)), label2id={label: i for i, label in enumerate(LABELS)},
+                       mfcc_statistics=True, utterance_statistics_classifier=True, speaker_normalization=True,
+                       ungrouped_statistics_weight=2.0)
+    classifier = model.statistics_classifier
+    with torch.no_grad():
+        classifier.weight.copy_(torch.randn(classifier.weight.shape, generator=torch.Generator().manual_seed(0)))
+        classifier.ungrouped_weight.copy_(torch.randn(classifier.weight.shape, generator=torch.Generator().manual_seed(1)))
+        classifier.scale.fill_(3.0)
+    model.save_pretrained(tmp_path / "model")
+    MSEmoBoostFeatureExtractor().save_pretrained(tmp_path / "model")
+    files = speakers_in_folders(tmp_path / "audio")["anna"]
+    assert main(["predict", *map(str, files), "--model", str(tmp_path / "model"), "--output", str(tmp_path / "out.csv")]) == 0
+    assert ("without --group_by folder or --group_column, each recording is classified alone, by the statistics regression "
+            "fitted for recordings without a group (README, Speaker normalisation).") in capsys.readouterr().err
+    rows = read_csv(tmp_path / "out.csv")
+    model.eval()
+    extractor = MSEmoBoostFeatureExtractor()
+    for path, row in zip(files, rows):
+        inputs = extractor([read_audio(path, 16000)], sampling_rate=16000, return_tensors="pt")
+        with torch.no_grad():
+            network = model(**inputs).logits - model.statistics_logits(**inputs)
+            wanted = (network + 2.0 * classifier(model.utterance_statistics(**inputs))).softmax(-1)[0].numpy()
+        np.testing.assert_allclose([float(row[label]) for label in LABELS], wanted, rtol=0, atol=1e-5)
+
+
 def test_group_column_groups_the_rows_of_a_dataset(normalizing_model_dir, tmp_path):
     folders = speakers_in_folders(tmp_path / "corpus" / "audio")
     with open(tmp_path / "corpus" / "metadata.csv", "w") as file:

@@ -357,7 +357,8 @@ def test_a_preset_builds_on_its_base_file(tmp_path):
                "learning_rate": 3e-3, "guidance_learning_rate": 1e-3, "freeze_feature_encoder": True, "validation_fraction": 0, "output_dir": "outputs/emodb_cpu",
                "lr_scheduler_type": "cosine_with_min_lr",
                "lr_scheduler_kwargs": {"min_lr_rate": 0.25}, "average_last_epochs": 8,
-               "statistics_weight_grid": [0, 0.5, 1, 1.5, 2, 3, 4, 6, 10], "parallel_folds": 2}
+               "statistics_weight_grid": [0, 0.5, 1, 1.5, 2, 3, 4, 6, 10], "parallel_folds": 2,
+               "speaker_normalization": True}
     assert pretrained == {**scratch, **changes}
     (tmp_path / "child.yaml").write_text("base: missing.yaml\nlearning_rate: 0.1\n")
     with pytest.raises(ValueError, match=rf"^{tmp_path / 'child.yaml'}: its base missing.yaml is not a file "
@@ -404,20 +405,17 @@ def test_the_ablations_without_the_mfcc_branch_drop_the_preset_s_statistics(capl
     overrides = json.loads(model_args.model_config_overrides)
     assert not {"mfcc_statistics", "prosody_statistics", "classify_statistics", "utterance_statistics_classifier",
                 "utterance_distribution_statistics", "utterance_statistics_weight"} & set(overrides)
+    # The preset's speaker normalisation goes with the statistics classifier it normalises.
     assert caplog.messages == ["--use_mfcc false: mfcc_statistics, prosody_statistics, classify_statistics, "
                                "utterance_statistics_classifier, utterance_distribution_statistics (statistics of the "
                                "MFCC branch) are dropped from "
-                               "--model_config_overrides."]
+                               "--model_config_overrides.",
+                               "--use_mfcc false: --speaker_normalization is off, with the statistics classifier "
+                               "it normalises."]
+    assert model_args.speaker_normalization is False
     from msemoboost import MSEmoBoostConfig
 
     MSEmoBoostConfig(use_mfcc=False, **overrides)  # the statistics would otherwise be refused without the MFCC branch
-    caplog.clear()
-    with caplog.at_level("WARNING", logger="msemoboost.train"):
-        model_args = parse_arguments([preset, "--dataset_name", "x", "--use_mfcc", "false",
-                                            "--speaker_normalization", "true"])[0]
-    assert model_args.speaker_normalization is False
-    assert caplog.messages[-1] == ("--use_mfcc false: --speaker_normalization is off, with the statistics classifier "
-                                   "it normalises.")
 
 
 def test_a_statistics_weight_grid_with_a_negative_or_infinite_weight_is_refused():
@@ -625,8 +623,12 @@ def test_the_cpu_recipe_runs_unchanged_on_an_audiofolder_with_train_and_test_spl
             "part for them is trained as a linear classifier of its own, and a logistic regression on the whole "
             "utterance's statistics and the shape of their distributions (skewness, kurtosis, percentiles and slopes of "
             "the MFCC, pitch and energy), fitted after training (its penalty chosen by cross-validation over the training "
-            "speakers), whose log-probabilities are added to the network's, a learned weighted sum of the backbone's layers "
-            "(the paper: `linear`, `pooled`, `l2`, no pooling, the last layer, no normalisation).") in card
+            "speakers) on each speaker's statistics standardised by that speaker's own mean and deviation (speaker "
+            "normalisation: pass `group_ids`, one id per speaker, with a batch of several recordings of each speaker, or "
+            "`msemoboost predict --group_by folder`; a recording without a group is classified by a second regression, "
+            "fitted on the training data's statistics, times 1), whose log-probabilities are added to the network's, a "
+            "learned weighted sum of the backbone's layers (the paper: `linear`, `pooled`, `l2`, no pooling, the last "
+            "layer, no normalisation).") in card
     assert (f"- Backbone: `outputs/pretrained/emodb_cpu` (pretrained by the training recipe itself, self-supervised, on "
             f"unlabelled audio: `msemoboost pretrain {pretraining}`)") in card
 
@@ -766,6 +768,14 @@ def test_jobs_in_processes_return_their_results_log_their_output_and_name_a_fail
         run_in_processes(int, {"b": ("x",)}, 1, logs)
 
 
+def tiny_arguments_with(**overrides) -> list[str]:
+    """TINY_TRAIN_ARGS with `overrides` added to its --model_config_overrides."""
+    arguments = list(TINY_TRAIN_ARGS)
+    position = arguments.index("--model_config_overrides") + 1
+    arguments[position] = json.dumps({**json.loads(arguments[position]), **overrides})
+    return arguments
+
+
 def test_the_statistics_classifier_is_fitted_in_each_fold_and_its_weight_chosen_over_the_folds(corpus_dir, tmp_path):
     from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
 
@@ -773,11 +783,8 @@ def test_the_statistics_classifier_is_fitted_in_each_fold_and_its_weight_chosen_
     from msemoboost.reporting import mean_std, render_model_card
     from msemoboost.statistics_fusion import C_GRID
 
-    arguments = list(TINY_TRAIN_ARGS)
-    position = arguments.index("--model_config_overrides") + 1
-    arguments[position] = json.dumps({**json.loads(arguments[position]), "mfcc_statistics": True,
-                                      "prosody_statistics": True, "utterance_statistics_classifier": True,
-                                      "utterance_distribution_statistics": True, "utterance_statistics_weight": 0.5})
+    arguments = tiny_arguments_with(mfcc_statistics=True, prosody_statistics=True, utterance_statistics_classifier=True,
+                                    utterance_distribution_statistics=True, utterance_statistics_weight=0.5)
     output = tmp_path / "out"
     run = ["--dataset_name", str(corpus_dir), "--output_dir", str(output), *arguments, "--folds", "0", "1",
            "--final_model", "false", "--statistics_weight_grid", "2", "0", "0.5"]
@@ -854,10 +861,7 @@ def test_the_weight_for_recordings_without_a_group_is_chosen_over_the_folds_as_t
 
     from msemoboost.reporting import MODEL_CARD_TEMPLATE, render_model_card
 
-    arguments = list(TINY_TRAIN_ARGS)
-    position = arguments.index("--model_config_overrides") + 1
-    arguments[position] = json.dumps({**json.loads(arguments[position]), "mfcc_statistics": True,
-                                      "utterance_statistics_classifier": True})
+    arguments = tiny_arguments_with(mfcc_statistics=True, utterance_statistics_classifier=True)
     output = tmp_path / "out"
     summary = run_train(["--dataset_name", str(corpus_dir), "--output_dir", str(output), *arguments, "--folds", "0", "1",
                          "--speaker_normalization", "true", "--statistics_weight_grid", "0", "1", "4"])
@@ -891,10 +895,7 @@ def test_speaker_normalization_standardises_each_test_speaker_by_its_own_test_au
 
     from msemoboost.data import AudioCollator
 
-    arguments = list(TINY_TRAIN_ARGS)
-    position = arguments.index("--model_config_overrides") + 1
-    arguments[position] = json.dumps({**json.loads(arguments[position]), "mfcc_statistics": True,
-                                      "utterance_statistics_classifier": True})
+    arguments = tiny_arguments_with(mfcc_statistics=True, utterance_statistics_classifier=True)
     output = tmp_path / "out"
     summary = run_train(["--dataset_name", str(corpus_dir), "--output_dir", str(output), *arguments, "--folds", "0",
                           "--final_model", "false", "--speaker_normalization", "true"])
