@@ -296,7 +296,8 @@ def classify_example(model_dir: Path, corpus, rows: np.ndarray) -> None:
 
 def summarize_leave_one_corpus_out(runs: dict[str, dict], output_dir: Path) -> dict:
     """`--protocol leave_one_corpus_out`: the per-corpus and mean WA/UA of the `cross_corpus` runs' summaries `runs`
-    (keyed by the tested corpus), written to `output_dir/results.json` and printed."""
+    (keyed by the tested corpus), and of the parts every run reports (`network`, `statistics_classifier`,
+    `ungrouped`), written to `output_dir/results.json` and printed."""
     per_corpus = {
         name: {"wa": run["wa"]["mean"], "ua": run["ua"]["mean"], "num_test": run["num_utterances"],
                "label_names": run["label_names"], "corpora": run["corpora"]}
@@ -309,8 +310,18 @@ def summarize_leave_one_corpus_out(runs: dict[str, dict], output_dir: Path) -> d
         "wa": mean_std([row["wa"] for row in per_corpus.values()]),
         "ua": mean_std([row["ua"] for row in per_corpus.values()]),
     }
+    # With the statistics classifier: the network and the classifier alone; speaker-normalised: each recording alone.
+    for part in ("network", "statistics_classifier", "ungrouped"):
+        if all(part in run for run in runs.values()):
+            for name, run in runs.items():
+                per_corpus[name][part] = {key: run[part][key]["mean"] for key in ("wa", "ua")}
+            summary[part] = {key: mean_std([row[part][key] for row in per_corpus.values()]) for key in ("wa", "ua")}
     write_json(output_dir / "results.json", summary)
     print(f"leave_one_corpus_out over {len(runs)} corpora: WA {summary['wa']['mean']:.2%} ± {summary['wa']['std']:.2%}  "
           f"UA {summary['ua']['mean']:.2%} ± {summary['ua']['std']:.2%}  ("
           + ", ".join(f"{name} {row['ua']:.1%}" for name, row in per_corpus.items()) + ")")
+    for part in ("network", "statistics_classifier", "ungrouped"):
+        if part in summary:
+            print(f"  {part.replace('_', ' ')}: UA {summary[part]['ua']['mean']:.2%} ("
+                  + ", ".join(f"{name} {row[part]['ua']:.1%}" for name, row in per_corpus.items()) + ")")
     return summary

@@ -152,6 +152,23 @@ def test_leave_one_corpus_out_tests_each_corpus_once_trained_on_all_the_others(c
     assert json.loads((output / "results.json").read_text()) == summary
 
 
+def test_leave_one_corpus_out_reports_each_part_every_corpus_reports(tmp_path):
+    from msemoboost.reporting import summarize_leave_one_corpus_out
+
+    def run_summary(ua: float, parts: dict) -> dict:
+        return {"wa": {"mean": ua + 0.1}, "ua": {"mean": ua}, "num_utterances": 10, "label_names": ["a", "b"],
+                "corpora": {}, **{part: {"wa": {"mean": v + 0.1}, "ua": {"mean": v}} for part, v in parts.items()}}
+
+    runs = {"x": run_summary(0.5, {"network": 0.4, "statistics_classifier": 0.3, "ungrouped": 0.45}),
+            "y": run_summary(0.7, {"network": 0.6, "statistics_classifier": 0.5})}
+    summary = summarize_leave_one_corpus_out(runs, tmp_path)
+    assert summary["network"]["ua"] == {"mean": pytest.approx(0.5), "std": pytest.approx(0.1)}
+    assert summary["statistics_classifier"]["wa"]["mean"] == pytest.approx(0.5)
+    assert summary["per_corpus"]["y"]["network"] == {"wa": pytest.approx(0.7), "ua": 0.6}
+    assert "ungrouped" not in summary and "ungrouped" not in summary["per_corpus"]["x"]  # y does not report it
+    assert json.loads((tmp_path / "results.json").read_text()) == json.loads(json.dumps(summary))
+
+
 def test_train_only_trains_one_model_on_every_corpus_over_the_union_of_their_classes(corpus_dir, tmp_path):
     extra = extra_corpus(corpus_dir, tmp_path / "extra", ["spk1", "spk2"], {"sad": "calm"})
     output = tmp_path / "out"
