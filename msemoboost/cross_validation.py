@@ -219,7 +219,7 @@ def build_fold_model(run: "FoldRun", rows_train: np.ndarray) -> MSEmoBoostForSeq
             **overrides,
         )
     if model.config.speaker_normalization and model.config.ungrouped_statistics_weight is None:
-        add_ungrouped_regression(model)
+        add_ungrouped_regression(model)  # a loaded checkpoint's (built models have it from model_overrides)
     if run.args.training.label_smoothing_factor:
         model.config.label_smoothing = run.args.training.label_smoothing_factor
     # A loaded checkpoint's calibration belongs to its own training: the new model is calibrated anew (calibrate_run).

@@ -181,11 +181,10 @@ def summarize(
     )
     if calibration:
         summary["calibration"] = calibration
-    if "network" in fold_results[0]:  # with the statistics classifier: each of the two models alone
-        for part in ("network", "statistics_classifier"):
+    # With the statistics classifier: each of the two models alone; speaker-normalised: each test recording alone.
+    for part in ("network", "statistics_classifier", "ungrouped"):
+        if part in fold_results[0]:
             summary[part] = {key: mean_std([result[part][key] for result in fold_results]) for key in ("wa", "ua")}
-    if "ungrouped" in fold_results[0]:  # speaker-normalised: each test recording given alone, without its group
-        summary["ungrouped"] = {key: mean_std([result["ungrouped"][key] for result in fold_results]) for key in ("wa", "ua")}
     if noise_args.eval_snr:
         summary["noise"] = summarize_noise(fold_results, summary, noise_args)
         save_snr_plot(summary["noise"], output_dir / "accuracy_vs_snr.png", f"{protocol_args.protocol}, {len(fold_results)} fold(s)")

@@ -51,24 +51,13 @@ def utterance_statistics(
     return np.concatenate(rows)
 
 
-def statistics_log_probabilities(
-    model: MSEmoBoostForSequenceClassification, dataset, collator, batch_size: int = 8, groups: np.ndarray | None = None
-) -> np.ndarray:
-    """The fitted statistics classifier's log-probabilities of every row of `dataset`, not weighted by
-    `config.utterance_statistics_weight`: `(len(dataset), num_labels)`, float64. With `config.speaker_normalization`,
-    each row's statistics are standardised by those of its group among `groups` `(len(dataset),)` (speakers: any
-    hashable values), over all of `dataset`'s rows of that group."""
-    if model.statistics_classifier is None:
-        raise ValueError("statistics_log_probabilities() needs a model with config.utterance_statistics_classifier=True.")
-    statistics = utterance_statistics(model, dataset, collator, batch_size)
-    return classify_statistics(model, statistics, groups)
-
-
 def classify_statistics(model: MSEmoBoostForSequenceClassification, statistics: np.ndarray, groups=None) -> np.ndarray:
     """The statistics classifier's unweighted log-probabilities of `statistics` `(num_utterances, num_statistics)`,
     standardised by group (`groups`, one per utterance) with `config.speaker_normalization`: `(num_utterances,
     num_labels)`, float64."""
     classifier = model.statistics_classifier
+    if classifier is None:
+        raise ValueError("classify_statistics() needs a model with config.utterance_statistics_classifier=True.")
     values = torch.from_numpy(statistics).to(classifier.mean.device, classifier.mean.dtype)
     with torch.no_grad():
         if model.config.speaker_normalization and groups is not None:
