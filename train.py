@@ -47,6 +47,7 @@ from msemoboost.cross_validation import (
     FoldRun,
     calibrate_run,
     choose_run_weight,
+    finished_run,
     leave_one_corpus_out_runs,
     load_corpora,
     model_config,
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None, callbacks=()) -> dict:
         runs = {}
         for name, words in leave_one_corpus_out_runs(argv, data_args, model_args, output_dir).items():
             logger.info(f"Leave one corpus out: testing {name}, trained on all the other corpora.")
-            runs[name] = main(words, callbacks)
+            runs[name] = finished_run(output_dir / name, protocol_args.overwrite_output_dir) or main(words, callbacks)
         return summarize_leave_one_corpus_out(runs, output_dir) if main_process else {}
 
     # The data, and the backbone pretrained first when the recipe asks for it

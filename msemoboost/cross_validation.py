@@ -103,6 +103,17 @@ def prepare_output_dir(output_dir: Path, overwrite: bool, training_args: Trainin
         output_dir.mkdir(parents=True, exist_ok=True)
 
 
+def finished_run(output_dir: Path, overwrite: bool) -> dict | None:
+    """The summary of the run finished in `output_dir` (its results.json), read back, unless `overwrite`; None when
+    none has finished there. A killed `--protocol leave_one_corpus_out` thus goes on from the first corpus it had
+    not finished, as a killed cross-validation goes on from its first unfinished fold."""
+    finished = output_dir / "results.json"
+    if overwrite or not finished.exists():
+        return None
+    logger.info(f"Reading back the finished run in {output_dir} ({finished}); --overwrite_output_dir true runs it again.")
+    return json.loads(finished.read_text())
+
+
 def resume_checkpoint(training_args: TrainingArguments, checkpoint_dir: Path) -> str | None:
     """The checkpoint this fold resumes from with --resume_from_checkpoint (true/last: its own last one; a path: that)."""
     request = training_args.resume_from_checkpoint

@@ -150,6 +150,15 @@ def test_leave_one_corpus_out_tests_each_corpus_once_trained_on_all_the_others(c
     }
     assert summary["ua"]["mean"] == pytest.approx(sum(r["ua"]["mean"] for r in runs.values()) / 3, abs=1e-12)
     assert json.loads((output / "results.json").read_text()) == summary
+    # Killed before its summary: run again, each finished corpus is read back, not trained again.
+    (output / "results.json").unlink()
+    runs["first"]["ua"]["mean"] = 0.125
+    (output / "first" / "results.json").write_text(json.dumps(runs["first"]))
+    weights = (output / "first" / "model" / "model.safetensors").stat().st_mtime_ns
+    again = run(corpus_dir, output, "--protocol", "leave_one_corpus_out", "--extra_train_datasets", str(first),
+                str(second), "--extra_train_columns", json.dumps(columns), "--num_train_epochs", "1")
+    assert again["per_corpus"]["first"]["ua"] == 0.125 and again["per_corpus"]["demo"] == summary["per_corpus"]["demo"]
+    assert (output / "first" / "model" / "model.safetensors").stat().st_mtime_ns == weights
 
 
 def test_leave_one_corpus_out_reports_each_part_every_corpus_reports(tmp_path):
