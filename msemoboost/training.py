@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 from transformers import AutoFeatureExtractor, Trainer, TrainerCallback, TrainerState
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .configuration_msemoboost import MSEmoBoostConfig
 from .feature_extraction_msemoboost import MSEmoBoostFeatureExtractor
@@ -409,6 +410,9 @@ class StagedUnfreezing(TrainerCallback):
             )
 
 
+AVERAGE_FILE = "checkpoint_average.safetensors"  # CheckpointAveraging's running sum, in each saved checkpoint
+
+
 class CheckpointAveraging(TrainerCallback):
     """Keeps the average of the weights at the end of the last `last_epochs` epochs instead of the last weights (a
     uniform checkpoint average, as in stochastic weight averaging with the run's own schedule).
@@ -416,7 +420,9 @@ class CheckpointAveraging(TrainerCallback):
     The average is taken in float64 over every floating-point parameter and buffer (batch-norm statistics included);
     integer buffers keep their last value. It is loaded into the model when training ends, so `Trainer.predict` and
     `save_model` see it. It needs a fixed schedule of whole epochs: no early stopping, no best-checkpoint selection.
-    The epochs it averaged are recorded in the Trainer's `log_history` as `averaged_epochs`.
+    The epochs it averaged are recorded in the Trainer's `log_history` as `averaged_epochs`. Each checkpoint the
+    Trainer saves holds the running sum (`checkpoint_average.safetensors`), so a run resumed from it averages the
+    same epochs as one never stopped.
 
     Args:
         last_epochs (`int`): how many final epochs to average, at least 2.
@@ -439,6 +445,27 @@ class CheckpointAveraging(TrainerCallback):
             raise ValueError(f"Checkpoint averaging of the last {self.last_epochs} epochs needs at least as many "
                              f"epochs of training; num_train_epochs is {args.num_train_epochs}.")
         self.sum, self.epochs = {}, []
+        if state.global_step:  # resumed: the Trainer has loaded the state of checkpoint-<global_step>
+            self.load(Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+
+    def on_save(self, args, state, control, **kwargs):
+        from safetensors.torch import save_file
+
+        folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        if folder.is_dir():
+            save_file(self.sum, folder / AVERAGE_FILE, metadata={"epochs": json.dumps(self.epochs)})
+
+    def load(self, checkpoint: Path) -> None:
+        """The running sum and its epochs from `checkpoint`'s `checkpoint_average.safetensors`, when it has one (a
+        checkpoint saved before any averaged epoch holds an empty sum)."""
+        from safetensors import safe_open
+
+        if not (checkpoint / AVERAGE_FILE).exists():
+            return
+        with safe_open(checkpoint / AVERAGE_FILE, framework="pt") as saved:
+            self.sum = {name: saved.get_tensor(name) for name in saved.keys()}
+            self.epochs = json.loads(saved.metadata()["epochs"])
+        logger.info(f"Checkpoint averaging: resumed with the sum of epochs {self.epochs} from {checkpoint}.")
 
     def on_epoch_end(self, args, state, control, model=None, **kwargs):
         epoch = round(state.epoch or 0)

@@ -1,5 +1,7 @@
 """The recipe options: waveform augmentation, class-balanced loss, per-part learning rates, transfer."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -196,6 +198,43 @@ def test_checkpoint_averaging_keeps_the_mean_of_the_last_epochs_weights(tmp_path
     assert averaged["1.running_var"].tolist() == [3.0, 3.0]
     assert averaged["1.num_batches_tracked"].item() == 4  # an integer buffer keeps its last value
     assert state.log_history[-1]["averaged_epochs"] == [2, 3, 4]
+
+
+def test_checkpoint_averaging_resumed_from_a_checkpoint_averages_the_epochs_of_a_run_never_stopped(tmp_path):
+    from safetensors import safe_open
+    from transformers import Trainer
+
+    from msemoboost.training import AVERAGE_FILE, CheckpointAveraging
+
+    class Regression(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(2, 1)
+
+        def forward(self, x, labels):
+            return {"loss": (self.linear(x)[:, 0] - labels).square().mean()}
+
+    generator = torch.Generator().manual_seed(0)
+    data = [{"x": x, "labels": x.sum() + 1} for x in torch.randn(16, 2, generator=generator)]
+
+    def train(resume: str | None = None) -> dict[str, torch.Tensor]:
+        torch.manual_seed(0)
+        model = Regression()
+        args = TrainingArguments(output_dir=str(tmp_path / "run"), num_train_epochs=4, per_device_train_batch_size=4,
+                                 learning_rate=0.05, save_strategy="epoch", report_to="none", use_cpu=True, seed=0)
+        trainer = Trainer(model=model, args=args, train_dataset=data, callbacks=[CheckpointAveraging(3)])
+        trainer.train(resume_from_checkpoint=resume)
+        assert [entry["averaged_epochs"] for entry in trainer.state.log_history if "averaged_epochs" in entry] == [[2, 3, 4]]
+        return {name: value.clone() for name, value in model.state_dict().items()}
+
+    never_stopped = train()
+    for checkpoint, epochs in (("checkpoint-4", []), ("checkpoint-8", [2]), ("checkpoint-12", [2, 3])):
+        with safe_open(tmp_path / "run" / checkpoint / AVERAGE_FILE, framework="pt") as saved:
+            assert json.loads(saved.metadata()["epochs"]) == epochs
+            assert sorted(saved.keys()) == ([] if not epochs else ["linear.bias", "linear.weight"])
+    for resumed_at in ("checkpoint-8", "checkpoint-12"):  # after epoch 2 (one epoch summed) and epoch 3 (two)
+        resumed = train(str(tmp_path / "run" / resumed_at))
+        assert all(torch.equal(resumed[name], never_stopped[name]) for name in never_stopped), resumed_at
 
 
 def test_checkpoint_averaging_refuses_what_it_cannot_average(tmp_path):
