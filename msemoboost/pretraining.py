@@ -625,13 +625,22 @@ def pretrain_if_missing(output_dir: str, arguments: str) -> bool:
     """Runs `msemoboost pretrain ARGUMENTS --output_dir output_dir` unless `output_dir` already holds a model (its
     `config.json`); `arguments` is one string, split as a shell would. Returns whether it pretrained. A recipe that
     names a pretrained backbone by its folder (`train.py --backbone DIR --backbone_pretraining ARGUMENTS`) thus
-    pretrains it on its first run and reuses it on every later one."""
+    pretrains it on its first run and reuses it on every later one. A pretraining killed before it saved the model
+    resumes from its last checkpoint (in `output_dir/checkpoints`)."""
     import shlex
+    from pathlib import Path
+
+    from transformers.trainer_utils import get_last_checkpoint
 
     if holds_model(output_dir):
         logger.warning(f"Using the pretrained backbone in {output_dir} (delete the folder to pretrain it again).")
         return False
     command = [*shlex.split(arguments), "--output_dir", str(output_dir)]
+    checkpoints = Path(output_dir) / "checkpoints"
+    last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    if last and "--resume_from_checkpoint" not in command:
+        logger.warning(f"Resuming the pretraining of {output_dir} from {last}.")
+        command += ["--resume_from_checkpoint", "true"]
     logger.warning(f"{output_dir} holds no backbone yet; pretraining it first: msemoboost pretrain {shlex.join(command)}")
     pretrain(command)
     return True

@@ -382,6 +382,23 @@ def test_a_recipe_s_backbone_is_pretrained_once_and_then_reused(pretrained, capl
     assert (pretrained / "model.safetensors").read_bytes() == before
 
 
+def test_a_recipe_s_pretraining_killed_before_its_model_resumes_from_its_last_checkpoint(tmp_path, monkeypatch):
+    import msemoboost.pretraining
+    from msemoboost.pretraining import pretrain_if_missing
+
+    commands = []
+    monkeypatch.setattr(msemoboost.pretraining, "pretrain", commands.append)
+    backbone = tmp_path / "backbone"
+    assert pretrain_if_missing(str(backbone), "recipe.yaml --max_steps 9") is True
+    (backbone / "checkpoints" / "checkpoint-500").mkdir(parents=True)
+    (backbone / "checkpoints" / "checkpoint-1000").mkdir()
+    assert pretrain_if_missing(str(backbone), "recipe.yaml --max_steps 9") is True
+    assert commands == [
+        ["recipe.yaml", "--max_steps", "9", "--output_dir", str(backbone)],
+        ["recipe.yaml", "--max_steps", "9", "--output_dir", str(backbone), "--resume_from_checkpoint", "true"],
+    ]
+
+
 def test_continued_pretraining_starts_from_the_checkpoint(pretrained, corpus_dir, tmp_path):
     arguments = [word for word in PRETRAIN if word not in ("--backbone_config", json.dumps(BACKBONE))]
     assert main(["pretrain", "--dataset_name", str(corpus_dir), "--output_dir", str(tmp_path / "continued"),
