@@ -452,7 +452,7 @@ class CheckpointAveraging(TrainerCallback):
         from safetensors.torch import save_file
 
         folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
-        if folder.is_dir():
+        if folder.is_dir() and state.is_world_process_zero:  # every process holds the same sum; one writes it
             save_file(self.sum, folder / AVERAGE_FILE, metadata={"epochs": json.dumps(self.epochs)})
 
     def load(self, checkpoint: Path) -> None:
