@@ -157,6 +157,11 @@ def render_model_card(
     return str(card)
 
 
+# The parts a run reports beside the fused model, each when it has it: with the statistics classifier, the network and
+# the classifier alone; speaker-normalised, each test recording alone (without its group).
+RESULT_PARTS = ("network", "statistics_classifier", "ungrouped")
+
+
 def summarize(
     fold_results: list[dict], corpus, args: RunArguments, output_dir: Path, config, corpora_report: dict,
     weight_choice: dict | None = None, calibration: dict | None = None,
@@ -181,8 +186,7 @@ def summarize(
     )
     if calibration:
         summary["calibration"] = calibration
-    # With the statistics classifier: each of the two models alone; speaker-normalised: each test recording alone.
-    for part in ("network", "statistics_classifier", "ungrouped"):
+    for part in RESULT_PARTS:
         if part in fold_results[0]:
             summary[part] = {key: mean_std([result[part][key] for result in fold_results]) for key in ("wa", "ua")}
     if noise_args.eval_snr:
@@ -309,8 +313,7 @@ def summarize_leave_one_corpus_out(runs: dict[str, dict], output_dir: Path) -> d
         "wa": mean_std([row["wa"] for row in per_corpus.values()]),
         "ua": mean_std([row["ua"] for row in per_corpus.values()]),
     }
-    # With the statistics classifier: the network and the classifier alone; speaker-normalised: each recording alone.
-    for part in ("network", "statistics_classifier", "ungrouped"):
+    for part in RESULT_PARTS:
         if all(part in run for run in runs.values()):
             for name, run in runs.items():
                 per_corpus[name][part] = {key: run[part][key]["mean"] for key in ("wa", "ua")}
@@ -319,7 +322,7 @@ def summarize_leave_one_corpus_out(runs: dict[str, dict], output_dir: Path) -> d
     print(f"leave_one_corpus_out over {len(runs)} corpora: WA {summary['wa']['mean']:.2%} ± {summary['wa']['std']:.2%}  "
           f"UA {summary['ua']['mean']:.2%} ± {summary['ua']['std']:.2%}  ("
           + ", ".join(f"{name} {row['ua']:.1%}" for name, row in per_corpus.items()) + ")")
-    for part in ("network", "statistics_classifier", "ungrouped"):
+    for part in RESULT_PARTS:
         if part in summary:
             print(f"  {part.replace('_', ' ')}: UA {summary[part]['ua']['mean']:.2%} ("
                   + ", ".join(f"{name} {row[part]['ua']:.1%}" for name, row in per_corpus.items()) + ")")
