@@ -90,6 +90,11 @@ def fitted_log_probabilities(model, features, labels, speakers, train, test, see
     return classify_statistics(model, features[test], speakers[test])
 
 
+def rows(fold) -> tuple:
+    """A fold's name, training and test rows (to check that runs share their folds)."""
+    return fold.name, list(np.concatenate([fold.train, fold.validation])), list(fold.test)
+
+
 def ua(log_probabilities: np.ndarray, labels: np.ndarray) -> float:
     from msemoboost.training import load_wa_ua
 
@@ -115,13 +120,17 @@ def loso(runs: list[Path]) -> dict:
                                                           zip(folds, by_fold.values())]), "runs": {}}
                for variant, by_fold in fitted.items()}
     for run in runs:
-        run_corpus, run_folds_, summary = run_folds(run)
-        if [(fold.name, list(fold.test)) for fold in run_folds_] != [(fold.name, list(fold.test)) for fold in folds]:
+        _, run_folds_, summary = run_folds(run)
+        if [rows(fold) for fold in run_folds_] != [rows(fold) for fold in folds]:
             raise ValueError(f"{run} has other folds than {runs[0]}: the classifiers are fitted once for all runs.")
         grid = summary["protocol_arguments"]["statistics_weight_grid"]
         for variant, by_fold in fitted.items():
-            parts = {name: {**dict(np.load(run / "folds" / name / "fusion_parts.npz")),
-                            "statistics_log_probabilities": found} for name, found in by_fold.items()}
+            parts = {fold.name: {**dict(np.load(run / "folds" / fold.name / "fusion_parts.npz")),
+                                 "statistics_log_probabilities": by_fold[fold.name]} for fold in folds}
+            for fold in folds:
+                if not np.array_equal(parts[fold.name]["labels"], corpus.labels[fold.test]):
+                    raise ValueError(f"{run / 'folds' / fold.name / 'fusion_parts.npz'} holds other test utterances "
+                                     f"than fold {fold.name}.")
             choice = choose_statistics_weight(parts, grid)
             fused = {name: ua(fused_logits(part, choice["nested"][name]), part["labels"]) for name, part in parts.items()}
             results[variant]["runs"][str(run)] = {"seed": summary["training"]["seed"], "fused_ua": mean_std(list(fused.values())),
