@@ -147,6 +147,7 @@ def loco(directory: Path, data: Path, tested_corpora: list[str]) -> dict:
     from msemoboost.arguments import parse_arguments
     from msemoboost.cross_validation import load_corpora, model_config
     from msemoboost.protocols import make_folds
+    from msemoboost.statistics_fusion import fused_logits
 
     results = {}
     for tested in tested_corpora:
@@ -154,10 +155,11 @@ def loco(directory: Path, data: Path, tested_corpora: list[str]) -> dict:
                 "--protocol", "cross_corpus", "--output_dir", "/tmp/unused",
                 "--extra_train_datasets", *[str(data / other) for other in CORPORA if other != tested]]
         model_args, data_args, _, protocol_args, _, _ = parse_arguments(argv)
-        corpus, extra_rows, _ = load_corpora(data_args, model_config(model_args), protocol_args.protocol)
+        config = model_config(model_args)
+        corpus, extra_rows, _ = load_corpora(data_args, config, protocol_args.protocol)
         fold = make_folds("cross_corpus", corpus.labels, corpus.speakers, corpus.splits, None, 0.0, 0, None, None,
                           None, extra_rows)[0]
-        features, model = corpus_features(corpus, model_config(model_args))
+        features, model = corpus_features(corpus, config)
         labels = corpus.labels[fold.test]
         found = fitted_log_probabilities(model, features["statistics+log-mel"], corpus.labels,
                                          np.asarray(corpus.speakers), np.concatenate([fold.train, fold.validation]), fold.test)
@@ -171,8 +173,8 @@ def loco(directory: Path, data: Path, tested_corpora: list[str]) -> dict:
             weight = float(parts["utterance_statistics_weight"])
             row |= {"network_alone_ua": ua(parts["network_logits"], labels), "weight": weight,
                     "recorded_statistics_alone_ua": ua(parts["statistics_log_probabilities"], labels),
-                    "recorded_fused_ua": ua(parts["network_logits"] + weight * parts["statistics_log_probabilities"], labels),
-                    "statistics+log-mel_fused_ua": ua(parts["network_logits"] + weight * found, labels)}
+                    "recorded_fused_ua": ua(fused_logits(parts, weight), labels),
+                    "statistics+log-mel_fused_ua": ua(fused_logits({**parts, "statistics_log_probabilities": found}, weight), labels)}
         results[tested] = row
         print(f"{tested}: " + ", ".join(f"{key} {value:.2%}" for key, value in row.items() if key.endswith("_ua")), flush=True)
     return results
