@@ -150,13 +150,16 @@ def statistics_classifier_model(corpus, config, distributions: bool, speaker_nor
 def model_statistics(corpus, model) -> np.ndarray:
     """`model.utterance_statistics` of every row of `corpus.dataset`, `(num_rows, num_statistics)`, cached on disk
     (they depend on the model's feature settings, never on its fitted weights)."""
-    from msemoboost import MSEmoBoostFeatureExtractor
+    from msemoboost import MSEmoBoostConfig, MSEmoBoostFeatureExtractor
     from msemoboost.data import AudioCollator
     from msemoboost.statistics_fusion import utterance_statistics
 
     extractor = MSEmoBoostFeatureExtractor(sampling_rate=corpus.sampling_rate, do_normalize=True)
-    settings = {key: value for key, value in model.config.to_diff_dict().items()
-                if key not in ("id2label", "label2id", "num_labels", "speaker_normalization", "transformers_version")}
+    # The settings away from the defaults name the cache, so that a new configuration field keeps the caches valid.
+    defaults = MSEmoBoostConfig().to_dict()
+    settings = {key: value for key, value in model.config.to_dict().items()
+                if key not in ("id2label", "label2id", "num_labels", "speaker_normalization", "transformers_version")
+                and (key not in defaults or value != defaults[key])}
     key = hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
     return cached_per_corpus(corpus, f"model_statistics_{key}",
                              lambda rows: utterance_statistics(model, corpus.dataset.select(rows), AudioCollator(extractor)))
@@ -288,11 +291,7 @@ def main() -> None:
     args = parser.parse_args()
 
     def arguments(protocol: str, dataset_name: str, extras: list[str] | None) -> list[str]:
-        argv = ["--dataset_name", dataset_name, "--label_column", "emotion", "--speaker_column", "speaker",
-                "--protocol", protocol, "--seed", str(args.seed), "--output_dir", "/tmp/unused"]
-        if args.num_folds:
-            argv += ["--num_folds", str(args.num_folds)]
-        return argv + (["--extra_train_datasets", *extras] if extras else [])
+        return train_arguments(protocol, dataset_name, extras, args.seed, args.num_folds)
 
     options = dict(anchors=args.anchors, corpus_normalization=args.corpus_normalization,
                    speaker_normalization=args.speaker_normalization)
@@ -302,6 +301,17 @@ def main() -> None:
         results = run_anchors(arguments(args.protocol, args.dataset_name, args.extra_train_datasets), **options)
     if args.output:
         Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
+
+
+def train_arguments(protocol: str, dataset_name: str, extras: list[str] | None, seed: int = 0,
+                    num_folds: int | None = None) -> list[str]:
+    """The train.py arguments that load a shared corpus (`emotion` labels, `speaker` column) and make its folds under
+    `protocol`, with `extras` as extra training corpora."""
+    argv = ["--dataset_name", dataset_name, "--label_column", "emotion", "--speaker_column", "speaker",
+            "--protocol", protocol, "--seed", str(seed), "--output_dir", "/tmp/unused"]
+    if num_folds:
+        argv += ["--num_folds", str(num_folds)]
+    return argv + (["--extra_train_datasets", *extras] if extras else [])
 
 
 def leave_one_corpus_out(corpora: list[str], arguments, options: dict) -> dict:

@@ -16,6 +16,12 @@ group, as `msemoboost predict` without `--group_by` would: with the second regre
 (`config.ungrouped_statistics_weight`, at its own weight chosen on the other folds), and with the speaker-normalised
 regression alone, each recording standardised by the training data's statistics (a model without that second
 regression: `ungrouped_statistics_weight` None).
+
+With `--utterance_log_mel_statistics`, the runs' fold models get the log-mel band functionals
+(`config.utterance_log_mel_statistics`) beside their statistics before the statistics classifier is fitted: their
+networks are unchanged (the classifier is fitted after training and reads no network output), so this scores the
+recipe with that option on the runs' own networks, as train.py with it would fit and fuse. The check against the
+recorded parts is then skipped: they were fitted on the statistics without it.
 """
 
 import argparse
@@ -53,7 +59,21 @@ def run_folds(run: Path):
     return corpus, folds, summary
 
 
-def compare(run: Path) -> dict:
+def with_log_mel_statistics(model):
+    """A copy of `model` with `config.utterance_log_mel_statistics`: the same network and the same other settings, an
+    unfitted statistics classifier sized for the longer statistics."""
+    config = copy.deepcopy(model.config)
+    config.utterance_log_mel_statistics = True
+    extended = type(model)(config)
+    network = {name: value for name, value in model.state_dict().items() if not name.startswith("statistics_classifier.")}
+    missing, unexpected = extended.load_state_dict(network, strict=False)
+    if unexpected or any(not name.startswith("statistics_classifier.") for name in missing):
+        raise ValueError(f"the model with log-mel statistics does not take the network's weights: missing {missing}, "
+                         f"unexpected {unexpected}.")
+    return extended.eval()
+
+
+def compare(run: Path, log_mel: bool = False) -> dict:
     from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
 
     from msemoboost.data import AudioCollator
@@ -77,6 +97,8 @@ def compare(run: Path) -> dict:
     for fold in folds:
         directory = run / "folds" / fold.name
         model = AutoModelForAudioClassification.from_pretrained(directory / "model").eval()
+        if log_mel:
+            model = with_log_mel_statistics(model)
         if statistics is None:  # the statistics depend on the model's settings only, never on its weights
             collator = AudioCollator(AutoFeatureExtractor.from_pretrained(directory / "model"))
             statistics = utterance_statistics(model, corpus.dataset, collator)
@@ -89,7 +111,7 @@ def compare(run: Path) -> dict:
             fit_statistics_classifier(fitted, statistics[fold.train], labels[fold.train], speakers[fold.train],
                                       seed=summary["training"]["seed"])
             log_probabilities = classify_statistics(fitted, statistics[fold.test], speakers[fold.test])
-            if fitted.config.speaker_normalization == model.config.speaker_normalization:
+            if fitted.config.speaker_normalization == model.config.speaker_normalization and not log_mel:
                 # The same fit on statistics computed in other batches: equal up to the solver's tolerance.
                 gap = np.abs(log_probabilities - recorded["statistics_log_probabilities"]).max()
                 same = (log_probabilities.argmax(-1) == recorded["statistics_log_probabilities"].argmax(-1)).mean()
@@ -124,7 +146,8 @@ def compare(run: Path) -> dict:
 
     network = [metric.compute(predictions=p["network_logits"].argmax(-1), references=p["labels"])["ua"]
                for p in parts["speaker"].values()]
-    return {"run": str(run), "seed": summary["training"]["seed"], "network_alone_ua": mean_std(network),
+    return {"run": str(run), "seed": summary["training"]["seed"], "utterance_log_mel_statistics": log_mel,
+            "network_alone_ua": mean_std(network),
             "with_speaker_normalization": scores("speaker"), "without": scores("global"),
             "with_speaker_normalization_tested_ungrouped": scores("ungrouped"),
             "with_speaker_normalization_tested_ungrouped_single_regression": scores("single_regression")}
@@ -134,10 +157,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", type=Path, help="train.py output folders")
     parser.add_argument("--output", help="JSON file for the results (default: print only)")
+    parser.add_argument("--utterance_log_mel_statistics", action="store_true",
+                        help="give the runs' fold models the log-mel band functionals before fitting")
     args = parser.parse_args()
     results = []
     for run in args.runs:
-        found = compare(run)
+        found = compare(run, args.utterance_log_mel_statistics)
         results.append(found)
         print(f"{run} (seed {found['seed']}): network alone UA {found['network_alone_ua']['mean']:.2%}; "
               + "; ".join(f"{name}: fused UA {found[key]['fused_ua']['mean']:.2%} (statistics alone "

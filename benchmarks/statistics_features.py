@@ -1,27 +1,25 @@
-"""Log-mel band functionals beside the model's whole-utterance statistics, for its statistics classifier: measured on
-finished runs' networks, without training. Not part of the model.
+"""The statistics classifier with and without the log-mel band functionals (`config.utterance_log_mel_statistics`),
+fitted on finished runs' folds and fused with their networks, without training.
 
     python benchmarks/statistics_features.py --loso outputs/headline/seed{0,1,2} \\
         --output benchmarks/results/statistics_features_emodb_loso_cpu.json
     python benchmarks/statistics_features.py --loco outputs/multicorpus_cpu_loco [--corpora tess] \\
         --output benchmarks/results/statistics_features_loco_cpu.json
 
-The features ([`log_mel_functionals`]): 40 Slaney mel bands of a 25 ms Hann window every 10 ms (512-point FFT),
-log10 power; per band, over the whole utterance, the mean, standard deviation, 10th, 50th and 90th percentiles,
-range, covariance with the standardised time (a slope), skewness, excess kurtosis, and the standard deviation and
-mean absolute value of the frame-to-frame change: 440 values. The statistics classifier is fitted as train.py fits
-it, speaker-normalised (`fit_statistics_classifier`: each speaker standardised by its own utterances, C by
-speaker-grouped cross-validation) on each fold's training utterances, once on the model's statistics (380 values,
-what the model has) and once on those and the log-mel functionals (820); test speakers are standardised over their
-own test utterances, without labels.
+The statistics are the model's own (`utterance_statistics`, on the feature extractor's normalised audio, as train.py
+computes them): the whole utterance's MFCC, prosody and distribution statistics (380 values), and with
+`utterance_log_mel_statistics` also 11 functionals of each of 40 log-mel bands (820). The statistics classifier is
+fitted as train.py fits it, speaker-normalised (`fit_statistics_classifier`: each speaker standardised by its own
+utterances, C by speaker-grouped cross-validation) on each fold's training utterances, once on each; test speakers
+are standardised over their own test utterances, without labels.
 
 - `--loso RUN …`, train.py runs with `fusion_parts.npz` (EMO-DB leave-one-speaker-out): each variant alone, and fused
   with each fold's network at the weight chosen on the run's other folds (`choose_statistics_weight`, the run's own
   grid), as `benchmarks/speaker_normalization.py` fuses. Each fold's classifier is fitted once and fused with every
   run's network of that fold (the folds must hold the same speakers).
 - `--loco DIR`: each of the five corpora tested by the classifier fitted on the other four (train.py's and the
-  anchors' `cross_corpus` folds over the classes they share), with the model's statistics and the log-mel functionals;
-  the model's statistics alone are `benchmarks/results/anchors_loco_statistics_speaker.json`'s row (the same fit).
+  anchors' `cross_corpus` folds over the classes they share), with the log-mel functionals; the model's statistics
+  alone are `benchmarks/results/anchors_loco_statistics_speaker.json`'s row (the same fit).
   Where `DIR/<corpus>` holds that corpus's finished `train.py --protocol leave_one_corpus_out` run, also fused with
   its network at the run's own weight, beside the run's recorded fused UA. `--corpora` tests some of the five; an
   `--output` file that exists keeps the others' rows, and the mean over the five is written once all five are in.
@@ -37,45 +35,45 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
-from anchors import cached_per_corpus, model_statistics, statistics_classifier_model  # noqa: E402
+from anchors import cached_per_corpus, model_statistics, statistics_classifier_model, train_arguments  # noqa: E402
 from speaker_normalization import run_folds  # noqa: E402
 
 CORPORA = ("emodb", "ravdess", "tess", "nemo", "ased")
-NUM_MEL_BANDS = 40
 
 
-def log_mel_functionals(waveform: np.ndarray, sampling_rate: int = 16000) -> np.ndarray:
-    """The 440 log-mel band functionals of one mono 16 kHz waveform (see the module's docstring), `(440,)`."""
-    from scipy.stats import kurtosis, skew
-    from transformers.audio_utils import mel_filter_bank, spectrogram, window_function
+class LogMelPart:
+    """The log-mel functionals with which `model.utterance_statistics` ends, alone (`utterance_log_mel_statistics`),
+    for `msemoboost.statistics_fusion.utterance_statistics`: the other statistics are cached already."""
 
-    if sampling_rate != 16000:
-        raise ValueError(f"log_mel_functionals() reads 16 kHz audio, got {sampling_rate} Hz.")
-    filters = mel_filter_bank(num_frequency_bins=257, num_mel_filters=NUM_MEL_BANDS, min_frequency=0,
-                              max_frequency=8000, sampling_rate=16000, norm="slaney", mel_scale="slaney")
-    bands = spectrogram(waveform.astype(np.float32), window_function(400, "hann"), frame_length=400, hop_length=160,
-                        fft_length=512, power=2.0, mel_filters=filters, log_mel="log10", mel_floor=1e-10)
-    time = np.arange(bands.shape[1], dtype=np.float64)
-    time = (time - time.mean()) / max(time.std(), 1e-9)
-    change = np.diff(bands, axis=1) if bands.shape[1] > 1 else np.zeros_like(bands)
-    low, median, high = np.percentile(bands, [10, 50, 90], axis=1)
-    return np.concatenate([
-        bands.mean(1), bands.std(1), low, median, high, bands.max(1) - bands.min(1), (bands * time).mean(1),
-        np.nan_to_num(skew(bands, axis=1)), np.nan_to_num(kurtosis(bands, axis=1)), change.std(1), np.abs(change).mean(1),
-    ])
+    def __init__(self, model):
+        self.model, self.device = model, model.device
+
+    def utterance_statistics(self, input_values, attention_mask):
+        lengths = self.model.msemoboost.utterance_lengths(input_values, attention_mask)
+        return self.model.msemoboost.mfcc_encoder.log_mel_statistics(input_values, lengths)
 
 
 def corpus_features(corpus, config) -> tuple[dict[str, np.ndarray], "MSEmoBoostForSequenceClassification"]:
-    """`{"statistics": the model's (num_rows, 380), "statistics+log-mel": (num_rows, 820)}` of every row of `corpus`,
-    each cached per source corpus in outputs/benchmarks/features/ (the statistics under the anchors' name), and the
-    anchors' statistics-only model for `corpus`'s labels, speaker-normalised, unfitted."""
-    from msemoboost.data import decode_audio
+    """`{"statistics": (num_rows, 380), "statistics+log-mel": (num_rows, 820)}`, the model's utterance statistics of
+    every row of `corpus` without and with `utterance_log_mel_statistics` (on the feature extractor's normalised audio,
+    as `anchors.model_statistics` computes them), each part cached per source corpus in outputs/benchmarks/features/,
+    and the anchors' statistics-only model for `corpus`'s labels, speaker-normalised, unfitted, with the log-mel
+    functionals."""
+    from msemoboost import MSEmoBoostFeatureExtractor
+    from msemoboost.data import AudioCollator
+    from msemoboost.statistics_fusion import utterance_statistics
 
     model = statistics_classifier_model(corpus, config, distributions=True, speaker_normalization=True)
+    config = copy.deepcopy(config)
+    config.utterance_log_mel_statistics = True
+    log_mel_model = statistics_classifier_model(corpus, config, distributions=True, speaker_normalization=True)
+    collator = AudioCollator(MSEmoBoostFeatureExtractor(sampling_rate=corpus.sampling_rate, do_normalize=True))
+    settings = "_".join(str(getattr(config, key)) for key in ("log_mel_num_bands", "log_mel_n_fft", "log_mel_win_length",
+                                                              "mfcc_hop_length"))
+    log_mel = cached_per_corpus(corpus, f"log_mel_statistics_{settings}", lambda rows: utterance_statistics(
+        LogMelPart(log_mel_model), corpus.dataset.select(rows), collator))
     statistics = model_statistics(corpus, model)
-    mel = cached_per_corpus(corpus, "log_mel_functionals", lambda rows: [
-        log_mel_functionals(decode_audio(corpus.dataset[int(row)]["audio"], corpus.sampling_rate)) for row in rows])
-    return {"statistics": statistics, "statistics+log-mel": np.concatenate([statistics, mel], 1)}, model
+    return {"statistics": statistics, "statistics+log-mel": np.concatenate([statistics, log_mel], 1)}, log_mel_model
 
 
 def fitted_log_probabilities(model, features, labels, speakers, train, test, seed: int = 0) -> np.ndarray:
@@ -151,9 +149,7 @@ def loco(directory: Path, data: Path, tested_corpora: list[str]) -> dict:
 
     results = {}
     for tested in tested_corpora:
-        argv = ["--dataset_name", str(data / tested), "--label_column", "emotion", "--speaker_column", "speaker",
-                "--protocol", "cross_corpus", "--output_dir", "/tmp/unused",
-                "--extra_train_datasets", *[str(data / other) for other in CORPORA if other != tested]]
+        argv = train_arguments("cross_corpus", str(data / tested), [str(data / other) for other in CORPORA if other != tested])
         model_args, data_args, _, protocol_args, _, _ = parse_arguments(argv)
         config = model_config(model_args)
         corpus, extra_rows, _ = load_corpora(data_args, config, protocol_args.protocol)

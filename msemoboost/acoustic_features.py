@@ -185,13 +185,15 @@ class MSEmoBoostPowerSpectrogram(nn.Module):
         self.fft_factors = (n1, n2)
 
     def frames(self, waveform: torch.Tensor) -> torch.Tensor:
-        """`(batch_size, num_samples)` → centred, zero-padded frames `(batch_size, num_frames, n_fft)` in the
-        waveform's dtype, cut as
-        slices of hop-long chunks side by side (no gather, so no table of sample indices in an exported graph)."""
+        """`(batch_size, num_samples)` → frames `(batch_size, num_frames, n_fft)` in the waveform's dtype: centred and
+        zero-padded (`num_samples // hop_length + 1` frames), or without `center` frame t is samples `[t * hop,
+        t * hop + n_fft)` (`(num_samples - n_fft) // hop_length + 1` frames). Cut as slices of hop-long chunks side by
+        side (no gather, so no table of sample indices in an exported graph)."""
         hop, width = self.hop_length, self.n_fft
-        num_frames = waveform.shape[1] // hop + 1
+        left = width // 2 if self.center else 0
+        num_frames = waveform.shape[1] // hop + 1 if self.center else (waveform.shape[1] - width) // hop + 1
         num_chunks = -(-width // hop)
-        padded = F.pad(waveform, (width // 2, width // 2 + num_chunks * hop - width))
+        padded = F.pad(waveform, (left, left + num_chunks * hop - width))
         chunks = padded[:, : (num_frames + num_chunks - 1) * hop].unflatten(1, (-1, hop))
         return torch.cat([chunks[:, i : i + num_frames] for i in range(num_chunks)], dim=-1)[..., :width]
 
@@ -204,7 +206,7 @@ class MSEmoBoostPowerSpectrogram(nn.Module):
         bin is its exact power rounded to float32, whichever FFT computed it.
         """
         dtype = torch.float32 if waveform.device.type == "mps" else fft_dtype
-        if getattr(self, "fft_factors", None) is not None and self.center:
+        if getattr(self, "fft_factors", None) is not None:
             n1, n2 = self.fft_factors
             first, twiddle, second = (getattr(self, name if dtype == torch.float32 else f"{name}_float64")
                                       for name in ("fft_first", "fft_twiddle", "fft_second"))
@@ -415,6 +417,47 @@ class MSEmoBoostLogMel(MSEmoBoostPowerSpectrogram):
         return torch.log(self.mel_power(power) + 1e-6)
 
 
+class MSEmoBoostUtteranceLogMel(MSEmoBoostPowerSpectrogram):
+    """`log10` mel power of whole utterances for `config.utterance_log_mel_statistics`, as
+    `transformers.audio_utils.spectrogram(waveform, window_function(win_length, "hann"), frame_length=win_length,
+    hop_length=hop, fft_length=n_fft, center=False, mel_filters=..., log_mel="log10", mel_floor=1e-10)` computes it,
+    with `log_mel_num_bands` Slaney mel filters over 0 Hz to half the sampling rate: frame t is samples `[t * hop,
+    t * hop + win_length)`, windowed, zero-padded to `n_fft` points.
+
+    Forward input: `waveform` of shape `(batch_size, num_samples)`, not pre-emphasised.
+    Forward output: `(batch_size, num_samples // hop + 1, log_mel_num_bands)`; the waveform is padded with `n_fft`
+    zeros, so that frame 0 always exists: frame t lies within a recording of `length` samples while
+    `t * hop + win_length <= length`, and only those frames are the reference's.
+    """
+
+    center = False
+
+    def __init__(self, config):
+        super().__init__()
+        self.sampling_rate = config.sampling_rate
+        self.n_fft = config.log_mel_n_fft
+        self.win_length = config.log_mel_win_length
+        self.hop_length = config.mfcc_hop_length
+        self.num_mel_bins = config.log_mel_num_bands
+        self.register_feature_buffers()
+
+    def compute_buffers(self) -> dict[str, torch.Tensor]:
+        """The periodic Hann `window` of `win_length` samples followed by zeros, `(n_fft,)`, and `mel_filters`
+        `(n_fft // 2 + 1, num_mel_bins)`."""
+        window = window_function(self.win_length, "hann", periodic=True, frame_length=self.n_fft, center=False)
+        return {"window": torch.tensor(window, dtype=torch.float32),
+                "mel_filters": torch.tensor(self.filter_bank(), dtype=torch.float32)}
+
+    def filter_bank(self) -> np.ndarray:
+        return mel_filter_bank(num_frequency_bins=self.n_fft // 2 + 1, num_mel_filters=self.num_mel_bins,
+                               min_frequency=0.0, max_frequency=self.sampling_rate / 2,
+                               sampling_rate=self.sampling_rate, norm="slaney", mel_scale="slaney", dtype=np.float32)
+
+    def features(self, waveform: torch.Tensor, fft_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        power = self.power_spectrogram(F.pad(waveform, (0, self.n_fft)), fft_dtype).transpose(1, 2)
+        return torch.log10(self.mel_power(power).clamp(min=1e-10))
+
+
 class MSEmoBoostFrameSTFT(MSEmoBoostPowerSpectrogram):
     """STFT whose frames are the backbone's frames, for the speech-enhancement head.
 
@@ -468,5 +511,6 @@ __all__ = [
     "MSEmoBoostMFCC",
     "MSEmoBoostPowerSpectrogram",
     "MSEmoBoostSpectrogram",
+    "MSEmoBoostUtteranceLogMel",
     "pre_emphasis",
 ]

@@ -365,7 +365,8 @@ def check_model_arguments(parser: HfArgumentParser, args: RunArguments) -> None:
         model_args.model_config_overrides = json.dumps(overrides)
     if not model_args.use_mfcc:  # the ablations without the MFCC branch of a preset whose MFCC branch has statistics
         statistics_options = ("mfcc_statistics", "prosody_statistics", "classify_statistics", "utterance_statistics_classifier",
-                              "utterance_distribution_statistics", "utterance_statistics_weight")
+                              "utterance_distribution_statistics", "utterance_log_mel_statistics",
+                              "utterance_statistics_weight")
         dropped = [key for key in statistics_options if overrides.pop(key, False)]
         if dropped:
             logger.warning(f"--use_mfcc false: {', '.join(dropped)} (statistics of the MFCC branch) "

@@ -191,6 +191,22 @@ class MSEmoBoostConfig(PreTrainedConfig):
             5th, 50th and 95th percentiles of the pitch over voiced frames and of the energy over loud frames, the
             pitch's 5th-to-95th percentile range, the slopes of both and their skewness (11 values). Needs
             `utterance_statistics_classifier`. A recipe option.
+        utterance_log_mel_statistics (`bool`, *optional*, defaults to `False`):
+            The utterance statistics classifier also reads functionals of the whole utterance's log-mel bands, after
+            the statistics above: `log_mel_num_bands` Slaney mel bands of the raw waveform (before pre-emphasis), a
+            periodic Hann window of `log_mel_win_length` samples in `log_mel_n_fft` points every `mfcc_hop_length`
+            samples, `log10` of the mel power floored at 1e-10, over the frames that lie within the utterance; per
+            band, its mean, standard deviation, 10th, 50th and 90th percentiles, range, covariance with the
+            standardised time, skewness, excess kurtosis, and the standard deviation and mean absolute value of its
+            frame-to-frame change (`11 * log_mel_num_bands` values). Where the MFCC compresses the spectrum's shape
+            into a few coefficients, these keep each band's level, spread and movement. Needs
+            `utterance_statistics_classifier`. A recipe option.
+        log_mel_num_bands (`int`, *optional*, defaults to 40):
+            Mel bands of `utterance_log_mel_statistics`.
+        log_mel_n_fft (`int`, *optional*, defaults to 512):
+            FFT size of `utterance_log_mel_statistics`' frames.
+        log_mel_win_length (`int`, *optional*, defaults to 400):
+            Window (and frame) length of `utterance_log_mel_statistics`, in samples, at most `log_mel_n_fft`: 25 ms.
         speaker_normalization (`bool`, *optional*, defaults to `False`):
             The utterance statistics classifier reads each utterance's statistics standardised by the mean and
             standard deviation of its **group**'s (a speaker's, a session's, a corpus's): the classical speaker
@@ -333,6 +349,10 @@ class MSEmoBoostConfig(PreTrainedConfig):
     utterance_statistics_classifier: bool = False
     utterance_statistics_weight: float = 1.0
     utterance_distribution_statistics: bool = False
+    utterance_log_mel_statistics: bool = False
+    log_mel_num_bands: int = 40
+    log_mel_n_fft: int = 512
+    log_mel_win_length: int = 400
     speaker_normalization: bool = False
     speaker_normalization_min_utterances: int = 2
     ungrouped_statistics_weight: float | None = None
@@ -475,6 +495,16 @@ class MSEmoBoostConfig(PreTrainedConfig):
             raise ValueError(
                 "utterance_distribution_statistics=True needs utterance_statistics_classifier=True: only that "
                 "classifier reads the whole utterance's distribution statistics."
+            )
+        if self.utterance_log_mel_statistics and not self.utterance_statistics_classifier:
+            raise ValueError(
+                "utterance_log_mel_statistics=True needs utterance_statistics_classifier=True: only that classifier "
+                "reads the whole utterance's log-mel functionals."
+            )
+        if self.utterance_log_mel_statistics and not 0 < self.log_mel_win_length <= self.log_mel_n_fft:
+            raise ValueError(
+                f"log_mel_win_length must be between 1 and log_mel_n_fft ({self.log_mel_n_fft}), got "
+                f"{self.log_mel_win_length}."
             )
         if self.speaker_normalization and not self.utterance_statistics_classifier:
             raise ValueError(

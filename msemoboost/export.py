@@ -55,7 +55,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .acoustic_features import MSEmoBoostMFCC, MSEmoBoostProsody, MSEmoBoostSpectrogram
+from .acoustic_features import MSEmoBoostMFCC, MSEmoBoostProsody, MSEmoBoostSpectrogram, MSEmoBoostUtteranceLogMel
 from .feature_extraction_msemoboost import MSEmoBoostFeatureExtractor
 from .int8_simulation import FEATURE_ENCODER, int8_feature_encoder
 from .modeling_msemoboost import MSEmoBoostForSequenceClassification
@@ -94,7 +94,7 @@ class MSEmoBoostForONNX(nn.Module):
         self.model = model
         self.normalize = normalize
         for module in model.modules():  # ONNX Runtime's STFT is ten times slower than torch's
-            if isinstance(module, (MSEmoBoostMFCC, MSEmoBoostProsody, MSEmoBoostSpectrogram)):
+            if isinstance(module, (MSEmoBoostMFCC, MSEmoBoostProsody, MSEmoBoostSpectrogram, MSEmoBoostUtteranceLogMel)):
                 module.use_matmul_fft(rows_per_step=model.config.segment_chunk_size)
         self.single_label = model.config.problem_type in (None, "single_label_classification")
 

@@ -15,7 +15,8 @@ Data flow for one utterance, in the order this file defines it:
    segments' log-probabilities into the utterance's prediction.
 6. Optionally (`config.utterance_statistics_classifier`, not in the paper), `MSEmoBoostStatisticsClassifier`
    classifies the whole utterance's MFCC and prosody statistics (with `config.utterance_distribution_statistics`,
-   also the shape of their distributions), and its log-probabilities join the utterance's at inference
+   also the shape of their distributions; with `config.utterance_log_mel_statistics`, functionals of its log-mel
+   bands), and its log-probabilities join the utterance's at inference
    (`statistics_logits` in the output says when). The statistics live in `modeling_statistics.py`.
 7. Optionally (`config.use_se_head`, not in the paper), `MSEmoBoostSpeechEnhancementHead` reads the same frames
    `X_w` and predicts the clean magnitude spectrogram of the segment, for joint SER + speech-enhancement training
@@ -38,12 +39,14 @@ from .acoustic_features import (
     MSEmoBoostPowerSpectrogram,
     MSEmoBoostProsody,
     MSEmoBoostSpectrogram,
+    MSEmoBoostUtteranceLogMel,
     pre_emphasis,
 )
 from .configuration_msemoboost import MSEmoBoostConfig
 from .handler import EndpointHandler  # noqa: F401  (a relative import, so save_pretrained writes handler.py too)
 from .modeling_enhancement import MSEmoBoostSpeechEnhancement, MSEmoBoostSpeechEnhancementHead
 from .modeling_statistics import (
+    NUM_BAND_FUNCTIONALS,
     NUM_PROSODY_DISTRIBUTION_STATISTICS,
     NUM_PROSODY_STATISTICS,
     MSEmoBoostMFCCStatistics,
@@ -247,9 +250,12 @@ class MSEmoBoostMFCCEncoder(MSEmoBoostMFCCStatistics, nn.Module):
             MSEmoBoostPooledNormalization(self.num_statistics) if self.num_statistics else None
         )
         self.distribution_statistics = config.utterance_distribution_statistics
-        self.num_utterance_statistics = self.num_statistics + config.utterance_distribution_statistics * (
-            6 * config.num_mfcc * config.mfcc_statistics
-            + NUM_PROSODY_DISTRIBUTION_STATISTICS * config.prosody_statistics
+        self.log_mel = MSEmoBoostUtteranceLogMel(config) if config.utterance_log_mel_statistics else None
+        self.num_utterance_statistics = (
+            self.num_statistics
+            + config.utterance_distribution_statistics
+            * (6 * config.num_mfcc * config.mfcc_statistics + NUM_PROSODY_DISTRIBUTION_STATISTICS * config.prosody_statistics)
+            + config.utterance_log_mel_statistics * NUM_BAND_FUNCTIONALS * config.log_mel_num_bands
         )
         self.projection = nn.Linear(num_steps * lstm_output_size + self.num_statistics, config.guidance_hidden_size)
 

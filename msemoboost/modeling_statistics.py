@@ -1,8 +1,9 @@
 """The statistics of MS-EmoBoost that the paper does not have: per segment, the MFCC statistics and the pitch,
 voicing and energy statistics that join the MFCC branch (`config.mfcc_statistics`, `config.prosody_statistics`);
-per whole utterance, those statistics and the shape of their distributions (`config.utterance_distribution_statistics`),
-classified by a logistic regression fitted after training (`config.utterance_statistics_classifier`,
-[`MSEmoBoostStatisticsClassifier`]), optionally standardised per speaker (`config.speaker_normalization`).
+per whole utterance, those statistics, the shape of their distributions (`config.utterance_distribution_statistics`)
+and functionals of the log-mel bands (`config.utterance_log_mel_statistics`), classified by a logistic regression
+fitted after training (`config.utterance_statistics_classifier`, [`MSEmoBoostStatisticsClassifier`]), optionally
+standardised per speaker (`config.speaker_normalization`).
 
 [`MSEmoBoostMFCCStatistics`] is the part of the MFCC branch (`MSEmoBoostMFCCEncoder`) that computes them, and
 [`MSEmoBoostStatisticsHead`] the part of `MSEmoBoostForSequenceClassification` that classifies them; both are mixins
@@ -19,6 +20,7 @@ from .acoustic_features import pre_emphasis
 # What `config.prosody_statistics` adds per segment (`MSEmoBoostMFCCEncoder.prosody_statistics`).
 NUM_PROSODY_STATISTICS = 9
 NUM_PROSODY_DISTRIBUTION_STATISTICS = 11  # config.utterance_distribution_statistics with prosody_statistics
+NUM_BAND_FUNCTIONALS = 11  # config.utterance_log_mel_statistics, per band (`masked_band_functionals`)
 # The dtype of the whole-utterance MFCC's STFT (`MSEmoBoostMFCCEncoder.utterance_statistics`). The MFCC's medians
 # and percentiles read the weak bins of the spectrum, which a float32 FFT gets only to a digit or two, and a fitted
 # statistics classifier reads them steeply (up to 25 logits per unit): on the CPU preset's trained models two float32
@@ -86,9 +88,37 @@ def masked_slope(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (time * (values - mean[:, None])).sum(1) / time.square().sum(1).clamp(min=1e-9)
 
 
+def masked_band_functionals(bands: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The functionals of `config.utterance_log_mel_statistics` over dim 1 of `bands` `(batch, time, num_bands)`,
+    counting only the steps where `mask` `(batch, time, 1)` is 1, which must come first (a prefix, as the frames within
+    an utterance are): `(batch, 11 * num_bands)`, eleven blocks of one value per band, in this order: the mean, the
+    standard deviation, the 10th, 50th and 90th percentiles, the range, the covariance with the time standardised
+    over the counted steps (`numpy.std`'s), the skewness, the excess kurtosis (`masked_skewness_kurtosis`), and the
+    standard deviation and the mean absolute value of the change between consecutive counted steps. The deviations
+    are `numpy.std`'s, without an offset; with one step counted, everything but the level is 0."""
+    count = mask.sum(1).clamp(min=1)  # (batch, 1)
+    mean = (bands * mask).sum(1) / count
+    deviation = (((bands - mean[:, None]) * mask).square().sum(1) / count).sqrt()
+    highest = bands.masked_fill(mask == 0, -torch.inf).amax(1)
+    lowest = bands.masked_fill(mask == 0, torch.inf).amin(1)
+    rank = mask.cumsum(1) - 1  # (batch, time, 1)
+    time_mean = (count[:, None] - 1) / 2
+    time_std = ((count[:, None].square() - 1) / 12).sqrt().clamp(min=1e-9)
+    time = (rank - time_mean) / time_std * mask
+    covariance = (bands * time).sum(1) / count
+    pairs = mask[:, 1:] * mask[:, :-1]
+    num_pairs = pairs.sum(1).clamp(min=1)
+    change = bands[:, 1:] - bands[:, :-1]
+    change_mean = (change * pairs).sum(1) / num_pairs
+    change_deviation = (((change - change_mean[:, None]) * pairs).square().sum(1) / num_pairs).sqrt()
+    change_size = (change.abs() * pairs).sum(1) / num_pairs
+    return torch.cat([mean, deviation, *masked_quantiles(bands, mask, (0.1, 0.5, 0.9)), highest - lowest, covariance,
+                      *masked_skewness_kurtosis(bands, mask), change_deviation, change_size], dim=-1)
+
+
 class MSEmoBoostMFCCStatistics:
     """The statistics of the MFCC branch, a mixin of `MSEmoBoostMFCCEncoder`, which sets the attributes they read
-    (`mfcc`, `prosody`, `hop_length`, `mfcc_statistics`, `distribution_statistics`, `segment_samples` and the
+    (`mfcc`, `prosody`, `log_mel`, `hop_length`, `mfcc_statistics`, `distribution_statistics`, `segment_samples` and the
     voicing and energy thresholds)."""
 
     def statistics(self, mfcc: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -174,6 +204,17 @@ class MSEmoBoostMFCCStatistics:
                 prosody_frames = self.prosody(waveform)
             statistics.append(self.prosody_statistics(prosody_frames, mask, lengths))
         return torch.cat(statistics, dim=-1)
+
+    def log_mel_statistics(self, waveform: torch.Tensor, lengths: torch.LongTensor) -> torch.Tensor:
+        """Raw whole utterances `(batch_size, num_samples)` (not pre-emphasised), right-padded, and their lengths in
+        samples `(batch_size,)` → the functionals of `config.utterance_log_mel_statistics` over each utterance's
+        log-mel frames that lie within it (and the first frame, for an utterance shorter than one window): `(batch_size,
+        11 * log_mel_num_bands)`, in float32 (`masked_band_functionals`). The STFT is computed in float64
+        (`UTTERANCE_FFT_DTYPE`) and the functionals too: a band's kurtosis is a fourth moment."""
+        bands = self.log_mel(waveform, UTTERANCE_FFT_DTYPE).double()
+        frames = torch.arange(bands.shape[1], device=bands.device)
+        inside = (frames * self.log_mel.hop_length + self.log_mel.win_length <= lengths[:, None]) | (frames == 0)
+        return masked_band_functionals(bands, inside.to(bands.dtype)[..., None]).float()
 
     def utterance_statistics(self, waveform: torch.Tensor, lengths: torch.LongTensor) -> torch.Tensor:
         """Pre-emphasised whole utterances `(batch_size, num_samples)`, right-padded, and their lengths in samples
@@ -292,7 +333,9 @@ class MSEmoBoostStatisticsHead:
     def utterance_statistics(self, input_values: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """The MFCC and prosody statistics of each whole utterance that `config.utterance_statistics_classifier`
         classifies, `(batch_size, num_statistics)`, from raw waveforms `(batch_size, num_samples)` and their
-        `attention_mask` (see [`~MSEmoBoostMFCCEncoder.utterance_statistics`])."""
+        `attention_mask` (see [`~MSEmoBoostMFCCEncoder.utterance_statistics`]), followed by the log-mel functionals of
+        the waveforms as given, not pre-emphasised, with `config.utterance_log_mel_statistics`
+        ([`~MSEmoBoostMFCCEncoder.log_mel_statistics`])."""
         encoder = self.msemoboost.mfcc_encoder
         if encoder is None or not encoder.num_statistics:
             raise ValueError("utterance_statistics() needs config.mfcc_statistics or config.prosody_statistics.")
@@ -302,8 +345,11 @@ class MSEmoBoostStatisticsHead:
     def statistics_of_lengths(self, input_values: torch.Tensor, lengths: torch.LongTensor) -> torch.Tensor:
         """[`~MSEmoBoostForSequenceClassification.utterance_statistics`] from raw waveforms and their lengths in
         samples `(batch_size,)`, already checked: the computation that the ONNX graph shares."""
-        emphasised = pre_emphasis(input_values, self.config.pre_emphasis)
-        return self.msemoboost.mfcc_encoder.utterance_statistics(emphasised, lengths)
+        encoder = self.msemoboost.mfcc_encoder
+        statistics = encoder.utterance_statistics(pre_emphasis(input_values, self.config.pre_emphasis), lengths)
+        if encoder.log_mel is not None:
+            statistics = torch.cat([statistics, encoder.log_mel_statistics(input_values, lengths)], dim=-1)
+        return statistics
 
     def statistics_logits(
         self,

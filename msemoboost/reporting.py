@@ -205,7 +205,7 @@ def summarize(
 ARCHITECTURE_KEYS = (
     "frame_weighting", "classifier_input", "mfcc_normalization", "mfcc_pool_frames", "mfcc_statistics",
     "prosody_statistics", "classify_statistics", "utterance_statistics_classifier", "utterance_distribution_statistics",
-    "utterance_statistics_weight", "speaker_normalization", "ungrouped_statistics_weight", "use_weighted_layer_sum", "pooled_normalization",
+    "utterance_log_mel_statistics", "utterance_statistics_weight", "speaker_normalization", "ungrouped_statistics_weight", "use_weighted_layer_sum", "pooled_normalization",
     "segment_length_s",
 )
 

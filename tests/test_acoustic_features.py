@@ -131,6 +131,49 @@ def test_log_mel_matches_librosa_on_emodb(segments, center, n_fft, hop_length, n
         assert relative_error(np.exp(features.T), mel + 1e-6) <= 1e-5
 
 
+def transformers_log_mel_functionals(waveform: np.ndarray) -> np.ndarray:
+    """`config.utterance_log_mel_statistics` of one utterance by `transformers.audio_utils` and numpy/scipy."""
+    from scipy.stats import kurtosis, skew
+    from transformers.audio_utils import mel_filter_bank, spectrogram, window_function
+
+    filters = mel_filter_bank(num_frequency_bins=257, num_mel_filters=40, min_frequency=0, max_frequency=8000,
+                              sampling_rate=16000, norm="slaney", mel_scale="slaney")
+    bands = spectrogram(waveform, window_function(400, "hann"), frame_length=400, hop_length=160, fft_length=512,
+                        power=2.0, center=False, mel_filters=filters, log_mel="log10", mel_floor=1e-10)
+    time = np.arange(bands.shape[1], dtype=np.float64)
+    time = (time - time.mean()) / time.std()
+    change = np.diff(bands, axis=1)
+    low, median, high = np.percentile(bands, [10, 50, 90], axis=1)
+    return np.concatenate([bands.mean(1), bands.std(1), low, median, high, bands.max(1) - bands.min(1),
+                           (bands * time).mean(1), skew(bands, axis=1), kurtosis(bands, axis=1), change.std(1),
+                           np.abs(change).mean(1)])
+
+
+@pytest.mark.parametrize("four_step", [False, True], ids=["torch.stft", "four-step FFT"])
+def test_utterance_log_mel_functionals_match_transformers_spectrogram_on_emodb(emodb_utterances, four_step):
+    from msemoboost.modeling_msemoboost import MSEmoBoostMFCCEncoder
+
+    config = MSEmoBoostConfig(mfcc_statistics=True, utterance_statistics_classifier=True, utterance_log_mel_statistics=True)
+    encoder = MSEmoBoostMFCCEncoder(config)
+    if four_step:  # the exported graph's FFT
+        encoder.log_mel.use_matmul_fft(rows_per_step=4)
+    lengths = torch.tensor([len(waveform) for waveform in emodb_utterances])
+    batch = torch.zeros(len(emodb_utterances), int(lengths.max()))
+    for row, waveform in enumerate(emodb_utterances):
+        batch[row, : len(waveform)] = torch.from_numpy(waveform)
+    found = encoder.log_mel_statistics(batch, lengths)
+    assert found.dtype == torch.float32 and found.shape == (len(emodb_utterances), 11 * 40)
+    for row, waveform in enumerate(emodb_utterances):  # right-padded in the batch: only its own frames count
+        expected = transformers_log_mel_functionals(waveform)
+        assert np.isfinite(expected).all()
+        np.testing.assert_allclose(found[row].numpy(), expected, rtol=0, atol=1e-5)
+    # Shorter than one window: the one frame there is (the reference has none), its level, and no spread.
+    short = encoder.log_mel_statistics(batch[:1, :300], torch.tensor([300])).reshape(11, 40)
+    for block in (2, 3, 4):  # the percentiles of one frame are that frame
+        assert torch.equal(short[block], short[0])
+    assert torch.equal(short[[1, *range(5, 11)]], torch.zeros(7, 40))
+
+
 def test_each_spectrogram_image_is_scaled_on_its_own_whatever_its_level(segments):
     spectrogram = MSEmoBoostSpectrogram(CONFIG)
     quiet_and_loud = torch.from_numpy(np.stack([segments[0] * 1e-3, segments[1], segments[2] * 30]))

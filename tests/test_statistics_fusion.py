@@ -131,6 +131,33 @@ def test_utterance_distribution_statistics_follow_the_utterance_statistics():
         tiny_config(utterance_distribution_statistics=True, **STATISTICS)
 
 
+def test_utterance_log_mel_statistics_follow_the_other_statistics_from_the_raw_waveform():
+    model = tiny_model(utterance_statistics_classifier=True, utterance_distribution_statistics=True,
+                       utterance_log_mel_statistics=True, log_mel_num_bands=24, **STATISTICS)
+    plain = tiny_model(utterance_statistics_classifier=True, utterance_distribution_statistics=True, **STATISTICS)
+    num_plain = plain.statistics_classifier.mean.numel()
+    assert model.statistics_classifier.mean.numel() == num_plain + 11 * 24
+    lengths = [20_000, 35_001, 56_000]
+    waveforms, mask = padded(lengths)
+    statistics = model.utterance_statistics(waveforms, mask)
+    assert statistics.shape == (3, num_plain + 11 * 24)
+    torch.testing.assert_close(statistics[:, :num_plain], plain.utterance_statistics(waveforms, mask), rtol=0, atol=0)
+    # Read from the waveform as given, not pre-emphasised as the MFCC's is.
+    encoder = model.msemoboost.mfcc_encoder
+    expected = encoder.log_mel_statistics(waveforms, torch.tensor(lengths))
+    torch.testing.assert_close(statistics[:, num_plain:], expected, rtol=0, atol=0)
+    emphasised = encoder.log_mel_statistics(pre_emphasis(waveforms, model.config.pre_emphasis), torch.tensor(lengths))
+    assert not torch.allclose(emphasised, expected, rtol=0, atol=1e-2)
+    for row, length in enumerate(lengths):  # whatever the batch's padding
+        alone = model.utterance_statistics(waveforms[row : row + 1, :length])
+        torch.testing.assert_close(statistics[row : row + 1, num_plain:], alone[:, num_plain:], rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="utterance_log_mel_statistics=True needs utterance_statistics_classifier=True"):
+        tiny_config(utterance_log_mel_statistics=True, **STATISTICS)
+    with pytest.raises(ValueError, match=r"log_mel_win_length must be between 1 and log_mel_n_fft \(512\), got 600"):
+        tiny_config(utterance_statistics_classifier=True, utterance_log_mel_statistics=True, log_mel_win_length=600,
+                    **STATISTICS)
+
+
 def test_unfitted_classifier_adds_a_uniform_distribution_at_inference_only():
     fused, plain = tiny_model(utterance_statistics_classifier=True, **STATISTICS), tiny_model(**STATISTICS)
     assert fused.statistics_classifier.weight.shape == (4, 3 * fused.config.num_mfcc + 9)

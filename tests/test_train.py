@@ -353,7 +353,8 @@ def test_a_preset_builds_on_its_base_file(tmp_path):
                "model_config_overrides": {**scratch["model_config_overrides"], "use_weighted_layer_sum": True,
                                           "mfcc_statistics": True, "prosody_statistics": True,
                                           "classify_statistics": True, "utterance_statistics_classifier": True,
-                                          "utterance_distribution_statistics": True},
+                                          "utterance_distribution_statistics": True,
+                                          "utterance_log_mel_statistics": True},
                "learning_rate": 3e-3, "guidance_learning_rate": 1e-3, "freeze_feature_encoder": True, "validation_fraction": 0, "output_dir": "outputs/emodb_cpu",
                "lr_scheduler_type": "cosine_with_min_lr",
                "lr_scheduler_kwargs": {"min_lr_rate": 0.25}, "average_last_epochs": 8,
@@ -404,11 +405,11 @@ def test_the_ablations_without_the_mfcc_branch_drop_the_preset_s_statistics(capl
         model_args = parse_arguments([preset, "--dataset_name", "x", "--use_mfcc", "false"])[0]
     overrides = json.loads(model_args.model_config_overrides)
     assert not {"mfcc_statistics", "prosody_statistics", "classify_statistics", "utterance_statistics_classifier",
-                "utterance_distribution_statistics", "utterance_statistics_weight"} & set(overrides)
+                "utterance_distribution_statistics", "utterance_log_mel_statistics", "utterance_statistics_weight"} & set(overrides)
     # The preset's speaker normalisation goes with the statistics classifier it normalises.
     assert caplog.messages == ["--use_mfcc false: mfcc_statistics, prosody_statistics, classify_statistics, "
-                               "utterance_statistics_classifier, utterance_distribution_statistics (statistics of the "
-                               "MFCC branch) are dropped from "
+                               "utterance_statistics_classifier, utterance_distribution_statistics, "
+                               "utterance_log_mel_statistics (statistics of the MFCC branch) are dropped from "
                                "--model_config_overrides.",
                                "--use_mfcc false: --speaker_normalization is off, with the statistics classifier "
                                "it normalises."]
@@ -446,7 +447,8 @@ def test_the_guidance_only_ablation_of_a_preset_drops_the_preset_s_backbone(capl
     overrides = json.loads(model_args.model_config_overrides)
     assert overrides == {**read_arguments_file(REPO / "configs" / "emodb_cpu_scratch.yaml")["model_config_overrides"],
                          "mfcc_statistics": True, "prosody_statistics": True, "classify_statistics": True,
-                         "utterance_statistics_classifier": True, "utterance_distribution_statistics": True}
+                         "utterance_statistics_classifier": True, "utterance_distribution_statistics": True,
+                         "utterance_log_mel_statistics": True}
     assert caplog.messages == [
         "--use_backbone_features false: the guidance-only model has no backbone, so the backbone that this run names "
         "(outputs/pretrained/emodb_cpu) is neither loaded nor pretrained.",
@@ -784,7 +786,8 @@ def test_the_statistics_classifier_is_fitted_in_each_fold_and_its_weight_chosen_
     from msemoboost.statistics_fusion import C_GRID
 
     arguments = tiny_arguments_with(mfcc_statistics=True, prosody_statistics=True, utterance_statistics_classifier=True,
-                                    utterance_distribution_statistics=True, utterance_statistics_weight=0.5)
+                                    utterance_distribution_statistics=True, utterance_log_mel_statistics=True,
+                                    utterance_statistics_weight=0.5)
     output = tmp_path / "out"
     run = ["--dataset_name", str(corpus_dir), "--output_dir", str(output), *arguments, "--folds", "0", "1",
            "--final_model", "false", "--statistics_weight_grid", "2", "0", "0.5"]
@@ -814,8 +817,11 @@ def test_the_statistics_classifier_is_fitted_in_each_fold_and_its_weight_chosen_
     assert (f"each alone (UA, mean ± std over folds): the network\n{100 * network['mean']:.2f} ± {100 * network['std']:.2f}, "
             f"the\nstatistics classifier {100 * statistics['mean']:.2f} ± {100 * statistics['std']:.2f}.") in card
     assert summary["architecture"]["utterance_distribution_statistics"] is True
+    assert summary["architecture"]["utterance_log_mel_statistics"] is True
     assert ("and a logistic regression on the whole utterance's statistics and the shape of their distributions "
-            "(skewness, kurtosis, percentiles and slopes of the MFCC, pitch and energy), fitted after training (its "
+            "(skewness, kurtosis, percentiles and slopes of the MFCC, pitch and energy) and 11 functionals of each of "
+            "its log-mel bands (level, spread, percentiles, range, slope, shape and frame-to-frame change), fitted "
+            "after training (its "
             "penalty chosen by cross-validation over the training speakers), whose log-probabilities, times "
             f"{choice['weight']:g} (the weight chosen by cross-validation over the folds; each fold's figures score it "
             "at the weight chosen on the other folds), are added to the network's") in card
