@@ -210,8 +210,10 @@ class MSEmoBoostMFCCStatistics:
         samples `(batch_size,)` → the functionals of `config.utterance_log_mel_statistics` over each utterance's
         log-mel frames that lie within it (and the first frame, for an utterance shorter than one window): `(batch_size,
         11 * log_mel_num_bands)`, in float32 (`masked_band_functionals`). The STFT is computed in float64
-        (`UTTERANCE_FFT_DTYPE`) and the functionals too: a band's kurtosis is a fourth moment."""
-        bands = self.log_mel(waveform, UTTERANCE_FFT_DTYPE).double()
+        (`UTTERANCE_FFT_DTYPE`) and the functionals too, a band's kurtosis being a fourth moment (in float32 on Apple's
+        MPS, which has no float64)."""
+        dtype = torch.float32 if waveform.device.type == "mps" else torch.float64
+        bands = self.log_mel(waveform, UTTERANCE_FFT_DTYPE).to(dtype)
         frames = torch.arange(bands.shape[1], device=bands.device)
         inside = (frames * self.log_mel.hop_length + self.log_mel.win_length <= lengths[:, None]) | (frames == 0)
         return masked_band_functionals(bands, inside.to(bands.dtype)[..., None]).float()
