@@ -78,6 +78,14 @@ def mel_bands(mel_filters: np.ndarray, num_bands: int = 8) -> tuple[tuple[int, i
     return tuple(bands)
 
 
+def slaney_mel_filters(n_fft: int, num_mel_bins: int, sampling_rate: int) -> np.ndarray:
+    """Slaney-scale, Slaney-normalised mel filters from 0 Hz to half the sampling rate, `(n_fft // 2 + 1,
+    num_mel_bins)` float32 (librosa's defaults): those of `MSEmoBoostLogMel` and `MSEmoBoostUtteranceLogMel`."""
+    return mel_filter_bank(num_frequency_bins=n_fft // 2 + 1, num_mel_filters=num_mel_bins, min_frequency=0.0,
+                           max_frequency=sampling_rate / 2, sampling_rate=sampling_rate, norm="slaney",
+                           mel_scale="slaney", dtype=np.float32)
+
+
 class MSEmoBoostPowerSpectrogram(nn.Module):
     """Power spectrogram `|STFT|^2` with librosa's framing: centred frames, zero padding at the edges.
 
@@ -408,9 +416,7 @@ class MSEmoBoostLogMel(MSEmoBoostPowerSpectrogram):
                 "mel_filters": torch.tensor(self.filter_bank(), dtype=torch.float32)}
 
     def filter_bank(self) -> np.ndarray:
-        return mel_filter_bank(num_frequency_bins=self.n_fft // 2 + 1, num_mel_filters=self.num_mel_bins,
-                               min_frequency=0.0, max_frequency=self.sampling_rate / 2,
-                               sampling_rate=self.sampling_rate, norm="slaney", mel_scale="slaney", dtype=np.float32)
+        return slaney_mel_filters(self.n_fft, self.num_mel_bins, self.sampling_rate)
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
         power = self.power_spectrogram(waveform).transpose(1, 2)  # (batch_size, num_frames, num_frequency_bins)
@@ -449,9 +455,7 @@ class MSEmoBoostUtteranceLogMel(MSEmoBoostPowerSpectrogram):
                 "mel_filters": torch.tensor(self.filter_bank(), dtype=torch.float32)}
 
     def filter_bank(self) -> np.ndarray:
-        return mel_filter_bank(num_frequency_bins=self.n_fft // 2 + 1, num_mel_filters=self.num_mel_bins,
-                               min_frequency=0.0, max_frequency=self.sampling_rate / 2,
-                               sampling_rate=self.sampling_rate, norm="slaney", mel_scale="slaney", dtype=np.float32)
+        return slaney_mel_filters(self.n_fft, self.num_mel_bins, self.sampling_rate)
 
     def features(self, waveform: torch.Tensor, fft_dtype: torch.dtype = torch.float32) -> torch.Tensor:
         power = self.power_spectrogram(F.pad(waveform, (0, self.n_fft)), fft_dtype).transpose(1, 2)

@@ -29,8 +29,8 @@ def test_every_backbone_and_ablation_exports_with_parity(variant, tmp_path, emod
 
 def test_the_statistics_export_with_parity_under_a_classifier_as_steep_as_a_trained_one(tmp_path, emodb_utterances):
     """Guidance only, with the MFCC and prosody statistics, classified, and per utterance too with their
-    distributions and the log-mel functionals. The statistics classifier is fitted as steeply as a trained one (a CPU-preset fold's reads up to 25
-    logits per unit of a statistic): standardised by the statistics' own spread over the utterances, weight 3. The
+    distributions and the log-mel functionals. The statistics classifier is fitted as steeply as a trained one (a
+    CPU-preset fold's reads up to 25 logits per unit of a statistic): standardised by the statistics' own spread over the utterances, weight 3. The
     whole-utterance MFCC's STFT runs in float64 in both paths (`UTTERANCE_FFT_DTYPE`); in float32 this model's two
     paths were 2.9e-4 apart, and 3.6e-5 in float64."""
     model_dir = save_model(tmp_path / "model", **FEWER_MFCC_FRAMES, use_backbone_features=False,
