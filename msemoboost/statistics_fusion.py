@@ -30,8 +30,6 @@ C_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
 MAX_FOLDS = 8
 # The bias given to a class that no training utterance has: its probability is 0 in float32.
 ABSENT_CLASS_BIAS = -1.0e4
-# The statistics classifier's weights (`config.utterance_statistics_weight`) that a weight search tries: 0 is the
-# network alone.
 
 
 def utterance_statistics(
