@@ -39,9 +39,26 @@ def read_parts(run: Path) -> dict[str, dict[str, np.ndarray]]:
     return {path.parent.name: dict(np.load(path)) for path in paths}
 
 
+def confidence(folds: dict[str, dict[str, np.ndarray]], part: str) -> dict:
+    """How sure one part (`network_logits` or `statistics_log_probabilities`) is against how often it is right, over
+    every fold's test utterances pooled: the mean of its top softmax probability, its accuracy, and its expected
+    calibration error (`msemoboost.calibration.expected_calibration_error`). A part far more sure than right outvotes
+    the other in the fusion."""
+    import torch
+
+    from msemoboost.calibration import expected_calibration_error
+
+    logits = np.concatenate([parts[part] for parts in folds.values()])
+    labels = np.concatenate([parts["labels"] for parts in folds.values()])
+    probabilities = torch.from_numpy(logits).double().softmax(-1).numpy()
+    return {"mean_top_probability": float(probabilities.max(-1).mean()),
+            "accuracy": float((probabilities.argmax(-1) == labels).mean()),
+            "ece": expected_calibration_error(probabilities, labels)}
+
+
 def weight_study(folds: dict[str, dict[str, np.ndarray]], weights: tuple[float, ...]) -> dict:
     """`msemoboost.statistics_fusion.choose_statistics_weight` of one run, with the nested estimate's UA, the
-    statistics classifier alone and the weight(s) the run was recorded with."""
+    statistics classifier alone, the weight(s) the run was recorded with, and each part's [`confidence`]."""
     from msemoboost.reporting import mean_std
     from msemoboost.statistics_fusion import choose_statistics_weight, fused_logits
     from msemoboost.training import load_wa_ua
@@ -59,6 +76,8 @@ def weight_study(folds: dict[str, dict[str, np.ndarray]], weights: tuple[float, 
         **study,
         "recorded_weight": sorted({float(parts["utterance_statistics_weight"]) for parts in folds.values()}),
         "statistics_classifier_alone": float(np.mean(alone)),
+        "confidence": {"network": confidence(folds, "network_logits"),
+                       "statistics_classifier": confidence(folds, "statistics_log_probabilities")},
         "nested": {
             **({key: mean_std([fold[key] for fold in nested.values()]) for key in ("wa", "ua")} if nested else {}),
             "folds": nested,
@@ -86,6 +105,11 @@ def main() -> None:
         nested = study["nested"].get("ua")
         print(f"{run[-40:]:40s}{row}{100 * study['statistics_classifier_alone']:7.1f}"
               + (f"{100 * nested['mean']:8.1f}" if nested else "       —"))
+    print("Mean top probability / accuracy (%) of each part alone, every fold's test utterances pooled")
+    for run, study in results.items():
+        print(f"{run[-40:]:40s}" + "".join(
+            f"  {part} {100 * found['mean_top_probability']:.1f} / {100 * found['accuracy']:.1f}"
+            for part, found in study["confidence"].items()))
     if args.output:
         args.output.write_text(json.dumps(results, indent=2) + "\n")
 

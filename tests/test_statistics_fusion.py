@@ -436,6 +436,17 @@ def test_fusion_weight_reads_train_py_s_parts_and_scores_the_nested_choice(tmp_p
     assert study["nested"]["folds"] == {"a": {"weight": 0.0, "wa": 0.5, "ua": 0.5}, "b": {"weight": 0.0, "wa": 0.5, "ua": 0.5},
                                         "c": {"weight": 2.0, "wa": 0.0, "ua": 0.0}}
     assert study["nested"]["ua"] == pytest.approx({"mean": 1 / 3, "std": math.sqrt(2) / 6}, abs=1e-12)
+    # The network's top probabilities: sigmoid(2) for fold a's two utterances (one right), sigmoid(1) for the four of
+    # b and c (three right); 15 bins put them in two bins.
+    high, low = 1 / (1 + math.exp(-2)), 1 / (1 + math.exp(-1))
+    assert study["confidence"]["network"] == pytest.approx(
+        {"mean_top_probability": (2 * high + 4 * low) / 6, "accuracy": 4 / 6,
+         "ece": (2 * abs(0.5 - high) + 4 * abs(0.75 - low)) / 6}, abs=1e-12)
+    # The statistics' top probabilities: sigmoid(1) for a's first and b's and c's utterances, sigmoid(3) for a's
+    # second; right on a and b, wrong on c.
+    assert study["confidence"]["statistics_classifier"]["accuracy"] == pytest.approx(4 / 6, abs=1e-12)
+    assert study["confidence"]["statistics_classifier"]["mean_top_probability"] == pytest.approx(
+        (5 * low + 1 / (1 + math.exp(-3))) / 6, abs=1e-12)
     with pytest.raises(FileNotFoundError, match=r"holds no folds/\*/fusion_parts.npz: train.py writes them for models "
                                                 r"with utterance_statistics_classifier"):
         fusion_weight.read_parts(tmp_path / "folds" / "a")
