@@ -17,6 +17,9 @@ again. Two figures for each run:
 
 This is the computation `train.py --statistics_weight_grid` makes at the end of a run
 (`msemoboost.statistics_fusion.choose_statistics_weight`); here it runs again on finished runs, with any grid.
+
+It also gives, for each part alone over every fold's test utterances pooled, its mean top probability, its accuracy
+and its expected calibration error (`confidence`). A part far surer than it is right outvotes the other in the fusion.
 """
 
 import argparse
