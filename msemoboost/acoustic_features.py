@@ -41,6 +41,11 @@ def pre_emphasis(waveform: torch.Tensor, coefficient: float) -> torch.Tensor:
     return torch.cat([first, waveform[:, 1:] - coefficient * waveform[:, :-1]], dim=1)
 
 
+def device_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:
+    """`dtype` for a computation on `device`: float32 instead on Apple's MPS, which has no float64."""
+    return torch.float32 if device.type == "mps" else dtype
+
+
 def power_to_db(power: torch.Tensor, amin: float, top_db: float) -> torch.Tensor:
     """`librosa.power_to_db` with `ref=1.0` over the last two dimensions of `power` (one spectrogram per leading
     index): `10 log10(max(power, amin))`, floored `top_db` below each spectrogram's peak."""
@@ -213,7 +218,7 @@ class MSEmoBoostPowerSpectrogram(nn.Module):
         60 dB below it holds only a few significant digits; in float64 (not on Apple's MPS, which stays float32) every
         bin is its exact power rounded to float32, whichever FFT computed it.
         """
-        dtype = torch.float32 if waveform.device.type == "mps" else fft_dtype
+        dtype = device_dtype(fft_dtype, waveform.device)
         if getattr(self, "fft_factors", None) is not None:
             n1, n2 = self.fft_factors
             first, twiddle, second = (getattr(self, name if dtype == torch.float32 else f"{name}_float64")

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .acoustic_features import pre_emphasis
+from .acoustic_features import device_dtype, pre_emphasis
 
 
 # What `config.prosody_statistics` adds per segment (`MSEmoBoostMFCCEncoder.prosody_statistics`).
@@ -212,8 +212,7 @@ class MSEmoBoostMFCCStatistics:
         11 * log_mel_num_bands)`, in float32 (`masked_band_functionals`). The STFT is computed in float64
         (`UTTERANCE_FFT_DTYPE`) and the functionals too, a band's kurtosis being a fourth moment (in float32 on Apple's
         MPS, which has no float64)."""
-        dtype = torch.float32 if waveform.device.type == "mps" else torch.float64
-        bands = self.log_mel(waveform, UTTERANCE_FFT_DTYPE).to(dtype)
+        bands = self.log_mel(waveform, UTTERANCE_FFT_DTYPE).to(device_dtype(torch.float64, waveform.device))
         frames = torch.arange(bands.shape[1], device=bands.device)
         inside = (frames * self.log_mel.hop_length + self.log_mel.win_length <= lengths[:, None]) | (frames == 0)
         return masked_band_functionals(bands, inside.to(bands.dtype)[..., None]).float()
