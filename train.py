@@ -17,7 +17,9 @@ after it override the file. Protocols (`--protocol`):
 - `splits`: the dataset's own train / validation / test splits;
 - `cross_corpus`: train on `--extra_train_datasets` only, test on all of `--dataset_name` over the classes they share;
 - `leave_one_corpus_out`: each of `--dataset_name` and `--extra_train_datasets` tested once by a model trained on all
-  the others (a `cross_corpus` run each, in `OUTPUT_DIR/<corpus>`), with per-corpus and mean WA/UA;
+  the others (a `cross_corpus` run each, in `OUTPUT_DIR/<corpus>`), with per-corpus and mean WA/UA; with
+  `--statistics_weight_grid`, each corpus is scored at the statistics classifier's weight that does best on the
+  other corpora;
 - `train_only`: no test; the final model trains on every utterance of `--dataset_name` and `--extra_train_datasets`,
   over the union of their classes (configs/multicorpus_cpu.yaml; evaluate such a recipe with leave_one_corpus_out).
 
@@ -46,6 +48,7 @@ from msemoboost.arguments import LEAVE_ONE_CORPUS_OUT, parse_arguments
 from msemoboost.cross_validation import (
     FoldRun,
     calibrate_run,
+    choose_corpus_weights,
     choose_run_weight,
     finished_run,
     leave_one_corpus_out_runs,
@@ -88,7 +91,10 @@ def main(argv: list[str] | None = None, callbacks=()) -> dict:
         for name, words in leave_one_corpus_out_runs(argv, data_args, model_args, output_dir).items():
             logger.info(f"Leave one corpus out: testing {name}, trained on all the other corpora.")
             runs[name] = finished_run(output_dir / name, protocol_args.overwrite_output_dir) or main(words, callbacks)
-        return summarize_leave_one_corpus_out(runs, output_dir) if main_process else {}
+        if not main_process:
+            return {}
+        weight_choice = choose_corpus_weights(output_dir, runs, protocol_args.statistics_weight_grid)
+        return summarize_leave_one_corpus_out(runs, output_dir, weight_choice)
 
     # The data, and the backbone pretrained first when the recipe asks for it
     if data_args.demo:

@@ -513,11 +513,7 @@ def choose_fold_weights(folds: list[Fold], output_dir: Path, grid: list[float], 
                 "classifier apart, so its weight cannot be chosen. Delete its folder to run it again."
             )
     parts = {name: dict(np.load(path)) for name, path in paths.items()}
-    choice = choose_statistics_weight(parts, grid)
-    log_weight_choice(choice, len(folds), "Statistics classifier's weight")
-    if all("ungrouped_statistics_log_probabilities" in found for found in parts.values()):
-        choice["ungrouped"] = choose_statistics_weight({name: ungrouped_parts(found) for name, found in parts.items()}, grid)
-        log_weight_choice(choice["ungrouped"], len(folds), "The weight of the regression for recordings without a group")
+    choice = choose_weights(parts, grid, "folds")
     if rescore:
         metric = load_wa_ua()
         for fold in folds:
@@ -540,11 +536,23 @@ def choose_fold_weights(folds: list[Fold], output_dir: Path, grid: list[float], 
     return choice
 
 
-def log_weight_choice(choice: dict, num_folds: int, what: str) -> None:
+def choose_weights(parts: dict[str, dict[str, np.ndarray]], grid: list[float], unit: str) -> dict:
+    """The statistics classifier's weight chosen over `parts` (`fusion_parts.npz` by fold or corpus name, `unit`
+    naming them in the log) by `msemoboost.statistics_fusion.choose_statistics_weight`, with `"ungrouped"`: the same
+    for the regression for recordings without a group, when every part has it."""
+    choice = choose_statistics_weight(parts, grid)
+    log_weight_choice(choice, unit, "Statistics classifier's weight")
+    if all("ungrouped_statistics_log_probabilities" in found for found in parts.values()):
+        choice["ungrouped"] = choose_statistics_weight({name: ungrouped_parts(found) for name, found in parts.items()}, grid)
+        log_weight_choice(choice["ungrouped"], unit, "The weight of the regression for recordings without a group")
+    return choice
+
+
+def log_weight_choice(choice: dict, unit: str, what: str) -> None:
     logger.info(
-        f"{what} chosen over {num_folds} folds: {choice['weight']:g} (UA by weight: "
+        f"{what} chosen over {len(choice['per_fold'])} {unit}: {choice['weight']:g} (UA by weight: "
         + ", ".join(f"{weight}: {ua:.3f}" for weight, ua in choice["ua_by_weight"].items())
-        + "); each fold is scored at the weight chosen on the other folds: "
+        + f"); each of the {unit} is scored at the weight chosen on the others: "
         + ", ".join(f"{name} {weight:g}" for name, weight in choice["nested"].items())
     )
 
@@ -627,7 +635,8 @@ def choose_run_weight(
     if len(folds) < 2:
         logger.warning(f"--statistics_weight_grid needs 2 folds or more to choose the statistics classifier's "
                        f"weight; this run has {len(folds)}, so the model keeps its own "
-                       f"({config.utterance_statistics_weight:g}).")
+                       f"({config.utterance_statistics_weight:g}). Under --protocol leave_one_corpus_out it is "
+                       "chosen over the corpora's runs once all have finished.")
         return None, fold_results
     main_process = run.args.training.process_index == 0
     choice = choose_fold_weights(folds, run.output_dir, grid, run.corpus, rescore=main_process)
@@ -803,6 +812,44 @@ def leave_one_corpus_out_runs(
             *backbone_without(model_args, name),
         ]
     return runs
+
+
+def choose_corpus_weights(output_dir: Path, runs: dict[str, dict], grid: list[float] | None) -> dict | None:
+    """`--protocol leave_one_corpus_out` with `--statistics_weight_grid`: the statistics classifier's weight chosen over
+    the corpora's `cross_corpus` runs (`runs`, their summaries by corpus name, in `output_dir/<name>`) as
+    [`choose_fold_weights`] chooses it over folds. Each tested corpus is scored at the weight that does best on the
+    *other* corpora, never on its own utterances; `weight` is the best on all of them, the weight for a model trained
+    on every corpus. A run's own results stay as they are.
+
+    Returns the choice (`msemoboost.statistics_fusion.choose_statistics_weight`, with `"ungrouped"` where the runs
+    have the regression for recordings without a group) and `"scores"`: `{name: {"wa", "ua", "statistics_weight"}}`
+    at each corpus's weight, with `"ungrouped"` as [`ungrouped_scores`] gives it. None without a grid, with fewer
+    than 2 corpora, or when the runs' models have no statistics classifier (with a warning)."""
+    if not grid or len(runs) < 2:
+        return None
+    if not all(run["architecture"].get("utterance_statistics_classifier") for run in runs.values()):
+        logger.warning("--statistics_weight_grid is ignored: the model has no statistics classifier "
+                       "(utterance_statistics_classifier) whose weight it would choose.")
+        return None
+    paths = {name: output_dir / name / "folds" / "cross_corpus" / "fusion_parts.npz" for name in runs}
+    for name, path in paths.items():
+        if not path.exists():
+            raise FileNotFoundError(
+                f"{path} is missing: the run that tests {name} finished before train.py kept its network and statistics "
+                "classifier apart, so the statistics classifier's weight cannot be chosen over the corpora. Delete "
+                f"{output_dir / name} to run it again."
+            )
+    parts = {name: dict(np.load(path)) for name, path in paths.items()}
+    choice = choose_weights(parts, grid, "corpora")
+    metric = load_wa_ua()
+    choice["scores"] = {}
+    for name, found in parts.items():
+        weight = choice["nested"][name]
+        scores = metric.compute(predictions=fused_logits(found, weight).argmax(-1), references=found["labels"])
+        choice["scores"][name] = {**scores, "statistics_weight": weight}
+        if "ungrouped" in choice:
+            choice["scores"][name]["ungrouped"] = ungrouped_scores(found, choice["ungrouped"]["nested"][name])
+    return choice
 
 
 def backbone_without(model_args: ModelArguments, tested: str) -> list[str]:

@@ -297,31 +297,47 @@ def classify_example(model_dir: Path, corpus, rows: np.ndarray) -> None:
     print(f"Reloaded {model_dir} and classified {item['utterance_id']} (true: {corpus.label_names[item['labels']]}): {scores}")
 
 
-def summarize_leave_one_corpus_out(runs: dict[str, dict], output_dir: Path) -> dict:
+def summarize_leave_one_corpus_out(runs: dict[str, dict], output_dir: Path, weight_choice: dict | None = None) -> dict:
     """`--protocol leave_one_corpus_out`: the per-corpus and mean WA/UA of the `cross_corpus` runs' summaries `runs`
     (keyed by the tested corpus), and of the parts every run reports (`network`, `statistics_classifier`,
-    `ungrouped`), written to `output_dir/results.json` and printed."""
+    `ungrouped`), written to `output_dir/results.json` and printed. With `weight_choice` (from
+    `msemoboost.cross_validation.choose_corpus_weights`), each corpus's WA/UA (and `ungrouped`) are those at the
+    statistics classifier's weight chosen on the other corpora; `at_model_weight` keeps the run's own, and
+    `statistics_weight` records the choice."""
     per_corpus = {
         name: {"wa": run["wa"]["mean"], "ua": run["ua"]["mean"], "num_test": run["num_utterances"],
                "label_names": run["label_names"], "corpora": run["corpora"]}
         for name, run in runs.items()
     }
-    summary = {
-        "protocol": "leave_one_corpus_out",
-        "corpora": list(runs),
-        "per_corpus": per_corpus,
-        "wa": mean_std([row["wa"] for row in per_corpus.values()]),
-        "ua": mean_std([row["ua"] for row in per_corpus.values()]),
-    }
+    summary = {"protocol": "leave_one_corpus_out", "corpora": list(runs), "per_corpus": per_corpus}
     for part in RESULT_PARTS:
         if all(part in run for run in runs.values()):
             for name, run in runs.items():
                 per_corpus[name][part] = {key: run[part][key]["mean"] for key in ("wa", "ua")}
+    if weight_choice:
+        for name, row in per_corpus.items():
+            scores = weight_choice["scores"][name]
+            row["at_model_weight"] = {key: row[key] for key in ("wa", "ua")}
+            row.update(wa=scores["wa"], ua=scores["ua"], statistics_weight=scores["statistics_weight"])
+            if "ungrouped" in scores and "ungrouped" in row:
+                row["ungrouped"] = {key: scores["ungrouped"][key] for key in ("wa", "ua")}
+        summary["at_model_weight"] = {key: mean_std([row["at_model_weight"][key] for row in per_corpus.values()])
+                                      for key in ("wa", "ua")}
+        summary["statistics_weight"] = {key: value for key, value in weight_choice.items() if key != "scores"}
+    summary |= {"wa": mean_std([row["wa"] for row in per_corpus.values()]),
+                "ua": mean_std([row["ua"] for row in per_corpus.values()])}
+    for part in RESULT_PARTS:
+        if all(part in row for row in per_corpus.values()):
             summary[part] = {key: mean_std([row[part][key] for row in per_corpus.values()]) for key in ("wa", "ua")}
     write_json(output_dir / "results.json", summary)
     print(f"leave_one_corpus_out over {len(runs)} corpora: WA {summary['wa']['mean']:.2%} ± {summary['wa']['std']:.2%}  "
           f"UA {summary['ua']['mean']:.2%} ± {summary['ua']['std']:.2%}  ("
           + ", ".join(f"{name} {row['ua']:.1%}" for name, row in per_corpus.items()) + ")")
+    if weight_choice:
+        print(f"  at the statistics weight chosen on the other corpora ("
+              + ", ".join(f"{name} {row['statistics_weight']:g}" for name, row in per_corpus.items())
+              + f"; {weight_choice['weight']:g} on all of them); at the runs' own weight: UA "
+              f"{summary['at_model_weight']['ua']['mean']:.2%}")
     for part in RESULT_PARTS:
         if part in summary:
             print(f"  {part.replace('_', ' ')}: UA {summary[part]['ua']['mean']:.2%} ("

@@ -6,11 +6,13 @@ import logging
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from tiny import TINY_TRAIN_ARGS, read_csv, run_train
 
 from msemoboost.arguments import parse_arguments
+from msemoboost.training import load_wa_ua
 
 
 
@@ -131,9 +133,10 @@ def test_leave_one_corpus_out_tests_each_corpus_once_trained_on_all_the_others(c
     second = extra_corpus(corpus_dir, tmp_path / "second", ["spk4", "spk5", "spk6"], {})
     columns = {str(path): {"label_column": "emo", "speaker_column": "actor"} for path in (first, second)}
     output = tmp_path / "out"
+    statistics = ["--model_config_overrides", json.dumps({"mfcc_statistics": True, "utterance_statistics_classifier": True})]
     summary = run(corpus_dir, output, "--protocol", "leave_one_corpus_out", "--extra_train_datasets", str(first),
-                  str(second), "--extra_train_columns", json.dumps(columns), "--num_train_epochs", "1")
-    assert summary["corpora"] == ["demo", "first", "second"]
+                  str(second), "--extra_train_columns", json.dumps(columns), "--num_train_epochs", "1", *statistics)
+    assert summary["corpora"] == ["demo", "first", "second"] and "statistics_weight" not in summary
     runs = {name: json.loads((output / name / "results.json").read_text()) for name in summary["corpora"]}
     for name, tested in runs.items():
         assert tested["protocol"] == "cross_corpus" and tested["data"]["dataset_name"].endswith(name)
@@ -156,9 +159,23 @@ def test_leave_one_corpus_out_tests_each_corpus_once_trained_on_all_the_others(c
     (output / "first" / "results.json").write_text(json.dumps(runs["first"]))
     weights = (output / "first" / "model" / "model.safetensors").stat().st_mtime_ns
     again = run(corpus_dir, output, "--protocol", "leave_one_corpus_out", "--extra_train_datasets", str(first),
-                str(second), "--extra_train_columns", json.dumps(columns), "--num_train_epochs", "1")
+                str(second), "--extra_train_columns", json.dumps(columns), "--num_train_epochs", "1", *statistics)
     assert again["per_corpus"]["first"]["ua"] == 0.125 and again["per_corpus"]["demo"] == summary["per_corpus"]["demo"]
     assert (output / "first" / "model" / "model.safetensors").stat().st_mtime_ns == weights
+    # With a grid, each corpus is scored again at the statistics weight chosen on the other two runs' parts.
+    (output / "results.json").unlink()
+    chosen = run(corpus_dir, output, "--protocol", "leave_one_corpus_out", "--extra_train_datasets", str(first),
+                 str(second), "--extra_train_columns", json.dumps(columns), "--num_train_epochs", "1", *statistics,
+                 "--statistics_weight_grid", "0", "1", "100")
+    assert chosen["per_corpus"]["first"]["at_model_weight"]["ua"] == 0.125
+    assert chosen["statistics_weight"]["grid"] == [0.0, 1.0, 100.0] and set(chosen["statistics_weight"]["nested"]) == {
+        "demo", "first", "second"}
+    parts = dict(np.load(output / "second" / "folds" / "cross_corpus" / "fusion_parts.npz"))
+    weight = chosen["per_corpus"]["second"]["statistics_weight"]
+    assert weight == chosen["statistics_weight"]["nested"]["second"]
+    assert chosen["per_corpus"]["second"]["ua"] == load_wa_ua().compute(
+        predictions=(parts["network_logits"] + weight * parts["statistics_log_probabilities"]).argmax(-1),
+        references=parts["labels"])["ua"]
 
 
 def test_leave_one_corpus_out_reports_each_part_every_corpus_reports(tmp_path):
@@ -176,6 +193,46 @@ def test_leave_one_corpus_out_reports_each_part_every_corpus_reports(tmp_path):
     assert summary["per_corpus"]["y"]["network"] == {"wa": pytest.approx(0.7), "ua": 0.6}
     assert "ungrouped" not in summary and "ungrouped" not in summary["per_corpus"]["x"]  # y does not report it
     assert json.loads((tmp_path / "results.json").read_text()) == json.loads(json.dumps(summary))
+
+
+def test_leave_one_corpus_out_scores_each_corpus_at_the_statistics_weight_chosen_on_the_others(tmp_path):
+    from msemoboost.cross_validation import choose_corpus_weights
+    from msemoboost.reporting import summarize_leave_one_corpus_out
+
+    right, wrong = [[0.0, -1.0], [-1.0, 0.0]], [[-1.0, 0.0], [0.0, -1.0]]  # for labels [0, 1]
+    network = {"a": [[1.0, 0.0], [0.0, 1.0]], "b": [[0.0, 1.0], [1.0, 0.0]]}  # right on a, wrong elsewhere
+    for name in "abcd":  # a is best at weight 0 (the network alone), b, c and d at weight 4
+        folder = tmp_path / name / "folds" / "cross_corpus"
+        folder.mkdir(parents=True)
+        np.savez(folder / "fusion_parts.npz", labels=np.array([0, 1]), network_logits=np.array(network.get(name, network["b"])),
+                 statistics_log_probabilities=np.array(wrong if name == "a" else right),
+                 ungrouped_statistics_log_probabilities=np.zeros((2, 2)), utterance_statistics_weight=np.array(1.0))
+    runs = {name: {"wa": {"mean": 0.5}, "ua": {"mean": 0.5}, "num_utterances": 2, "label_names": ["x", "y"],
+                   "corpora": {}, "ungrouped": {"wa": {"mean": 0.5}, "ua": {"mean": 0.5}},
+                   "architecture": {"utterance_statistics_classifier": True}} for name in "abcd"}
+    choice = choose_corpus_weights(tmp_path, runs, [4, 0])
+    # a is scored at the weight best on b, c and d (4), each other at the best on the three others (4: UA 2/3 against 1/3).
+    assert choice["nested"] == {"a": 4.0, "b": 4.0, "c": 4.0, "d": 4.0} and choice["weight"] == 4.0
+    assert {name: (found["ua"], found["statistics_weight"]) for name, found in choice["scores"].items()} == {
+        "a": (0.0, 4.0), "b": (1.0, 4.0), "c": (1.0, 4.0), "d": (1.0, 4.0)}
+    # Without a group, the statistics say nothing: every weight ties, and the smaller one is kept.
+    assert choice["ungrouped"]["nested"] == dict.fromkeys("abcd", 0.0)
+    assert choice["scores"]["a"]["ungrouped"]["ua"] == 1.0 and choice["scores"]["b"]["ungrouped"]["ua"] == 0.0
+
+    summary = summarize_leave_one_corpus_out(runs, tmp_path, choice)
+    assert summary["ua"] == {"mean": 0.75, "std": pytest.approx(np.std([0, 1, 1, 1]))}
+    assert summary["at_model_weight"]["ua"] == {"mean": 0.5, "std": 0.0}
+    assert summary["per_corpus"]["a"] | {"corpora": None} == {
+        "wa": 0.0, "ua": 0.0, "num_test": 2, "label_names": ["x", "y"], "corpora": None, "statistics_weight": 4.0,
+        "at_model_weight": {"wa": 0.5, "ua": 0.5}, "ungrouped": {"wa": 1.0, "ua": 1.0}}
+    assert summary["statistics_weight"]["weight"] == 4.0 and "scores" not in summary["statistics_weight"]
+    assert summary["ungrouped"]["ua"]["mean"] == 0.25
+
+    (tmp_path / "c" / "folds" / "cross_corpus" / "fusion_parts.npz").unlink()
+    with pytest.raises(FileNotFoundError, match="the run that tests c finished before train.py kept its network and "
+                       "statistics classifier apart"):
+        choose_corpus_weights(tmp_path, runs, [0, 4])
+    assert choose_corpus_weights(tmp_path, runs, None) is None and choose_corpus_weights(tmp_path, {"a": runs["a"]}, [0]) is None
 
 
 def test_train_only_trains_one_model_on_every_corpus_over_the_union_of_their_classes(corpus_dir, tmp_path):
