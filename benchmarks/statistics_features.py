@@ -4,7 +4,7 @@ fitted on finished runs' folds and fused with their networks, without training.
     python benchmarks/statistics_features.py --loso outputs/headline/seed{0,1,2} \\
         --output benchmarks/results/statistics_features_emodb_loso_cpu.json
     python benchmarks/statistics_features.py --loco outputs/multicorpus_cpu_loco [--corpora tess] \\
-        [--variants statistics+log-mel_corpus_balanced] --output benchmarks/results/statistics_features_loco_cpu.json
+        --output benchmarks/results/statistics_features_loco_cpu.json
 
 The statistics are the model's own (`utterance_statistics`, on the feature extractor's normalised audio, as train.py
 computes them): the whole utterance's MFCC, prosody and distribution statistics (380 values), and with
@@ -19,10 +19,8 @@ are standardised over their own test utterances, without labels.
   run's network of that fold (the folds must hold the same speakers).
 - `--loco DIR`: each of the five corpora tested by the classifier fitted on the other four (train.py's and the
   anchors' `cross_corpus` folds over the classes they share), with the log-mel functionals; the model's statistics
-  alone are `benchmarks/results/anchors_loco_statistics_speaker.json`'s row (the same fit). Two fits
-  (`--variants`): `statistics+log-mel` weighs every training utterance alike (classes balanced over the four
-  corpora), `statistics+log-mel_corpus_balanced` each corpus alike and each class alike within its corpus, as
-  train.py fits it on several corpora (`corpora` of `fit_statistics_classifier`). Where `DIR/<corpus>` holds that corpus's finished `train.py --protocol leave_one_corpus_out` run, also fused with
+  alone are `benchmarks/results/anchors_loco_statistics_speaker.json`'s row (the same fit).
+  Where `DIR/<corpus>` holds that corpus's finished `train.py --protocol leave_one_corpus_out` run, also fused with
   its network at the run's own weight, beside the run's recorded fused UA. `--corpora` tests some of the five; an
   `--output` file that exists keeps the others' rows, and the mean over the five is written once all five are in.
 """
@@ -41,9 +39,6 @@ from anchors import cached_per_corpus, model_statistics, statistics_classifier_m
 from speaker_normalization import run_folds  # noqa: E402
 
 CORPORA = ("emodb", "ravdess", "tess", "nemo", "ased")
-# The leave-one-corpus-out fits: every training utterance weighed alike (classes balanced over all four corpora), or
-# each corpus alike and each class alike within its corpus (`corpus_balanced_weights`, as train.py fits it).
-VARIANTS = {"statistics+log-mel": False, "statistics+log-mel_corpus_balanced": True}
 
 
 class LogMelPart:
@@ -81,16 +76,15 @@ def corpus_features(corpus, config) -> tuple[dict[str, np.ndarray], "MSEmoBoostF
     return {"statistics": statistics, "statistics+log-mel": np.concatenate([statistics, log_mel], 1)}, log_mel_model
 
 
-def fitted_log_probabilities(model, features, labels, speakers, train, test, seed: int = 0, corpora=None) -> np.ndarray:
-    """The speaker-normalised statistics classifier fitted on rows `train` of `features` as train.py fits it (each
-    corpus of `corpora` weighed alike, when given), and its log-probabilities of rows `test`, `(len(test), num_labels)`."""
+def fitted_log_probabilities(model, features, labels, speakers, train, test, seed: int = 0) -> np.ndarray:
+    """The speaker-normalised statistics classifier fitted on rows `train` of `features` as train.py fits it, and its
+    log-probabilities of rows `test`, `(len(test), num_labels)`."""
     from msemoboost.modeling_statistics import MSEmoBoostStatisticsClassifier
     from msemoboost.statistics_fusion import classify_statistics, fit_statistics_classifier
 
     model = copy.deepcopy(model)
     model.statistics_classifier = MSEmoBoostStatisticsClassifier(features.shape[1], model.config.num_labels)
-    fit_statistics_classifier(model, features[train], labels[train], speakers[train], seed=seed,
-                              corpora=None if corpora is None else corpora[train])
+    fit_statistics_classifier(model, features[train], labels[train], speakers[train], seed=seed)
     return classify_statistics(model, features[test], speakers[test])
 
 
@@ -145,9 +139,9 @@ def loso(runs: list[Path]) -> dict:
     return results
 
 
-def loco(directory: Path, data: Path, tested_corpora: list[str], variants: list[str]) -> dict:
-    """Each of `tested_corpora` tested by the classifier fitted on the other four (each of `variants`, keys of
-    `VARIANTS`): UA alone, and fused with the run's network where `directory/<corpus>` holds one."""
+def loco(directory: Path, data: Path, tested_corpora: list[str]) -> dict:
+    """Each of `tested_corpora` tested by the classifier fitted on the other four: UA alone, and fused with the run's
+    network where `directory/<corpus>` holds one."""
     from msemoboost.arguments import parse_arguments
     from msemoboost.cross_validation import load_corpora, model_config
     from msemoboost.protocols import make_folds
@@ -163,12 +157,10 @@ def loco(directory: Path, data: Path, tested_corpora: list[str], variants: list[
                           None, extra_rows)[0]
         features, model = corpus_features(corpus, config)
         labels = corpus.labels[fold.test]
-        train = np.concatenate([fold.train, fold.validation])
-        found = {prefix: fitted_log_probabilities(model, features["statistics+log-mel"], corpus.labels, np.asarray(corpus.speakers),
-                                                  train, fold.test, corpora=np.asarray(corpus.dataset["corpus"]) if balanced else None)
-                 for prefix, balanced in VARIANTS.items() if prefix in variants}
+        found = fitted_log_probabilities(model, features["statistics+log-mel"], corpus.labels,
+                                         np.asarray(corpus.speakers), np.concatenate([fold.train, fold.validation]), fold.test)
         row = {"label_names": corpus.label_names, "num_test": len(fold.test),
-               **{f"{prefix}_alone_ua": ua(values, labels) for prefix, values in found.items()}}
+               "statistics+log-mel_alone_ua": ua(found, labels)}
         parts_path = directory / tested / "folds" / "cross_corpus" / "fusion_parts.npz"
         if parts_path.exists():
             parts = dict(np.load(parts_path))
@@ -178,8 +170,7 @@ def loco(directory: Path, data: Path, tested_corpora: list[str], variants: list[
             row |= {"network_alone_ua": ua(parts["network_logits"], labels), "weight": weight,
                     "recorded_statistics_alone_ua": ua(parts["statistics_log_probabilities"], labels),
                     "recorded_fused_ua": ua(fused_logits(parts, weight), labels),
-                    **{f"{prefix}_fused_ua": ua(fused_logits({**parts, "statistics_log_probabilities": values}, weight), labels)
-                       for prefix, values in found.items()}}
+                    "statistics+log-mel_fused_ua": ua(fused_logits({**parts, "statistics_log_probabilities": found}, weight), labels)}
         results[tested] = row
         print(f"{tested}: " + ", ".join(f"{key} {value:.2%}" for key, value in row.items() if key.endswith("_ua")), flush=True)
     return results
@@ -191,8 +182,6 @@ def main() -> None:
     parser.add_argument("--loco", type=Path, help="a train.py --protocol leave_one_corpus_out output folder")
     parser.add_argument("--corpora", nargs="+", choices=CORPORA, default=list(CORPORA),
                         help="with --loco, the corpora to test (default: all five)")
-    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
-                        help="with --loco, the fits to run (default: both); an --output row keeps the others'")
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data", help="the five corpora's folder")
     parser.add_argument("--output", type=Path, help="JSON file for the results (default: print only); a file that "
                         "exists keeps the corpora this call does not test")
@@ -202,12 +191,10 @@ def main() -> None:
         results["loso"] = loso(args.loso)
     if args.loco:
         found = {name: row for name, row in results.get("leave_one_corpus_out", {}).items() if name in CORPORA}
-        for name, row in loco(args.loco, args.data, args.corpora, args.variants).items():
-            found[name] = {**found.get(name, {}), **row}
+        found |= loco(args.loco, args.data, args.corpora)
         found = {name: found[name] for name in CORPORA if name in found}
-        for prefix in VARIANTS:
-            if len(found) == len(CORPORA) and all(f"{prefix}_alone_ua" in row for row in found.values()):
-                found[f"mean_{prefix}_alone_ua"] = float(np.mean([row[f"{prefix}_alone_ua"] for row in found.values()]))
+        if len(found) == len(CORPORA):
+            found["mean_statistics+log-mel_alone_ua"] = float(np.mean([row["statistics+log-mel_alone_ua"] for row in found.values()]))
         results["leave_one_corpus_out"] = found
     if args.output:
         args.output.write_text(json.dumps(results, indent=2) + "\n")

@@ -288,9 +288,9 @@ def train_model(
     if trainer.model.config.utterance_statistics_classifier:  # fitted on the training rows once the network is trained
         trainer.model.eval()
         statistics = utterance_statistics(trainer.model, corpus.dataset.select(rows_train), AudioCollator(feature_extractor))
-        corpora = np.asarray(corpus.dataset["corpus"])[rows_train] if "corpus" in corpus.dataset.column_names else None
-        fit = fit_statistics_classifier(trainer.model, statistics, corpus.labels[rows_train], corpus.speakers[rows_train],
-                                        seed=training_args.seed, corpora=corpora)
+        fit = fit_statistics_classifier(
+            trainer.model, statistics, corpus.labels[rows_train], corpus.speakers[rows_train], seed=training_args.seed
+        )
         trainer.log({"statistics_classifier_c": fit["c"]})
     return trainer
 

@@ -65,42 +65,19 @@ def classify_statistics(model: MSEmoBoostForSequenceClassification, statistics: 
     return log_probabilities.double().cpu().numpy()
 
 
-def corpus_balanced_weights(labels: np.ndarray, corpora: np.ndarray) -> np.ndarray:
-    """The weight of each utterance `(num_utterances,)` in the statistics classifier's regression when it trains on
-    several corpora: every corpus of `corpora` `(num_utterances,)` weighs the same in all, and within each corpus
-    every class it has weighs the same: `num_utterances / (num_corpora * num_classes_of_its_corpus * number of its
-    class in its corpus)`. With one corpus these are scikit-learn's `class_weight="balanced"`."""
-    labels, corpora = np.asarray(labels), np.asarray(corpora)
-    weights = np.empty(len(labels))
-    names = np.unique(corpora)
-    for name in names:
-        rows = corpora == name
-        classes, counts = np.unique(labels[rows], return_counts=True)
-        weights[rows] = len(labels) / (len(names) * len(classes) * counts[np.searchsorted(classes, labels[rows])])
-    return weights
-
-
-def _fit_logistic_regression(c: float, statistics: np.ndarray, labels: np.ndarray, corpora: np.ndarray | None = None):
-    """A class-balanced L2 logistic regression on standardised `statistics`, fitted; with `corpora` of 2 corpora or
-    more, weighted by [`corpus_balanced_weights`] instead."""
+def _logistic_regression(c: float):
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    if corpora is None or len(np.unique(corpora)) < 2:
-        model = make_pipeline(StandardScaler(), LogisticRegression(C=c, class_weight="balanced", max_iter=5000))
-        return model.fit(statistics, labels)
-    model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=5000))
-    return model.fit(statistics, labels, logisticregression__sample_weight=corpus_balanced_weights(labels, corpora))
+    return make_pipeline(StandardScaler(), LogisticRegression(C=c, class_weight="balanced", max_iter=5000))
 
 
-def cross_validated_ua(statistics: np.ndarray, labels: np.ndarray, groups: np.ndarray, c: float, seed: int = 0,
-                       corpora: np.ndarray | None = None) -> float:
-    """UA of the out-of-fold predictions of a logistic regression with penalty `c` ([`_fit_logistic_regression`],
-    weighing the `corpora` of each training part alike when given), over folds that hold out whole groups
-    (speakers): one group per fold up to `MAX_FOLDS` groups, `MAX_FOLDS` folds of groups beyond. With a single group
-    (no speakers known), 5 stratified folds of utterances (fewer when a class has fewer utterances; unstratified
-    folds when a class has only one)."""
+def cross_validated_ua(statistics: np.ndarray, labels: np.ndarray, groups: np.ndarray, c: float, seed: int = 0) -> float:
+    """UA of the out-of-fold predictions of a logistic regression with penalty `c`, over folds that hold out whole
+    groups (speakers): one group per fold up to `MAX_FOLDS` groups, `MAX_FOLDS` folds of groups beyond. With a
+    single group (no speakers known), 5 stratified folds of utterances (fewer when a class has fewer utterances;
+    unstratified folds when a class has only one)."""
     from sklearn.model_selection import GroupKFold, KFold, StratifiedKFold
 
     num_groups = len(np.unique(groups))
@@ -116,8 +93,7 @@ def cross_validated_ua(statistics: np.ndarray, labels: np.ndarray, groups: np.nd
         if len(np.unique(labels[train])) < 2:  # nothing to fit: every held-out utterance is called that one class
             predictions[test] = labels[train][0]
             continue
-        fitted = _fit_logistic_regression(c, statistics[train], labels[train], None if corpora is None else corpora[train])
-        predictions[test] = fitted.predict(statistics[test])
+        predictions[test] = _logistic_regression(c).fit(statistics[train], labels[train]).predict(statistics[test])
     return load_wa_ua().compute(predictions=predictions, references=labels)["ua"]
 
 
@@ -128,15 +104,11 @@ def fit_statistics_classifier(
     groups: np.ndarray,
     c_grid: tuple[float, ...] = C_GRID,
     seed: int = 0,
-    corpora: np.ndarray | None = None,
 ) -> dict:
     """Fits `model.statistics_classifier`: a class-balanced L2 logistic regression on standardised `statistics`
     `(num_utterances, num_statistics)` (from [`utterance_statistics`]) with class indices `labels`
     `(num_utterances,)`, its penalty `C` chosen from `c_grid` by the UA of speaker-grouped cross-validation
-    ([`cross_validated_ua`]; `groups` are the utterances' speakers), then refitted on every utterance. With
-    `corpora` `(num_utterances,)` naming 2 corpora or more, each corpus weighs the same and each class within it
-    ([`corpus_balanced_weights`]), so that no corpus's speakers and classes dominate what generalises to another
-    corpus (BENCHMARKS.md, section 6). A class that
+    ([`cross_validated_ua`]; `groups` are the utterances' speakers), then refitted on every utterance. A class that
     no utterance has gets weight 0 and bias `ABSENT_CLASS_BIAS`. The classifier's `mean` and `scale` are the
     training utterances' statistics. With `config.speaker_normalization`, each speaker's statistics are first
     standardised by that speaker's own mean and standard deviation (as the model standardises each group at
@@ -150,7 +122,6 @@ def fit_statistics_classifier(
     if classifier is None:
         raise ValueError("fit_statistics_classifier() needs a model with config.utterance_statistics_classifier=True.")
     labels, groups = np.asarray(labels), np.asarray(groups)
-    corpora = None if corpora is None else np.asarray(corpora)
     if statistics.shape != (len(labels), classifier.mean.numel()):
         raise ValueError(
             f"statistics has shape {statistics.shape}; expected ({len(labels)}, {classifier.mean.numel()}): one row "
@@ -169,11 +140,11 @@ def fit_statistics_classifier(
         values = torch.from_numpy(statistics)
         mean, scale = model.group_normalization(values, group_codes(groups))
         fits[""] = _fitted_regression(((values - mean) / scale).numpy(), labels, groups, c_grid, seed,
-                                      classifier.bias.numel(), corpora, fold_scaler=True)
+                                      classifier.bias.numel(), fold_scaler=True)
         if classifier.ungrouped:
-            fits["ungrouped_"] = _fitted_regression(statistics, labels, groups, c_grid, seed, classifier.bias.numel(), corpora)
+            fits["ungrouped_"] = _fitted_regression(statistics, labels, groups, c_grid, seed, classifier.bias.numel())
     else:
-        fits[""] = _fitted_regression(statistics, labels, groups, c_grid, seed, classifier.bias.numel(), corpora)
+        fits[""] = _fitted_regression(statistics, labels, groups, c_grid, seed, classifier.bias.numel())
     with torch.no_grad():
         for prefix, fit in fits.items():
             for name in ("weight", "bias"):
@@ -182,7 +153,6 @@ def fit_statistics_classifier(
         f"Statistics classifier: C={fits['']['c']:g} (cross-validated UA by C: "
         + ", ".join(f"{c:g}: {score:.3f}" for c, score in fits[""]["scores"].items())
         + f"), fitted on {len(labels)} utterances of {len(np.unique(groups))} speaker(s)"
-        + (f" of {len(np.unique(corpora))} corpora weighed alike" if corpora is not None and len(np.unique(corpora)) > 1 else "")
         + (", each standardised by its own statistics" if model.config.speaker_normalization else "")
         + (f"; for utterances without a group, C={fits['ungrouped_']['c']:g}" if "ungrouped_" in fits else "") + "."
     )
@@ -194,13 +164,13 @@ def fit_statistics_classifier(
 
 
 def _fitted_regression(statistics: np.ndarray, labels: np.ndarray, groups: np.ndarray, c_grid: tuple[float, ...],
-                       seed: int, num_labels: int, corpora: np.ndarray | None, fold_scaler: bool = False) -> dict:
+                       seed: int, num_labels: int, fold_scaler: bool = False) -> dict:
     """[`fit_statistics_classifier`]'s regression on `statistics`: `{"c", "scores": {C: UA}, "weight" (num_labels,
     num_statistics), "bias" (num_labels,)}`. Its weights apply to the statistics standardised by the training data's
     (its own standardisation), or with `fold_scaler` to `statistics` as given (its standardisation folded in)."""
-    scores = {c: cross_validated_ua(statistics, labels, groups, c, seed, corpora) for c in c_grid}
+    scores = {c: cross_validated_ua(statistics, labels, groups, c, seed) for c in c_grid}
     best = max(c_grid, key=lambda c: scores[c])  # the strongest penalty among equal scores: the grid ascends
-    fitted = _fit_logistic_regression(best, statistics, labels, corpora)
+    fitted = _logistic_regression(best).fit(statistics, labels)
     scaler, regression = fitted[0], fitted[1]
     coefficients, intercepts = regression.coef_, regression.intercept_
     if fold_scaler:

@@ -219,51 +219,6 @@ def test_fit_is_scikit_learn_s_logistic_regression_with_c_chosen_by_speaker_cros
     assert not model.statistics_classifier.weight[3].any() and log_probabilities[:, 3].exp().max() == 0
 
 
-def test_several_corpora_weigh_alike_and_each_class_alike_within_its_corpus():
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import balanced_accuracy_score
-    from sklearn.model_selection import LeaveOneGroupOut
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    from msemoboost.statistics_fusion import corpus_balanced_weights
-
-    # Corpus a: 6 utterances of class 0, 2 of class 1; corpus b: 2 of class 0 and 2 of class 2 (12 in all).
-    labels, corpora = np.array([0] * 6 + [1] * 2 + [0, 0, 2, 2]), np.array(["a"] * 8 + ["b"] * 4)
-    weights = corpus_balanced_weights(labels, corpora)
-    np.testing.assert_allclose(weights, [12 / (2 * 2 * 6)] * 6 + [12 / (2 * 2 * 2)] * 2 + [12 / (2 * 2 * 2)] * 4, rtol=1e-15)
-    assert weights[corpora == "a"].sum() == weights[corpora == "b"].sum() == 6  # each corpus, half of the 12
-    one = np.full(12, "a")  # one corpus: scikit-learn's balanced class weights, n / (classes * count)
-    np.testing.assert_allclose(corpus_balanced_weights(labels, one), 12 / (3 * np.bincount(labels)[labels]), rtol=1e-15)
-
-    model = tiny_model(utterance_statistics_classifier=True, **STATISTICS)
-    num_statistics = model.statistics_classifier.mean.numel()
-    groups = np.repeat(np.arange(4), 30)
-    labels = np.tile(np.arange(3), 40)
-    corpora = np.where(groups < 3, "big", "small")  # 90 utterances against 30
-    statistics = separable_statistics(num_statistics, labels, groups)
-    fit = fit_statistics_classifier(model, statistics, labels, groups, c_grid=(0.01, 1.0), corpora=corpora)
-
-    def reference(c, rows):
-        return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=5000)).fit(
-            statistics[rows], labels[rows], logisticregression__sample_weight=corpus_balanced_weights(labels[rows], corpora[rows]))
-
-    for c in (0.01, 1.0):  # each training part weighed by its own corpora
-        predictions = np.empty_like(labels)
-        for train, test in LeaveOneGroupOut().split(statistics, labels, groups):
-            predictions[test] = reference(c, train).predict(statistics[test])
-        assert fit["cross_validated_ua"][f"{c:g}"] == pytest.approx(balanced_accuracy_score(labels, predictions), abs=1e-12)
-    wanted = reference(fit["c"], np.arange(120)).predict_log_proba(statistics)
-    log_probabilities = model.statistics_classifier(torch.from_numpy(statistics).float())
-    torch.testing.assert_close(log_probabilities[:, :3].double(), torch.from_numpy(wanted), rtol=0, atol=1e-4)
-    # One corpus named: the fit without corpora, to the bit.
-    alone = tiny_model(utterance_statistics_classifier=True, **STATISTICS)
-    plain = tiny_model(utterance_statistics_classifier=True, **STATISTICS)
-    assert fit_statistics_classifier(alone, statistics, labels, groups, corpora=np.full(120, "x")) == \
-        fit_statistics_classifier(plain, statistics, labels, groups)
-    assert torch.equal(alone.statistics_classifier.weight, plain.statistics_classifier.weight)
-
-
 def test_the_penalty_with_the_best_cross_validated_ua_is_chosen_the_strongest_among_ties():
     # One weak cue among 60 noisy statistics, 48 utterances: the penalty matters. Cross-validated UA by C:
     # 1e-4 and 1e-3 20/48, 1e-2 and 0.1 21/48 (the best, tied), 1 18/48, 10 15/48.
