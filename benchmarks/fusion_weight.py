@@ -18,6 +18,11 @@ again. Two figures for each run:
 This is the computation `train.py --statistics_weight_grid` makes at the end of a run
 (`msemoboost.statistics_fusion.choose_statistics_weight`); here it runs again on finished runs, with any grid.
 
+With `--across_corpora`, the runs are `cross_corpus` runs of one `train.py --protocol leave_one_corpus_out` folder
+(`OUTPUT_DIR/<corpus>`), and each is also scored at the weight that does best on the *other* runs' corpora
+(`across_corpora`: `msemoboost.cross_validation.choose_corpus_weights`, what `--statistics_weight_grid` makes of
+that protocol once all its runs have finished), which works on any subset of its corpora.
+
 It also gives, for each part alone over every fold's test utterances pooled, its mean top probability, its accuracy
 and its expected calibration error (`confidence`). A part far surer than it is right outvotes the other in the fusion.
 """
@@ -93,8 +98,12 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", type=Path, help="train.py output folders (each with folds/*/fusion_parts.npz)")
     parser.add_argument("--weights", nargs="+", type=float, help="the weights scored (default: the CPU preset's "
                         "statistics_weight_grid, configs/emodb_cpu.yaml)")
+    parser.add_argument("--across_corpora", action="store_true", help="the runs are a leave_one_corpus_out folder's: "
+                        "also score each at the weight best on the others")
     parser.add_argument("--output", type=Path, help="JSON file for the results (default: print only)")
     args = parser.parse_args()
+    if args.across_corpora and (len(args.runs) < 2 or len({run.resolve().parent for run in args.runs}) > 1):
+        parser.error("--across_corpora takes 2 or more runs of one leave_one_corpus_out folder (OUTPUT_DIR/<corpus>).")
     from msemoboost.training import read_arguments_file
 
     preset_grid = read_arguments_file(REPO / "configs" / "emodb_cpu.yaml")["statistics_weight_grid"]
@@ -113,6 +122,15 @@ def main() -> None:
         print(f"{run[-40:]:40s}" + "".join(
             f"  {part} {100 * found['mean_top_probability']:.1f} / {100 * found['accuracy']:.1f}"
             for part, found in study["confidence"].items()))
+    if args.across_corpora:
+        from msemoboost.cross_validation import choose_corpus_weights
+
+        summaries = {run.name: json.loads((run / "results.json").read_text()) for run in args.runs}
+        choice = choose_corpus_weights(args.runs[0].resolve().parent, summaries, list(weights))
+        results["across_corpora"] = choice
+        print("Each corpus at the weight chosen on the others: " + ", ".join(
+            f"{name} {100 * found['ua']:.1f} (weight {found['statistics_weight']:g})" for name, found in choice["scores"].items())
+            + f"; mean {100 * np.mean([found['ua'] for found in choice['scores'].values()]):.1f}; on all of them {choice['weight']:g}")
     if args.output:
         args.output.write_text(json.dumps(results, indent=2) + "\n")
 

@@ -2,7 +2,9 @@
 with the network's log-probabilities, its fit against scikit-learn's, and train.py's use of it."""
 
 import copy
+import json
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -419,7 +421,7 @@ def test_the_statistics_weight_is_chosen_on_all_folds_and_each_fold_s_on_the_oth
         choose_statistics_weight({}, (1.0,))
 
 
-def test_fusion_weight_reads_train_py_s_parts_and_scores_the_nested_choice(tmp_path):
+def test_fusion_weight_reads_train_py_s_parts_and_scores_the_nested_choice(tmp_path, monkeypatch, capsys):
     import importlib.util
     from pathlib import Path
 
@@ -450,6 +452,24 @@ def test_fusion_weight_reads_train_py_s_parts_and_scores_the_nested_choice(tmp_p
     with pytest.raises(FileNotFoundError, match=r"holds no folds/\*/fusion_parts.npz: train.py writes them for models "
                                                 r"with utterance_statistics_classifier"):
         fusion_weight.read_parts(tmp_path / "folds" / "a")
+    # --across_corpora: three cross_corpus runs of one leave_one_corpus_out folder, each the parts of one fold above,
+    # are scored at the weight best on the other two, as the nested choice over those folds.
+    loco = tmp_path / "loco"
+    for name, parts in three_folds().items():
+        (loco / name / "folds" / "cross_corpus").mkdir(parents=True)
+        np.savez(loco / name / "folds" / "cross_corpus" / "fusion_parts.npz", **parts)
+        (loco / name / "results.json").write_text(json.dumps({"architecture": {"utterance_statistics_classifier": True}}))
+    output = tmp_path / "across.json"
+    monkeypatch.setattr(sys, "argv", ["fusion_weight.py", *(str(loco / name) for name in "abc"), "--across_corpora",
+                                      "--weights", "0", "0.5", "2", "--output", str(output)])
+    fusion_weight.main()
+    across = json.loads(output.read_text())["across_corpora"]
+    assert across["nested"] == {"a": 0.0, "b": 0.0, "c": 2.0}
+    assert {name: found["ua"] for name, found in across["scores"].items()} == {"a": 0.5, "b": 0.5, "c": 0.0}
+    monkeypatch.setattr(sys, "argv", ["fusion_weight.py", str(loco / "a"), "--across_corpora"])
+    with pytest.raises(SystemExit):
+        fusion_weight.main()
+    assert "--across_corpora takes 2 or more runs of one leave_one_corpus_out folder" in capsys.readouterr().err
 
 
 def test_speaker_normalization_fits_the_regression_on_each_speaker_s_own_standardised_statistics():
