@@ -264,8 +264,8 @@ class ProtocolArguments:
                   "UA) on the other folds, never on its own test speakers, and the final model gets the weight that "
                   "does best on all of them; results.json -> statistics_weight gives the UA of every weight. Needs 2 "
                   "folds or more (with one, the model's own weight stays). Under leave_one_corpus_out, each corpus "
-                  "is scored at the weight that does best on the other corpora's runs (results.json -> "
-                  "per_corpus -> statistics_weight; at_model_weight keeps the runs' own). Tests in noise (--eval_snr) keep the "
+                  "is scored at the weight that does best on the other corpora's runs (results.json -> per_corpus "
+                  "-> statistics_weight; at_model_weight keeps the runs' own). Tests in noise (--eval_snr) keep the "
                   "model's own weight."},
     )
     final_model: bool = field(

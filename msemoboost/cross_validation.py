@@ -635,8 +635,7 @@ def choose_run_weight(
     if len(folds) < 2:
         logger.warning(f"--statistics_weight_grid needs 2 folds or more to choose the statistics classifier's "
                        f"weight; this run has {len(folds)}, so the model keeps its own "
-                       f"({config.utterance_statistics_weight:g}). Under --protocol leave_one_corpus_out it is "
-                       "chosen over the corpora's runs once all have finished.")
+                       f"({config.utterance_statistics_weight:g}).")
         return None, fold_results
     main_process = run.args.training.process_index == 0
     choice = choose_fold_weights(folds, run.output_dir, grid, run.corpus, rescore=main_process)
@@ -827,7 +826,7 @@ def choose_corpus_weights(output_dir: Path, runs: dict[str, dict], grid: list[fl
     than 2 corpora, or when the runs' models have no statistics classifier (with a warning)."""
     if not grid or len(runs) < 2:
         return None
-    if not all(run["architecture"].get("utterance_statistics_classifier") for run in runs.values()):
+    if not all(run.get("architecture", {}).get("utterance_statistics_classifier") for run in runs.values()):
         logger.warning("--statistics_weight_grid is ignored: the model has no statistics classifier "
                        "(utterance_statistics_classifier) whose weight it would choose.")
         return None
