@@ -536,6 +536,10 @@ def choose_fold_weights(folds: list[Fold], output_dir: Path, grid: list[float], 
     return choice
 
 
+GRID_WITHOUT_CLASSIFIER = ("--statistics_weight_grid is ignored: the model has no statistics classifier "
+                           "(utterance_statistics_classifier) whose weight it would choose.")
+
+
 def choose_weights(parts: dict[str, dict[str, np.ndarray]], grid: list[float], unit: str) -> dict:
     """The statistics classifier's weight chosen over `parts` (`fusion_parts.npz` by fold or corpus name, `unit`
     naming them in the log) by `msemoboost.statistics_fusion.choose_statistics_weight`, with `"ungrouped"`: the same
@@ -563,10 +567,16 @@ def ungrouped_parts(parts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {**parts, "statistics_log_probabilities": parts["ungrouped_statistics_log_probabilities"]}
 
 
+def fused_scores(parts: dict[str, np.ndarray], weight: float) -> dict:
+    """WA/UA of a fold's fused model at the statistics classifier's `weight` (`fused_logits` of its `parts`), with
+    that weight."""
+    logits = fused_logits(parts, weight)
+    return {**load_wa_ua().compute(predictions=logits.argmax(-1), references=parts["labels"]), "statistics_weight": weight}
+
+
 def ungrouped_scores(parts: dict[str, np.ndarray], weight: float) -> dict:
     """WA/UA of a fold's test recordings each given alone, without a group, at the ungrouped regression's `weight`."""
-    logits = fused_logits(ungrouped_parts(parts), weight)
-    return {**load_wa_ua().compute(predictions=logits.argmax(-1), references=parts["labels"]), "statistics_weight": weight}
+    return fused_scores(ungrouped_parts(parts), weight)
 
 
 def run_folds_in_parallel(folds: list[Fold], run: "FoldRun", processes: int) -> None:
@@ -627,8 +637,7 @@ def choose_run_weight(
     classifier or with fewer than 2 folds."""
     grid = run.args.protocol.statistics_weight_grid
     if grid and not config.utterance_statistics_classifier:
-        logger.warning("--statistics_weight_grid is ignored: the model has no statistics classifier "
-                       "(utterance_statistics_classifier) whose weight it would choose.")
+        logger.warning(GRID_WITHOUT_CLASSIFIER)
         return None, fold_results
     if not grid:
         return None, fold_results
@@ -827,8 +836,7 @@ def choose_corpus_weights(output_dir: Path, runs: dict[str, dict], grid: list[fl
     if not grid or len(runs) < 2:
         return None
     if not all(run.get("architecture", {}).get("utterance_statistics_classifier") for run in runs.values()):
-        logger.warning("--statistics_weight_grid is ignored: the model has no statistics classifier "
-                       "(utterance_statistics_classifier) whose weight it would choose.")
+        logger.warning(GRID_WITHOUT_CLASSIFIER)
         return None
     paths = {name: output_dir / name / "folds" / "cross_corpus" / "fusion_parts.npz" for name in runs}
     for name, path in paths.items():
@@ -840,13 +848,9 @@ def choose_corpus_weights(output_dir: Path, runs: dict[str, dict], grid: list[fl
             )
     parts = {name: dict(np.load(path)) for name, path in paths.items()}
     choice = choose_weights(parts, grid, "corpora")
-    metric = load_wa_ua()
-    choice["scores"] = {}
-    for name, found in parts.items():
-        weight = choice["nested"][name]
-        scores = metric.compute(predictions=fused_logits(found, weight).argmax(-1), references=found["labels"])
-        choice["scores"][name] = {**scores, "statistics_weight": weight}
-        if "ungrouped" in choice:
+    choice["scores"] = {name: fused_scores(found, choice["nested"][name]) for name, found in parts.items()}
+    if "ungrouped" in choice:
+        for name, found in parts.items():
             choice["scores"][name]["ungrouped"] = ungrouped_scores(found, choice["ungrouped"]["nested"][name])
     return choice
 
