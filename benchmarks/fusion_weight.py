@@ -23,6 +23,11 @@ With `--across_corpora`, the runs are `cross_corpus` runs of one `train.py --pro
 (`across_corpora`: `msemoboost.cross_validation.choose_corpus_weights`, what `--statistics_weight_grid` makes of
 that protocol once all its runs have finished), which works on any subset of its corpora.
 
+With `--speaker_centring`, the same studies again with each part centred over its speaker's test utterances (each
+class's score minus its mean over the speaker's utterances: `speaker_centred`), a transductive correction of a
+speaker's or corpus's bias towards some classes that reads no label; the speakers are the `speaker` column of each
+fold's `predictions.csv`.
+
 It also gives, for each part alone over every fold's test utterances pooled, its mean top probability, its accuracy
 and its expected calibration error (`confidence`). A part far surer than it is right outvotes the other in the fusion.
 """
@@ -45,6 +50,28 @@ def read_parts(run: Path) -> dict[str, dict[str, np.ndarray]]:
             "utterance_statistics_classifier (runs before 2026-12-03 did not)."
         )
     return {path.parent.name: dict(np.load(path)) for path in paths}
+
+
+def speaker_centred(run: Path, folds: dict[str, dict[str, np.ndarray]]) -> dict[str, dict[str, np.ndarray]]:
+    """Each fold's parts with every class's scores (`network_logits`, `statistics_log_probabilities`) less their mean
+    over the test utterances of the same speaker (`folds/<fold>/predictions.csv`'s `speaker` column, in the parts'
+    order). The fusion is linear, so the fused logits are then the speaker-centred fused logits at any weight."""
+    import pandas as pd
+
+    centred = {}
+    for name, parts in folds.items():
+        speakers = pd.read_csv(run / "folds" / name / "predictions.csv")["speaker"].astype(str).to_numpy()
+        if len(speakers) != len(parts["labels"]):
+            raise ValueError(f"{run / 'folds' / name / 'predictions.csv'} has {len(speakers)} rows for "
+                             f"{len(parts['labels'])} utterances in its fusion_parts.npz.")
+        centred[name] = {"labels": parts["labels"], "utterance_statistics_weight": parts["utterance_statistics_weight"]}
+        for part in ("network_logits", "statistics_log_probabilities"):
+            scores = parts[part].astype(np.float64)
+            for speaker in np.unique(speakers):
+                rows = speakers == speaker
+                scores[rows] -= scores[rows].mean(0)
+            centred[name][part] = scores
+    return centred
 
 
 def confidence(folds: dict[str, dict[str, np.ndarray]], part: str) -> dict:
@@ -100,6 +127,8 @@ def main() -> None:
                         "statistics_weight_grid, configs/emodb_cpu.yaml)")
     parser.add_argument("--across_corpora", action="store_true", help="the runs are a leave_one_corpus_out folder's: "
                         "also score each at the weight best on the others")
+    parser.add_argument("--speaker_centring", action="store_true", help="also score every part centred over each test "
+                        "speaker's utterances (speaker_centred)")
     parser.add_argument("--output", type=Path, help="JSON file for the results (default: print only)")
     args = parser.parse_args()
     if args.across_corpora and (len(args.runs) < 2 or len({run.resolve().parent for run in args.runs}) > 1):
@@ -109,6 +138,31 @@ def main() -> None:
     preset_grid = read_arguments_file(REPO / "configs" / "emodb_cpu.yaml")["statistics_weight_grid"]
     weights = tuple(sorted(set(args.weights or preset_grid)))
     results = {str(run): weight_study(read_parts(run), weights) for run in args.runs}
+    print_studies(results, weights)
+    if args.across_corpora:
+        from msemoboost.cross_validation import choose_corpus_weights
+
+        summaries = {run.name: json.loads((run / "results.json").read_text()) for run in args.runs}
+        choice = choose_corpus_weights(args.runs[0].resolve().parent, summaries, list(weights))
+        results["across_corpora"] = choice
+        print_across_corpora(choice)
+    if args.speaker_centring:
+        from msemoboost.cross_validation import corpus_weight_choice
+
+        print("With every part centred over each test speaker's utterances:")
+        centred = {run: speaker_centred(run, read_parts(run)) for run in args.runs}
+        results["speaker_centred"] = {str(run): weight_study(folds, weights) for run, folds in centred.items()}
+        print_studies(results["speaker_centred"], weights)
+        if args.across_corpora:
+            parts = {run.name: next(iter(folds.values())) for run, folds in centred.items()}
+            choice = corpus_weight_choice(parts, list(weights))
+            results["speaker_centred"]["across_corpora"] = choice
+            print_across_corpora(choice)
+    if args.output:
+        args.output.write_text(json.dumps(results, indent=2) + "\n")
+
+
+def print_studies(results: dict, weights: tuple[float, ...]) -> None:
     header = "run".ljust(40) + "".join(f"{weight:>7g}" for weight in weights) + "  stats  nested"
     print("UA (%) by the statistics classifier's weight; 0 is the network alone, 'stats' the statistics classifier alone")
     print(header)
@@ -122,17 +176,12 @@ def main() -> None:
         print(f"{run[-40:]:40s}" + "".join(
             f"  {part} {100 * found['mean_top_probability']:.1f} / {100 * found['accuracy']:.1f}"
             for part, found in study["confidence"].items()))
-    if args.across_corpora:
-        from msemoboost.cross_validation import choose_corpus_weights
 
-        summaries = {run.name: json.loads((run / "results.json").read_text()) for run in args.runs}
-        choice = choose_corpus_weights(args.runs[0].resolve().parent, summaries, list(weights))
-        results["across_corpora"] = choice
-        print("Each corpus at the weight chosen on the others: " + ", ".join(
-            f"{name} {100 * found['ua']:.1f} (weight {found['statistics_weight']:g})" for name, found in choice["scores"].items())
-            + f"; mean {100 * np.mean([found['ua'] for found in choice['scores'].values()]):.1f}; on all of them {choice['weight']:g}")
-    if args.output:
-        args.output.write_text(json.dumps(results, indent=2) + "\n")
+
+def print_across_corpora(choice: dict) -> None:
+    print("Each corpus at the weight chosen on the others: " + ", ".join(
+        f"{name} {100 * found['ua']:.1f} (weight {found['statistics_weight']:g})" for name, found in choice["scores"].items())
+        + f"; mean {100 * np.mean([found['ua'] for found in choice['scores'].values()]):.1f}; on all of them {choice['weight']:g}")
 
 
 if __name__ == "__main__":

@@ -846,7 +846,11 @@ def choose_corpus_weights(output_dir: Path, runs: dict[str, dict], grid: list[fl
                 "classifier apart, so the statistics classifier's weight cannot be chosen over the corpora. Delete "
                 f"{output_dir / name} to run it again."
             )
-    parts = {name: dict(np.load(path)) for name, path in paths.items()}
+    return corpus_weight_choice({name: dict(np.load(path)) for name, path in paths.items()}, grid)
+
+
+def corpus_weight_choice(parts: dict[str, dict[str, np.ndarray]], grid: list[float]) -> dict:
+    """[`choose_corpus_weights`]'s choice and `"scores"` from the corpora's `fusion_parts` by name."""
     choice = choose_weights(parts, grid, "corpora")
     choice["scores"] = {name: fused_scores(found, choice["nested"][name]) for name, found in parts.items()}
     if "ungrouped" in choice:

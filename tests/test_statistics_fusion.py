@@ -470,6 +470,34 @@ def test_fusion_weight_reads_train_py_s_parts_and_scores_the_nested_choice(tmp_p
     with pytest.raises(SystemExit):
         fusion_weight.main()
     assert "--across_corpora takes 2 or more runs of one leave_one_corpus_out folder" in capsys.readouterr().err
+    # --speaker_centring: each part less its mean over the speaker's test utterances. Fold a's two utterances are one
+    # speaker's: its network part becomes 0, its statistics [[1.5, -0.5], [-1.5, 0.5]].
+    for name in "abc":
+        (tmp_path / "folds" / name / "predictions.csv").write_text("utterance_id,speaker\nx,7\ny,7\n")
+    centred = fusion_weight.speaker_centred(tmp_path, fusion_weight.read_parts(tmp_path))
+    np.testing.assert_array_equal(centred["a"]["network_logits"], [[0.0, 0.0], [0.0, 0.0]])
+    np.testing.assert_array_equal(centred["a"]["statistics_log_probabilities"], [[1.5, -0.5], [-1.5, 0.5]])
+    np.testing.assert_array_equal(centred["c"]["network_logits"], [[0.5, -0.5], [-0.5, 0.5]])
+    # a and b: UA 0.5 at weight 0 (all ties, class 0), 1 above; c: 1 at 0 and 0.5, 0 at 2 (statistics [[-.5, .5], ..]).
+    assert fusion_weight.weight_study(centred, (0.0, 0.5, 2.0))["per_fold"] == {
+        "a": {"0": 0.5, "0.5": 1.0, "2": 1.0}, "b": {"0": 0.5, "0.5": 1.0, "2": 1.0}, "c": {"0": 1.0, "0.5": 1.0, "2": 0.0}}
+    # Two speakers of one utterance each: every score is its own speaker's mean, so every part is 0.
+    (tmp_path / "folds" / "a" / "predictions.csv").write_text("utterance_id,speaker\nx,7\ny,8\n")
+    centred = fusion_weight.speaker_centred(tmp_path, fusion_weight.read_parts(tmp_path))
+    assert not centred["a"]["network_logits"].any() and not centred["a"]["statistics_log_probabilities"].any()
+    (tmp_path / "folds" / "a" / "predictions.csv").write_text("utterance_id,speaker\nx,7\n")
+    with pytest.raises(ValueError, match=r"predictions.csv has 1 rows for 2 utterances in its fusion_parts.npz"):
+        fusion_weight.speaker_centred(tmp_path, fusion_weight.read_parts(tmp_path))
+    # With --across_corpora, the centred corpora are chosen over as well.
+    for name in "abc":
+        (loco / name / "folds" / "cross_corpus" / "predictions.csv").write_text("utterance_id,speaker\nx,7\ny,7\n")
+    monkeypatch.setattr(sys, "argv", ["fusion_weight.py", *(str(loco / name) for name in "abc"), "--across_corpora",
+                                      "--speaker_centring", "--weights", "0", "0.5", "2", "--output", str(output)])
+    fusion_weight.main()
+    across = json.loads(output.read_text())["speaker_centred"]["across_corpora"]
+    # a and b are best at 0.5 on the others (c ties 0 and 0.5; a or b: 0.5); c at 0.5 too (a and b at 0.5 and 2).
+    assert across["nested"] == {"a": 0.5, "b": 0.5, "c": 0.5}
+    assert {name: found["ua"] for name, found in across["scores"].items()} == {"a": 1.0, "b": 1.0, "c": 1.0}
 
 
 def test_speaker_normalization_fits_the_regression_on_each_speaker_s_own_standardised_statistics():
