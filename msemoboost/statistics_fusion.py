@@ -65,7 +65,9 @@ def classify_statistics(model: MSEmoBoostForSequenceClassification, statistics: 
     return log_probabilities.double().cpu().numpy()
 
 
-def _logistic_regression(c: float):
+def logistic_regression(c: float):
+    """The statistics classifier's regression, unfitted: standardisation, then a class-balanced L2 logistic regression
+    with penalty `c` (scikit-learn)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -93,7 +95,7 @@ def cross_validated_ua(statistics: np.ndarray, labels: np.ndarray, groups: np.nd
         if len(np.unique(labels[train])) < 2:  # nothing to fit: every held-out utterance is called that one class
             predictions[test] = labels[train][0]
             continue
-        predictions[test] = _logistic_regression(c).fit(statistics[train], labels[train]).predict(statistics[test])
+        predictions[test] = logistic_regression(c).fit(statistics[train], labels[train]).predict(statistics[test])
     return load_wa_ua().compute(predictions=predictions, references=labels)["ua"]
 
 
@@ -170,7 +172,7 @@ def _fitted_regression(statistics: np.ndarray, labels: np.ndarray, groups: np.nd
     (its own standardisation), or with `fold_scaler` to `statistics` as given (its standardisation folded in)."""
     scores = {c: cross_validated_ua(statistics, labels, groups, c, seed) for c in c_grid}
     best = max(c_grid, key=lambda c: scores[c])  # the strongest penalty among equal scores: the grid ascends
-    fitted = _logistic_regression(best).fit(statistics, labels)
+    fitted = logistic_regression(best).fit(statistics, labels)
     scaler, regression = fitted[0], fitted[1]
     coefficients, intercepts = regression.coef_, regression.intercept_
     if fold_scaler:

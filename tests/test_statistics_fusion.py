@@ -500,6 +500,34 @@ def test_fusion_weight_reads_train_py_s_parts_and_scores_the_nested_choice(tmp_p
     assert {name: found["ua"] for name, found in across["scores"].items()} == {"a": 1.0, "b": 1.0, "c": 1.0}
 
 
+def test_embedding_classifier_fits_the_statistics_classifier_s_regression_on_the_training_utterances_only():
+    import importlib.util
+    from pathlib import Path
+
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from msemoboost.statistics_fusion import cross_validated_ua
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "embedding_classifier.py"
+    spec = importlib.util.spec_from_file_location("embedding_classifier", path)
+    embedding_classifier = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(embedding_classifier)
+    speakers = np.repeat(np.array(["s1", "s2", "s3", "s4", "t1"]), 30)
+    labels = np.tile(np.arange(3), 50)  # classes 0-2 of 4: class 3 is absent
+    features = separable_statistics(6, labels, np.repeat(np.arange(5), 30))
+    test = speakers == "t1"
+    found = {"features": features, "labels": labels, "speakers": speakers, "test": test}
+    log_probabilities, c = embedding_classifier.regression_log_probabilities(found, features, 4)
+    scores = {grid_c: cross_validated_ua(features[~test], labels[~test], speakers[~test], grid_c) for grid_c in C_GRID}
+    assert c == max(C_GRID, key=lambda grid_c: scores[grid_c])
+    reference = make_pipeline(StandardScaler(), LogisticRegression(C=c, class_weight="balanced", max_iter=5000))
+    wanted = reference.fit(features[~test], labels[~test]).predict_log_proba(features[test])
+    np.testing.assert_allclose(log_probabilities[:, :3], wanted, rtol=0, atol=1e-12)
+    assert log_probabilities.shape == (30, 4) and np.isneginf(log_probabilities[:, 3]).all()
+
+
 def test_speaker_normalization_fits_the_regression_on_each_speaker_s_own_standardised_statistics():
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
