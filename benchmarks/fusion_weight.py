@@ -60,7 +60,11 @@ def speaker_centred(run: Path, folds: dict[str, dict[str, np.ndarray]]) -> dict[
 
     centred = {}
     for name, parts in folds.items():
-        speakers = pd.read_csv(run / "folds" / name / "predictions.csv")["speaker"].astype(str).to_numpy()
+        table = pd.read_csv(run / "folds" / name / "predictions.csv")
+        if "speaker" not in table.columns:
+            raise ValueError(f"{run / 'folds' / name / 'predictions.csv'} has no speaker column: the run had no speakers to "
+                             "centre over.")
+        speakers = table["speaker"].astype(str).to_numpy()
         if len(speakers) != len(parts["labels"]):
             raise ValueError(f"{run / 'folds' / name / 'predictions.csv'} has {len(speakers)} rows for "
                              f"{len(parts['labels'])} utterances in its fusion_parts.npz.")

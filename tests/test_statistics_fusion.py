@@ -488,6 +488,9 @@ def test_fusion_weight_reads_train_py_s_parts_and_scores_the_nested_choice(tmp_p
     (tmp_path / "folds" / "a" / "predictions.csv").write_text("utterance_id,speaker\nx,7\n")
     with pytest.raises(ValueError, match=r"predictions.csv has 1 rows for 2 utterances in its fusion_parts.npz"):
         fusion_weight.speaker_centred(tmp_path, fusion_weight.read_parts(tmp_path))
+    (tmp_path / "folds" / "a" / "predictions.csv").write_text("utterance_id,label\nx,0\ny,1\n")
+    with pytest.raises(ValueError, match=r"a/predictions.csv has no speaker column: the run had no speakers to centre over"):
+        fusion_weight.speaker_centred(tmp_path, fusion_weight.read_parts(tmp_path))
     # With --across_corpora, the centred corpora are chosen over as well.
     for name in "abc":
         (loco / name / "folds" / "cross_corpus" / "predictions.csv").write_text("utterance_id,speaker\nx,7\ny,7\n")
