@@ -129,11 +129,11 @@ def main() -> None:
         print(name, json.dumps(row), flush=True)
     for variant, found in variants.items():
         choice = corpus_weight_choice(found, grid)
+        mean_ua = float(np.mean([score["ua"] for score in choice["scores"].values()]))
         results.setdefault("fused_at_the_weight_chosen_on_the_other_corpora", {})[variant] = {
-            "scores": choice["scores"], "mean_ua": float(np.mean([score["ua"] for score in choice["scores"].values()]))}
+            "scores": choice["scores"], "mean_ua": mean_ua}
         print(f"fused, {variant}: " + ", ".join(f"{name} {100 * score['ua']:.1f} (weight {score['statistics_weight']:g})"
-                                              for name, score in choice["scores"].items())
-              + f"; mean {100 * results['fused_at_the_weight_chosen_on_the_other_corpora'][variant]['mean_ua']:.1f}")
+                                              for name, score in choice["scores"].items()) + f"; mean {100 * mean_ua:.1f}")
     if args.output:
         args.output.write_text(json.dumps(results, indent=2) + "\n")
 

@@ -141,7 +141,8 @@ def main() -> None:
 
     preset_grid = read_arguments_file(REPO / "configs" / "emodb_cpu.yaml")["statistics_weight_grid"]
     weights = tuple(sorted(set(args.weights or preset_grid)))
-    results = {str(run): weight_study(read_parts(run), weights) for run in args.runs}
+    folds_by_run = {run: read_parts(run) for run in args.runs}
+    results = {str(run): weight_study(folds, weights) for run, folds in folds_by_run.items()}
     print_studies(results, weights)
     if args.across_corpora:
         from msemoboost.cross_validation import choose_corpus_weights
@@ -154,7 +155,7 @@ def main() -> None:
         from msemoboost.cross_validation import corpus_weight_choice
 
         print("With every part centred over each test speaker's utterances:")
-        centred = {run: speaker_centred(run, read_parts(run)) for run in args.runs}
+        centred = {run: speaker_centred(run, folds) for run, folds in folds_by_run.items()}
         results["speaker_centred"] = {str(run): weight_study(folds, weights) for run, folds in centred.items()}
         print_studies(results["speaker_centred"], weights)
         if args.across_corpora:
