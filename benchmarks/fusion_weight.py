@@ -26,7 +26,9 @@ that protocol once all its runs have finished), which works on any subset of its
 With `--speaker_centring`, the same studies again with each part centred over its speaker's test utterances (each
 class's score minus its mean over the speaker's utterances: `speaker_centred`), a transductive correction of a
 speaker's or corpus's bias towards some classes that reads no label; the speakers are the `speaker` column of each
-fold's `predictions.csv`.
+fold's `predictions.csv`. With `--centring_strengths`, also each part less only that share of its speaker mean (0 is
+no centring, 1 full centring), the share and the weight chosen together as the weight alone is chosen (each fold or
+corpus at the pair best on the others: `strength_study`).
 
 It also gives, for each part alone over every fold's test utterances pooled, its mean top probability, its accuracy
 and its expected calibration error (`confidence`). A part far surer than it is right outvotes the other in the fusion.
@@ -52,10 +54,12 @@ def read_parts(run: Path) -> dict[str, dict[str, np.ndarray]]:
     return {path.parent.name: dict(np.load(path)) for path in paths}
 
 
-def speaker_centred(run: Path, folds: dict[str, dict[str, np.ndarray]]) -> dict[str, dict[str, np.ndarray]]:
-    """Each fold's parts with every class's scores (`network_logits`, `statistics_log_probabilities`) less their mean
-    over the test utterances of the same speaker (`folds/<fold>/predictions.csv`'s `speaker` column, in the parts'
-    order). The fusion is linear, so the fused logits are then the speaker-centred fused logits at any weight."""
+def speaker_centred(run: Path, folds: dict[str, dict[str, np.ndarray]],
+                    strength: float = 1.0) -> dict[str, dict[str, np.ndarray]]:
+    """Each fold's parts with every class's scores (`network_logits`, `statistics_log_probabilities`) less `strength`
+    times their mean over the test utterances of the same speaker (`folds/<fold>/predictions.csv`'s `speaker` column,
+    in the parts' order). The fusion is linear, so the fused logits are then the speaker-centred fused logits at any
+    weight."""
     import pandas as pd
 
     centred = {}
@@ -73,7 +77,7 @@ def speaker_centred(run: Path, folds: dict[str, dict[str, np.ndarray]]) -> dict[
             scores = parts[part].astype(np.float64)
             for speaker in np.unique(speakers):
                 rows = speakers == speaker
-                scores[rows] -= scores[rows].mean(0)
+                scores[rows] -= strength * scores[rows].mean(0)
             centred[name][part] = scores
     return centred
 
@@ -124,6 +128,29 @@ def weight_study(folds: dict[str, dict[str, np.ndarray]], weights: tuple[float, 
     }
 
 
+def strength_study(studies: dict[float, dict[str, dict[str, np.ndarray]]], weights: tuple[float, ...]) -> dict:
+    """The centring strength and the statistics weight chosen together over folds (or corpora): `studies` maps each
+    strength to the folds' parts centred at that strength ([`speaker_centred`]). Each pair is scored by the folds'
+    mean UA; each fold is scored at the pair that does best on the *other* folds (ties to the weaker centring, then
+    the smaller weight), never on its own utterances. Returns `{"ua_by_pair": {"strength/weight": mean UA},
+    "nested": {fold: {"strength", "weight", "ua"}}, "ua": the nested folds' mean UA}`."""
+    from msemoboost.statistics_fusion import choose_statistics_weight
+
+    per_fold = {strength: choose_statistics_weight(folds, weights)["per_fold"] for strength, folds in studies.items()}
+    pairs = [(strength, weight) for strength in sorted(studies) for weight in weights]
+    names = list(next(iter(studies.values())))
+
+    def score(pair: tuple[float, float], folds: list[str]) -> float:
+        return float(np.mean([per_fold[pair[0]][name][f"{pair[1]:g}"] for name in folds]))
+
+    nested = {}
+    for name in names:
+        best = max(pairs, key=lambda pair: (score(pair, [other for other in names if other != name]), -pair[0], -pair[1]))
+        nested[name] = {"strength": best[0], "weight": best[1], "ua": score(best, [name])}
+    return {"ua_by_pair": {f"{strength:g}/{weight:g}": score((strength, weight), names) for strength, weight in pairs},
+            "nested": nested, "ua": float(np.mean([found["ua"] for found in nested.values()]))}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", type=Path, help="train.py output folders (each with folds/*/fusion_parts.npz)")
@@ -133,8 +160,14 @@ def main() -> None:
                         "also score each at the weight best on the others")
     parser.add_argument("--speaker_centring", action="store_true", help="also score every part centred over each test "
                         "speaker's utterances (speaker_centred)")
+    parser.add_argument("--centring_strengths", nargs="+", type=float, help="with --speaker_centring, also choose the "
+                        "share of the speaker mean taken off (0 to 1) together with the weight (strength_study)")
     parser.add_argument("--output", type=Path, help="JSON file for the results (default: print only)")
     args = parser.parse_args()
+    if args.centring_strengths and not args.speaker_centring:
+        parser.error("--centring_strengths needs --speaker_centring.")
+    if args.centring_strengths and any(not 0 <= strength <= 1 for strength in args.centring_strengths):
+        parser.error(f"--centring_strengths are shares of the speaker mean, from 0 to 1: got {args.centring_strengths}.")
     if args.across_corpora and (len(args.runs) < 2 or len({run.resolve().parent for run in args.runs}) > 1):
         parser.error("--across_corpora takes 2 or more runs of one leave_one_corpus_out folder (OUTPUT_DIR/<corpus>).")
     from msemoboost.training import read_arguments_file
@@ -163,6 +196,21 @@ def main() -> None:
             choice = corpus_weight_choice(parts, list(weights))
             results["speaker_centred"]["across_corpora"] = choice
             print_across_corpora(choice)
+        if args.centring_strengths:
+            strengths = sorted(set(args.centring_strengths))
+            by_strength = {strength: {run: speaker_centred(run, folds, strength) for run, folds in folds_by_run.items()}
+                           for strength in strengths}
+            if args.across_corpora:
+                study = strength_study({strength: {run.name: next(iter(found[run].values())) for run in args.runs}
+                                        for strength, found in by_strength.items()}, weights)
+                results["speaker_centred"]["strengths_across_corpora"] = study
+                print_strengths("across corpora", study)
+            else:
+                results["speaker_centred"]["strengths"] = {
+                    str(run): strength_study({strength: found[run] for strength, found in by_strength.items()}, weights)
+                    for run in args.runs}
+                for run, study in results["speaker_centred"]["strengths"].items():
+                    print_strengths(run, study)
     if args.output:
         args.output.write_text(json.dumps(results, indent=2) + "\n")
 
@@ -187,6 +235,12 @@ def print_across_corpora(choice: dict) -> None:
     print("Each corpus at the weight chosen on the others: " + ", ".join(
         f"{name} {100 * found['ua']:.1f} (weight {found['statistics_weight']:g})" for name, found in choice["scores"].items())
         + f"; mean {100 * np.mean([found['ua'] for found in choice['scores'].values()]):.1f}; on all of them {choice['weight']:g}")
+
+
+def print_strengths(name: str, study: dict) -> None:
+    print(f"{name}: each scored at the centring strength and weight chosen on the others: " + ", ".join(
+        f"{fold} {100 * found['ua']:.1f} ({found['strength']:g}, {found['weight']:g})" for fold, found in study["nested"].items())
+        + f"; mean {100 * study['ua']:.1f}")
 
 
 if __name__ == "__main__":

@@ -501,6 +501,29 @@ def test_fusion_weight_reads_train_py_s_parts_and_scores_the_nested_choice(tmp_p
     # a and b are best at 0.5 on the others (c ties 0 and 0.5; a or b: 0.5); c at 0.5 too (a and b at 0.5 and 2).
     assert across["nested"] == {"a": 0.5, "b": 0.5, "c": 0.5}
     assert {name: found["ua"] for name, found in across["scores"].items()} == {"a": 1.0, "b": 1.0, "c": 1.0}
+    # --centring_strengths: a share of the speaker mean taken off; fold a's network [[2, 0], [2, 0]] at a half.
+    half = fusion_weight.speaker_centred(loco / "a", fusion_weight.read_parts(loco / "a"), strength=0.5)
+    np.testing.assert_array_equal(half["cross_corpus"]["network_logits"], [[1.0, 0.0], [1.0, 0.0]])
+    monkeypatch.setattr(sys, "argv", ["fusion_weight.py", *(str(loco / name) for name in "abc"), "--across_corpora",
+                                      "--speaker_centring", "--centring_strengths", "1", "0", "--weights", "0", "0.5", "2",
+                                      "--output", str(output)])
+    fusion_weight.main()
+    study = json.loads(output.read_text())["speaker_centred"]["strengths_across_corpora"]
+    # Uncentred, a and b score 0.5 / 0.5 / 1 by weight and c 1 / 1 / 0; centred, a and b 0.5 / 1 / 1 and c the same.
+    # a's others (b, c) are best at strength 1 and weight 0.5 (both 1), as are b's; c's others tie at 1 on (0, 2),
+    # (1, 0.5) and (1, 2): the weaker centring wins, (0, 2), where c scores 0.
+    assert study["nested"] == {"a": {"strength": 1.0, "weight": 0.5, "ua": 1.0},
+                               "b": {"strength": 1.0, "weight": 0.5, "ua": 1.0},
+                               "c": {"strength": 0.0, "weight": 2.0, "ua": 0.0}}
+    assert study["ua"] == pytest.approx(2 / 3, abs=1e-12)
+    assert study["ua_by_pair"]["1/0.5"] == 1.0 and study["ua_by_pair"]["0/0"] == pytest.approx(2 / 3, abs=1e-12)
+    for arguments, message in ((["--centring_strengths", "0.5"], "--centring_strengths needs --speaker_centring."),
+                               (["--speaker_centring", "--centring_strengths", "0", "1.5"],
+                                "--centring_strengths are shares of the speaker mean, from 0 to 1: got [0.0, 1.5].")):
+        monkeypatch.setattr(sys, "argv", ["fusion_weight.py", str(loco / "a"), *arguments])
+        with pytest.raises(SystemExit):
+            fusion_weight.main()
+        assert message in capsys.readouterr().err
 
 
 def test_embedding_classifier_fits_the_statistics_classifier_s_regression_on_the_training_utterances_only():
