@@ -10,7 +10,8 @@
         --extra_train_datasets ../shared/data/ravdess
     python benchmarks/anchors.py --speaker_normalization                # each speaker standardised by its own statistics
     python benchmarks/anchors.py --protocol leave_one_corpus_out --dataset_name ../shared/data/emodb \\
-        --extra_train_datasets ../shared/data/{ravdess,tess,nemo,ased} [--speaker_normalization]
+        --extra_train_datasets ../shared/data/{ravdess,tess,nemo,ased} [--speaker_normalization] \\
+        [--corpora emodb ravdess] --output results.json  # some corpora now, the others added to the file later
 
 Folds come from `msemoboost.protocols.make_folds` with train.py's corpus loading, so the test utterances of every
 fold are the model's. Each fold's SVM is standardised on its training part; its C is chosen on the fold's validation
@@ -23,7 +24,10 @@ model's statistics classifier" are the model's whole-utterance statistics classi
 utterances exactly as train.py fits it in the model (C by cross-validation over those speakers). Features are computed
 from the same decoded 16 kHz waveforms the model reads, and cached per corpus in outputs/benchmarks/features/.
 `leave_one_corpus_out` tests each corpus once with the anchors trained on all the others (train.py's `cross_corpus`
-folds, over the classes they share).
+folds, over the classes they share). With `--corpora`, only those corpora are tested, and an `--output` file that
+exists keeps its other corpora's results (from the same options), each corpus's written as soon as it is done: a
+fit that takes hours can be run a corpus at a time, in separate processes; each anchor's mean is written once every
+corpus is in.
 """
 
 import argparse
@@ -292,8 +296,12 @@ def main() -> None:
                              "speaker normalisation")
     parser.add_argument("--anchors", nargs="+", choices=list(ANCHORS), default=list(ANCHORS), metavar="ANCHOR",
                         help=f"the anchors to run (default: all): {', '.join(map(repr, ANCHORS))}")
-    parser.add_argument("--output", help="JSON file for the results (default: print only)")
+    parser.add_argument("--corpora", nargs="+", metavar="NAME", help="with --protocol leave_one_corpus_out, the "
+                        "corpora to test (folder names; default: all); an --output file that exists keeps the others'")
+    parser.add_argument("--output", type=Path, help="JSON file for the results (default: print only)")
     args = parser.parse_args()
+    if args.corpora and args.protocol != "leave_one_corpus_out":
+        parser.error("--corpora is for --protocol leave_one_corpus_out.")
 
     def arguments(protocol: str, dataset_name: str, extras: list[str] | None) -> list[str]:
         return train_arguments(protocol, dataset_name, extras, args.seed, args.num_folds)
@@ -301,11 +309,12 @@ def main() -> None:
     options = dict(anchors=args.anchors, corpus_normalization=args.corpus_normalization,
                    speaker_normalization=args.speaker_normalization)
     if args.protocol == "leave_one_corpus_out":
-        results = leave_one_corpus_out([args.dataset_name, *(args.extra_train_datasets or [])], arguments, options)
+        results = leave_one_corpus_out([args.dataset_name, *(args.extra_train_datasets or [])], arguments, options,
+                                       args.corpora, args.output)
     else:
         results = run_anchors(arguments(args.protocol, args.dataset_name, args.extra_train_datasets), **options)
     if args.output:
-        Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
+        args.output.write_text(json.dumps(results, indent=2) + "\n")
 
 
 def train_arguments(protocol: str, dataset_name: str, extras: list[str] | None, seed: int = 0,
@@ -319,28 +328,74 @@ def train_arguments(protocol: str, dataset_name: str, extras: list[str] | None, 
     return argv + (["--extra_train_datasets", *extras] if extras else [])
 
 
-def leave_one_corpus_out(corpora: list[str], arguments, options: dict) -> dict:
+def leave_one_corpus_out(corpora: list[str], arguments, options: dict, tested: list[str] | None = None,
+                         output: Path | None = None) -> dict:
     """Each corpus tested once by the anchors trained on all the others (train.py's `cross_corpus` folds, over the
-    classes the tested corpus shares with them): per corpus and mean WA/UA of each anchor."""
+    classes the tested corpus shares with them): per corpus and, once every corpus is in, mean WA/UA of each anchor.
+
+    `tested` names the corpora to test now (default: all). Where `output` exists, its results for the other corpora
+    are then kept (every requested anchor's, with the same `options`). After each tested corpus the results so far
+    are written to `output`."""
+    names = [Path(corpus).name for corpus in corpora]
     if len(corpora) < 2:
         raise SystemExit("leave_one_corpus_out needs 2 corpora or more: --dataset_name A --extra_train_datasets B ...")
+    unknown = sorted(set(tested or []) - set(names))
+    if unknown:
+        raise SystemExit(f"--corpora {' '.join(unknown)}: not among the corpora given ({', '.join(names)}).")
     per_corpus = {}
-    for tested in corpora:
-        print(f"== tested on {Path(tested).name}, trained on {', '.join(Path(c).name for c in corpora if c != tested)}", flush=True)
-        per_corpus[Path(tested).name] = run_anchors(
-            arguments("cross_corpus", tested, [c for c in corpora if c != tested]), **options
-        )
+    if tested and output and output.exists():
+        per_corpus = {name: found for name, found in known_corpora(output, options).items()
+                      if name in names and name not in tested}
+    for corpus in corpora:
+        name = Path(corpus).name
+        if name not in (tested or names):
+            continue
+        print(f"== tested on {name}, trained on {', '.join(Path(c).name for c in corpora if c != corpus)}", flush=True)
+        per_corpus[name] = run_anchors(arguments("cross_corpus", corpus, [c for c in corpora if c != corpus]), **options)
+        if output:
+            output.write_text(json.dumps(corpus_summaries(per_corpus, names, options), indent=2) + "\n")
+    return corpus_summaries(per_corpus, names, options)
+
+
+def corpus_summaries(per_corpus: dict[str, dict], names: list[str], options: dict) -> dict:
+    """`leave_one_corpus_out`'s results from each tested corpus's `run_anchors` results (`per_corpus`, by name): per
+    anchor, its row for each corpus in the order of `names`, the options it ran with, and its mean WA/UA once every
+    corpus of `names` is in."""
     results = {}
+    done = [name for name in names if name in per_corpus]
     for anchor in options["anchors"]:
-        rows = {name: {"wa": found[anchor]["wa"]["mean"], "ua": found[anchor]["ua"]["mean"],
-                       "label_names": found[anchor]["label_names"], "num_test": found[anchor]["folds"][0]["num_test"]}
-                for name, found in per_corpus.items()}
-        results[anchor] = {"per_corpus": rows, "wa": float(np.mean([row["wa"] for row in rows.values()])),
-                           "ua": float(np.mean([row["ua"] for row in rows.values()])),
-                           "details": {name: found[anchor] for name, found in per_corpus.items()}}
-        print(f"{anchor}: mean over corpora WA {results[anchor]['wa']:.2%}  UA {results[anchor]['ua']:.2%}  ("
-              + ", ".join(f"{name} {row['ua']:.1%}" for name, row in rows.items()) + ")", flush=True)
+        rows = {name: {"wa": per_corpus[name][anchor]["wa"]["mean"], "ua": per_corpus[name][anchor]["ua"]["mean"],
+                       "label_names": per_corpus[name][anchor]["label_names"],
+                       "num_test": per_corpus[name][anchor]["folds"][0]["num_test"]} for name in done}
+        results[anchor] = {"per_corpus": rows, "options": {key: options[key] for key in OPTIONS},
+                           "details": {name: per_corpus[name][anchor] for name in done}}
+        if len(done) == len(names):
+            results[anchor] |= {"wa": float(np.mean([row["wa"] for row in rows.values()])),
+                                "ua": float(np.mean([row["ua"] for row in rows.values()]))}
+            print(f"{anchor}: mean over corpora WA {results[anchor]['wa']:.2%}  UA {results[anchor]['ua']:.2%}  ("
+                  + ", ".join(f"{name} {row['ua']:.1%}" for name, row in rows.items()) + ")", flush=True)
     return results
+
+
+OPTIONS = ("corpus_normalization", "speaker_normalization")
+
+
+def known_corpora(output: Path, options: dict) -> dict[str, dict]:
+    """The `run_anchors` results by corpus that an earlier `leave_one_corpus_out` wrote to `output`: the corpora for
+    which it holds every anchor of `options`. An anchor recorded with other options is an error naming the file."""
+    recorded = json.loads(output.read_text())
+    found = {}
+    for anchor in options["anchors"]:
+        if anchor not in recorded:
+            raise SystemExit(f"{output} holds no results of {anchor!r} (it has {', '.join(map(repr, recorded))}): give "
+                             "another --output.")
+        wanted = {key: options[key] for key in OPTIONS}
+        if recorded[anchor].get("options") != wanted:
+            raise SystemExit(f"{output} holds {anchor!r} with options {recorded[anchor].get('options')}, not {wanted}: "
+                             "give another --output.")
+        for name, details in recorded[anchor]["details"].items():
+            found.setdefault(name, {})[anchor] = details
+    return {name: by_anchor for name, by_anchor in found.items() if set(by_anchor) == set(options["anchors"])}
 
 
 if __name__ == "__main__":
