@@ -139,6 +139,9 @@ def strength_study(studies: dict[float, dict[str, dict[str, np.ndarray]]], weigh
     per_fold = {strength: choose_statistics_weight(folds, weights)["per_fold"] for strength, folds in studies.items()}
     pairs = [(strength, weight) for strength in sorted(studies) for weight in weights]
     names = list(next(iter(studies.values())))
+    if len(names) < 2:
+        raise ValueError(f"The centring strength is chosen on the other folds: {names} is a single fold (with one "
+                         "leave_one_corpus_out run per corpus, give them all with --across_corpora).")
 
     def score(pair: tuple[float, float], folds: list[str]) -> float:
         return float(np.mean([per_fold[pair[0]][name][f"{pair[1]:g}"] for name in folds]))

@@ -517,6 +517,8 @@ def test_fusion_weight_reads_train_py_s_parts_and_scores_the_nested_choice(tmp_p
                                "c": {"strength": 0.0, "weight": 2.0, "ua": 0.0}}
     assert study["ua"] == pytest.approx(2 / 3, abs=1e-12)
     assert study["ua_by_pair"]["1/0.5"] == 1.0 and study["ua_by_pair"]["0/0"] == pytest.approx(2 / 3, abs=1e-12)
+    with pytest.raises(ValueError, match=r"chosen on the other folds: \['cross_corpus'\] is a single fold"):
+        fusion_weight.strength_study({0.0: fusion_weight.read_parts(loco / "a")}, (0.0, 1.0))
     for arguments, message in ((["--centring_strengths", "0.5"], "--centring_strengths needs --speaker_centring."),
                                (["--speaker_centring", "--centring_strengths", "0", "1.5"],
                                 "--centring_strengths are shares of the speaker mean, from 0 to 1: got [0.0, 1.5].")):
