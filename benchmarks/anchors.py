@@ -26,8 +26,8 @@ from the same decoded 16 kHz waveforms the model reads, and cached per corpus in
 `leave_one_corpus_out` tests each corpus once with the anchors trained on all the others (train.py's `cross_corpus`
 folds, over the classes they share). With `--corpora`, only those corpora are tested, and an `--output` file that
 exists keeps its other corpora's results (from the same options), each corpus's written as soon as it is done: a
-fit that takes hours can be run a corpus at a time, in separate processes; each anchor's mean is written once every
-corpus is in.
+fit that takes hours can be run a corpus at a time, in separate processes (at the same time too: each re-reads the
+file before it writes); each anchor's mean is written once every corpus is in.
 """
 
 import argparse
@@ -335,7 +335,7 @@ def leave_one_corpus_out(corpora: list[str], arguments, options: dict, tested: l
 
     `tested` names the corpora to test now (default: all). Where `output` exists, its results for the other corpora
     are then kept (every requested anchor's, with the same `options`). After each tested corpus the results so far
-    are written to `output`."""
+    are written to `output`, with those that another call testing other corpora has written to it meanwhile."""
     names = [Path(corpus).name for corpus in corpora]
     if len(corpora) < 2:
         raise SystemExit("leave_one_corpus_out needs 2 corpora or more: --dataset_name A --extra_train_datasets B ...")
@@ -353,6 +353,9 @@ def leave_one_corpus_out(corpora: list[str], arguments, options: dict, tested: l
         print(f"== tested on {name}, trained on {', '.join(Path(c).name for c in corpora if c != corpus)}", flush=True)
         per_corpus[name] = run_anchors(arguments("cross_corpus", corpus, [c for c in corpora if c != corpus]), **options)
         if output:
+            if tested and output.exists():  # what another process testing other corpora wrote meanwhile
+                per_corpus = {**{found: results for found, results in known_corpora(output, options).items()
+                                 if found in names}, **per_corpus}
             output.write_text(json.dumps(corpus_summaries(per_corpus, names, options), indent=2) + "\n")
     return corpus_summaries(per_corpus, names, options)
 

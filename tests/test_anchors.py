@@ -57,6 +57,21 @@ def test_leave_one_corpus_out_tests_some_corpora_and_keeps_the_others_results(tm
     assert done[ANCHOR]["ua"] == pytest.approx(0.5, abs=1e-12) and done[ANCHOR]["wa"] == pytest.approx(0.5, abs=1e-12)
     assert json.loads(output.read_text()) == done
     assert "mean over corpora WA 50.00%  UA 50.00%  (a 25.0%, b 50.0%, c 75.0%)" in capsys.readouterr().out
+    # Two processes at once, each with --corpora: what the other writes while one runs is kept.
+    output.unlink()
+    plain = fake_run_anchors([])
+    monkeypatch.setattr(anchors, "run_anchors", plain)
+    anchors.leave_one_corpus_out(corpora, arguments, options, ["a"], output)
+
+    def run_while_c_is_written(argv, **kwargs):
+        monkeypatch.setattr(anchors, "run_anchors", plain)
+        anchors.leave_one_corpus_out(corpora, arguments, options, ["c"], output)  # the other process, done first
+        return plain(argv, **kwargs)
+
+    monkeypatch.setattr(anchors, "run_anchors", run_while_c_is_written)
+    found = anchors.leave_one_corpus_out(corpora, arguments, options, ["b"], output)
+    assert list(found[ANCHOR]["per_corpus"]) == ["a", "b", "c"] and found[ANCHOR]["ua"] == pytest.approx(0.5, abs=1e-12)
+    assert json.loads(output.read_text()) == found
     # Results of other options, or of other anchors, are not mixed in.
     with pytest.raises(SystemExit, match=r"loco.json holds 'eGeMAPSv02 \+ RBF SVM' with options "
                                          r"\{'corpus_normalization': False, 'speaker_normalization': True\}, not "
