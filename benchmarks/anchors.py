@@ -342,22 +342,28 @@ def leave_one_corpus_out(corpora: list[str], arguments, options: dict, tested: l
     unknown = sorted(set(tested or []) - set(names))
     if unknown:
         raise SystemExit(f"--corpora {' '.join(unknown)}: not among the corpora given ({', '.join(names)}).")
-    per_corpus = {}
-    if tested and output and output.exists():
-        per_corpus = {name: found for name, found in known_corpora(output, options).items()
-                      if name in names and name not in tested}
+    def kept() -> dict[str, dict]:  # the other corpora's results in `output`, as they are now
+        if not (tested and output and output.exists()):
+            return {}
+        return {name: by_anchor for name, by_anchor in known_corpora(output, options).items()
+                if name in names and name not in tested}
+
+    others, found = kept(), {}  # read first too: a file of other options or anchors stops the run before it starts
     for corpus in corpora:
         name = Path(corpus).name
         if name not in (tested or names):
             continue
         print(f"== tested on {name}, trained on {', '.join(Path(c).name for c in corpora if c != corpus)}", flush=True)
-        per_corpus[name] = run_anchors(arguments("cross_corpus", corpus, [c for c in corpora if c != corpus]), **options)
-        if output:
-            if tested and output.exists():  # what another process testing other corpora wrote meanwhile
-                per_corpus = {**{found: results for found, results in known_corpora(output, options).items()
-                                 if found in names}, **per_corpus}
-            output.write_text(json.dumps(corpus_summaries(per_corpus, names, options), indent=2) + "\n")
-    return corpus_summaries(per_corpus, names, options)
+        found[name] = run_anchors(arguments("cross_corpus", corpus, [c for c in corpora if c != corpus]), **options)
+        if output:  # with what another call testing other corpora has written meanwhile
+            others = kept()
+            output.write_text(json.dumps(corpus_summaries({**others, **found}, names, options), indent=2) + "\n")
+    results = corpus_summaries({**others, **found}, names, options)
+    for anchor, result in results.items():
+        if "ua" in result:
+            print(f"{anchor}: mean over corpora WA {result['wa']:.2%}  UA {result['ua']:.2%}  ("
+                  + ", ".join(f"{name} {row['ua']:.1%}" for name, row in result["per_corpus"].items()) + ")", flush=True)
+    return results
 
 
 def corpus_summaries(per_corpus: dict[str, dict], names: list[str], options: dict) -> dict:
@@ -375,8 +381,6 @@ def corpus_summaries(per_corpus: dict[str, dict], names: list[str], options: dic
         if len(done) == len(names):
             results[anchor] |= {"wa": float(np.mean([row["wa"] for row in rows.values()])),
                                 "ua": float(np.mean([row["ua"] for row in rows.values()]))}
-            print(f"{anchor}: mean over corpora WA {results[anchor]['wa']:.2%}  UA {results[anchor]['ua']:.2%}  ("
-                  + ", ".join(f"{name} {row['ua']:.1%}" for name, row in rows.items()) + ")", flush=True)
     return results
 
 

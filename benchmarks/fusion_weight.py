@@ -54,29 +54,36 @@ def read_parts(run: Path) -> dict[str, dict[str, np.ndarray]]:
     return {path.parent.name: dict(np.load(path)) for path in paths}
 
 
-def speaker_centred(run: Path, folds: dict[str, dict[str, np.ndarray]],
-                    strength: float = 1.0) -> dict[str, dict[str, np.ndarray]]:
-    """Each fold's parts with every class's scores (`network_logits`, `statistics_log_probabilities`) less `strength`
-    times their mean over the test utterances of the same speaker (`folds/<fold>/predictions.csv`'s `speaker` column,
-    in the parts' order). The fusion is linear, so the fused logits are then the speaker-centred fused logits at any
-    weight."""
+def fold_speakers(run: Path, folds: dict[str, dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Each fold's test utterances' speakers, `{fold name: (num_utterances,)}`: the `speaker` column of
+    `folds/<fold>/predictions.csv`, in the order of the fold's parts."""
     import pandas as pd
 
-    centred = {}
+    speakers = {}
     for name, parts in folds.items():
         table = pd.read_csv(run / "folds" / name / "predictions.csv")
         if "speaker" not in table.columns:
             raise ValueError(f"{run / 'folds' / name / 'predictions.csv'} has no speaker column: the run had no speakers to "
                              "centre over.")
-        speakers = table["speaker"].astype(str).to_numpy()
-        if len(speakers) != len(parts["labels"]):
-            raise ValueError(f"{run / 'folds' / name / 'predictions.csv'} has {len(speakers)} rows for "
+        speakers[name] = table["speaker"].astype(str).to_numpy()
+        if len(speakers[name]) != len(parts["labels"]):
+            raise ValueError(f"{run / 'folds' / name / 'predictions.csv'} has {len(speakers[name])} rows for "
                              f"{len(parts['labels'])} utterances in its fusion_parts.npz.")
+    return speakers
+
+
+def speaker_centred(folds: dict[str, dict[str, np.ndarray]], speakers: dict[str, np.ndarray],
+                    strength: float = 1.0) -> dict[str, dict[str, np.ndarray]]:
+    """Each fold's parts with every class's scores (`network_logits`, `statistics_log_probabilities`) less `strength`
+    times their mean over the test utterances of the same speaker (`speakers`, from [`fold_speakers`]). The fusion is
+    linear, so the fused logits are then the speaker-centred fused logits at any weight."""
+    centred = {}
+    for name, parts in folds.items():
         centred[name] = {"labels": parts["labels"], "utterance_statistics_weight": parts["utterance_statistics_weight"]}
         for part in ("network_logits", "statistics_log_probabilities"):
             scores = parts[part].astype(np.float64)
-            for speaker in np.unique(speakers):
-                rows = speakers == speaker
+            for speaker in np.unique(speakers[name]):
+                rows = speakers[name] == speaker
                 scores[rows] -= strength * scores[rows].mean(0)
             centred[name][part] = scores
     return centred
@@ -191,7 +198,8 @@ def main() -> None:
         from msemoboost.cross_validation import corpus_weight_choice
 
         print("With every part centred over each test speaker's utterances:")
-        centred = {run: speaker_centred(run, folds) for run, folds in folds_by_run.items()}
+        speakers = {run: fold_speakers(run, folds) for run, folds in folds_by_run.items()}
+        centred = {run: speaker_centred(folds, speakers[run]) for run, folds in folds_by_run.items()}
         results["speaker_centred"] = {str(run): weight_study(folds, weights) for run, folds in centred.items()}
         print_studies(results["speaker_centred"], weights)
         if args.across_corpora:
@@ -201,8 +209,8 @@ def main() -> None:
             print_across_corpora(choice)
         if args.centring_strengths:
             strengths = sorted(set(args.centring_strengths))
-            by_strength = {strength: {run: speaker_centred(run, folds, strength) for run, folds in folds_by_run.items()}
-                           for strength in strengths}
+            by_strength = {strength: {run: speaker_centred(folds, speakers[run], strength)
+                                      for run, folds in folds_by_run.items()} for strength in strengths}
             if args.across_corpora:
                 study = strength_study({strength: {run.name: next(iter(found[run].values())) for run in args.runs}
                                         for strength, found in by_strength.items()}, weights)

@@ -470,11 +470,15 @@ def test_fusion_weight_reads_train_py_s_parts_and_scores_the_nested_choice(tmp_p
     with pytest.raises(SystemExit):
         fusion_weight.main()
     assert "--across_corpora takes 2 or more runs of one leave_one_corpus_out folder" in capsys.readouterr().err
+    def centre(run, strength=1.0):
+        folds = fusion_weight.read_parts(run)
+        return fusion_weight.speaker_centred(folds, fusion_weight.fold_speakers(run, folds), strength)
+
     # --speaker_centring: each part less its mean over the speaker's test utterances. Fold a's two utterances are one
     # speaker's: its network part becomes 0, its statistics [[1.5, -0.5], [-1.5, 0.5]].
     for name in "abc":
         (tmp_path / "folds" / name / "predictions.csv").write_text("utterance_id,speaker\nx,7\ny,7\n")
-    centred = fusion_weight.speaker_centred(tmp_path, fusion_weight.read_parts(tmp_path))
+    centred = centre(tmp_path)
     np.testing.assert_array_equal(centred["a"]["network_logits"], [[0.0, 0.0], [0.0, 0.0]])
     np.testing.assert_array_equal(centred["a"]["statistics_log_probabilities"], [[1.5, -0.5], [-1.5, 0.5]])
     np.testing.assert_array_equal(centred["c"]["network_logits"], [[0.5, -0.5], [-0.5, 0.5]])
@@ -483,14 +487,14 @@ def test_fusion_weight_reads_train_py_s_parts_and_scores_the_nested_choice(tmp_p
         "a": {"0": 0.5, "0.5": 1.0, "2": 1.0}, "b": {"0": 0.5, "0.5": 1.0, "2": 1.0}, "c": {"0": 1.0, "0.5": 1.0, "2": 0.0}}
     # Two speakers of one utterance each: every score is its own speaker's mean, so every part is 0.
     (tmp_path / "folds" / "a" / "predictions.csv").write_text("utterance_id,speaker\nx,7\ny,8\n")
-    centred = fusion_weight.speaker_centred(tmp_path, fusion_weight.read_parts(tmp_path))
+    centred = centre(tmp_path)
     assert not centred["a"]["network_logits"].any() and not centred["a"]["statistics_log_probabilities"].any()
     (tmp_path / "folds" / "a" / "predictions.csv").write_text("utterance_id,speaker\nx,7\n")
     with pytest.raises(ValueError, match=r"predictions.csv has 1 rows for 2 utterances in its fusion_parts.npz"):
-        fusion_weight.speaker_centred(tmp_path, fusion_weight.read_parts(tmp_path))
+        centre(tmp_path)
     (tmp_path / "folds" / "a" / "predictions.csv").write_text("utterance_id,label\nx,0\ny,1\n")
     with pytest.raises(ValueError, match=r"a/predictions.csv has no speaker column: the run had no speakers to centre over"):
-        fusion_weight.speaker_centred(tmp_path, fusion_weight.read_parts(tmp_path))
+        centre(tmp_path)
     # With --across_corpora, the centred corpora are chosen over as well.
     for name in "abc":
         (loco / name / "folds" / "cross_corpus" / "predictions.csv").write_text("utterance_id,speaker\nx,7\ny,7\n")
@@ -502,7 +506,7 @@ def test_fusion_weight_reads_train_py_s_parts_and_scores_the_nested_choice(tmp_p
     assert across["nested"] == {"a": 0.5, "b": 0.5, "c": 0.5}
     assert {name: found["ua"] for name, found in across["scores"].items()} == {"a": 1.0, "b": 1.0, "c": 1.0}
     # --centring_strengths: a share of the speaker mean taken off; fold a's network [[2, 0], [2, 0]] at a half.
-    half = fusion_weight.speaker_centred(loco / "a", fusion_weight.read_parts(loco / "a"), strength=0.5)
+    half = centre(loco / "a", strength=0.5)
     np.testing.assert_array_equal(half["cross_corpus"]["network_logits"], [[1.0, 0.0], [1.0, 0.0]])
     monkeypatch.setattr(sys, "argv", ["fusion_weight.py", *(str(loco / name) for name in "abc"), "--across_corpora",
                                       "--speaker_centring", "--centring_strengths", "1", "0", "--weights", "0", "0.5", "2",
