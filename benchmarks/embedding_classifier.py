@@ -82,12 +82,10 @@ def computed_features(run: Path, tested: str, per_corpus: int) -> dict[str, np.n
 def regression_log_probabilities(found: dict[str, np.ndarray], features: np.ndarray, num_labels: int) -> tuple[np.ndarray, float]:
     """The regression fitted on the training utterances' `features`: the test utterances' log-probabilities
     `(num_test, num_labels)` (a class the training utterances lack gets -inf) and the C chosen."""
-    from msemoboost.statistics_fusion import C_GRID, cross_validated_ua, logistic_regression
+    from msemoboost.statistics_fusion import cross_validated_regression
 
     train, test = ~found["test"], found["test"]
-    scores = {c: cross_validated_ua(features[train], found["labels"][train], found["speakers"][train], c) for c in C_GRID}
-    best = max(C_GRID, key=lambda c: scores[c])
-    fitted = logistic_regression(best).fit(features[train], found["labels"][train])
+    fitted, best, _ = cross_validated_regression(features[train], found["labels"][train], found["speakers"][train])
     log_probabilities = np.full((int(test.sum()), num_labels), -np.inf)
     log_probabilities[:, fitted.classes_] = fitted.predict_log_proba(features[test])
     return log_probabilities, best

@@ -99,6 +99,16 @@ def cross_validated_ua(statistics: np.ndarray, labels: np.ndarray, groups: np.nd
     return load_wa_ua().compute(predictions=predictions, references=labels)["ua"]
 
 
+def cross_validated_regression(features: np.ndarray, labels: np.ndarray, groups: np.ndarray,
+                               c_grid: tuple[float, ...] = C_GRID, seed: int = 0) -> tuple:
+    """The logistic regression ([`logistic_regression`]) at the C of `c_grid` with the best [`cross_validated_ua`]
+    over `groups`, fitted on every row of `features` `(num_rows, num_features)`: `(the fitted pipeline, that C, {C:
+    cross-validated UA})`. Among equal scores the first C of `c_grid` wins: the strongest penalty, the grid ascending."""
+    scores = {c: cross_validated_ua(features, labels, groups, c, seed) for c in c_grid}
+    best = max(c_grid, key=lambda c: scores[c])
+    return logistic_regression(best).fit(features, labels), best, scores
+
+
 def fit_statistics_classifier(
     model: MSEmoBoostForSequenceClassification,
     statistics: np.ndarray,
@@ -170,9 +180,7 @@ def _fitted_regression(statistics: np.ndarray, labels: np.ndarray, groups: np.nd
     """[`fit_statistics_classifier`]'s regression on `statistics`: `{"c", "scores": {C: UA}, "weight" (num_labels,
     num_statistics), "bias" (num_labels,)}`. Its weights apply to the statistics standardised by the training data's
     (its own standardisation), or with `fold_scaler` to `statistics` as given (its standardisation folded in)."""
-    scores = {c: cross_validated_ua(statistics, labels, groups, c, seed) for c in c_grid}
-    best = max(c_grid, key=lambda c: scores[c])  # the strongest penalty among equal scores: the grid ascends
-    fitted = logistic_regression(best).fit(statistics, labels)
+    fitted, best, scores = cross_validated_regression(statistics, labels, groups, c_grid, seed)
     scaler, regression = fitted[0], fitted[1]
     coefficients, intercepts = regression.coef_, regression.intercept_
     if fold_scaler:
